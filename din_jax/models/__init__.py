@@ -1,0 +1,50 @@
+"""Models by name, and presets (named configurations of them)."""
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+import flax.linen as nn
+
+from din_jax.models.din import DIN
+from din_jax.models.presets import PRESETS, get_preset
+from din_jax.registry import Registry
+
+MODELS = Registry("model")
+MODELS.register("din", DIN)
+
+
+def register_model(name: str, factory, overwrite: bool = False):
+    """Adds a model class to the registry (usable as ``--model NAME``)."""
+    return MODELS.register(name, factory, overwrite)
+
+
+def model_fields(name_or_factory) -> Dict[str, Any]:
+    """The configurable fields of a registered model and their defaults."""
+    cls = MODELS.get(name_or_factory)
+    fields = {}
+    for field in dataclasses.fields(cls):
+        if field.name in ("parent", "name") or not field.init:
+            continue
+        fields[field.name] = field.default if field.default is not dataclasses.MISSING else None
+    return fields
+
+
+def build_model(name: str, num_users: int, num_items: int, num_categories: int,
+                config: Optional[Dict[str, Any]] = None, axis_name: Optional[str] = None) -> nn.Module:
+    """Instantiates model ``name`` for the given vocabulary sizes.
+
+    Args:
+      config: model fields (unknown keys raise, so a typo never goes unseen).
+      axis_name: the pmap axis for cross-device statistics, or None.
+    """
+    config = dict(config or {})
+    known = model_fields(name)
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError("model %r has no field(s) %s; its fields are %s" % (name, unknown, sorted(known)))
+    return MODELS.get(name)(
+        num_users=num_users, num_items=num_items, num_categories=num_categories, axis_name=axis_name, **config
+    )
+
+
+__all__ = ["DIN", "MODELS", "PRESETS", "build_model", "get_preset", "model_fields", "register_model"]

@@ -1,0 +1,1 @@
+"""Data preparation: download, convert, remap and build din_jax dataset directories."""

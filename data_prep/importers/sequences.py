@@ -1,0 +1,79 @@
+"""``--format sequences``: one line per user, ``user item item ...`` in time order, + item attributes JSON.
+
+The ``--meta`` JSON maps item -> attributes. A list gives the category by
+``--category_rule``: ``last`` (default) takes the last attribute, ``first``
+the first. In the S3Rec-style Amazon files (e.g. Beauty_item2attributes.json)
+an item's list is its brand followed by its category path without the top
+level, so ``last`` is the deepest category, as DIN takes it. A string value
+is the category itself; a dict is read with the Amazon metadata rules.
+"""
+
+import json
+from typing import List, Optional
+
+import numpy as np
+
+from data_prep.amazon import category_of
+from data_prep.importers.common import BuildOptions, Imported, finish_protocol, require_file
+from data_prep.remap import clean_and_remap
+from data_prep.report import BuildReport, DataPrepError
+
+CATEGORY_RULES = ("last", "first")
+
+
+def category_from_attributes(value, rule: str) -> Optional[str]:
+    """Applies ``--category_rule`` to one item's attributes; None if it has none."""
+    if isinstance(value, list):
+        if not value:
+            return None
+        chosen = value[-1] if rule == "last" else value[0]
+        return None if chosen is None or isinstance(chosen, (list, dict)) else str(chosen)
+    if isinstance(value, dict):
+        return category_of(value)
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def import_sequences(options: BuildOptions, report: BuildReport) -> Imported:
+    """Per-user sequence file (+ item attributes JSON) -> DIN protocol dataset."""
+    if options.category_rule not in CATEGORY_RULES:
+        raise DataPrepError(f"unknown --category_rule {options.category_rule!r}; choose from {list(CATEGORY_RULES)}")
+    path = require_file(options.input, "--input (the sequence file)")
+    users: List[str] = []
+    items: List[str] = []
+    with report.timed("read"):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                for number, line in enumerate(handle, 1):
+                    fields = line.split()
+                    if not fields:
+                        continue
+                    if len(fields) == 1:
+                        report.malformed(path, number, "a user without items")
+                        continue
+                    users.extend([fields[0]] * (len(fields) - 1))
+                    items.extend(fields[1:])
+        except UnicodeDecodeError as error:
+            raise DataPrepError(f"{path}: not UTF-8 text ({error})") from None
+        meta_items = meta_categories = None
+        sources = [path]
+        if options.meta:
+            meta_path = require_file(options.meta, "--meta (the item attributes JSON)")
+            try:
+                with open(meta_path, encoding="utf-8") as handle:
+                    attributes = json.load(handle)
+            except (ValueError, UnicodeDecodeError) as error:
+                raise DataPrepError(f"{meta_path}: not JSON ({error})") from None
+            if not isinstance(attributes, dict):
+                raise DataPrepError(f"{meta_path}: expected a JSON object mapping item -> attributes")
+            meta_items = list(attributes)
+            meta_categories = [category_from_attributes(value, options.category_rule) for value in attributes.values()]
+            sources.append(meta_path)
+        else:
+            report.note("no --meta: every item is <unknown>")
+    # File order is time order: within a line, and across lines of the same user.
+    times = np.arange(len(items), dtype=np.int64)
+    with report.timed("clean + remap"):
+        log = clean_and_remap(users, items, times, meta_items, meta_categories, report)
+    return finish_protocol(log, options, report, sources)

@@ -1,0 +1,269 @@
+"""Importers: the authors' DIN data, DIEN files, interaction tables, sequence files, the step chain."""
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+from dataprep_testlib import build, fixture
+
+from data_prep.convert import convert_amazon, read_converted
+from data_prep.remap import clean_and_remap, write_remapped
+from data_prep.report import BuildReport, DataPrepError
+from data_prep.tables import parquet_available, read_table, write_table
+
+# ----------------------------------------------------------------------------
+# The DIN authors' dataset.pkl (written here as Python 2 would: protocol 2)
+# ----------------------------------------------------------------------------
+
+TRAIN_SET = [
+    (0, [1, 2], 3, 1), (0, [1, 2], 5, 0),
+    (0, [1], 2, 1), (0, [1], 4, 0),
+    (1, [3], 0, 1), (1, [3], 6, 0),
+    # User 2's two histories contradict each other: two stored sequences.
+    (2, [4, 5], 6, 1), (2, [4, 5], 0, 0),
+    (2, [5, 4], 1, 1), (2, [5, 4], 2, 0),
+    (3, [], 1, 1),  # no history: cannot be a sample
+]
+TEST_SET = [(0, [1, 2, 3], (7, 6)), (1, [3, 0], (2, 5))]
+CATE_LIST = np.array([0, 1, 1, 2, 2, 0, 1, 2], dtype=np.int32)
+
+
+def _write_pkl(path, train_set=TRAIN_SET, test_set=TEST_SET, cate_list=CATE_LIST, counts=(4, 8, 3)):
+    with open(path, "wb") as handle:
+        for obj in (train_set, test_set, cate_list, counts):
+            pickle.dump(obj, handle, protocol=2)
+    return path
+
+
+def test_din_pickle_histories_are_stored_once(tmp_path):
+    path = _write_pkl(str(tmp_path / "dataset.pkl"))
+    dataset, meta = build(tmp_path, format="din", input=path, din_validation="none")
+    assert (meta["users"], meta["items"], meta["categories"]) == (4, 8, 3)
+    assert dataset.item_category.tolist() == CATE_LIST.tolist()
+    sequences = np.asarray(dataset.sequences)
+    stored = [sequences[a:b].tolist() for a, b in zip(dataset.offsets[:-1], dataset.offsets[1:])]
+    # user 0: [1, 2, 3] + test positive 7; user 1: [3, 0, 2]; user 2: two sequences.
+    assert stored == [[1, 2, 3, 7], [3, 0, 2], [4, 5, 6], [5, 4, 1]]
+    train = np.asarray(dataset.samples("train")).tolist()
+    assert train == [[0, 0, 2, 3, 1], [0, 0, 2, 5, 0], [0, 0, 1, 2, 1], [0, 0, 1, 4, 0], [1, 1, 1, 0, 1],
+                     [1, 1, 1, 6, 0], [2, 2, 2, 6, 1], [2, 2, 2, 0, 0], [2, 3, 2, 1, 1], [2, 3, 2, 2, 0]]
+    assert np.asarray(dataset.samples("test")).tolist() == [[0, 0, 3, 7, 1], [0, 0, 3, 6, 0], [1, 1, 2, 2, 1],
+                                                            [1, 1, 2, 5, 0]]
+    assert meta["splits"]["validation"] == 0
+    assert meta["dropped"]["empty_history_rows"] == 1
+    assert meta["negatives"]["resampleable"] is False
+    with pytest.raises(Exception, match="cannot be resampled"):
+        dataset.resample_negatives(np.random.default_rng(0))
+    batch = dataset.gather("test", np.array([0, 2]), 10)
+    assert batch["hist_item"][:, :3].tolist() == [[1, 2, 3], [3, 0, 0]]
+    assert batch["hist_len"].tolist() == [3, 2]
+
+
+def test_din_validation_last_position_pair(tmp_path):
+    path = _write_pkl(str(tmp_path / "dataset.pkl"))
+    dataset, meta = build(tmp_path, format="din", input=path, din_validation="last")
+    assert np.asarray(dataset.samples("validation")).tolist() == [
+        [0, 0, 2, 3, 1], [0, 0, 2, 5, 0], [1, 1, 1, 0, 1], [1, 1, 1, 6, 0], [2, 2, 2, 6, 1], [2, 2, 2, 0, 0],
+        [2, 3, 2, 1, 1], [2, 3, 2, 2, 0]]
+    assert np.asarray(dataset.samples("train")).tolist() == [[0, 0, 1, 2, 1], [0, 0, 1, 4, 0]]
+
+
+def test_din_validation_users_is_seeded(tmp_path):
+    path = _write_pkl(str(tmp_path / "dataset.pkl"))
+    first, meta = build(tmp_path / "a", format="din", input=path, validation_users=0.34, seed=3)
+    again, _ = build(tmp_path / "b", format="din", input=path, validation_users=0.34, seed=3)
+    validation = np.asarray(first.samples("validation"))
+    assert len(np.unique(validation[:, 0])) == 1  # round(0.34 * 3 training users)
+    assert np.array_equal(validation, again.samples("validation"))
+    assert set(validation[:, 0].tolist()).isdisjoint(np.asarray(first.samples("train"))[:, 0].tolist())
+    assert meta["splits"]["train"] + meta["splits"]["validation"] == 10
+
+
+def test_din_pickle_with_bad_entries_and_ranges(tmp_path):
+    bad = TRAIN_SET[:4] + [("x", [1], 2, 1), (0, "oops", 2)]
+    dataset, meta = build(tmp_path, format="din", input=_write_pkl(str(tmp_path / "d.pkl"), train_set=bad),
+                          din_validation="none")
+    assert meta["dropped"]["malformed_lines"] == 2
+    assert "train_set[4]" in meta["dropped"]["malformed_examples"][0]
+    with pytest.raises(DataPrepError, match="item ids outside"):
+        build(tmp_path, name="x", format="din",
+              input=_write_pkl(str(tmp_path / "e.pkl"), train_set=[(0, [1], 99, 1)]))
+
+
+def _write_din_csv(folder, train_lines, test_lines, cate_lines):
+    os.makedirs(folder)
+    for name, lines in (("train_set.csv", train_lines), ("test_set.csv", test_lines), ("cate_list.csv", cate_lines)):
+        with open(os.path.join(folder, name), "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    return folder
+
+
+def test_din_csv_folder(tmp_path):
+    folder = _write_din_csv(str(tmp_path / "csv"),
+                            ['0,"[1, 2]",3,1', '0,"[1, 2]",5,0', '1,[3],0,1', '1,[3],6,0', '1,[3],6', '2,[9],1,1'],
+                            ['0,"[1, 2, 3]","(7, 6)"', '4,[1],"(2, 5)"'],
+                            ["0", "1", "1", "2", "2", "0", "1", "2"])
+    dataset, meta = build(tmp_path, format="din", input=folder, din_validation="none")
+    assert (meta["users"], meta["items"], meta["categories"]) == (5, 8, 3)
+    assert meta["dropped"]["malformed_lines"] == 2  # a missing label, an item id past cate_list
+    assert meta["dropped"]["malformed_examples"][0].endswith("train_set.csv:5: expected 4 fields, found 3")
+    assert meta["splits"] == {"train": 4, "validation": 0, "test": 4}
+    overridden, meta = build(tmp_path, name="big", format="din", input=folder, users=192403, din_validation="none")
+    assert meta["users"] == 192403 and len(overridden.id_map("user")) == 192403
+
+
+# ----------------------------------------------------------------------------
+# DIEN / Graphcore files
+# ----------------------------------------------------------------------------
+
+
+def test_dien_folder(tmp_path):
+    dataset, meta = build(tmp_path, format="dien", input=fixture("dien"), din_validation="none")
+    assert dataset.id_map("user") == ["uA", "uB", "uC"]
+    assert dataset.id_map("item") == ["default_mid", "m1", "m2", "m3", "m4", "m5"]
+    assert dataset.id_map("category") == ["default_cat", "c1", "c2"]
+    assert meta["dropped"]["malformed_lines"] == 1
+    assert meta["dropped"]["unknown_keys_mapped_to_default"] == 2
+    # m1, m2 in c1; m3, m4, m5 in c2; default_mid seen (for m9) with c1.
+    assert dataset.item_category.tolist() == [1, 1, 1, 2, 2, 2]
+    sequences = np.asarray(dataset.sequences)
+    stored = [sequences[a:b].tolist() for a, b in zip(dataset.offsets[:-1], dataset.offsets[1:])]
+    assert stored == [[1, 2, 3], [4, 2], [1, 0, 4]]
+    assert np.asarray(dataset.samples("train")).tolist() == [[0, 0, 2, 3, 1], [0, 0, 2, 5, 0], [1, 1, 1, 2, 1],
+                                                             [1, 1, 1, 1, 0]]
+    assert np.asarray(dataset.samples("test")).tolist() == [[2, 2, 2, 4, 1], [2, 2, 2, 2, 0]]
+    assert meta["negatives"]["resampleable"] is True
+    assert len(meta["sources"]) == 5
+
+
+def test_dien_missing_file_is_clear(tmp_path):
+    folder = str(tmp_path / "dien")
+    shutil.copytree(fixture("dien"), folder)
+    os.remove(os.path.join(folder, "cat_voc.pkl"))
+    with pytest.raises(DataPrepError, match="cat_voc.pkl: missing"):
+        build(tmp_path, format="dien", input=folder)
+
+
+# ----------------------------------------------------------------------------
+# Interaction tables and sequence files
+# ----------------------------------------------------------------------------
+
+
+def test_interactions_with_item_table_and_bad_lines(tmp_path):
+    dataset, meta = build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"),
+                          meta=fixture("interactions", "items.csv"), category_col="i_category")
+    assert dataset.id_map("user") == ["7", "8", "9"]
+    assert dataset.id_map("item") == ["101", "102", "103", "105"]
+    assert dataset.id_map("category") == ["5", "12", "<unknown>"]
+    assert dataset.item_category.tolist() == [0, 0, 1, 2]
+    examples = meta["dropped"]["malformed_examples"]
+    assert meta["dropped"]["malformed_lines"] == 2
+    assert examples[0].startswith(fixture("interactions", "log.tsv") + ":6: ")
+    assert examples[1].startswith(fixture("interactions", "log.tsv") + ":10: missing user, item or time")
+    assert meta["dropped"]["metadata_items_without_reviews"] == 2
+    # user 7 in time order: 102 (t1), 103 (t2), 101 (t3).
+    assert np.asarray(dataset.sequences)[:3].tolist() == [1, 2, 0]
+
+
+def test_interactions_strict_and_missing_columns(tmp_path):
+    with pytest.raises(DataPrepError, match=r"log.tsv: .*line 6"):
+        build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"),
+              meta=fixture("interactions", "items.csv"), category_col="i_category", strict=True)
+    with pytest.raises(DataPrepError, match=r"no category column 'category' and no --meta"):
+        build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"))
+    with pytest.raises(DataPrepError, match=r"no column 'who'"):
+        build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"), user_col="who")
+
+
+def test_interactions_dates_and_file_order(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("u;i;when\na;x;2014-01-03\na;y;2014-01-01\na;z;2014-01-02\nb;x;2014-01-01\nb;y;2014-01-01\n"
+                   "b;w;2014-01-01\n")
+    dataset, _ = build(tmp_path, format="interactions", input=str(log), user_col="u", item_col="i", time_col="when",
+                       category_col="")
+    assert dataset.id_map("category") == ["<unknown>"]
+    assert np.asarray(dataset.sequences).tolist() == [2, 3, 1, 1, 2, 0]
+    ordered, _ = build(tmp_path, name="ordered", format="interactions", input=str(log), user_col="u", item_col="i",
+                       time_col="", category_col="")
+    assert np.asarray(ordered.sequences).tolist() == [1, 2, 3, 1, 2, 0]
+
+
+@pytest.mark.parametrize("rule, categories, item_category", [
+    ("last", ["3", "5", "6", "7", "<unknown>"], [1, 2, 0, 4, 3, 4]),
+    ("first", ["1", "2", "3", "4", "<unknown>"], [0, 1, 2, 4, 3, 4]),
+])
+def test_sequences_with_attributes(tmp_path, rule, categories, item_category):
+    dataset, meta = build(tmp_path, format="sequences", input=fixture("sequences", "seqs.txt"),
+                          meta=fixture("sequences", "item2attributes.json"), category_rule=rule)
+    assert dataset.id_map("user") == ["1", "2", "3"]
+    assert dataset.id_map("item") == ["10", "11", "12", "13", "14", "15"]
+    assert dataset.id_map("category") == categories
+    assert dataset.item_category.tolist() == item_category
+    assert meta["dropped"]["malformed_lines"] == 1  # "5": a user without items
+    assert meta["dropped"]["malformed_examples"][0].endswith("seqs.txt:6: a user without items")
+    assert meta["dropped"]["short_users"] == 1  # "4 10": one item
+    assert np.asarray(dataset.sequences).tolist() == [0, 1, 2, 3, 1, 2, 4, 0, 3, 4, 5]
+
+
+# ----------------------------------------------------------------------------
+# Tables and the step-by-step chain
+# ----------------------------------------------------------------------------
+
+
+def test_npz_table_roundtrip(tmp_path):
+    path = str(tmp_path / "t.npz")
+    write_table(path, {"user_id": ["a", "b", "a"], "time": np.array([3, 1, 2]), "category": ["x", None, "y"]})
+    frame, lines = read_table(path, BuildReport())
+    assert lines is None
+    assert frame["user_id"].tolist() == ["a", "b", "a"]
+    assert frame["time"].tolist() == [3, 1, 2]
+    assert frame["category"].tolist() == ["x", None, "y"]
+
+
+@pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (IPU lane): Parquet is optional")
+def test_parquet_table_and_build(tmp_path):
+    path = str(tmp_path / "log.parquet")
+    write_table(path, {"user_id": ["a"] * 3 + ["b"] * 3, "item_id": ["x", "y", "z", "x", "z", "w"],
+                       "category": ["c1", "c2", "c1", "c1", "c1", "c3"], "time": np.arange(6)})
+    dataset, meta = build(tmp_path, format="interactions", input=path)
+    assert dataset.id_map("category") == ["c1", "c2", "c3"]
+    assert meta["splits"]["test"] == 4
+
+
+def test_convert_remap_build_chain_matches_one_command(tmp_path):
+    report = BuildReport()
+    written = convert_amazon(fixture("amazon", "reviews_Tiny_5.json.gz"), fixture("amazon", "meta_Tiny.json"),
+                             str(tmp_path / "converted"), report, workers=1)
+    assert [os.path.basename(path) for path in written] == ["reviews.npz", "items.npz"]
+    chain_report = BuildReport()
+    reviews, items, sources = read_converted(str(tmp_path / "converted"), chain_report)
+    assert chain_report.dropped["malformed_lines"] == 3 and len(sources) == 2
+    log = clean_and_remap(reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object),
+                          reviews["time"].to_numpy(), items["item_id"].to_numpy(dtype=object),
+                          items["category"].to_numpy(dtype=object), chain_report)
+    write_remapped(str(tmp_path / "remapped"), log, chain_report, sources)
+    chained, chained_meta = build(tmp_path, name="chained", format="remapped", input=str(tmp_path / "remapped"))
+    direct, direct_meta = build(tmp_path, name="direct", format="amazon", input=fixture("amazon", "reviews_Tiny_5.json.gz"),
+                                meta=fixture("amazon", "meta_Tiny.json"))
+    for split in ("train", "validation", "test"):
+        assert np.array_equal(chained.samples(split), direct.samples(split))
+    assert chained.id_map("category") == direct.id_map("category")
+    for key in ("malformed_lines", "duplicate_reviews", "short_users", "unknown_category_reviews"):
+        assert chained_meta["dropped"][key] == direct_meta["dropped"][key], key
+    # The converted tables also build directly as an interaction table.
+    table, _ = build(tmp_path, name="table", format="interactions", input=str(tmp_path / "converted" / "reviews.npz"),
+                     meta=str(tmp_path / "converted" / "items.npz"))
+    assert np.array_equal(table.samples("test"), direct.samples("test"))
+
+
+def test_key_order_numbers_and_strings():
+    from data_prep.remap import normalize_keys
+
+    assert normalize_keys(["10", "9", "-3"]).tolist() == [10, 9, -3]
+    # Leading zeros (ISBN-like asins) and spaces stay strings, so raw keys and string order survive.
+    assert normalize_keys(["0132793040", "9"]).tolist() == ["0132793040", "9"]
+    assert normalize_keys([" 7", "8"]).tolist() == [" 7", "8"]
+    assert normalize_keys(["B00X", "0001"]).tolist() == ["B00X", "0001"]
+    assert normalize_keys([3, 1]).tolist() == [3, 1]

@@ -5,15 +5,23 @@ its ``serialization.to_bytes`` fails under jax 0.4.13. A checkpoint is a
 directory holding ``state.npz`` and ``checkpoint.json``; the JSON records the
 npz's sha256, which is checked on load. Directories are written to a
 temporary name and renamed, so a crash never leaves a half-written one.
+
+A checkpoint may also hold named arrays outside the state (``<name>.npy``,
+e.g. the item -> category map a ``Predictor`` needs), each with its sha256 in
+the JSON, and training checkpoints live in numbered directories
+``<root>/step_<N>`` of which the last few are kept (``list_step_checkpoints``,
+``prune_step_checkpoints``).
 """
 
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 from flax import serialization, traverse_util
@@ -21,7 +29,10 @@ from flax import serialization, traverse_util
 CHECKPOINT_VERSION = 1
 STATE_FILE = "state.npz"
 META_FILE = "checkpoint.json"
+STEP_PREFIX = "step_"
 _SEP = "/"
+_ARRAY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_STEP_DIR = re.compile(r"^" + STEP_PREFIX + r"(\d+)$")
 
 
 class CheckpointError(Exception):
@@ -43,11 +54,16 @@ def flatten_state(tree: Any) -> Dict[str, np.ndarray]:
     return {key: np.asarray(value) for key, value in flat.items()}
 
 
-def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any]) -> str:
+def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
+                    arrays: Optional[Dict[str, np.ndarray]] = None) -> str:
     """Writes ``tree`` (host arrays, e.g. after ``jax.device_get``) atomically.
 
     An existing checkpoint at ``directory`` is replaced only once the new one
     is complete.
+
+    Args:
+      arrays: named arrays stored beside the state as ``<name>.npy`` (read
+        them with ``load_array``); names are lower-case identifiers.
 
     Returns:
       ``directory``.
@@ -62,6 +78,14 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any]) -> str:
         meta = dict(metadata)
         meta["version"] = CHECKPOINT_VERSION
         meta["sha256"] = _sha256(state_path)
+        if arrays:
+            meta["arrays"] = {}
+            for name, value in sorted(arrays.items()):
+                if not _ARRAY_NAME.match(name):
+                    raise ValueError("checkpoint array name %r: use lower-case letters, digits and _" % name)
+                array_path = os.path.join(tmp, name + ".npy")
+                np.save(array_path, np.asarray(value), allow_pickle=False)
+                meta["arrays"][name] = _sha256(array_path)
         with open(os.path.join(tmp, META_FILE), "w") as handle:
             json.dump(meta, handle, indent=2, sort_keys=True, default=_json_default)
         old = None
@@ -93,6 +117,9 @@ def read_metadata(directory: str) -> Dict[str, Any]:
     """The checkpoint's JSON metadata; CheckpointError if missing or unreadable."""
     path = os.path.join(directory, META_FILE)
     if not os.path.isdir(directory):
+        if os.path.isdir(directory.rstrip(os.sep) + ".old"):
+            raise CheckpointError("no checkpoint at %s (directory not found; %s.old holds the previous one: the "
+                                  "process died while replacing it)" % (directory, directory.rstrip(os.sep)))
         raise CheckpointError("no checkpoint at %s (directory not found)" % directory)
     if not os.path.isfile(path):
         raise CheckpointError("no checkpoint at %s (%s missing)" % (directory, META_FILE))
@@ -170,3 +197,87 @@ def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[st
             % (source, ", ".join(lead + key for key in extra[:3]), ", ..." if len(extra) > 3 else "")
         )
     return serialization.from_state_dict(template, traverse_util.unflatten_dict(restored, sep=_SEP))
+
+
+def load_array(directory: str, name: str, meta: Optional[Dict[str, Any]] = None) -> Optional[np.ndarray]:
+    """A named array saved with ``save_checkpoint(..., arrays=...)``, checksum verified.
+
+    Returns:
+      The array, or None when the checkpoint has no array of that name.
+
+    Raises:
+      CheckpointError: the file is missing, corrupt or unreadable.
+    """
+    meta = read_metadata(directory) if meta is None else meta
+    digest = (meta.get("arrays") or {}).get(name)
+    if digest is None:
+        return None
+    path = os.path.join(directory, name + ".npy")
+    if not os.path.isfile(path):
+        raise CheckpointError("checkpoint %s is incomplete (%s.npy missing)" % (directory, name))
+    if _sha256(path) != digest:
+        raise CheckpointError("checkpoint %s is corrupt: %s.npy checksum does not match its metadata" % (directory, name))
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CheckpointError("checkpoint %s: cannot read %s.npy: %s" % (directory, name, error)) from None
+
+
+def step_checkpoint_dir(root: str, step: int) -> str:
+    """``<root>/step_<step>``: where the training checkpoint of a step lives."""
+    return os.path.join(root, "%s%d" % (STEP_PREFIX, int(step)))
+
+
+def list_step_checkpoints(root: str) -> List[Tuple[int, str]]:
+    """``(step, directory)`` of the ``step_<N>`` checkpoints under ``root``, oldest first.
+
+    Only complete directories count (a ``checkpoint.json`` is written last, in
+    the temporary directory, before the rename); an absent root gives [].
+    """
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = _STEP_DIR.match(name)
+        path = os.path.join(root, name)
+        if match and os.path.isfile(os.path.join(path, META_FILE)):
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def prune_step_checkpoints(root: str, keep: int) -> List[str]:
+    """Deletes all but the ``keep`` newest ``step_<N>`` checkpoints; returns the deleted directories."""
+    if keep < 1:
+        raise ValueError("keep must be >= 1, got %r" % keep)
+    doomed = [path for _, path in list_step_checkpoints(root)[:-keep]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def remove_temporaries(root: str) -> List[str]:
+    """Deletes what an interrupted ``save_checkpoint`` leaves in ``root``: ``.<name>.tmp-*`` directories.
+
+    A ``<name>.old`` whose ``<name>`` exists is deleted too; one without
+    (the process died between the two renames) is renamed back to ``<name>``.
+
+    Returns:
+      The paths deleted or restored.
+    """
+    if not os.path.isdir(root):
+        return []
+    touched = []
+    for path in glob.glob(os.path.join(root, ".*.tmp-*")):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            touched.append(path)
+    for path in glob.glob(os.path.join(root, "*.old")):
+        if not os.path.isdir(path):
+            continue
+        target = path[:-len(".old")]
+        if os.path.exists(target):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.rename(path, target)
+        touched.append(path)
+    return touched

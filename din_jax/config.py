@@ -1,12 +1,14 @@
 """The configuration of a training or inference run, validated in one place."""
 
 import dataclasses
+import math
 from typing import Any, Dict, Optional, Tuple
 
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("fixed", "paper", "file")
 DATA_TYPES = ("float32", "float16", "bfloat16")
 SELECT_METRICS = ("gauc", "auc", "logloss")
+EMBEDDING_UPDATES = ("dense", "sparse")
 
 
 class ConfigError(ValueError):
@@ -38,6 +40,8 @@ class TrainConfig:
     lr_decay_factor: float = 0.1
     lr_file: Optional[str] = None
     clip_norm: float = 0.0
+    mba_lambda: float = 0.0  # mini-batch aware regularisation (DIN paper section 5.1; the paper uses 0.01)
+    l2: float = 0.0  # plain L2 on every parameter, added to the gradient as l2 * w
     data_type: str = "float32"
     seed: int = 1234
     model_path: Optional[str] = None
@@ -47,6 +51,24 @@ class TrainConfig:
     donate: bool = True
     prefetch: int = 2
     log_every: int = 1  # host calls between log lines
+    # Training checkpoints <model_path>/checkpoints/step_N: every N steps (at
+    # the first host call boundary at or past it) and at the end of every
+    # epoch; 0: only at the end of epochs. The last keep_checkpoints are kept.
+    checkpoint_every: int = 5000
+    keep_checkpoints: int = 3
+    resume: bool = False  # continue from the newest checkpoint of model_path
+    # Throughput (docs/PERFORMANCE.md): "sparse" updates only the embedding
+    # rows each micro-batch looks up (din_jax/sparse.py; lazy Adam); "dense"
+    # updates whole tables.
+    embedding_updates: str = "dense"
+    # History-length buckets (din_jax/data/buckets.py), e.g. (8, 16, 32, 64,
+    # 100); () or just max_seq_len: one bucket, every batch padded to
+    # max_seq_len (the IPU's single program).
+    length_buckets: Tuple[int, ...] = ()
+    # Rows per pass inside a micro-batch (0: all at once): large micro-batches
+    # are computed in cache-sized parts; the same gradient (sparse updates,
+    # models without batch statistics) and the same predictions.
+    rows_per_pass: int = 0
 
     def validate(self) -> "TrainConfig":
         """Checks every field; raises ConfigError naming the flag."""
@@ -64,12 +86,35 @@ class TrainConfig:
             raise ConfigError("--learning_rate must be > 0, got %r" % self.learning_rate)
         if self.clip_norm < 0:
             raise ConfigError("--clip_norm must be >= 0 (0 disables clipping), got %r" % self.clip_norm)
+        for name in ("mba_lambda", "l2"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError("--%s must be a finite number >= 0 (0 disables it), got %r" % (name, value))
         if self.lr_schedule == "file" and not self.lr_file:
             raise ConfigError("--lr_schedule file needs --lr_file")
         if not self.use_synthetic_data and not self.dataset:
             raise ConfigError("give --dataset DIR (a directory built by data_prep/build.py) or --use_synthetic_data")
         if self.log_every < 1:
             raise ConfigError("--log_every must be >= 1, got %r" % self.log_every)
+        if self.checkpoint_every < 0:
+            raise ConfigError("--checkpoint_every must be >= 0 (0: only at the end of each epoch), got %r"
+                              % self.checkpoint_every)
+        if self.keep_checkpoints < 1:
+            raise ConfigError("--keep_checkpoints must be >= 1, got %r" % self.keep_checkpoints)
+        if self.resume and not self.model_path:
+            raise ConfigError("--resume needs --model_path (the run directory to continue)")
+        _choice("embedding_updates", self.embedding_updates, EMBEDDING_UPDATES)
+        if self.rows_per_pass < 0:
+            raise ConfigError("--rows_per_pass must be >= 0 (0: the whole micro-batch at once), got %r"
+                              % self.rows_per_pass)
+        if self.embedding_updates == "sparse" and self.l2 > 0:
+            raise ConfigError("--l2 regularises every embedding row, which --embedding_updates sparse does not "
+                              "touch: use --embedding_updates dense with --l2 (--mba_lambda works with both)")
+        buckets = tuple(self.length_buckets or ())
+        if any(not isinstance(b, int) or not 1 <= b <= self.max_seq_len for b in buckets) or \
+                any(b <= a for a, b in zip(buckets, buckets[1:])):
+            raise ConfigError("--length_buckets must be increasing integers in [1, --max_seq_len=%d], got %s"
+                              % (self.max_seq_len, ",".join(str(b) for b in buckets)))
         return self
 
     def to_dict(self) -> Dict[str, Any]:

@@ -35,11 +35,11 @@ Shape letters: B batch rows, T history positions (`max_seq_len`).
 """
 
 import dataclasses
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from din_jax.data.dataset import SPLITS, count_training_frequencies, gather_rows
+from din_jax.data.dataset import SPLITS, count_training_frequencies, gather_rows, make_gather_tables
 
 # Rows generated per call when a whole split is built: bounds the padded
 # [rows, T] temporaries to tens of megabytes whatever the split size.
@@ -428,6 +428,7 @@ class SyntheticDataset:
         self._splits = splits
         self._items_by_category = _index_items_by_category(item_category, self.num_categories)
         self._frequencies: Optional[Dict[str, np.ndarray]] = None
+        self._gather_tables: Optional[Tuple[np.ndarray, np.ndarray]] = None
         for array in [item_category, sequences, offsets] + list(splits.values()):
             # Read-only, like the memory-mapped arrays of a real dataset.
             array.setflags(write=False)
@@ -490,8 +491,12 @@ class SyntheticDataset:
             raise ValueError(f"indices must be a 1-D integer array; got {index_B.dtype} {index_B.shape}")
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1; got {max_seq_len}")
+        if self._gather_tables is None:
+            # Built once, as Dataset does: rebuilding them per call cost more than the gather itself.
+            self._gather_tables = make_gather_tables(self.sequences, self.item_category)
         return gather_rows(
-            rows[index_B.astype(np.int64)], self.sequences, self.offsets, self.item_category, max_seq_len
+            rows[index_B.astype(np.int64)], self.sequences, self.offsets, self.item_category, max_seq_len,
+            self._gather_tables,
         )
 
     def _training_frequencies(self) -> Dict[str, np.ndarray]:

@@ -66,6 +66,7 @@ class DinAttention(nn.Module):
     activation: Union[str, ActivationFactory] = "sigmoid"
     normalization: str = "none"
     split_first_layer: bool = True
+    fold_query: bool = True
     dtype: jnp.dtype = jnp.float32
     axis_name: Optional[str] = None
 
@@ -89,7 +90,13 @@ class DinAttention(nn.Module):
         w_q, w_k, w_d, w_p = (kernel[i * dim:(i + 1) * dim] for i in range(4))
         if self.split_first_layer:
             per_query_BxH = query_BxD @ (w_q + w_d) + bias
-            hidden_BxTxH = keys_BxTxD @ (w_k - w_d) + (query_BxD[:, None, :] * keys_BxTxD) @ w_p
+            if self.fold_query:
+                # (q * k) W_p = k diag(q) W_p: one per-sample D x H matrix, so each
+                # position costs one D x H product instead of two.
+                per_sample_BxDxH = (w_k - w_d)[None] + query_BxD[:, :, None] * w_p[None]
+                hidden_BxTxH = jnp.einsum("btd,bdh->bth", keys_BxTxD, per_sample_BxDxH)
+            else:
+                hidden_BxTxH = keys_BxTxD @ (w_k - w_d) + (query_BxD[:, None, :] * keys_BxTxD) @ w_p
             hidden_BxTxH = hidden_BxTxH + per_query_BxH[:, None, :]
         else:
             query_BxTxD = jnp.broadcast_to(query_BxD[:, None, :], keys_BxTxD.shape)

@@ -7,10 +7,12 @@ Shape letters: B batch, T history positions, D item-vector width
 (item_dim + category_dim), U user width.
 """
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Parameter names of the tables, used by the train step to find embedding rows
 # (sparse updates, mini-batch aware regularisation).
@@ -18,6 +20,15 @@ ITEM_TABLE = "item"
 CATEGORY_TABLE = "category"
 USER_TABLE = "user"
 ITEM_BIAS_TABLE = "item_bias"
+
+# Variable collections of the sparse embedding updates (din_jax/sparse.py):
+# per table, the rows looked up in a forward pass ([N, E], zeros) are added to
+# the gathered rows, so that the gradient with respect to them is the
+# per-lookup row gradient; and the ids looked up (with a 0/1 validity weight,
+# 0 at padded history positions) are recorded. Absent or immutable, they
+# change nothing.
+EMBEDDING_DELTA = "embedding_delta"
+EMBEDDING_LOOKUPS = "embedding_lookups"
 
 
 def lookup(table_VxE, ids):
@@ -71,28 +82,63 @@ class FeatureEmbedding(nn.Module):
         item_table = self.param(ITEM_TABLE, init, (self.num_items, self.item_dim), jnp.float32)
         category_table = self.param(CATEGORY_TABLE, init, (self.num_categories, self.category_dim), jnp.float32)
 
-        candidate_BxD = jnp.concatenate(
-            [lookup(item_table, batch["item"]), lookup(category_table, batch["category"])], axis=-1
-        )
-        history_BxTxD = jnp.concatenate(
-            [lookup(item_table, batch["hist_item"]), lookup(category_table, batch["hist_category"])], axis=-1
-        )
+        ones_B = jnp.ones(batch["item"].shape, jnp.float32)
+        valid_BxT = history_mask(batch["hist_len"], batch["hist_item"].shape[1]).astype(jnp.float32)
+        item_B, hist_item_BxT = self._lookup_rows(ITEM_TABLE, item_table, [batch["item"], batch["hist_item"]],
+                                                  [ones_B, valid_BxT])
+        category_B, hist_category_BxT = self._lookup_rows(
+            CATEGORY_TABLE, category_table, [batch["category"], batch["hist_category"]], [ones_B, valid_BxT])
+        candidate_BxD = jnp.concatenate([item_B, category_B], axis=-1)
+        history_BxTxD = jnp.concatenate([hist_item_BxT, hist_category_BxT], axis=-1)
         user_BxU = None
         if self.user_dim > 0:
             if self.num_users <= 0:
                 raise ValueError("user_dim > 0 needs num_users > 0")
             user_table = self.param(USER_TABLE, init, (self.num_users, self.user_dim), jnp.float32)
-            user_BxU = lookup(user_table, batch["user"]).astype(self.dtype)
+            user_BxU = self._lookup_rows(USER_TABLE, user_table, [batch["user"]], [ones_B])[0].astype(self.dtype)
         item_bias_B = None
         if self.use_item_bias:
             bias_table = self.param(ITEM_BIAS_TABLE, nn.initializers.zeros, (self.num_items, 1), jnp.float32)
-            item_bias_B = lookup(bias_table, batch["item"])[..., 0]
+            item_bias_B = self._lookup_rows(ITEM_BIAS_TABLE, bias_table, [batch["item"]], [ones_B])[0][..., 0]
         return {
             "candidate": candidate_BxD.astype(self.dtype),
             "history": history_BxTxD.astype(self.dtype),
             "user": user_BxU,
             "item_bias": item_bias_B,
         }
+
+    def _lookup_rows(self, name: str, table_VxE, ids_list: List[jnp.ndarray],
+                     valid_list: List[jnp.ndarray]) -> List[jnp.ndarray]:
+        """The rows of ``table`` for each id array; the sparse-update hooks when they are active.
+
+        Without the ``EMBEDDING_DELTA``/``EMBEDDING_LOOKUPS`` collections this
+        is one ``lookup`` per id array. With them, the ids of all arrays are
+        gathered at once (the order the delta rows and recorded ids follow),
+        the recorded ids get the validity weights ``valid_list``, and the
+        delta is added to the (gradient-stopped) rows.
+        """
+        record = self.is_mutable_collection(EMBEDDING_LOOKUPS) and not self.is_initializing()
+        delta = self.get_variable(EMBEDDING_DELTA, name) if self.has_variable(EMBEDDING_DELTA, name) else None
+        if not record and delta is None:
+            return [lookup(table_VxE, ids) for ids in ids_list]
+        flat_ids = jnp.concatenate([ids.reshape(-1).astype(jnp.int32) for ids in ids_list])
+        rows_NxE = jnp.take(table_VxE, flat_ids, axis=0)
+        if record:
+            valid = jnp.concatenate([v.reshape(-1).astype(jnp.float32) for v in valid_list])
+            if self.has_variable(EMBEDDING_LOOKUPS, name):
+                raise ValueError("sparse embedding updates need one FeatureEmbedding call per forward pass")
+            # put_variable, not sow: flax 0.6.0 reserves sown names, which clash with the table's.
+            self.put_variable(EMBEDDING_LOOKUPS, name, (flat_ids, valid))
+        if delta is not None:
+            # The table gets no gradient of its own: the optimiser updates the
+            # looked-up rows from the gradient of the delta.
+            rows_NxE = jax.lax.stop_gradient(rows_NxE) + delta.astype(rows_NxE.dtype)
+        out, start = [], 0
+        for ids in ids_list:
+            size = int(np.prod(ids.shape))
+            out.append(rows_NxE[start:start + size].reshape(ids.shape + table_VxE.shape[1:]))
+            start += size
+        return out
 
 
 def history_mask(hist_len_B, max_len: int):

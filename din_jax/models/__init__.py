@@ -5,12 +5,23 @@ from typing import Any, Dict, Optional
 
 import flax.linen as nn
 
+from din_jax.models.base import BaseModel
+from din_jax.models.deepfm import DeepFM
 from din_jax.models.din import DIN
+from din_jax.models.lr import LogisticRegression
+from din_jax.models.pnn import PNN
 from din_jax.models.presets import PRESETS, get_preset
+from din_jax.models.wide_deep import WideDeep
 from din_jax.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("din", DIN)
+# The DIN paper's competitors (section 6.4), all on the same embedding layer.
+MODELS.register("lr", LogisticRegression)
+MODELS.register("base", BaseModel)
+MODELS.register("wide_deep", WideDeep)
+MODELS.register("pnn", PNN)
+MODELS.register("deepfm", DeepFM)
 
 
 def register_model(name: str, factory, overwrite: bool = False):
@@ -47,4 +58,7 @@ def build_model(name: str, num_users: int, num_items: int, num_categories: int,
     )
 
 
-__all__ = ["DIN", "MODELS", "PRESETS", "build_model", "get_preset", "model_fields", "register_model"]
+__all__ = [
+    "DIN", "MODELS", "PNN", "PRESETS", "BaseModel", "DeepFM", "LogisticRegression", "WideDeep", "build_model",
+    "get_preset", "model_fields", "register_model",
+]

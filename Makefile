@@ -1,0 +1,50 @@
+# Set-up and the main jobs. `make train` and `make test` work on a fresh
+# machine with only Python 3 (3.8 or newer) and pip: they create .venv first.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The IPU-proxy lane (Python 3.8 + the IPU stack's library pins, on CPU).
+PYTHON38 ?= $(shell command -v python3.8 2>/dev/null || ls /root/.pyenv/versions/3.8*/bin/python 2>/dev/null | head -n 1)
+PROXY_VENV ?= .venv-ipu-proxy
+SAMPLE_DATA := build/amazon_electronics_sample
+PYTEST_ARGS ?=
+
+.PHONY: setup train test test-ipu-proxy lint data clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,watch,parquet,lint]'
+	touch $@
+
+# The embedded real sample of the DIN paper's Amazon Electronics data.
+data: $(SAMPLE_DATA)/meta.json
+
+$(SAMPLE_DATA)/meta.json: $(VENV)/.installed
+	$(BIN)/python data_prep/build.py --format din --input data/amazon_electronics_din_sample \
+		--output $(SAMPLE_DATA) --overwrite
+
+train: data
+	$(BIN)/python experiments/train.py --flagfile experiments/configs/amazon_sample.flags
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(PROXY_VENV)/.installed: requirements-ipu-proxy.txt requirements-ipu-common.txt requirements-ipu-nodeps.txt
+	@test -n "$(PYTHON38)" || { echo "make: the IPU-proxy lane needs Python 3.8 (set PYTHON38=/path/to/python3.8)"; exit 2; }
+	test -x $(PROXY_VENV)/bin/python || $(PYTHON38) -m venv $(PROXY_VENV)
+	$(PROXY_VENV)/bin/python -m pip install --quiet -r requirements-ipu-proxy.txt
+	$(PROXY_VENV)/bin/python -m pip install --quiet --no-deps -r requirements-ipu-nodeps.txt
+	touch $@
+
+test-ipu-proxy: $(PROXY_VENV)/.installed
+	$(PROXY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check din_jax experiments data_prep tests
+
+clean:
+	rm -rf build runs .pytest_cache

@@ -1,0 +1,64 @@
+"""Builds the parts of a run from a TrainConfig: data source, model, restored variables."""
+
+import os
+from typing import Any, Dict, Optional
+
+from din_jax import checkpoint as ckpt
+from din_jax.config import ConfigError, TrainConfig
+from din_jax.models import build_model
+from din_jax.train_lib import AXIS_NAME, compute_dtype, init_variables
+
+
+def load_source(config: TrainConfig):
+    """The dataset (or synthetic data) a config names."""
+    if config.use_synthetic_data:
+        from din_jax.data.synthetic import make_synthetic_dataset
+
+        train, validation, test = config.synthetic_samples
+        return make_synthetic_dataset(train, validation, test, max_seq_len=config.max_seq_len, seed=config.seed)
+    from din_jax.data.dataset import load_dataset
+
+    return load_dataset(config.dataset)
+
+
+def vocabulary(source) -> Dict[str, int]:
+    return {"users": int(source.num_users), "items": int(source.num_items), "categories": int(source.num_categories)}
+
+
+def build_model_for(config: TrainConfig, vocab: Dict[str, int], axis_name: Optional[str] = AXIS_NAME):
+    model_config = dict(config.model_config)
+    model_config["dtype"] = compute_dtype(config.data_type)
+    try:
+        return build_model(config.model, vocab["users"], vocab["items"], vocab["categories"], model_config, axis_name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int, extra: Optional[Dict[str, Any]] = None):
+    meta = {
+        "model": config.model,
+        "model_config": config.model_config,
+        "data_type": config.data_type,
+        "max_seq_len": config.max_seq_len,
+        "vocabulary": vocab,
+        "dataset": os.path.abspath(config.dataset) if config.dataset else None,
+        "use_synthetic_data": config.use_synthetic_data,
+        "seed": config.seed,
+        "step": int(step),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def load_variables_for_inference(path: str, config: TrainConfig, vocab: Dict[str, int]):
+    """The model and its ``{'params', 'batch_stats'}`` from a checkpoint directory."""
+    flat, _ = ckpt.load_checkpoint(path)
+    model = build_model_for(config, vocab, axis_name=None)
+    template = init_variables(model, 0, config.max_seq_len)
+    variables = {
+        "params": ckpt.restore_tree(template["params"], flat, prefix="params", source="checkpoint %s" % path),
+        "batch_stats": ckpt.restore_tree(template["batch_stats"], flat, prefix="batch_stats", source="checkpoint %s" % path),
+    }
+    return model, variables
+
+

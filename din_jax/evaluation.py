@@ -1,0 +1,83 @@
+"""Scoring whole splits with a pmapped prediction program; metrics on the host."""
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import jax
+import numpy as np
+
+from din_jax import metrics as metrics_lib
+from din_jax.config import TrainConfig
+from din_jax.data.buckets import normalize_buckets, plan_split_chunks
+from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.train_lib import replicate
+
+
+def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, split: str, devices: List[Any],
+                  micro_batch_size: int, device_iterations: int, max_seq_len: int,
+                  prefetch_depth: int = 2, timing: Optional[Dict[str, Any]] = None,
+                  length_buckets: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+    """Scores every sample of a split in its stored order.
+
+    Args:
+      variables: ``{'params', 'batch_stats'}`` on the host.
+      length_buckets: history-length buckets (``din_jax.data.buckets``): the
+        samples are scored grouped by length, one program per bucket, and
+        put back in their stored order.
+      timing: if given, every program shape is compiled first (its seconds
+        go to ``timing['compile_s']``) and the wall time of each call, from
+        dispatch to results on the host, is appended to ``timing['calls']``
+        as ``(seconds, micro_batches)``.
+
+    Returns:
+      ``user``, ``label``, ``logits`` (float32) arrays, one entry per sample.
+    """
+    count = source.num_samples(split)
+    replicated = replicate(variables, devices)
+    bucketed = len(normalize_buckets(length_buckets, max_seq_len)) > 1
+    if bucketed:
+        plan = plan_split_chunks(source, split, np.arange(count), max_seq_len, length_buckets, len(devices),
+                                 device_iterations, micro_batch_size, drop_remainder=False)
+    else:
+        plan = plan_chunks(np.arange(count), len(devices), device_iterations, micro_batch_size, drop_remainder=False)
+    seq_lens = plan.seq_lens or [max_seq_len] * len(plan.calls)
+
+    def chunks():
+        for indices, seq_len in zip(plan.calls, seq_lens):
+            yield gather_chunk(source, split, indices, seq_len)
+
+    if timing is not None:
+        timing.setdefault("calls", [])
+        start = time.perf_counter()
+        for k, seq_len in sorted({(indices.shape[1], t) for indices, t in zip(plan.calls, seq_lens)}):
+            first = next(indices for indices, t in zip(plan.calls, seq_lens) if indices.shape[1] == k and t == seq_len)
+            jax.device_get(p_predict(replicated, gather_chunk(source, split, first, seq_len)))
+        timing["compile_s"] = timing.get("compile_s", 0.0) + time.perf_counter() - start
+
+    users, labels, logits, positions = [], [], [], []
+    for indices, chunk, valid in zip(plan.calls, prefetch(chunks(), prefetch_depth), plan.valid):
+        start = time.perf_counter()
+        out = np.asarray(jax.device_get(p_predict(replicated, chunk)))
+        if timing is not None:
+            timing["calls"].append((time.perf_counter() - start, out.shape[1]))
+        # (R, K, B) -> (K, R, B): back to the order of plan_chunks.
+        logits.append(out.transpose(1, 0, 2).reshape(-1)[:valid])
+        users.append(chunk["user"].transpose(1, 0, 2).reshape(-1)[:valid])
+        labels.append(chunk["label"].transpose(1, 0, 2).reshape(-1)[:valid])
+        positions.append(indices.transpose(1, 0, 2).reshape(-1)[:valid])
+    if bucketed and positions:  # back to the stored order
+        inverse = np.argsort(np.concatenate(positions), kind="stable")
+        users, labels, logits = ([np.concatenate(parts)[inverse]] for parts in (users, labels, logits))
+    return {
+        "user": np.concatenate(users) if users else np.zeros((0,), np.int32),
+        "label": np.concatenate(labels) if labels else np.zeros((0,), np.float32),
+        "logits": np.concatenate(logits).astype(np.float32) if logits else np.zeros((0,), np.float32),
+    }
+
+
+def evaluate_split(p_predict, variables, source, split, devices, config: TrainConfig) -> Dict[str, float]:
+    """GAUC, AUC, logloss and accuracy of a split (host-side metrics)."""
+    out = predict_split(p_predict, variables, source, split, devices, config.eval_micro_batch_size,
+                        config.device_iterations, config.max_seq_len, config.prefetch,
+                        length_buckets=getattr(config, "length_buckets", ()))
+    return metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])

@@ -1,0 +1,427 @@
+"""Observers of a training run: progress display, TensorBoard events, a JSON-lines log of every call.
+
+Hooks receive the ``Trainer``'s events (listed in ``din_jax.training``); a
+hook implements the ones it needs. ``make_hooks`` builds the usual set for a
+run. Optional packages stay optional: without tqdm the progress display is
+log lines, without tensorboardX there are no events (a warning says so).
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from absl import logging
+
+try:
+    from tqdm import tqdm as _tqdm
+except ImportError:  # the IPU lane has no tqdm
+    _tqdm = None
+
+try:
+    from tensorboardX import SummaryWriter as _SummaryWriter
+except ImportError:  # the IPU lane has no tensorboardX
+    _SummaryWriter = None
+
+TRAIN_LOG_FILE = "train_log.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+_METRICS = ("gauc", "auc", "logloss", "accuracy")
+
+
+def tqdm_available() -> bool:
+    return _tqdm is not None
+
+
+def tensorboard_available() -> bool:
+    return _SummaryWriter is not None
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return "%d:%02d:%02d" % (hours, rest // 60, rest % 60)
+
+
+class _BarSafeStream:
+    """A stderr stand-in that writes through ``tqdm.write``, so log lines never tear a progress bar."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text:
+            _tqdm.write(text, file=self._stream, end="")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class ProgressHook:
+    """Progress of training and evaluation: tqdm bars on a terminal, log lines elsewhere.
+
+    Bars: one per epoch (steps, samples/s, the latest loss and validation
+    GAUC, ETA) and one per evaluation (samples). While bars are shown, log
+    lines are written through ``tqdm.write`` and the trainer's per-call lines
+    are left out (``replaces_call_log``). Log lines: one every ``seconds``
+    with the run's progress, ETA, throughput, loss and validation GAUC.
+
+    Args:
+      mode: ``bar``, ``log``, ``none``, or ``auto`` (bar when ``stream`` is a
+        terminal and tqdm is installed, else log).
+      seconds: the interval of log lines.
+      stream: where bars go (stderr by default).
+    """
+
+    def __init__(self, mode: str = "auto", seconds: float = 30.0, stream=None):
+        if mode not in PROGRESS_MODES:
+            raise ValueError("progress mode %r; choose from %s" % (mode, list(PROGRESS_MODES)))
+        self.stream = stream if stream is not None else sys.stderr
+        if mode == "auto":
+            is_tty = bool(getattr(self.stream, "isatty", lambda: False)())
+            mode = "bar" if is_tty and _tqdm is not None else "log"
+        if mode == "bar" and _tqdm is None:
+            logging.warning("--progress bar needs tqdm (pip install tqdm); showing log lines instead")
+            mode = "log"
+        self.mode = mode
+        self.seconds = float(seconds)
+        self._epoch_bar = None
+        self._eval_bar = None
+        self._saved_streams: Optional[Dict[str, Any]] = None
+        self._epochs = 0
+        self._steps_per_epoch = 0
+        self._epoch_first_step = 0
+        self._epoch_steps = 0
+        self._start_time = None
+        self._start_step = 0
+        self._last_line = 0.0
+        self._loss = None
+        self._samples_per_s = None
+        self._validation = None
+
+    @property
+    def replaces_call_log(self) -> bool:
+        return self.mode == "bar"
+
+    # -- shared state --------------------------------------------------------
+
+    def _postfix(self) -> str:
+        parts = []
+        if self._samples_per_s is not None:
+            parts.append("%.0f samples/s" % self._samples_per_s)
+        if self._loss is not None:
+            parts.append("loss %.4f" % self._loss)
+        if self._validation is not None:
+            parts.append("val gauc %.4f" % self._validation)
+        return ", ".join(parts)
+
+    def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:
+        self._epochs = record["epochs"]
+        self._steps_per_epoch = record["steps_per_epoch"]
+        self._start_time = time.perf_counter()
+        self._start_step = record["step"]
+        self._last_line = self._start_time
+        if trainer.history and "validation" in trainer.history[-1]:
+            self._validation = trainer.history[-1]["validation"]["gauc"]
+        if self.mode == "bar" and self.stream is sys.stderr and self._saved_streams is None:
+            # absl's handler keeps its own reference to stderr: route both.
+            handler = getattr(logging.get_absl_handler(), "python_handler", None)
+            self._saved_streams = {"sys": sys.stderr, "handler": getattr(handler, "stream", None)}
+            sys.stderr = _BarSafeStream(self.stream)
+            if handler is not None and self._saved_streams["handler"] is self.stream:
+                handler.stream = sys.stderr
+
+    def on_epoch_begin(self, trainer, record: Dict[str, Any]) -> None:
+        self._epoch_first_step = record["step"] - record["done"]
+        self._epoch_steps = record["steps"]
+        if self.mode != "bar":
+            return
+        self._close_bar("_epoch_bar")
+        self._epoch_bar = _tqdm(total=record["steps"], initial=record["done"], unit="step", file=self.stream,
+                                desc="epoch %d/%d" % (record["epoch"], self._epochs), dynamic_ncols=True,
+                                leave=True, smoothing=0.1)
+        self._epoch_bar.set_postfix_str(self._postfix(), refresh=False)
+
+    def on_train_call(self, trainer, record: Dict[str, Any]) -> None:
+        self._loss = record["loss"]
+        if not record["includes_compilation"]:
+            self._samples_per_s = record["samples_per_s"]
+        if self.mode == "bar" and self._epoch_bar is not None:
+            self._epoch_bar.set_postfix_str(self._postfix(), refresh=False)
+            self._epoch_bar.update(len(record["losses"]))
+        elif self.mode == "log":
+            self._maybe_log_line(trainer, record["step"], record["epoch"])
+
+    def _maybe_log_line(self, trainer, step: int, epoch: int, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._last_line < self.seconds:
+            return
+        self._last_line = now
+        total = self._epochs * self._steps_per_epoch
+        done = step - self._start_step
+        rate = done / (now - self._start_time) if now > self._start_time else 0.0
+        eta = (total - step) / rate if rate > 0 else float("nan")
+        in_epoch = step - self._epoch_first_step
+        logging.info("progress: epoch %d/%d %d%% (step %d of about %d), ETA %s; %s", epoch, self._epochs,
+                     int(100 * in_epoch / max(self._epoch_steps, 1)), step, total, _format_duration(eta),
+                     self._postfix() or "starting")
+
+    def on_evaluation_begin(self, trainer, record: Dict[str, Any]) -> None:
+        if self.mode != "bar":
+            return
+        self._close_bar("_eval_bar")
+        self._eval_bar = _tqdm(total=record["samples"], unit="sample", file=self.stream, desc=record["split"],
+                               dynamic_ncols=True, leave=False, position=1 if self._epoch_bar is not None else 0)
+
+    def on_predict_call(self, trainer, record: Dict[str, Any]) -> None:
+        bar = self._eval_bar
+        if bar is not None:
+            bar.update(max(0, min(record["samples"], bar.total - bar.n)))
+
+    def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
+        self._close_bar("_eval_bar")
+        if "validation" in record:
+            self._validation = record["validation"]["gauc"]
+        if self._epoch_bar is not None:
+            self._epoch_bar.set_postfix_str(self._postfix())
+
+    def on_end(self, trainer, summary: Dict[str, Any]) -> None:
+        self._close_bar("_eval_bar")
+
+    def _close_bar(self, name: str) -> None:
+        bar = getattr(self, name)
+        if bar is not None:
+            bar.close()
+            setattr(self, name, None)
+
+    def on_close(self, trainer, record: Dict[str, Any]) -> None:
+        self._close_bar("_eval_bar")
+        self._close_bar("_epoch_bar")
+        if self._saved_streams is not None:
+            handler = getattr(logging.get_absl_handler(), "python_handler", None)
+            if handler is not None and handler.stream is sys.stderr:
+                handler.stream = self._saved_streams["handler"]
+            sys.stderr = self._saved_streams["sys"]
+            self._saved_streams = None
+
+
+class TensorBoardHook:
+    """TensorBoard events in ``logdir``, written with tensorboardX (no TensorFlow needed).
+
+    Scalars: ``train/loss``, ``train/accuracy``, ``train/learning_rate``,
+    ``train/samples_per_s`` per host call; ``validation/<metric>`` per
+    evaluation; ``test/<metric>`` at the end. Histograms (models that return
+    attention weights): ``attention/weights`` of the valid history positions
+    and ``attention/weight_sum`` per sample, over the first
+    ``attention_samples`` validation samples at each evaluation. A fresh run
+    removes the directory's old event files; a resumed run hides the events
+    after the checkpoint it resumed from (``purge_step``).
+    """
+
+    def __init__(self, logdir: str, attention_histograms: bool = True, attention_samples: int = 256):
+        if _SummaryWriter is None:
+            raise ImportError("TensorBoard events need tensorboardX (pip install tensorboardX)")
+        self.logdir = logdir
+        self.attention_histograms = attention_histograms
+        self.attention_samples = attention_samples
+        self.writer = None
+        self._attention_fn = None
+        self._attention_batch = None
+
+    def _open(self, trainer, resumed: Optional[int]) -> None:
+        if self.writer is not None or not trainer.is_chief:
+            return
+        os.makedirs(self.logdir, exist_ok=True)
+        if resumed is None:
+            for name in os.listdir(self.logdir):
+                if name.startswith("events.out.tfevents."):
+                    os.remove(os.path.join(self.logdir, name))
+        self.writer = _SummaryWriter(self.logdir, purge_step=(resumed + 1) if resumed else None, flush_secs=30)
+        if resumed is None:
+            text = json.dumps(trainer.config.to_dict(), indent=2, sort_keys=True, default=str)
+            self.writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)
+
+    def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:
+        self._open(trainer, record["resumed"])
+
+    def on_train_call(self, trainer, record: Dict[str, Any]) -> None:
+        self._open(trainer, None)
+        if self.writer is None:
+            return
+        step = record["step"]
+        self.writer.add_scalar("train/loss", record["loss"], step)
+        self.writer.add_scalar("train/accuracy", record["accuracy"], step)
+        self.writer.add_scalar("train/learning_rate", record["learning_rate"], step)
+        if not record["includes_compilation"] and math.isfinite(record["samples_per_s"]):
+            self.writer.add_scalar("train/samples_per_s", record["samples_per_s"], step)
+
+    def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
+        self._open(trainer, None)
+        if self.writer is None:
+            return
+        for name in _METRICS:
+            value = (record.get("validation") or {}).get(name)
+            if value is not None:
+                self.writer.add_scalar("validation/" + name, value, record["step"])
+        if self.attention_histograms and trainer.latest_variables is not None:
+            weights = self._attention_weights(trainer)
+            if weights is not None:
+                valid_BxT, weights_BxT = weights
+                self.writer.add_histogram("attention/weights", weights_BxT[valid_BxT], record["step"])
+                self.writer.add_histogram("attention/weight_sum", weights_BxT.sum(axis=1), record["step"])
+
+    def _attention_weights(self, trainer):
+        if self._attention_fn is None:
+            import jax
+
+            from din_jax.predictor import model_returns_attention
+
+            model = trainer.eval_model
+            if not model_returns_attention(model):
+                logging.info("model %s returns no attention weights: no attention histograms", trainer.config.model)
+                self.attention_histograms = False
+                return None
+            split = "validation" if trainer.has_validation else "train"
+            count = min(self.attention_samples, trainer.source.num_samples(split))
+            self._attention_batch = trainer.source.gather(split, np.arange(count), trainer.config.max_seq_len)
+            self._attention_fn = jax.jit(lambda v, b: model.apply(v, b, train=False, return_attention=True)[1])
+        weights_BxT = np.asarray(self._attention_fn(trainer.latest_variables, self._attention_batch), np.float32)
+        batch = self._attention_batch
+        valid_BxT = np.arange(weights_BxT.shape[1])[None, :] < batch["hist_len"][:, None]
+        return valid_BxT, np.where(valid_BxT, weights_BxT, 0.0)
+
+    def on_checkpoint(self, trainer, record: Dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def on_end(self, trainer, summary: Dict[str, Any]) -> None:
+        self._open(trainer, None)
+        if self.writer is None:
+            return
+        for split in ("test",):
+            for name in _METRICS:
+                value = (summary.get(split) or {}).get(name)
+                if value is not None:
+                    self.writer.add_scalar("%s/%s" % (split, name), value, summary["steps"])
+        self.writer.add_scalar("best/step", summary["best_step"], summary["steps"])
+        self.writer.flush()
+
+    def on_close(self, trainer, record: Dict[str, Any]) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class TrainLogHook:
+    """Appends one JSON line per event to ``path`` (default ``<model_path>/train_log.jsonl``).
+
+    Rows: ``{"event": "train", "step", "epoch", "loss", "accuracy",
+    "learning_rate", "samples_per_s", "includes_compilation", "time"}`` per
+    host call; ``{"event": "evaluation", "step", "epoch", "validation"}``;
+    ``{"event": "checkpoint", "step", "path"}``; ``{"event": "end", "step",
+    "best_step", "validation", "test"}``. Each line is flushed as written. A
+    fresh run starts the file again; a resumed run drops the rows after the
+    step it resumed from (they are trained again).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._handle = None
+
+    def _open(self, trainer, resumed: Optional[int]) -> None:
+        if self._handle is not None or not trainer.is_chief:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        kept: List[str] = []
+        if resumed is not None and os.path.isfile(self.path):
+            with open(self.path) as handle:
+                for line in handle:
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut short by a kill
+                    if isinstance(row, dict) and int(row.get("step", 0)) <= resumed:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+        with open(self.path + ".tmp", "w") as handle:
+            handle.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
+        self._handle = open(self.path, "a")
+
+    def _write(self, trainer, row: Dict[str, Any]) -> None:
+        self._open(trainer, None)
+        if self._handle is None:
+            return
+        from din_jax.checkpoint import _json_default
+
+        self._handle.write(json.dumps(row, default=_json_default) + "\n")
+        self._handle.flush()
+
+    def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:
+        self._open(trainer, record["resumed"])
+
+    def on_train_call(self, trainer, record: Dict[str, Any]) -> None:
+        row = {key: record[key] for key in ("step", "epoch", "loss", "accuracy", "learning_rate", "samples_per_s",
+                                            "includes_compilation")}
+        row["steps"] = len(record["losses"])
+        row["time"] = time.time()
+        self._write(trainer, dict(event="train", **row))
+
+    def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
+        self._write(trainer, dict(event="evaluation", time=time.time(), **record))
+
+    def on_checkpoint(self, trainer, record: Dict[str, Any]) -> None:
+        self._write(trainer, {"event": "checkpoint", "step": record["step"], "epoch": record["epoch"],
+                              "path": record["path"]})
+
+    def on_end(self, trainer, summary: Dict[str, Any]) -> None:
+        self._write(trainer, {"event": "end", "step": summary["steps"], "best_step": summary["best_step"],
+                              "validation": summary["validation"], "test": summary["test"]})
+
+    def on_close(self, trainer, record: Dict[str, Any]) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def read_train_log(path: str) -> List[Dict[str, Any]]:
+    """The rows of a train_log.jsonl (a line cut short by a kill is skipped)."""
+    rows = []
+    with open(path) as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def make_hooks(config, progress: str = "auto", progress_seconds: float = 30.0, tensorboard: bool = True,
+               attention_histograms: bool = True, train_log: bool = True) -> List[Any]:
+    """The usual hooks of a run: progress display, and with ``config.model_path`` TensorBoard and the train log.
+
+    A missing optional package (tqdm, tensorboardX) costs its feature and a
+    warning, never the run.
+    """
+    hooks: List[Any] = []
+    if progress != "none":
+        hooks.append(ProgressHook(progress, progress_seconds))
+    if config.model_path and tensorboard:
+        if tensorboard_available():
+            hooks.append(TensorBoardHook(os.path.join(config.model_path, TENSORBOARD_DIR), attention_histograms))
+        else:
+            logging.warning("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX, "
+                            "or pass --notensorboard)")
+    if config.model_path and train_log:
+        hooks.append(TrainLogHook(os.path.join(config.model_path, TRAIN_LOG_FILE)))
+    return hooks

@@ -1,0 +1,79 @@
+"""Product-based Neural Network (Qu et al., ICDM 2016) as the DIN paper's competitor.
+
+BaseModel plus a product layer: the inner products between every pair of
+field vectors (candidate item, candidate category, pooled history items,
+pooled history categories, and the user when there is one) join the MLP's
+input, as in IPNN and FuxiCTR's PNN (the embeddings themselves are the
+product layer's "linear signal").
+
+Deliberate difference from the authors' code (``pnn/model.py``): their "PNN"
+is the base model whose MLP also sees the element-wise product of the
+pooled history and the candidate (exactly DIN's MLP input with mean pooling
+instead of attention), with no inner products. ``product='elementwise'``
+gives that, ``product='both'`` the two together.
+
+Shape letters: B batch, F fields, E field width, D item-vector width.
+"""
+
+from typing import Dict, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from din_jax.layers.activations import ActivationFactory
+from din_jax.layers.attention import AttentionFactory
+from din_jax.models.base import add_item_bias, deep_logits, embed_and_pool, field_vectors
+
+PRODUCTS = ("inner", "elementwise", "both")
+
+
+def pairwise_inner_products(fields_BxFxE):
+    """``<f_i, f_j>`` for every pair ``i < j`` of fields, ``[B, F (F - 1) / 2]``."""
+    num_fields = fields_BxFxE.shape[1]
+    gram_BxFxF = jnp.einsum("bfe,bge->bfg", fields_BxFxE, fields_BxFxE)
+    rows, cols = np.triu_indices(num_fields, k=1)
+    return gram_BxFxF[:, rows, cols]
+
+
+class PNN(nn.Module):
+    """PNN: ``BaseModel`` whose MLP also sees products of the field vectors.
+
+    Attributes:
+      num_items, num_categories, num_users: vocabulary sizes.
+      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
+      pooling: history pooling (``mean`` or ``sum``; any name in ``ATTENTIONS``).
+      product: ``inner`` (pairwise inner products of the field vectors, the
+        default), ``elementwise`` (pooled history * candidate, the authors'
+        code) or ``both``.
+      mlp_hidden, activation, dropout_rate: the prediction MLP.
+      dtype, axis_name: as in ``BaseModel``.
+    """
+
+    num_items: int
+    num_categories: int
+    num_users: int = 0
+    item_dim: int = 64
+    category_dim: int = 64
+    user_dim: int = 0
+    use_item_bias: bool = True
+    pooling: Union[str, AttentionFactory] = "mean"
+    product: str = "inner"
+    mlp_hidden: Sequence[int] = (80, 40)
+    activation: Union[str, ActivationFactory] = "prelu"
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:
+        """Scores a batch dict (docs/DATASET_FORMAT.md); returns float32 logits ``[B]``."""
+        if self.product not in PRODUCTS:
+            raise ValueError("unknown PNN product %r; choose from %s" % (self.product, list(PRODUCTS)))
+        inputs = embed_and_pool(self, batch, train)
+        extra = []
+        if self.product in ("inner", "both"):
+            extra.append(pairwise_inner_products(field_vectors(self, inputs)))
+        if self.product in ("elementwise", "both"):
+            extra.append(inputs.pooled_BxD * inputs.candidate_BxD)
+        return add_item_bias(deep_logits(self, inputs, extra, train), inputs)

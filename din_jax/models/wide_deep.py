@@ -1,0 +1,109 @@
+"""Wide&Deep (Cheng et al., 2016) as the DIN paper's competitor: BaseModel plus a wide linear part.
+
+Follows the paper's description (section 6.4: the wide part is a linear
+model over "cross-product" features) and, for the deep part, the authors'
+base model (``base_model/model.py``, see ``din_jax.models.base``).
+
+The wide part is a linear model over
+- the raw sparse features (``LinearTerms``: candidate item and category,
+  the history bag, the user), and
+- two crossed features, candidate × history: (candidate category, history
+  category) and (candidate item, history category) for every valid history
+  position, each cross id with a learnt scalar weight, pooled over the
+  history like the history bag (mean by default).
+
+Deliberate difference from the authors' code (``wide_deep/model.py``): there
+the "wide" part is a dense layer over the products of three fixed
+coordinates of the pooled-history vector and the candidate vector
+(coordinates 0, 64 and 127), which is neither sparse nor a cross of
+features. Crossing ids is what Wide&Deep means by its wide part.
+
+Cross ids are exact (``cand * C + hist``) when the cross fits in
+``wide_buckets`` rows, else hashed into ``wide_buckets`` rows (uint32
+wrap-around, then modulo). The wide weights are not embedding rows, so
+mini-batch aware regularisation leaves them alone (plain ``--l2`` does not).
+
+Shape letters: B batch, T history positions.
+"""
+
+from typing import Dict, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from din_jax.layers.activations import ActivationFactory
+from din_jax.layers.attention import AttentionFactory
+from din_jax.layers.embedding import lookup
+from din_jax.models.base import add_item_bias, deep_logits, embed_and_pool
+from din_jax.models.lr import LinearTerms, bag_of, pool_bag
+
+
+def cross_ids(left_B, right_BxT, right_vocab: int, rows: int):
+    """Row of each (left, right) pair in a table of ``rows`` rows, int32 ``[B, T]``.
+
+    Exact (``left * right_vocab + right``) when every pair has its own row;
+    otherwise the same number in uint32 (wrapping around on overflow) taken
+    modulo ``rows``: a hash, deterministic on every backend.
+    """
+    pair_BxT = (left_B.astype(jnp.uint32)[:, None] * jnp.uint32(right_vocab)
+                + right_BxT.astype(jnp.uint32))
+    return (pair_BxT % jnp.uint32(rows)).astype(jnp.int32)
+
+
+class WideDeep(nn.Module):
+    """Wide&Deep: ``BaseModel``'s MLP plus a linear model over raw and crossed ids.
+
+    Attributes:
+      num_items, num_categories, num_users: vocabulary sizes.
+      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
+      pooling: pooling of the history for the deep part (a name in
+        ``ATTENTIONS`` or a factory); the wide part's history bags are summed
+        for ``sum`` and averaged otherwise.
+      mlp_hidden, activation, dropout_rate: the deep part's MLP.
+      wide_buckets: rows of each cross table (hashing beyond that).
+      dtype, axis_name: as in ``BaseModel``.
+    """
+
+    num_items: int
+    num_categories: int
+    num_users: int = 0
+    item_dim: int = 64
+    category_dim: int = 64
+    user_dim: int = 0
+    use_item_bias: bool = True
+    pooling: Union[str, AttentionFactory] = "mean"
+    mlp_hidden: Sequence[int] = (80, 40)
+    activation: Union[str, ActivationFactory] = "prelu"
+    dropout_rate: float = 0.0
+    wide_buckets: int = 2 ** 18
+    dtype: jnp.dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:
+        """Scores a batch dict (docs/DATASET_FORMAT.md); returns float32 logits ``[B]``."""
+        if self.wide_buckets < 1:
+            raise ValueError("wide_buckets must be >= 1, got %d" % self.wide_buckets)
+        inputs = embed_and_pool(self, batch, train)
+        deep_B = deep_logits(self, inputs, (), train)
+
+        raw_B = LinearTerms(
+            num_items=self.num_items,
+            num_categories=self.num_categories,
+            num_users=self.num_users,
+            use_user=self.user_dim > 0,
+            bag=bag_of(self.pooling),
+            name="wide_linear",
+        )(batch)
+        category_rows = min(self.num_categories * self.num_categories, self.wide_buckets)
+        item_rows = min(self.num_items * self.num_categories, self.wide_buckets)
+        category_cross = self.param("category_cross", nn.initializers.zeros, (category_rows, 1), jnp.float32)
+        item_cross = self.param("item_category_cross", nn.initializers.zeros, (item_rows, 1), jnp.float32)
+        hist_category_BxT = batch["hist_category"]
+        crossed_BxTx2 = jnp.concatenate([
+            lookup(category_cross, cross_ids(batch["category"], hist_category_BxT, self.num_categories, category_rows)),
+            lookup(item_cross, cross_ids(batch["item"], hist_category_BxT, self.num_categories, item_rows)),
+        ], axis=-1)
+        # The crosses are a bag over the history positions, normalised like the history bag.
+        wide_B = raw_B + jnp.sum(pool_bag(crossed_BxTx2, inputs.mask_BxT, bag_of(self.pooling)), axis=-1)
+        return add_item_bias(deep_B + wide_B, inputs)

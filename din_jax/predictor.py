@@ -1,0 +1,401 @@
+"""Scoring with a trained checkpoint: click probabilities of batches, and ranking candidates for one user.
+
+    predictor = Predictor.from_checkpoint("runs/synthetic")      # its best/ checkpoint
+    predictor.rank(history=[3, 81, 5], candidate_items=[12, 7, 99, 4], k=2)
+    # -> [(7, 0.93), (12, 0.41)]
+
+``rank`` is the authors' multi-item scoring done right: one batch of C rows
+that share the user's history, each row with its own candidate, so every
+candidate gets its own attention over the history, i.e. its own user vector
+(scoring every candidate with one user vector was a defect of the original
+inference code, REFERENCE.md section 5, item 9). In inference mode DIN scores
+rows independently (Dice uses its moving averages), so a candidate's score
+does not depend on the others in the call.
+
+Shape letters: B batch rows, C candidates, T history positions (max_seq_len).
+"""
+
+import inspect
+import json
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from din_jax import checkpoint as ckpt
+from din_jax.builders import build_model_for
+from din_jax.config import TrainConfig
+from din_jax.train_lib import example_batch
+
+RANK_REQUEST_KEYS = ("history", "candidates", "user", "id")
+
+
+def model_returns_attention(model) -> bool:
+    """Whether a model's ``__call__`` takes ``return_attention`` (DIN does; the baselines do not)."""
+    try:
+        return "return_attention" in inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_checkpoint_dir(path: str, which: str = "best") -> str:
+    """A checkpoint directory: ``path/<which>`` of a run directory, or ``path`` itself.
+
+    Raises:
+      CheckpointError: neither holds a checkpoint.
+    """
+    candidate = os.path.join(path, which)
+    if os.path.isfile(os.path.join(candidate, ckpt.META_FILE)):
+        return candidate
+    if os.path.isfile(os.path.join(path, ckpt.META_FILE)):
+        return path
+    raise ckpt.CheckpointError("no checkpoint at %s (looked for %s and %s)"
+                               % (path, os.path.join(candidate, ckpt.META_FILE), os.path.join(path, ckpt.META_FILE)))
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    # Two branches so that exp never overflows.
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def _bucket(rows: int, largest: int) -> int:
+    """Rows padded to a power of two (at least 8): a handful of compiled shapes for any batch size."""
+    size = 8
+    while size < rows:
+        size *= 2
+    return min(size, largest)
+
+
+class Predictor:
+    """A trained model ready to score: ``predict`` for batches, ``rank`` for one user's candidates.
+
+    Args:
+      model: the flax module (built without a pmap axis).
+      variables: ``{'params', 'batch_stats'}``.
+      item_category: int ``[num_items]``, each item's category.
+      max_seq_len: T of the model; longer histories keep their last T items.
+      num_users: the user vocabulary size (ids are checked against it).
+      uses_user: whether the model has a user embedding (then ``rank`` and
+        rank requests need a user id).
+      metadata: the checkpoint's JSON, for reference.
+      max_batch_size: rows per compiled call; larger inputs are split.
+    """
+
+    def __init__(self, model, variables: Dict[str, Any], item_category: np.ndarray, max_seq_len: int,
+                 num_users: int, uses_user: bool = False, metadata: Optional[Dict[str, Any]] = None,
+                 max_batch_size: int = 1024):
+        self.model = model
+        self.item_category = np.asarray(item_category, dtype=np.int32)
+        self.max_seq_len = int(max_seq_len)
+        self.num_users = int(num_users)
+        self.num_items = int(self.item_category.shape[0])
+        self.uses_user = bool(uses_user)
+        self.metadata = dict(metadata or {})
+        self.max_batch_size = int(max_batch_size)
+        self.returns_attention = model_returns_attention(model)
+        self._variables = jax.device_put(variables)
+        returns_attention = self.returns_attention
+
+        def apply(variables_, batch):
+            if returns_attention:
+                return model.apply(variables_, batch, train=False, return_attention=True)
+            logits = model.apply(variables_, batch, train=False)
+            return logits, jnp.zeros(batch["hist_item"].shape, jnp.float32)
+
+        self._apply = jax.jit(apply)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, which: str = "best", item_category: Optional[np.ndarray] = None,
+                        max_batch_size: int = 1024) -> "Predictor":
+        """Loads a checkpoint written by training: a run directory (its ``which``), a ``best``/``last``
+        directory, or a training checkpoint ``checkpoints/step_N``.
+
+        Args:
+          item_category: the item -> category map; by default the one saved
+            with the checkpoint, else the one of the dataset it names (or of
+            the synthetic data it was trained on).
+
+        Raises:
+          CheckpointError: missing, corrupt or truncated files, or arrays that
+            do not fit the model the metadata describes; one line, naming the
+            checkpoint.
+        """
+        directory = resolve_checkpoint_dir(path, which)
+        flat, meta = ckpt.load_checkpoint(directory)
+        for key in ("model", "model_config", "vocabulary", "max_seq_len"):
+            if key not in meta:
+                raise ckpt.CheckpointError("checkpoint %s: its metadata has no %r" % (directory, key))
+        vocab = meta["vocabulary"]
+        config = TrainConfig(model=meta["model"], model_config=dict(meta["model_config"]),
+                             max_seq_len=int(meta["max_seq_len"]), data_type=meta.get("data_type", "float32"),
+                             use_synthetic_data=bool(meta.get("use_synthetic_data")), dataset=meta.get("dataset"))
+        model = build_model_for(config, vocab, axis_name=None)
+        template = _variable_template(model, config.max_seq_len)
+        # Training checkpoints hold the whole TrainState under "state/".
+        prefix = "state/" if isinstance(meta.get("train"), dict) else ""
+        source = "checkpoint %s" % directory
+        variables = {
+            "params": ckpt.restore_tree(template["params"], flat, prefix=prefix + "params", source=source),
+            "batch_stats": ckpt.restore_tree(template["batch_stats"], flat, prefix=prefix + "batch_stats",
+                                             source=source),
+        }
+        if item_category is None:
+            item_category = ckpt.load_array(directory, "item_category", meta)
+        if item_category is None:
+            item_category = _item_category_of_data(directory, meta)
+        item_category = np.asarray(item_category)
+        if item_category.shape != (int(vocab["items"]),):
+            raise ckpt.CheckpointError("checkpoint %s: the item -> category map has shape %s but the model has %d items"
+                                       % (directory, item_category.shape, int(vocab["items"])))
+        if len(item_category) and (item_category.min() < 0 or item_category.max() >= int(vocab["categories"])):
+            raise ckpt.CheckpointError("checkpoint %s: the item -> category map has categories outside [0, %d)"
+                                       % (directory, int(vocab["categories"])))
+        uses_user = int(dict(meta["model_config"]).get("user_dim", 0) or 0) > 0
+        return cls(model, variables, item_category, config.max_seq_len, int(vocab["users"]), uses_user=uses_user,
+                   metadata=meta, max_batch_size=max_batch_size)
+
+    # -- batches -------------------------------------------------------------
+
+    def _check_ids(self, name: str, ids: np.ndarray, size: int) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= size):
+            bad = ids[(ids < 0) | (ids >= size)][0]
+            raise ValueError("%s id %d is out of range [0, %d)" % (name, int(bad), size))
+
+    def complete_batch(self, batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
+        """The batch format (docs/DATASET_FORMAT.md) from ``item``, ``hist_item`` and ``hist_len``.
+
+        ``category`` and ``hist_category`` always come from the item ->
+        category map (given ones are ignored); ``user`` and ``label`` default
+        to zeros; ``hist_item`` may have fewer than ``max_seq_len`` columns
+        (zero padded), not more.
+        """
+        for key in ("item", "hist_item", "hist_len"):
+            if key not in batch:
+                raise ValueError("the batch has no %r (needs item, hist_item, hist_len)" % key)
+        item_B = np.asarray(batch["item"]).astype(np.int64).reshape(-1)
+        rows = item_B.shape[0]
+        hist_BxT = np.asarray(batch["hist_item"]).astype(np.int64).reshape(rows, -1)
+        hist_len_B = np.asarray(batch["hist_len"]).astype(np.int64).reshape(-1)
+        if hist_BxT.shape[1] > self.max_seq_len:
+            raise ValueError("hist_item has %d columns but the model was trained with max_seq_len %d: keep each "
+                             "history's last %d items" % (hist_BxT.shape[1], self.max_seq_len, self.max_seq_len))
+        if hist_len_B.shape != (rows,) or hist_len_B.min(initial=0) < 0 or hist_len_B.max(initial=0) > hist_BxT.shape[1]:
+            raise ValueError("hist_len must have one value per row in [0, %d]" % hist_BxT.shape[1])
+        hist_BxT = np.pad(hist_BxT, ((0, 0), (0, self.max_seq_len - hist_BxT.shape[1])))
+        valid_BxT = np.arange(self.max_seq_len)[None, :] < hist_len_B[:, None]
+        hist_BxT = np.where(valid_BxT, hist_BxT, 0)
+        self._check_ids("item", item_B, self.num_items)
+        self._check_ids("history item", hist_BxT, self.num_items)
+        user_B = np.asarray(batch.get("user", np.zeros(rows))).astype(np.int64).reshape(-1)
+        self._check_ids("user", user_B, max(self.num_users, 1))
+        out = {
+            "user": user_B.astype(np.int32),
+            "item": item_B.astype(np.int32),
+            "category": self.item_category[item_B],
+            "hist_item": hist_BxT.astype(np.int32),
+            "hist_category": np.where(valid_BxT, self.item_category[hist_BxT], 0).astype(np.int32),
+            "hist_len": hist_len_B.astype(np.int32),
+            "label": np.asarray(batch.get("label", np.zeros(rows)), dtype=np.float32).reshape(-1),
+        }
+        return out
+
+    def _run(self, batch: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+        """Logits [B] and attention weights [B, T] of a complete batch, in compiled chunks."""
+        rows = batch["item"].shape[0]
+        logits, weights = [], []
+        for start in range(0, rows, self.max_batch_size):
+            part = {key: value[start:start + self.max_batch_size] for key, value in batch.items()}
+            count = part["item"].shape[0]
+            size = _bucket(count, self.max_batch_size)
+            if size > count:  # pad with copies of the first row, dropped below
+                part = {key: np.concatenate([value, np.repeat(value[:1], size - count, axis=0)])
+                        for key, value in part.items()}
+            out_logits, out_weights = jax.device_get(self._apply(self._variables, part))
+            logits.append(np.asarray(out_logits)[:count])
+            weights.append(np.asarray(out_weights)[:count])
+        if not logits:
+            return np.zeros((0,), np.float32), np.zeros((0, self.max_seq_len), np.float32)
+        return np.concatenate(logits).astype(np.float32), np.concatenate(weights).astype(np.float32)
+
+    def logits(self, batch: Dict[str, Any]) -> np.ndarray:
+        """float32 logits [B] of a batch (see ``complete_batch`` for what it needs)."""
+        return self._run(self.complete_batch(batch))[0]
+
+    def predict(self, batch: Dict[str, Any]) -> np.ndarray:
+        """Click probabilities [B] (float64) of a batch (see ``complete_batch`` for what it needs)."""
+        return _sigmoid(self.logits(batch))
+
+    # -- one user, many candidates -------------------------------------------
+
+    def _candidate_batch(self, history: Sequence[int], candidates: Sequence[int], user: int):
+        history_L = np.asarray(list(history), dtype=np.int64).reshape(-1)[-self.max_seq_len:]
+        candidate_C = np.asarray(list(candidates), dtype=np.int64).reshape(-1)
+        if candidate_C.size == 0:
+            raise ValueError("no candidate items to score")
+        self._check_ids("candidate item", candidate_C, self.num_items)
+        self._check_ids("history item", history_L, self.num_items)
+        count = candidate_C.shape[0]
+        hist_T = np.zeros(self.max_seq_len, np.int64)
+        hist_T[:history_L.shape[0]] = history_L
+        batch = {
+            "user": np.full(count, int(user)),
+            "item": candidate_C,
+            "hist_item": np.tile(hist_T, (count, 1)),
+            "hist_len": np.full(count, history_L.shape[0]),
+        }
+        return self.complete_batch(batch), history_L.shape[0]
+
+    def score(self, history: Sequence[int], candidate_items: Sequence[int],
+              user: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        """Scores candidates for one user, each with its own attention over the shared history.
+
+        Args:
+          history: the user's item ids, oldest first; only the last
+            ``max_seq_len`` count.
+          candidate_items: C item ids.
+          user: the user id (used by models with a user embedding).
+
+        Returns:
+          (logits float32 [C], attention weights float32 [C, L]) with L the
+          history length used (zeros for models without attention).
+        """
+        batch, length = self._candidate_batch(history, candidate_items, user)
+        logits_C, weights_CxT = self._run(batch)
+        return logits_C, weights_CxT[:, :length]
+
+    def rank(self, history: Sequence[int], candidate_items: Sequence[int], k: Optional[int] = 10,
+             user: int = 0) -> List[Tuple[int, float]]:
+        """The top ``k`` candidates for one user, best first.
+
+        Args:
+          history: the user's item ids, oldest first.
+          candidate_items: item ids to rank (scored as given; a repeated id
+            appears repeatedly).
+          k: how many to return; None for all.
+          user: the user id.
+
+        Returns:
+          ``[(item, probability), ...]`` sorted by score, descending (sorted
+          on the logits, so saturated probabilities keep their order; ties
+          keep the input order).
+        """
+        if k is not None and k < 1:
+            raise ValueError("k must be >= 1 (or None for all), got %r" % k)
+        logits_C, _ = self.score(history, candidate_items, user)
+        order = np.argsort(-logits_C, kind="stable")
+        if k is not None:
+            order = order[:k]
+        candidates = np.asarray(list(candidate_items), dtype=np.int64).reshape(-1)
+        probabilities = _sigmoid(logits_C)
+        return [(int(candidates[i]), float(probabilities[i])) for i in order]
+
+
+def _variable_template(model, max_seq_len: int) -> Dict[str, Any]:
+    """Zero arrays shaped like the model's variables, from ``jax.eval_shape`` (nothing is compiled)."""
+    batch = example_batch(2, max_seq_len)
+    shapes = jax.eval_shape(lambda rng: model.init(rng, batch, train=False), jax.random.PRNGKey(0))
+    shapes = flax.core.unfreeze(shapes)
+    zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
+
+
+def _item_category_of_data(directory: str, meta: Dict[str, Any]) -> np.ndarray:
+    """The item -> category map of the data a checkpoint was trained on (checkpoints without their own)."""
+    vocab = meta["vocabulary"]
+    if meta.get("use_synthetic_data"):
+        from din_jax.data.synthetic import make_item_categories
+
+        return make_item_categories(int(vocab["items"]), int(vocab["categories"]), int(meta.get("seed", 0)))
+    dataset = meta.get("dataset")
+    if dataset and os.path.isdir(dataset):
+        from din_jax.data.dataset import DatasetError, load_dataset
+
+        try:
+            return np.asarray(load_dataset(dataset, check_values=False).item_category)
+        except DatasetError as error:
+            raise ckpt.CheckpointError("checkpoint %s has no item -> category map and its dataset cannot be read: %s"
+                                       % (directory, error)) from None
+    raise ckpt.CheckpointError("checkpoint %s has no item -> category map and its dataset %s is not there; pass "
+                               "item_category" % (directory, dataset))
+
+
+class RankRequest(NamedTuple):
+    """One line of a ``--rank_candidates`` file."""
+
+    line: int
+    history: List[int]
+    candidates: List[int]
+    user: Optional[int]
+    id: Any
+
+
+def _id_list(where: str, name: str, value: Any, allow_empty: bool) -> List[int]:
+    if not isinstance(value, list):
+        raise ValueError("%s: %r must be a list of item ids, got %s" % (where, name, type(value).__name__))
+    if not value and not allow_empty:
+        raise ValueError("%s: %r is empty" % (where, name))
+    for x in value:
+        # bool is an int in Python; an id never is one.
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise ValueError("%s: %r holds %r, not an integer item id" % (where, name, x))
+    return list(value)
+
+
+def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List[RankRequest]:
+    """Reads and checks a rank-candidates file (JSON lines, docs/WATCHING.md).
+
+    Each non-blank line is an object ``{"history": [item, ...], "candidates":
+    [item, ...], "user": id, "id": any}``: ``history`` (oldest first, may be
+    empty) and ``candidates`` (at least one) are required, ``user`` is needed
+    by models with a user embedding, ``id`` is echoed in the output.
+
+    Args:
+      predictor: when given, ids are checked against its vocabulary.
+
+    Raises:
+      ValueError: ``FILE:LINE: what is wrong``, for the first bad line.
+    """
+    try:
+        with open(path) as handle:
+            lines = handle.readlines()
+    except OSError as error:
+        raise ValueError("%s: %s" % (path, error.strerror or error)) from None
+    requests = []
+    for number, text in enumerate(lines, 1):
+        if not text.strip():
+            continue
+        where = "%s:%d" % (path, number)
+        try:
+            row = json.loads(text)
+        except ValueError as error:
+            raise ValueError("%s: not valid JSON (%s)" % (where, error)) from None
+        if not isinstance(row, dict):
+            raise ValueError("%s: expected a JSON object {\"history\": [...], \"candidates\": [...]}" % where)
+        unknown = sorted(set(row) - set(RANK_REQUEST_KEYS))
+        if unknown:
+            raise ValueError("%s: unknown key(s) %s; the keys are %s" % (where, unknown, list(RANK_REQUEST_KEYS)))
+        for key in ("history", "candidates"):
+            if key not in row:
+                raise ValueError("%s: missing %r" % (where, key))
+        history = _id_list(where, "history", row["history"], allow_empty=True)
+        candidates = _id_list(where, "candidates", row["candidates"], allow_empty=False)
+        user = row.get("user")
+        if user is not None and (isinstance(user, bool) or not isinstance(user, int)):
+            raise ValueError("%s: 'user' must be an integer id, got %r" % (where, user))
+        if predictor is not None:
+            if user is None and predictor.uses_user:
+                raise ValueError("%s: the model has a user embedding: give 'user'" % where)
+            for name, ids, size in (("history", history, predictor.num_items),
+                                    ("candidates", candidates, predictor.num_items),
+                                    ("user", [] if user is None else [user], max(predictor.num_users, 1))):
+                bad = [x for x in ids if not 0 <= x < size]
+                if bad:
+                    raise ValueError("%s: %r id %d is out of range [0, %d)" % (where, name, bad[0], size))
+        requests.append(RankRequest(number, history, candidates, user, row.get("id")))
+    if not requests:
+        raise ValueError("%s: no requests (the file is empty)" % path)
+    return requests

@@ -1,0 +1,221 @@
+"""The train state and the compiled programs (train step, prediction).
+
+The hot path is one pmapped program per host call, ``train_chunk(state,
+chunk)``, whose chunk has shape ``(devices, device_iterations, micro_batch,
+...)``; it ``lax.scan``s over the micro-batches (Graphcore's device
+iterations), averages gradients and Dice statistics over devices with
+``lax.pmean``/``psum`` and donates the state. That keeps the IPU, which has no
+eager mode, on one compiled program, and costs nothing elsewhere.
+"""
+
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+from din_jax.config import ConfigError
+from din_jax.regularization import Regularization, add_regularization_gradients
+
+AXIS_NAME = "batch"
+BATCH_KEYS = ("user", "item", "category", "hist_item", "hist_category", "hist_len", "label")
+
+# Incremented when a program is traced (a Python side effect runs only then):
+# the recompilation guard in the tests reads it.
+# "regularized" counts traces of train steps that add a regularisation term,
+# so a caller can check that the regularisation it asked for was applied.
+TRACE_COUNTS: Dict[str, int] = {"train": 0, "predict": 0, "regularized": 0}
+
+
+class TrainState(train_state.TrainState):
+    """Flax TrainState plus Dice/BatchNorm statistics and the dropout key."""
+
+    batch_stats: Any = None
+    dropout_rng: Any = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+def compute_loss(logits_B, labels_B):
+    """Mean sigmoid cross-entropy.
+
+    ``log_sigmoid`` instead of ``log(sigmoid)``: exact for large |logits|,
+    where the latter rounds to log(0) = -inf.
+    """
+    logits_B = logits_B.astype(jnp.float32)
+    labels_B = labels_B.astype(jnp.float32)
+    losses_B = -(labels_B * jax.nn.log_sigmoid(logits_B) + (1.0 - labels_B) * jax.nn.log_sigmoid(-logits_B))
+    return jnp.mean(losses_B)
+
+
+def compute_dtype(data_type: str):
+    return {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[data_type]
+
+
+def example_batch(batch_size: int, max_seq_len: int) -> Dict[str, np.ndarray]:
+    """A batch of zeros with the right shapes and dtypes, for initialisation."""
+    return {
+        "user": np.zeros((batch_size,), np.int32),
+        "item": np.zeros((batch_size,), np.int32),
+        "category": np.zeros((batch_size,), np.int32),
+        "hist_item": np.zeros((batch_size, max_seq_len), np.int32),
+        "hist_category": np.zeros((batch_size, max_seq_len), np.int32),
+        "hist_len": np.ones((batch_size,), np.int32),
+        "label": np.zeros((batch_size,), np.float32),
+    }
+
+
+def init_variables(model, seed: int, max_seq_len: int) -> Dict[str, Any]:
+    """Initial ``params`` and ``batch_stats`` (one jitted program), as plain dicts."""
+    batch = example_batch(2, max_seq_len)
+    variables = jax.jit(lambda rng: model.init(rng, batch, train=False))(jax.random.PRNGKey(seed))
+    variables = flax.core.unfreeze(variables)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def create_train_state(model, tx: optax.GradientTransformation, seed: int, max_seq_len: int) -> TrainState:
+    """A fresh (unreplicated) TrainState."""
+    variables = init_variables(model, seed, max_seq_len)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables["batch_stats"],
+        dropout_rng=jax.random.PRNGKey(seed + 1),
+    )
+
+
+def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
+                    regularization: Optional[Regularization] = None) -> Callable:
+    """``(state, batch) -> (state, metrics)`` for one micro-batch on one device.
+
+    Args:
+      axis_name: the pmap axis to average gradients over, or None.
+      regularization: mini-batch aware regularisation and/or plain L2 to add
+        to the averaged gradient (``din_jax.regularization``); None adds
+        nothing. The reported loss is the data loss only.
+    """
+
+    def train_step(state: TrainState, batch):
+        dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                batch,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_rng},
+            )
+            return compute_loss(logits, batch["label"]), (logits, updates)
+
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        correct = jnp.mean(((logits > 0).astype(jnp.float32) == batch["label"]).astype(jnp.float32))
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+            loss = jax.lax.pmean(loss, axis_name)
+            correct = jax.lax.pmean(correct, axis_name)
+        if regularization is not None:
+            TRACE_COUNTS["regularized"] += 1
+            grads = add_regularization_gradients(grads, state.params, batch, regularization, axis_name)
+        new_stats = flax.core.unfreeze(updates).get("batch_stats", state.batch_stats)
+        new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+        return new_state, {"loss": loss, "accuracy": correct}
+
+    return train_step
+
+
+def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
+                       regularization: Optional[Regularization] = None,
+                       embedding_updates: str = "dense", rows_per_pass: int = 0) -> Callable:
+    """The pmapped program: scan ``train_step`` over a chunk's device iterations.
+
+    Call it with a replicated state and a chunk of shape ``(R, K, B, ...)``;
+    it returns the new state and per-micro-batch metrics of shape ``(R, K)``.
+    ``regularization`` is handed to ``make_train_step`` (build it with
+    ``din_jax.regularization.regularization_for(config, source)``).
+    ``embedding_updates="sparse"`` updates only the embedding rows each
+    micro-batch looks up (``din_jax.sparse``; the state must be created with
+    ``din_jax.sparse.make_sparse_optimizer``); with it, ``rows_per_pass``
+    computes each micro-batch's gradient that many rows at a time (see
+    ``make_sparse_train_step``).
+    """
+    if embedding_updates == "sparse":
+        from din_jax.sparse import make_sparse_train_step
+
+        train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
+                                            rows_per_pass=rows_per_pass)
+    else:
+        train_step = make_train_step(model, AXIS_NAME, regularization=regularization)
+
+    def train_chunk(state, chunk):
+        TRACE_COUNTS["train"] += 1
+        return jax.lax.scan(train_step, state, chunk)
+
+    return jax.pmap(train_chunk, axis_name=AXIS_NAME, devices=devices, donate_argnums=(0,) if donate else ())
+
+
+def make_p_predict_chunk(model, devices: List[Any], rows_per_pass: int = 0) -> Callable:
+    """Pmapped inference: ``(variables, chunk (R, K, B, ...)) -> logits (R, K, B)``.
+
+    Args:
+      rows_per_pass: when > 0 and it divides ``B``, each micro-batch is scored
+        ``rows_per_pass`` rows at a time (a loop inside the program), so that
+        the activations of a large batch stay in cache. Inference scores
+        every row on its own, so the logits are the same.
+    """
+
+    def predict_chunk(variables, chunk):
+        TRACE_COUNTS["predict"] += 1
+        k, b = chunk["label"].shape[:2]
+        if 0 < rows_per_pass < b and b % rows_per_pass == 0:
+            passes = jax.tree_util.tree_map(lambda x: x.reshape((k * b // rows_per_pass, rows_per_pass) + x.shape[2:]),
+                                            chunk)
+            logits = jax.lax.map(lambda batch: model.apply(variables, batch, train=False), passes)
+            return logits.reshape((k, b))
+        return jax.lax.map(lambda batch: model.apply(variables, batch, train=False), chunk)
+
+    return jax.pmap(predict_chunk, axis_name=AXIS_NAME, devices=devices)
+
+
+def resolve_devices(replicas: int) -> List[Any]:
+    """The local devices to use: all of them for 0, else the first ``replicas``."""
+    devices = jax.local_devices()
+    if replicas == 0:
+        return devices
+    if replicas > len(devices):
+        raise ConfigError(
+            "--replicas %d but only %d %s device(s) are visible (JAX_PLATFORMS=%s); on CPU set "
+            "XLA_FLAGS=--xla_force_host_platform_device_count=N"
+            % (replicas, len(devices), devices[0].platform, os.environ.get("JAX_PLATFORMS", ""))
+        )
+    return devices[:replicas]
+
+
+def replicate(tree: Any, devices: Optional[List[Any]]) -> Any:
+    """Copies a host pytree to every device, laid out as the pmapped programs return it.
+
+    ``flax.jax_utils.replicate`` gives arrays whose device layout differs from a
+    pmap output on recent jax, so the donated state would be traced and
+    compiled a second time on the second call; an identity pmap over the same
+    axis avoids that on every jax version.
+
+    Args:
+      devices: the devices of the program the tree is for; None for pmap's
+        default (every device of every process, fed with the local ones).
+    """
+    host = jax.device_get(tree)
+    copies = len(devices) if devices is not None else jax.local_device_count()
+    stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * copies), host)
+    return jax.pmap(lambda x: x, axis_name=AXIS_NAME, devices=devices)(stacked)
+
+
+def unreplicate_to_host(tree: Any) -> Any:
+    """The first replica of a replicated pytree, as host numpy arrays."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))

@@ -1,0 +1,151 @@
+"""Runs an ablation grid on one dataset: every configuration tuned alike, then trained once per seed.
+
+    python experiments/ablate.py --flagfile experiments/configs/paper_grocery.flags
+
+The grid is the product of ``--variant`` (named sets of flags) and the axes
+``--grid_models``, ``--grid_attentions``, ``--grid_activations`` and
+``--grid_regularizers`` (each optional); every other flag is the base
+configuration of every run (the train.py flags). Each configuration first
+runs every ``--tune`` candidate with ``--tune_seed`` and keeps the best on
+validation, then runs once per ``--seeds`` with it. Every run appends one
+JSON line to ``--results``; re-running skips the finished runs. Writes
+``--report``.md / .csv / .png (mean ± std over seeds, RelaImpr against
+``--baseline``). ``--import_module`` loads Python files or modules first, to
+register one's own attention, activation or model (see docs/RESULTS.md).
+"""
+
+import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
+
+import flag_defs
+from absl import app, flags, logging
+
+from din_jax import ablation
+from din_jax.config import ConfigError
+
+flag_defs.define_model_flags()
+flag_defs.define_run_flags(micro_batch_size=32, epochs=2)
+flags.DEFINE_multi_string("variant", [], "A named configuration, 'NAME: --flag=value --flag=value' (repeatable).")
+flags.DEFINE_list("grid_models", [], "Grid axis: model names (din_jax.models.MODELS).")
+flags.DEFINE_list("grid_attentions", [], "Grid axis: attention names (din, din_softmax, dot, mean, sum, ...).")
+flags.DEFINE_list("grid_activations", [], "Grid axis: MLP activations (sigmoid, relu, prelu, dice, ...).")
+flags.DEFINE_list("grid_regularizers", [], "Grid axis: none, mba[=lambda], l2[=coefficient], dropout[=rate].")
+flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds of the final runs of every configuration.")
+flags.DEFINE_multi_string("tune", [], "A tuning candidate, 'LABEL: --flag=value ...' (repeatable); every "
+                          "configuration runs each with --tune_seed and keeps the best on validation.")
+flags.DEFINE_integer("tune_seed", 0, "Seed of the tuning runs.")
+flags.DEFINE_string("results", None, "JSON-lines results file (appended to; shared between grids).")
+flags.DEFINE_string("report", None, "Output prefix of the tables and chart (default: --results without .jsonl).")
+flags.DEFINE_string("baseline", "base", "Configuration label that RelaImpr is measured against.")
+flags.DEFINE_string("highlight", None, "Configuration label to compare against every other one in the report.")
+flags.DEFINE_string("title", None, "Chart title.")
+flags.DEFINE_bool("retry_failed", True, "Run again the runs that failed in an earlier invocation.")
+flags.DEFINE_bool("dry_run", False, "List the runs (and which are done) without training.")
+flags.DEFINE_multi_string("import_module", [], "A Python module name or .py file imported before the grid "
+                          "(to register custom attentions, activations or models).")
+flag_defs.define_aliases()
+FLAGS = flags.FLAGS
+
+
+def import_user_module(name: str) -> None:
+    """Imports a module by name (the working directory is on the path) or a .py file by path."""
+    if name.endswith(".py"):
+        module_name = os.path.splitext(os.path.basename(name))[0]
+        spec = importlib.util.spec_from_file_location(module_name, name)
+        if spec is None or spec.loader is None:
+            raise ConfigError("--import_module %s: cannot load this file" % name)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        return
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.import_module(name)
+
+
+def build_cells():
+    variants = [ablation.parse_labelled_overrides(text) for text in FLAGS.variant]
+    return ablation.expand_grid(variants, FLAGS.grid_models, FLAGS.grid_attentions, FLAGS.grid_activations,
+                                FLAGS.grid_regularizers)
+
+
+def reparse(argv) -> None:
+    """Parses ``argv`` from scratch (every flag back to its default first), keeping the log verbosity."""
+    verbosity = logging.get_verbosity()
+    FLAGS.unparse_flags()
+    FLAGS(argv)
+    logging.set_verbosity(verbosity)
+
+
+def make_config_factory(program: str, base_argv):
+    """Flag overrides -> TrainConfig: the base flags re-parsed with the overrides appended (a later flag wins)."""
+
+    def make_config(overrides):
+        reparse([program] + list(base_argv) + list(overrides))
+        config = flag_defs.build_train_config()
+        # The runs keep no checkpoints: the results file is the record.
+        return dataclasses.replace(config, model_path=None)
+
+    return make_config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    program, base_argv = sys.argv[0], list(sys.argv[1:])
+    try:
+        if not FLAGS.results:
+            raise ConfigError("give --results FILE.jsonl")
+        for name in FLAGS.import_module:
+            import_user_module(name)
+        cells = build_cells()
+        candidates = [ablation.parse_labelled_overrides(text) for text in FLAGS.tune]
+        seeds = [int(seed) for seed in FLAGS.seeds]
+        flag_defs.build_train_config()  # fail early on a bad base configuration
+    except (ConfigError, ValueError) as error:
+        flag_defs.fail("ablate.py", error)
+    report = FLAGS.report or os.path.splitext(FLAGS.results)[0]
+    baseline, highlight, title = FLAGS.baseline, FLAGS.highlight, FLAGS.title
+    select_metric, retry_failed, dry_run, tune_seed = (FLAGS.select_metric, FLAGS.retry_failed, FLAGS.dry_run,
+                                                        FLAGS.tune_seed)
+    stop = ()
+    try:
+        from din_jax.training import TrainingInterrupted
+
+        stop = (TrainingInterrupted,)
+    except ImportError:
+        pass
+    logging.info("grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates),
+                 len(seeds))
+    outcome = ablation.run_grid(
+        cells, seeds, FLAGS.results, make_config_factory(program, base_argv), _train, candidates=candidates,
+        tune_seed=tune_seed, select_metric=select_metric, retry_failed=retry_failed, dry_run=dry_run,
+        stop_exceptions=stop)
+    reparse([program] + base_argv)
+    if dry_run:
+        print("%d run(s) to do, %d done" % (sum(1 for r in outcome.records.values() if r["status"] == "planned"),
+                                            len(set(outcome.skipped))))
+        return
+    paths = ablation.write_reports(outcome, report, baseline=baseline, title=title or "", highlight=highlight)
+    with open(paths["markdown"], encoding="utf-8") as handle:
+        print(handle.read())
+    print("ran %d, skipped %d (done earlier), failed %d, interrupted earlier %d; wrote %s"
+          % (len(outcome.ran), len(outcome.skipped), len(set(outcome.failed)), len(outcome.interrupted),
+             ", ".join(sorted(paths.values()))))
+    if outcome.failed:
+        sys.exit(1)
+
+
+def _train(config):
+    summary = ablation.train_and_check(config)
+    clear = getattr(__import__("jax"), "clear_caches", None)
+    if clear is not None:
+        clear()  # one compiled program per run: do not let them pile up over a long grid
+    return summary
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,125 @@
+"""Measures training or inference throughput per micro-batch size; writes results_<mode>.csv.
+
+    python experiments/benchmark.py --mode train --optimizer sgd --micro_batch_sizes 32 \\
+        --lengths uniform:1:100 --output_dir runs/benchmark
+    python experiments/benchmark.py --mode infer --micro_batch_sizes 4096 --output_dir runs/benchmark
+    python experiments/benchmark.py --flagfile experiments/configs/benchmark_cpu.flags
+
+The model flags default to the configuration of docs/PERFORMANCE.md (item 32 +
+category 32 + user 32, attention 80-40 sigmoid, MLP 200-80 PReLU) at the
+Amazon Electronics vocabulary; --preset and every model flag of train.py
+apply. Compilation is excluded from the timing and reported (compile_s); the
+throughput is the median over --windows passes over the data pool
+(din_jax/benchmark.py describes the method).
+"""
+
+import flag_defs
+from absl import app, flags
+
+from din_jax import benchmark
+from din_jax.config import DATA_TYPES, EMBEDDING_UPDATES, OPTIMIZERS, ConfigError
+from din_jax.data.buckets import parse_length_buckets
+from din_jax.data.dataset import DatasetError
+
+flag_defs.define_model_flags()
+flags.FLAGS.set_default("attention_size", 64)
+flags.FLAGS.set_default("user_dim", 32)
+flags.DEFINE_enum("mode", "train", list(benchmark.MODES), "Measure training or inference.")
+flags.DEFINE_list("micro_batch_sizes", ["32"], "Micro-batch sizes (samples per device), one result row each.")
+flags.DEFINE_integer("device_iterations", 0, "Micro-batches per host call; 0: about 2,048 samples per call.")
+flags.DEFINE_integer("replicas", 1, "Data-parallel devices; 0 uses every local device.")
+flags.DEFINE_enum("optimizer", "sgd", list(OPTIMIZERS), "Training optimiser.")
+flags.DEFINE_float("learning_rate", None, "Learning rate (default 0.1; 0.001 for adam).")
+flags.DEFINE_enum("embedding_updates", "sparse", list(EMBEDDING_UPDATES),
+                  "sparse: update only the looked-up embedding rows (lazy Adam); dense: whole tables.")
+flags.DEFINE_enum("data_type", "float32", list(DATA_TYPES), "Compute dtype (parameters stay float32).")
+flags.DEFINE_string("lengths", "uniform:1:100",
+                    "History lengths of the synthetic data: uniform:LO:HI, full:N or electronics (the Amazon "
+                    "Electronics training set's distribution).")
+flags.DEFINE_string("dataset", None, "A dataset directory (data_prep/build.py) to use instead of synthetic data.")
+flags.DEFINE_string("split", None, "Split of --dataset (default: train for --mode train, test for infer).")
+flags.DEFINE_integer("samples", 0, "Synthetic pool size; one timed window is one pass over it (0: automatic).")
+flags.DEFINE_integer("max_seq_len", 100, "Histories are cut to their last max_seq_len items.")
+flags.DEFINE_list("length_buckets", ["8", "16", "32", "64", "100"],
+                  "History-length buckets (one compiled program each); empty: every batch padded to "
+                  "max_seq_len (one program, the IPU's mode).")
+flags.DEFINE_integer("windows", 5, "Timed windows; the median is reported.")
+flags.DEFINE_integer("rows_per_pass", 256, "Rows computed per pass inside a micro-batch (cache-sized parts of "
+                     "large batches; training: sparse updates); 0: the whole micro-batch at once.")
+flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead by the background thread; 0: none.")
+flags.DEFINE_integer("seed", 0, "Seed of the data, the order and the initialisation.")
+flags.DEFINE_list("vocabulary", ["192403", "63001", "801"],
+                  "Synthetic users,items,categories (default: Amazon Electronics).")
+flags.DEFINE_string("output_dir", "runs/benchmark", "Where results_train.csv / results_infer.csv go.")
+flags.DEFINE_bool("matmul", False, "Also measure the backend's float32 matrix-multiply rate.")
+for _name in ("micro_batch_sizes", "device_iterations", "data_type", "max_seq_len", "length_buckets",
+              "embedding_updates", "output_dir", "rows_per_pass", "learning_rate"):
+    flags.DEFINE_alias(_name.replace("_", "-"), _name)
+flag_defs.define_aliases()
+FLAGS = flags.FLAGS
+
+
+def build_config() -> benchmark.BenchmarkConfig:
+    """The BenchmarkConfig of the parsed flags; raises ConfigError naming the flag."""
+    preset = flag_defs.get_preset(FLAGS.preset) if FLAGS.preset else None
+    model, model_config = flag_defs.resolve_model(preset)
+    model_config = flag_defs.select_model_fields(model, model_config, preset)
+    try:
+        sizes = tuple(int(x) for x in FLAGS.micro_batch_sizes)
+    except ValueError:
+        raise ConfigError("--micro_batch_sizes must be integers, got %s" % ",".join(FLAGS.micro_batch_sizes)) from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError("--micro_batch_sizes must be one or more integers >= 1")
+    try:
+        buckets = parse_length_buckets(",".join(FLAGS.length_buckets))
+        vocab = [int(x) for x in FLAGS.vocabulary]
+    except ValueError as error:
+        raise ConfigError("--length_buckets / --vocabulary: %s" % error) from None
+    if len(vocab) != 3 or min(vocab) < 2:
+        raise ConfigError("--vocabulary must be three integers users,items,categories >= 2")
+    for name in ("device_iterations", "replicas", "samples", "prefetch", "rows_per_pass"):
+        if FLAGS[name].value < 0:
+            raise ConfigError("--%s must be >= 0, got %d" % (name, FLAGS[name].value))
+    if FLAGS.windows < 1:
+        raise ConfigError("--windows must be >= 1")
+    learning_rate = FLAGS.learning_rate
+    if learning_rate is None:
+        learning_rate = 0.001 if FLAGS.optimizer == "adam" else 0.1
+    if not FLAGS.dataset:
+        from din_jax.data.synthetic import parse_length_spec
+
+        try:
+            parse_length_spec(FLAGS.lengths, FLAGS.max_seq_len)
+        except ValueError as error:
+            raise ConfigError("--lengths: %s" % error) from None
+    config = benchmark.BenchmarkConfig(
+        mode=FLAGS.mode, micro_batch_sizes=sizes, device_iterations=FLAGS.device_iterations,
+        replicas=FLAGS.replicas, model=model, model_config=model_config,
+        vocabulary={"users": vocab[0], "items": vocab[1], "categories": vocab[2]}, optimizer=FLAGS.optimizer,
+        learning_rate=learning_rate, embedding_updates=FLAGS.embedding_updates, data_type=FLAGS.data_type,
+        lengths=FLAGS.lengths, dataset=FLAGS.dataset, split=FLAGS.split, samples=FLAGS.samples,
+        max_seq_len=FLAGS.max_seq_len, length_buckets=buckets, windows=FLAGS.windows,
+        rows_per_pass=FLAGS.rows_per_pass, prefetch=FLAGS.prefetch, seed=FLAGS.seed)
+    # The same checks a training run makes (--length_buckets, --embedding_updates, model fields).
+    for size in sizes:
+        benchmark._train_config(config, size, max(1, FLAGS.device_iterations))
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        config = build_config()
+        if FLAGS.matmul:
+            print("float32 matmul [4096x128]@[128x80]: %.1f GFLOP/s" % benchmark.measure_matmul_gflops())
+        rows = benchmark.run_benchmark(config, log=print)
+    except (ConfigError, DatasetError, ValueError) as error:
+        flag_defs.fail("benchmark.py", error)
+    path = benchmark.write_results(rows, FLAGS.output_dir, config.mode)
+    print(benchmark.format_table(rows))
+    print("results: %s" % path)
+
+
+if __name__ == "__main__":
+    app.run(main)

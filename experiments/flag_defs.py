@@ -1,0 +1,313 @@
+"""Flags shared by the entry points, and their translation into a TrainConfig.
+
+Names and defaults follow the options Graphcore's DIN scripts documented
+(``--max-seq-len 100``, ``--micro-batch-size 32``, ...); every flag also
+answers to its hyphenated spelling. A ``--preset`` supplies values for the
+flags not given on the command line; a flag given explicitly always wins.
+"""
+
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from absl import flags
+from absl import logging as absl_logging
+
+# The experiments are run as scripts; make the library importable from a
+# checkout without installation.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from din_jax.config import (  # noqa: E402
+    DATA_TYPES,
+    EMBEDDING_UPDATES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    SELECT_METRICS,
+    ConfigError,
+    TrainConfig,
+)
+from din_jax.layers.attention import NORMALIZATIONS  # noqa: E402
+from din_jax.models import PRESETS, get_preset, model_fields  # noqa: E402
+from din_jax.models.pnn import PRODUCTS  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# jax logs at INFO that it found no TPU library; absl shows INFO by default.
+logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+# flag name -> (model field, converter). Order matters only for messages.
+_MODEL_FLAGS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
+    "attention": ("attention", str),
+    "attention_normalization": ("attention_normalization", str),
+    "attention_hidden": ("attention_hidden", lambda v: tuple(int(x) for x in v)),
+    "attention_activation": ("attention_activation", str),
+    "split_attention": ("split_attention", bool),
+    "activation": ("activation", str),
+    "mlp_hidden": ("mlp_hidden", lambda v: tuple(int(x) for x in v)),
+    "item_dim": ("item_dim", int),
+    "category_dim": ("category_dim", int),
+    "user_dim": ("user_dim", int),
+    "item_bias": ("use_item_bias", bool),
+    "history_sum": ("use_history_sum", bool),
+    "dropout": ("dropout_rate", float),
+    "pooling": ("pooling", str),
+    "pnn_product": ("product", str),
+    "wide_buckets": ("wide_buckets", int),
+}
+
+# Flags that set the embedding widths (besides _MODEL_FLAGS).
+_WIDTH_FLAGS = {"attention_size": ("item_dim", "category_dim"), "item_dim": ("item_dim",),
+                "category_dim": ("category_dim",)}
+
+_TRAIN_FLAGS = (
+    "max_seq_len", "epochs", "micro_batch_size", "eval_micro_batch_size", "device_iterations", "replicas",
+    "optimizer", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file", "clip_norm",
+    "mba_lambda", "l2",
+    "data_type", "seed", "model_path", "eval_every", "select_metric", "resample_negatives", "donate", "prefetch",
+    "log_every", "use_synthetic_data", "dataset", "embedding_updates", "rows_per_pass",
+)
+
+# TrainConfig fields whose flags only train.py defines (define_checkpoint_flags);
+# build_train_config reads them when they are defined.
+_CHECKPOINT_FLAGS = ("checkpoint_every", "keep_checkpoints", "resume")
+
+_ALIASED: List[str] = []
+
+
+def _alias(name: str) -> None:
+    _ALIASED.append(name)
+
+
+def define_model_flags() -> None:
+    """Flags that pick and size the model."""
+    flags.DEFINE_string("preset", None, "Named configuration applied before the flags: %s." % sorted(PRESETS))
+    flags.DEFINE_string("model", "din", "Model name in the registry (din_jax.models.MODELS).")
+    flags.DEFINE_integer("attention_size", 36,
+                         "Width of an item vector (item ⊕ category embeddings), split evenly between the two: "
+                         "Graphcore's 36 = 18 + 18. --item_dim/--category_dim override the split.")
+    flags.DEFINE_integer("item_dim", None, "Item embedding width (default: attention_size / 2).")
+    flags.DEFINE_integer("category_dim", None, "Category embedding width (default: attention_size / 2).")
+    flags.DEFINE_integer("user_dim", 0, "User embedding width; 0 for none.")
+    flags.DEFINE_bool("item_bias", True, "Add a learnt per-item bias to the logit (the authors' code).")
+    flags.DEFINE_bool("history_sum", False, "Also feed the sum-pooled history to the MLP (DIEN/Graphcore variant).")
+    flags.DEFINE_string("attention", "din", "History pooling by name: din, din_softmax, dot, mean, sum, or registered.")
+    flags.DEFINE_enum("attention_normalization", "none", list(NORMALIZATIONS),
+                      "DIN attention weights: none (the paper) or softmax of score/sqrt(D) (the authors' code).")
+    flags.DEFINE_list("attention_hidden", ["80", "40"], "Hidden widths of the DIN attention MLP.")
+    flags.DEFINE_string("attention_activation", "sigmoid", "Activation of the attention MLP.")
+    flags.DEFINE_bool("split_attention", True, "Evaluate the attention's first layer in the cheaper split form.")
+    flags.DEFINE_string("activation", "prelu", "Activation of the prediction MLP: sigmoid, relu, prelu, dice, ...")
+    flags.DEFINE_list("mlp_hidden", ["200", "80"], "Hidden widths of the prediction MLP.")
+    flags.DEFINE_float("dropout", 0.0, "Dropout rate after each hidden layer of the prediction MLP.")
+    flags.DEFINE_string("pooling", "mean", "History pooling of base, wide_deep, pnn, deepfm (mean or sum; any "
+                        "name in the attention registry) and the history-bag normalisation of lr (mean or sum).")
+    flags.DEFINE_enum("pnn_product", "inner", list(PRODUCTS),
+                      "PNN's product layer: inner products of the field vectors, the element-wise product of "
+                      "history and candidate (the authors' code), or both.")
+    flags.DEFINE_integer("wide_buckets", 2 ** 18, "Rows of each cross-feature table of wide_deep (hashed beyond).")
+    for name in ("attention_size", "item_dim", "category_dim", "user_dim", "item_bias", "history_sum",
+                 "attention_normalization", "attention_hidden", "attention_activation", "split_attention",
+                 "mlp_hidden"):
+        _alias(name)
+
+
+def define_run_flags(micro_batch_size: int, epochs: int) -> None:
+    """Data, optimisation, device and output flags (defaults differ for train and infer)."""
+    flags.DEFINE_string("dataset", None, "Dataset directory built by data_prep/build.py.")
+    flags.DEFINE_bool("use_synthetic_data", False, "Use learnable synthetic data instead of --dataset.")
+    flags.DEFINE_list("synthetic_samples", ["20000", "4000", "4000"], "Synthetic train,validation,test sizes.")
+    flags.DEFINE_integer("max_seq_len", 100, "Histories are cut to their last max_seq_len items.")
+    flags.DEFINE_integer("epochs", epochs, "Passes over the data.")
+    flags.DEFINE_integer("micro_batch_size", micro_batch_size, "Samples per device per micro-batch.")
+    flags.DEFINE_integer("eval_micro_batch_size", 128, "Micro-batch size of evaluation.")
+    flags.DEFINE_integer("device_iterations", 1600, "Micro-batches run on the device per host call.")
+    flags.DEFINE_integer("replicas", 0, "Data-parallel devices; 0 uses every local device.")
+    flags.DEFINE_enum("optimizer", "sgd", list(OPTIMIZERS), "Optimiser.")
+    flags.DEFINE_float("learning_rate", 0.1, "Learning rate (the start of the schedule).")
+    flags.DEFINE_enum("lr_schedule", "fixed", list(LR_SCHEDULES),
+                      "fixed; paper (x lr_decay_factor from lr_decay_steps on); file (--lr_file).")
+    flags.DEFINE_integer("lr_decay_steps", 336000, "Step of the decay of the paper schedule.")
+    flags.DEFINE_float("lr_decay_factor", 0.1, "Factor of the decay of the paper schedule.")
+    flags.DEFINE_string("lr_file", None, "Learning-rate file: lines 'STEP LR', the first for step 0.")
+    flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm; 0 disables.")
+    flags.DEFINE_float("mba_lambda", 0.0, "Mini-batch aware regularisation of the embedding rows in each batch, "
+                       "scaled by 1/frequency (DIN paper section 5.1; the paper uses 0.01); 0 disables.")
+    flags.DEFINE_float("l2", 0.0, "Plain L2 on every parameter (l2 * w added to the gradient); 0 disables.")
+    flags.DEFINE_enum("data_type", "float32", list(DATA_TYPES), "Compute dtype (parameters stay float32).")
+    flags.DEFINE_integer("seed", 1234, "Seed of initialisation, data order and negatives.")
+    flags.DEFINE_string("model_path", None, "Run directory: checkpoints and summary.json.")
+    flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (and after each epoch); 0: per epoch.")
+    flags.DEFINE_enum("select_metric", "gauc", list(SELECT_METRICS), "Validation metric that selects the best step.")
+    flags.DEFINE_bool("resample_negatives", False, "Draw new training negatives every epoch.")
+    flags.DEFINE_bool("donate", True, "Donate the state to the train program (saves a copy of the parameters).")
+    flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead by a background thread; 0 disables.")
+    flags.DEFINE_integer("log_every", 1, "Host calls between log lines.")
+    flags.DEFINE_enum("embedding_updates", "dense", list(EMBEDDING_UPDATES),
+                      "sparse: update only the embedding rows each micro-batch looks up (SGD and Adagrad equal "
+                      "the dense update; Adam becomes lazy Adam); dense: whole tables (docs/PERFORMANCE.md).")
+    flags.DEFINE_list("length_buckets", [],
+                      "History-length buckets, e.g. 8,16,32,64,100: batches of similar lengths, one compiled "
+                      "program per bucket; empty (or just max_seq_len): every batch padded to max_seq_len, "
+                      "one program (the IPU's mode).")
+    flags.DEFINE_integer("rows_per_pass", 0,
+                         "Compute each micro-batch this many rows at a time (cache-sized parts of a large batch; "
+                         "training: with --embedding_updates sparse, models without batch statistics); 0: all "
+                         "at once.")
+    _alias("embedding_updates")
+    _alias("length_buckets")
+    _alias("rows_per_pass")
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+    flags.DEFINE_integer("num_processes", 1, "Processes of a multi-process run.")
+    flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
+    flags.DEFINE_enum("lr_type", None, ["fixed", "file", "paper"], "Graphcore's name for --lr_schedule.")
+    for name in ("use_synthetic_data", "synthetic_samples", "max_seq_len", "micro_batch_size", "eval_micro_batch_size",
+                 "device_iterations", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file",
+                 "clip_norm", "mba_lambda", "data_type", "model_path", "eval_every", "select_metric", "resample_negatives",
+                 "log_every", "coordinator_address", "num_processes", "process_id", "lr_type"):
+        _alias(name)
+
+
+def define_checkpoint_flags() -> None:
+    """Training checkpoints and resuming (train.py)."""
+    flags.DEFINE_integer("checkpoint_every", 5000,
+                         "Write a training checkpoint <model_path>/checkpoints/step_N every N steps (at the first "
+                         "host call past it) and at the end of every epoch; 0: only at the end of epochs.")
+    flags.DEFINE_integer("keep_checkpoints", 3, "Training checkpoints kept (the newest); best/ is kept apart.")
+    flags.DEFINE_bool("resume", False,
+                      "Continue the run in --model_path from its newest checkpoint, exactly as if it had not "
+                      "stopped (a fresh start when there is none).")
+    for name in ("checkpoint_every", "keep_checkpoints"):
+        _alias(name)
+
+
+def define_watch_flags() -> None:
+    """Progress display, TensorBoard and figures (train.py)."""
+    flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"],
+                      "bar: progress bars (tqdm); log: a progress line every --progress_seconds; auto: bar when "
+                      "stderr is a terminal, else log; none: only the --log_every lines.")
+    flags.DEFINE_float("progress_seconds", 30.0, "Seconds between progress lines of --progress log.")
+    flags.DEFINE_bool("tensorboard", True,
+                      "Write TensorBoard events to <model_path>/tensorboard (needs tensorboardX; only with "
+                      "--model_path).")
+    flags.DEFINE_bool("attention_histograms", True,
+                      "With --tensorboard: histograms of the attention weights on validation samples at each "
+                      "evaluation.")
+    flags.DEFINE_bool("train_log", True, "Append every call's metrics to <model_path>/train_log.jsonl (for plots).")
+    flags.DEFINE_bool("plots", False, "Write training-curve and attention figures to <model_path>/plots at the end.")
+    for name in ("progress_seconds", "attention_histograms", "train_log"):
+        _alias(name)
+
+
+def define_aliases() -> None:
+    """The hyphenated spellings of Graphcore's README (``--max-seq-len``, ...)."""
+    for name in _ALIASED:
+        flags.DEFINE_alias(name.replace("_", "-"), name)
+
+
+def _present(name: str) -> bool:
+    return bool(FLAGS[name].present)
+
+
+def resolve_model(preset: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
+    """Model name and fields: the preset's, overridden by flags given explicitly."""
+    model = preset["model"] if preset and not _present("model") else FLAGS.model
+    config: Dict[str, Any] = dict(preset["model_config"]) if preset else {}
+    for flag_name, (field, convert) in _MODEL_FLAGS.items():
+        if flag_name in ("item_dim", "category_dim"):
+            continue
+        if _present(flag_name) or field not in config:
+            config[field] = convert(FLAGS[flag_name].value)
+    if _present("attention_size") or "item_dim" not in config:
+        if FLAGS.attention_size < 2 or FLAGS.attention_size % 2:
+            raise ConfigError("--attention_size must be an even number >= 2 (item ⊕ category), got %d" % FLAGS.attention_size)
+        config["item_dim"] = config["category_dim"] = FLAGS.attention_size // 2
+    for flag_name in ("item_dim", "category_dim"):
+        if FLAGS[flag_name].value is not None:
+            if FLAGS[flag_name].value < 1:
+                raise ConfigError("--%s must be >= 1" % flag_name)
+            config[flag_name] = FLAGS[flag_name].value
+    return model, config
+
+
+def select_model_fields(model: str, config: Dict[str, Any], preset: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Keeps the fields of ``config`` that model ``model`` has.
+
+    Every model flag has a value (its default at least), but not every model
+    has every field (``--attention`` means nothing to ``lr``). The others are
+    dropped, with a warning for those set explicitly (on the command line or
+    by the preset), so that a grid can hand the same flags to every model.
+    """
+    try:
+        known = model_fields(model)
+    except ValueError as error:
+        raise ConfigError("--model: %s" % error) from None
+    preset_fields = set(preset["model_config"]) if preset else set()
+    explicit = {}
+    for flag_name, (field, _) in _MODEL_FLAGS.items():
+        if _present(flag_name):
+            explicit.setdefault(field, []).append(flag_name)
+    for flag_name, fields in _WIDTH_FLAGS.items():
+        if _present(flag_name):
+            for field in fields:
+                explicit.setdefault(field, []).append(flag_name)
+    ignored = sorted(field for field in config if field not in known and (field in explicit or field in preset_fields))
+    if ignored:
+        flag_names = sorted({"--" + name for field in ignored for name in explicit.get(field, ["preset"])})
+        absl_logging.warning("model %s has no field(s) %s: ignoring %s", model, ignored, ", ".join(flag_names))
+    return {field: value for field, value in config.items() if field in known}
+
+
+def build_train_config() -> TrainConfig:
+    """The TrainConfig of the parsed flags, preset applied first."""
+    preset = get_preset(FLAGS.preset) if FLAGS.preset else None
+    model, model_config = resolve_model(preset)
+    model_config = select_model_fields(model, model_config, preset)
+    values: Dict[str, Any] = {}
+    preset_train = preset["train_config"] if preset else {}
+    for name in _TRAIN_FLAGS:
+        if name in preset_train and not _present(name):
+            values[name] = preset_train[name]
+        else:
+            values[name] = FLAGS[name].value
+    for name in _CHECKPOINT_FLAGS:
+        if name in FLAGS:
+            values[name] = FLAGS[name].value
+    try:
+        values["length_buckets"] = tuple(int(x) for x in FLAGS.length_buckets)
+    except ValueError:
+        raise ConfigError("--length_buckets must be comma-separated integers, got %s"
+                          % ",".join(FLAGS.length_buckets)) from None
+    if FLAGS.lr_type is not None:
+        if _present("lr_schedule") and FLAGS.lr_schedule != FLAGS.lr_type:
+            raise ConfigError("--lr_type %s contradicts --lr_schedule %s" % (FLAGS.lr_type, FLAGS.lr_schedule))
+        values["lr_schedule"] = FLAGS.lr_type
+    try:
+        samples = tuple(int(x) for x in FLAGS.synthetic_samples)
+    except ValueError:
+        raise ConfigError("--synthetic_samples must be three integers train,validation,test") from None
+    if len(samples) != 3 or min(samples) < 1:
+        raise ConfigError("--synthetic_samples must be three positive integers train,validation,test")
+    return TrainConfig(model=model, model_config=model_config, synthetic_samples=samples, **values).validate()
+
+
+def initialize_distributed() -> None:
+    """Starts JAX's multi-process runtime when --num_processes > 1."""
+    if FLAGS.num_processes <= 1:
+        return
+    if not FLAGS.coordinator_address:
+        raise ConfigError("--num_processes %d needs --coordinator_address HOST:PORT" % FLAGS.num_processes)
+    if not 0 <= FLAGS.process_id < FLAGS.num_processes:
+        raise ConfigError("--process_id must be in [0, %d)" % FLAGS.num_processes)
+    from din_jax import distributed
+
+    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+
+
+def fail(program: str, error: BaseException) -> None:
+    """Prints a one-line error (no traceback) and exits with status 2."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    sys.stderr.write("%s: error: %s\n" % (program, message))
+    sys.exit(2)

@@ -1,0 +1,185 @@
+"""Scores a split with a trained checkpoint; prints throughput, latency and metrics.
+
+    python experiments/infer.py --model_path runs/amazon_sample
+
+The model, its sizes and the dataset come from the checkpoint's metadata;
+flags given explicitly override them (a model flag that changes a shape is
+reported as a mismatch with the checkpoint). From the ``best`` checkpoint the
+test metrics equal those train.py reported.
+
+    python experiments/infer.py --model_path runs/synthetic --rank_candidates requests.jsonl --top_k 5
+
+ranks candidate items for users instead: one JSON object per line in,
+``{"history": [item, ...], "candidates": [item, ...], "user": id, "id": any}``,
+one JSON object per line out (stdout or --rank_output),
+``{"line": n, "id": ..., "user": id, "ranking": [{"item": i, "score": p}, ...]}``
+(docs/WATCHING.md).
+"""
+
+import csv
+import json
+import os
+import sys
+
+import flag_defs
+import numpy as np
+from absl import app, flags
+
+from din_jax import metrics as metrics_lib
+from din_jax.builders import load_source, load_variables_for_inference, vocabulary
+from din_jax.checkpoint import CheckpointError, read_metadata
+from din_jax.config import ConfigError, TrainConfig
+from din_jax.data.dataset import DatasetError
+from din_jax.evaluation import predict_split
+from din_jax.predictor import Predictor, read_rank_requests
+from din_jax.train_lib import make_p_predict_chunk, resolve_devices
+
+flag_defs.define_model_flags()
+flag_defs.define_run_flags(micro_batch_size=128, epochs=1)
+flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of --model_path to load.")
+flags.DEFINE_string("split", "test", "Split to score.")
+flags.DEFINE_string("predictions_file", None, "Write one CSV row per sample: index,user,label,logit,probability.")
+flags.DEFINE_string("rank_candidates", None,
+                    "Rank candidates instead of scoring a split: a JSON-lines file of "
+                    "{\"history\": [item, ...], \"candidates\": [item, ...], \"user\": id, \"id\": any} "
+                    "(docs/WATCHING.md).")
+flags.DEFINE_integer("top_k", 10, "With --rank_candidates: how many candidates to return per line.")
+flags.DEFINE_string("rank_output", None, "With --rank_candidates: write the rankings here instead of stdout.")
+flag_defs.define_aliases()
+FLAGS = flags.FLAGS
+
+
+def _checkpoint_dir(model_path: str, which: str) -> str:
+    candidate = os.path.join(model_path, which)
+    if os.path.isfile(os.path.join(candidate, "checkpoint.json")):
+        return candidate
+    if os.path.isfile(os.path.join(model_path, "checkpoint.json")):
+        return model_path
+    raise CheckpointError("no checkpoint in --model_path %s (looked for %s/checkpoint.json)" % (model_path, candidate))
+
+
+def _config_from_checkpoint(meta) -> TrainConfig:
+    """The run's settings: the checkpoint's, overridden by explicit flags."""
+    model_config = dict(meta["model_config"])
+    if any(FLAGS[name].present for name in flag_defs._MODEL_FLAGS) or FLAGS["attention_size"].present:
+        _, flagged = flag_defs.resolve_model(None)
+        for name, (field, _) in flag_defs._MODEL_FLAGS.items():
+            if FLAGS[name].present:
+                model_config[field] = flagged[field]
+        if FLAGS["attention_size"].present:
+            model_config["item_dim"] = flagged["item_dim"]
+            model_config["category_dim"] = flagged["category_dim"]
+
+    def pick(name, stored):
+        return FLAGS[name].value if FLAGS[name].present or stored is None else stored
+
+    dataset = pick("dataset", meta.get("dataset"))
+    use_synthetic = FLAGS.use_synthetic_data or (not FLAGS["dataset"].present and meta.get("use_synthetic_data", False))
+    return TrainConfig(
+        model=FLAGS.model if FLAGS["model"].present else meta["model"],
+        model_config=model_config,
+        dataset=None if use_synthetic else dataset,
+        use_synthetic_data=use_synthetic,
+        synthetic_samples=tuple(int(x) for x in FLAGS.synthetic_samples),
+        max_seq_len=pick("max_seq_len", meta.get("max_seq_len")),
+        data_type=pick("data_type", meta.get("data_type")),
+        micro_batch_size=FLAGS.micro_batch_size,
+        eval_micro_batch_size=FLAGS.micro_batch_size,
+        device_iterations=FLAGS.device_iterations,
+        replicas=FLAGS.replicas,
+        seed=pick("seed", meta.get("seed")),
+        prefetch=FLAGS.prefetch,
+    ).validate()
+
+
+def _write_predictions(path, out):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "user", "label", "logit", "probability"])
+        probabilities = 1.0 / (1.0 + np.exp(-out["logits"].astype(np.float64)))
+        for i in range(len(out["logits"])):
+            writer.writerow([i, int(out["user"][i]), int(out["label"][i]), "%.7g" % out["logits"][i], "%.7g" % probabilities[i]])
+    os.replace(tmp, path)
+
+
+def _rank_candidates(path: str) -> None:
+    """Ranks the candidates of every line of --rank_candidates with the checkpoint at ``path``."""
+    if FLAGS.top_k < 1:
+        raise ConfigError("--top_k must be >= 1, got %d" % FLAGS.top_k)
+    predictor = Predictor.from_checkpoint(path)
+    requests = read_rank_requests(FLAGS.rank_candidates, predictor)
+    lines = []
+    for request in requests:
+        ranking = predictor.rank(request.history, request.candidates, k=FLAGS.top_k, user=request.user or 0)
+        row = {"line": request.line}
+        if request.id is not None:
+            row["id"] = request.id
+        row["user"] = request.user
+        row["ranking"] = [{"item": item, "score": score} for item, score in ranking]
+        lines.append(json.dumps(row))
+    text = "\n".join(lines) + "\n"
+    if FLAGS.rank_output:
+        with open(FLAGS.rank_output + ".tmp", "w") as handle:
+            handle.write(text)
+        os.replace(FLAGS.rank_output + ".tmp", FLAGS.rank_output)
+        sys.stderr.write("ranked %d request(s) with %s: %s\n" % (len(requests), path, FLAGS.rank_output))
+    else:
+        sys.stdout.write(text)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    if FLAGS.rank_candidates:
+        try:
+            if not FLAGS.model_path:
+                raise ConfigError("--model_path is required (a run directory of train.py or a checkpoint directory)")
+            _rank_candidates(_checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint))
+        except (ConfigError, CheckpointError, ValueError) as error:
+            flag_defs.fail("infer.py", error)
+        return
+    try:
+        if not FLAGS.model_path:
+            raise ConfigError("--model_path is required (a run directory of train.py or a checkpoint directory)")
+        if FLAGS.epochs < 1:
+            raise ConfigError("--epochs must be >= 1")
+        path = _checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint)
+        meta = read_metadata(path)
+        config = _config_from_checkpoint(meta)
+        source = load_source(config)
+        vocab = vocabulary(source)
+        trained = meta.get("vocabulary", vocab)
+        if trained != vocab:
+            raise CheckpointError("checkpoint %s was trained with vocabulary %s but the dataset has %s" % (path, trained, vocab))
+        if FLAGS.split not in source.split_names():
+            raise ConfigError("--split %s: the dataset has splits %s" % (FLAGS.split, source.split_names()))
+        model, variables = load_variables_for_inference(path, config, vocab)
+        devices = resolve_devices(config.replicas)
+        p_predict = make_p_predict_chunk(model, devices)
+        timing = {}
+        for _ in range(FLAGS.epochs):
+            out = predict_split(p_predict, variables, source, FLAGS.split, devices, config.micro_batch_size,
+                                config.device_iterations, config.max_seq_len, config.prefetch,
+                                timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0})
+        result = metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
+    except (ConfigError, DatasetError, CheckpointError, ValueError) as error:
+        flag_defs.fail("infer.py", error)
+
+    seconds = sum(t for t, _ in timing["calls"])
+    micro_batches = sum(k for _, k in timing["calls"]) * len(devices)
+    samples = micro_batches * config.micro_batch_size
+    print("checkpoint %s (step %s), split %s, %d samples, %d replica(s) on %s, %s"
+          % (path, meta.get("step"), FLAGS.split, len(out["logits"]), len(devices), devices[0].platform, config.data_type))
+    print("compilation %.2f s; throughput %.0f samples/s; latency %.3f ms per micro-batch of %d (over %d call(s))"
+          % (timing["compile_s"], samples / seconds, 1000.0 * seconds * len(devices) / micro_batches,
+             config.micro_batch_size, len(timing["calls"])))
+    print("%s gauc %.5f  auc %.5f  logloss %.5f  accuracy %.4f" % (
+        FLAGS.split, result["gauc"], result["auc"], result["logloss"], result["accuracy"]))
+    if FLAGS.predictions_file:
+        _write_predictions(FLAGS.predictions_file, out)
+        print("predictions: %s" % FLAGS.predictions_file)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,76 @@
+"""Trains a model, keeps the best step on validation, reports test once.
+
+    python experiments/train.py --flagfile experiments/configs/amazon_sample.flags
+
+Writes <model_path>/best (the selected checkpoint), <model_path>/last,
+<model_path>/summary.json, training checkpoints <model_path>/checkpoints/step_N
+(--checkpoint_every, --keep_checkpoints), TensorBoard events in
+<model_path>/tensorboard and <model_path>/train_log.jsonl. SIGINT or SIGTERM
+saves a checkpoint and exits with status 128 + the signal number; --resume
+continues from the newest checkpoint exactly (docs/WATCHING.md).
+"""
+
+import json
+import sys
+
+import flag_defs
+from absl import app, logging
+
+from din_jax import hooks as hooks_lib
+from din_jax.checkpoint import CheckpointError
+from din_jax.config import ConfigError
+from din_jax.data.dataset import DatasetError
+from din_jax.train_lib import NonFiniteLossError
+from din_jax.training import TrainingInterrupted, train_and_evaluate
+
+flag_defs.define_model_flags()
+flag_defs.define_run_flags(micro_batch_size=32, epochs=2)
+flag_defs.define_checkpoint_flags()
+flag_defs.define_watch_flags()
+flag_defs.define_aliases()
+FLAGS = flag_defs.FLAGS
+
+
+def _row(name, metrics):
+    if not metrics:
+        return "%-10s (none)" % name
+    return "%-10s gauc %.5f  auc %.5f  logloss %.5f  (%d samples)" % (
+        name, metrics["gauc"], metrics["auc"], metrics["logloss"], metrics["samples"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        flag_defs.initialize_distributed()
+        config = flag_defs.build_train_config()
+        hooks = hooks_lib.make_hooks(config, progress=FLAGS.progress, progress_seconds=FLAGS.progress_seconds,
+                                     tensorboard=FLAGS.tensorboard, attention_histograms=FLAGS.attention_histograms,
+                                     train_log=FLAGS.train_log)
+        summary = train_and_evaluate(config, hooks=hooks)
+    except TrainingInterrupted as stop:
+        sys.stderr.write("train.py: %s\n" % stop)
+        sys.exit(128 + stop.signum if stop.signum else 1)
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, ValueError) as error:
+        flag_defs.fail("train.py", error)
+    if not config.model_path:
+        logging.warning("no --model_path given: nothing was saved")
+    rate = summary["samples_per_s"]
+    print("best step %d of %d (selected on validation %s); training throughput %s samples/s"
+          % (summary["best_step"], summary["steps"], config.select_metric, "%.0f" % rate if rate else "n/a"))
+    print(_row("validation", summary["validation"]))
+    print(_row("test", summary["test"]))
+    if config.model_path:
+        print("summary: %s" % json.dumps({"model_path": config.model_path, "best_step": summary["best_step"]}))
+    if FLAGS.plots and config.model_path:
+        try:
+            from din_jax import plots
+        except ImportError as error:
+            logging.warning("--plots needs matplotlib: %s", error)
+        else:
+            for path in plots.write_run_figures(config.model_path):
+                print("figure: %s" % path)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,99 @@
+"""The commands end to end: train.py and infer.py on the embedded real sample, and their errors."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(ROOT, "data", "amazon_electronics_din_sample")
+
+
+def _run(script, args, timeout=600):
+    env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["PYTHONPATH"] = ROOT
+    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + args, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def sample_dataset(tmp_path_factory):
+    output = str(tmp_path_factory.mktemp("data") / "electronics_sample")
+    result = _run("data_prep/build.py", ["--format", "din", "--input", SAMPLE, "--output", output])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output
+
+
+def _metrics(text, split):
+    match = re.search(r"^%s\s+gauc ([0-9.]+)\s+auc ([0-9.]+)\s+logloss ([0-9.]+)" % split, text, re.M)
+    assert match, text[-3000:]
+    return tuple(float(x) for x in match.groups())
+
+
+def test_train_and_infer_on_the_real_sample_agree(sample_dataset, tmp_path):
+    run = str(tmp_path / "run")
+    train = _run("experiments/train.py", [
+        "--preset", "din_amazon", "--dataset", sample_dataset, "--model_path", run, "--epochs", "2",
+        "--attention_size", "32", "--device_iterations", "100", "--eval_every", "200"])
+    assert train.returncode == 0, train.stderr[-3000:]
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    for split in ("validation", "test"):
+        for key in ("gauc", "auc", "logloss"):
+            assert 0.0 <= summary[split][key] < 10.0
+    assert summary["best_step"] > 0 and summary["flags"]["dataset"] == sample_dataset
+    # The preset's values apply, and an explicit flag overrides them.
+    assert summary["flags"]["model_config"]["item_dim"] == 16
+    assert summary["flags"]["model_config"]["attention_normalization"] == "softmax"
+    trained_test = _metrics(train.stdout, "test")
+
+    predictions = str(tmp_path / "predictions.csv")
+    infer = _run("experiments/infer.py", ["--model_path", run, "--device_iterations", "20",
+                                          "--predictions_file", predictions])
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    assert _metrics(infer.stdout, "test") == trained_test
+    assert re.search(r"throughput \d+ samples/s; latency [0-9.]+ ms per micro-batch of 128", infer.stdout)
+    with open(predictions) as handle:
+        rows = handle.read().splitlines()
+    assert rows[0] == "index,user,label,logit,probability"
+    assert len(rows) - 1 == summary["test"]["samples"]
+
+
+def test_command_errors_are_one_line(sample_dataset, tmp_path):
+    missing = _run("experiments/train.py", ["--dataset", str(tmp_path / "nope"), "--epochs", "1"])
+    assert missing.returncode == 2
+    assert missing.stderr.strip().startswith("train.py: error:") and "nope" in missing.stderr
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+    bad_size = _run("experiments/train.py", ["--use_synthetic_data", "--attention_size", "7"])
+    assert bad_size.returncode == 2 and "--attention_size" in bad_size.stderr
+
+    no_checkpoint = _run("experiments/infer.py", ["--model_path", str(tmp_path)])
+    assert no_checkpoint.returncode == 2 and "no checkpoint" in no_checkpoint.stderr
+    assert "Traceback" not in no_checkpoint.stderr
+
+
+def test_infer_rejects_a_checkpoint_that_does_not_fit_the_flags(tmp_path):
+    run = str(tmp_path / "synthetic")
+    train = _run("experiments/train.py", [
+        "--use_synthetic_data", "--synthetic_samples=256,64,64", "--max_seq_len=8", "--attention_size=8",
+        "--mlp_hidden=8", "--epochs=1", "--device_iterations=4", "--model_path", run])
+    assert train.returncode == 0, train.stderr[-3000:]
+    mismatch = _run("experiments/infer.py", ["--model_path", run, "--attention_size", "12"])
+    assert mismatch.returncode == 2
+    assert "shape" in mismatch.stderr and "do the model flags match the checkpoint" in mismatch.stderr
+    assert "Traceback" not in mismatch.stderr
+
+
+def test_hyphenated_graphcore_flags(tmp_path):
+    result = _run("experiments/train.py", [
+        "--use-synthetic-data", "--synthetic_samples=256,64,64", "--max-seq-len=8", "--attention-size=8",
+        "--mlp_hidden=8", "--epochs=1", "--device-iterations=4", "--micro-batch-size=16",
+        "--model-path", str(tmp_path / "run")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    flags = json.load(open(tmp_path / "run" / "summary.json"))["flags"]
+    assert flags["max_seq_len"] == 8 and flags["micro_batch_size"] == 16 and flags["device_iterations"] == 4

@@ -1,0 +1,251 @@
+"""Checkpoints and resuming: an interrupted run continues exactly, broken checkpoints fail clearly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from din_jax import checkpoint as ckpt
+from din_jax import training
+from din_jax.config import ConfigError, TrainConfig
+from din_jax.train_lib import NonFiniteLossError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# 640 samples, global batch 32 on two devices: 20 steps per epoch, 5 calls of
+# 4 steps; Dice (batch statistics), dropout (the dropout key), Adam (optimiser
+# state), fresh negatives every epoch (the sampler's state) and evaluations
+# inside epochs (the history) must all be restored for the result to match.
+CONFIG = dict(
+    use_synthetic_data=True, synthetic_samples=(640, 128, 128), max_seq_len=8, epochs=2, micro_batch_size=16,
+    eval_micro_batch_size=64, device_iterations=4, replicas=0, optimizer="adam", learning_rate=0.01,
+    eval_every=6, checkpoint_every=5, keep_checkpoints=2, resample_negatives=True,
+    model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (8,), "mlp_hidden": (8,),
+                  "activation": "dice", "dropout_rate": 0.2})
+
+
+class _StopAt:
+    """Calls ``action(trainer)`` at the given on_train_call counts."""
+
+    def __init__(self, calls, action):
+        self.calls = set(calls)
+        self.seen = 0
+        self.action = action
+
+    def on_train_call(self, trainer, record):
+        self.seen += 1
+        if self.seen in self.calls:
+            self.action(trainer)
+
+
+def _flat(path):
+    return ckpt.load_checkpoint(path)[0]
+
+
+def _assert_same_arrays(a, b):
+    assert sorted(a) == sorted(b)
+    different = [key for key in a if not np.array_equal(a[key], b[key])]
+    assert not different, "differ: %s" % different[:5]
+
+
+def _comparable(summary):
+    keys = ("history", "best_step", "steps", "validation", "test")
+    return json.dumps({k: summary[k] for k in keys}, sort_keys=True, default=str)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("straight") / "run")
+    summary = training.train_and_evaluate(TrainConfig(model_path=path, **CONFIG))
+    return path, summary
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(straight_run, tmp_path):
+    straight_path, straight = straight_run
+    path = str(tmp_path / "run")
+    if jax.local_device_count() < 2:
+        pytest.skip("needs two CPU devices (tests/conftest.py)")
+    previous_handler = signal.getsignal(signal.SIGINT)
+
+    # 1. Ctrl-C in the middle of epoch 1 (during the second call's metrics):
+    #    the handler only sets a flag; the loop saves a checkpoint at the
+    #    next call boundary and raises.
+    with pytest.raises(training.TrainingInterrupted, match=r"stopped by SIGINT at step \d+ \(epoch 1\)") as stop:
+        training.train_and_evaluate(TrainConfig(model_path=path, **CONFIG),
+                                    hooks=[_StopAt([2], lambda t: os.kill(os.getpid(), signal.SIGINT))])
+    assert stop.value.signum == signal.SIGINT and stop.value.step == 8
+    assert signal.getsignal(signal.SIGINT) is previous_handler  # restored
+    assert os.path.isfile(os.path.join(stop.value.checkpoint, ckpt.STATE_FILE))
+
+    # 2. Resume (without prefetching: the data must not depend on it) and stop
+    #    on the last call of epoch 1: the stop waits for the epoch's end.
+    resumed = TrainConfig(model_path=path, resume=True, **dict(CONFIG, prefetch=0))
+    with pytest.raises(training.TrainingInterrupted, match=r"at step 20 \(epoch 1\)"):
+        training.train_and_evaluate(resumed, hooks=[_StopAt([3], lambda t: t.request_stop("a test"))])
+
+    # 3. Resume, then simulate `kill -9` after two more checkpoints: drop the
+    #    newest, so the next resume replays the steps after the one before.
+    with pytest.raises(training.TrainingInterrupted):
+        training.train_and_evaluate(resumed, hooks=[_StopAt([3], lambda t: t.request_stop("a test"))])
+    checkpoints = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))
+    assert len(checkpoints) == 2  # --keep_checkpoints
+    newest_step, newest = checkpoints[-1]
+    os.rename(newest, os.path.join(path, "checkpoints", ".step_%d.tmp-killed" % newest_step))
+
+    # 4. Resume to the end.
+    summary = training.train_and_evaluate(resumed)
+    assert summary["resumed_from"] == [8, 20, checkpoints[0][0]]
+    assert _comparable(summary) == _comparable(straight)
+    _assert_same_arrays(_flat(os.path.join(path, "last")), _flat(os.path.join(straight_path, "last")))
+    _assert_same_arrays(_flat(os.path.join(path, "best")), _flat(os.path.join(straight_path, "best")))
+    # The half-written directory of the "killed" save was cleaned up.
+    assert not [n for n in os.listdir(os.path.join(path, "checkpoints")) if n.startswith(".")]
+
+
+def test_checkpoints_are_kept_k_at_a_time_with_checksums(straight_run):
+    path, summary = straight_run
+    checkpoints = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))
+    assert [step for step, _ in checkpoints] == [36, 40]  # every 5 steps at call boundaries, the last 2 kept
+    flat, meta = ckpt.load_checkpoint(checkpoints[-1][1])
+    assert meta["train"]["epoch"] == 2 and meta["train"]["epoch_complete"]
+    assert meta["step"] == summary["steps"] == 40
+    assert int(flat["state/step"]) == 40
+    assert any(key.startswith("state/opt_state/") for key in flat)
+    assert any(key.startswith("best/params/") for key in flat)
+    categories = ckpt.load_array(checkpoints[-1][1], "item_category", meta)
+    assert categories.shape == (meta["vocabulary"]["items"],)
+
+
+def _interrupted_run(path, **overrides):
+    config = TrainConfig(model_path=path, **dict(CONFIG, replicas=1, **overrides))
+    with pytest.raises(training.TrainingInterrupted):
+        training.train_and_evaluate(config, hooks=[_StopAt([3], lambda t: t.request_stop("a test"))])
+    return config
+
+
+def test_broken_or_mismatched_checkpoints_give_one_line_errors_and_stay(tmp_path):
+    path = str(tmp_path / "run")
+    config = _interrupted_run(path, checkpoint_every=4)
+    checkpoints = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))
+    assert len(checkpoints) == 2
+    resume = dict(CONFIG, replicas=1, checkpoint_every=4, resume=True)
+
+    def resume_error(**changes):
+        with pytest.raises(Exception) as error:
+            training.Trainer(TrainConfig(model_path=path, **dict(resume, **changes)))
+        message = str(error.value)
+        assert "\n" not in message
+        return error.value
+
+    # A fresh run never silently replaces an unfinished one.
+    fresh = dict(resume, resume=False)
+    with pytest.raises(ConfigError, match="unfinished run .* pass --resume"):
+        training.Trainer(TrainConfig(model_path=path, **fresh))
+    # Model flags, training settings and data that do not match name what differs.
+    error = resume_error(model_config=dict(CONFIG["model_config"], mlp_hidden=(16,)))
+    assert isinstance(error, ckpt.CheckpointError) and "mlp_hidden" in str(error)
+    assert "--seed" in str(resume_error(seed=7))
+    assert "--micro_batch_size" in str(resume_error(micro_batch_size=8))
+    from din_jax.data.synthetic import make_synthetic_dataset
+
+    other_data = make_synthetic_dataset(640, 128, 128, max_seq_len=8, num_items=400, seed=config.seed)
+    with pytest.raises(ckpt.CheckpointError, match="vocabulary"):
+        training.Trainer(TrainConfig(model_path=path, **resume), source=other_data)
+
+    # A flipped byte in the newest checkpoint: named, with the way out.
+    newest = checkpoints[-1][1]
+    before = {name: os.path.getmtime(os.path.join(newest, name)) for name in os.listdir(newest)}
+    state_file = os.path.join(newest, ckpt.STATE_FILE)
+    data = bytearray(open(state_file, "rb").read())
+    data[len(data) // 3] ^= 0x01
+    open(state_file, "wb").write(bytes(data))
+    error = resume_error()
+    assert isinstance(error, ckpt.CheckpointError)
+    assert "corrupt" in str(error) and newest in str(error) and "step %d" % checkpoints[0][0] in str(error)
+    # A truncated file and a truncated JSON.
+    open(state_file, "wb").write(bytes(data[: len(data) // 2]))
+    assert "corrupt" in str(resume_error())
+    meta_file = os.path.join(newest, ckpt.META_FILE)
+    text = open(meta_file).read()
+    open(meta_file, "w").write(text[: len(text) // 2])
+    assert "not valid JSON" in str(resume_error())
+    # Nothing was overwritten or removed by the failed attempts.
+    assert ckpt.list_step_checkpoints(os.path.join(path, "checkpoints")) == checkpoints
+    assert set(os.listdir(newest)) == set(before)
+    ckpt.load_checkpoint(checkpoints[0][1])
+
+
+def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
+    path = str(tmp_path / "run")
+    settings = dict(CONFIG, replicas=1, epochs=1, checkpoint_every=0)
+    first = training.train_and_evaluate(TrainConfig(model_path=path, **settings))
+    assert [s for s, _ in ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))] == [40]
+    # Resuming a finished run trains nothing and reports the same.
+    again = training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings))
+    assert _comparable(again) == _comparable(first)
+    # A fresh run in the same directory replaces it (the earlier public behaviour).
+    os.remove(os.path.join(path, "checkpoints", "step_40", ckpt.STATE_FILE))  # it is not even read
+    fresh = training.train_and_evaluate(TrainConfig(model_path=path, **settings))
+    assert _comparable(fresh) == _comparable(first) and fresh["resumed_from"] == []
+
+
+def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    lr_file = tmp_path / "lr.txt"
+    lr_file.write_text("0 0.01\n12 1e30\n")
+    path = str(tmp_path / "run")
+    config = TrainConfig(model_path=path, **dict(CONFIG, replicas=1, optimizer="sgd", lr_schedule="file",
+                                                 lr_file=str(lr_file), checkpoint_every=4, eval_every=0))
+    with pytest.raises(NonFiniteLossError) as error:
+        training.train_and_evaluate(config)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "at step" in message or "non-finite by step" in message
+    checkpoints = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))
+    assert checkpoints and checkpoints[-1][0] <= 12
+    assert "the last good checkpoint is %s" % checkpoints[-1][1] in message
+    flat, _ = ckpt.load_checkpoint(checkpoints[-1][1])
+    assert all(np.all(np.isfinite(v)) for k, v in flat.items() if k.startswith("state/params/"))
+    assert not os.path.exists(os.path.join(path, "summary.json"))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_128_plus_the_signal(tmp_path):
+    path = str(tmp_path / "run")
+    args = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--use_synthetic_data",
+            "--synthetic_samples=2048,128,128", "--max_seq_len=8", "--attention_size=8", "--mlp_hidden=8",
+            "--attention_hidden=8", "--micro_batch_size=16", "--eval_micro_batch_size=64", "--device_iterations=2",
+            "--replicas=1", "--epochs=50", "--checkpoint_every=8", "--notensorboard", "--progress=none",
+            "--model_path", path]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    lines = []
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if "checkpoint %s" % os.path.join(path, "checkpoints", "step_8") in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        _, rest = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = "".join(lines) + rest
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: training stopped by SIGTERM at step ")
+    step = int(last.split(" at step ")[1].split()[0])
+    checkpoint = ckpt.step_checkpoint_dir(os.path.join(path, "checkpoints"), step)
+    assert "checkpoint %s; continue with --resume" % checkpoint in last
+    flat, meta = ckpt.load_checkpoint(checkpoint)
+    assert meta["step"] == step and int(flat["state/step"]) == step
+
+    # It continues from there.
+    finish = subprocess.run(args[:-2] + ["--model_path", path, "--resume", "--epochs=1"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    assert "resuming from %s: step %d" % (checkpoint, step) in finish.stderr
+    assert json.load(open(os.path.join(path, "summary.json")))["resumed_from"] == [step]

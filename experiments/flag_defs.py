@@ -9,6 +9,7 @@ flags not given on the command line; a flag given explicitly always wins.
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from absl import flags
@@ -16,6 +17,10 @@ from absl import logging as absl_logging
 
 # The experiments are run as scripts; make the library importable from a
 # checkout without installation.
+# flax 0.6.0 (the IPU stack) warns about a jax API rename at import; it is
+# not the user's concern and would precede our one-line error messages.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"flax\.struct")
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
@@ -67,7 +72,7 @@ _TRAIN_FLAGS = (
     "optimizer", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file", "clip_norm",
     "mba_lambda", "l2",
     "data_type", "seed", "model_path", "eval_every", "select_metric", "resample_negatives", "donate", "prefetch",
-    "log_every", "use_synthetic_data", "dataset", "embedding_updates", "rows_per_pass",
+    "log_every", "use_synthetic_data", "dataset", "embedding_updates", "positions_per_pass",
 )
 
 # TrainConfig fields whose flags only train.py defines (define_checkpoint_flags);
@@ -152,13 +157,13 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
                       "History-length buckets, e.g. 8,16,32,64,100: batches of similar lengths, one compiled "
                       "program per bucket; empty (or just max_seq_len): every batch padded to max_seq_len, "
                       "one program (the IPU's mode).")
-    flags.DEFINE_integer("rows_per_pass", 0,
-                         "Compute each micro-batch this many rows at a time (cache-sized parts of a large batch; "
-                         "training: with --embedding_updates sparse, models without batch statistics); 0: all "
-                         "at once.")
+    flags.DEFINE_integer("positions_per_pass", 0,
+                         "Compute each micro-batch in parts of at most this many history positions (rows x "
+                         "length; cache-sized parts of a large batch, e.g. 4096; training: with "
+                         "--embedding_updates sparse, models without batch statistics); 0: all at once.")
     _alias("embedding_updates")
     _alias("length_buckets")
-    _alias("rows_per_pass")
+    _alias("positions_per_pass")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
     flags.DEFINE_integer("num_processes", 1, "Processes of a multi-process run.")
     flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")

@@ -59,7 +59,7 @@ CSV_COLUMNS = (
     "ms_per_micro_batch", "windows", "samples_per_window", "replicas", "device_iterations", "global_batch",
     "compile_s", "programs", "peak_rss_mb", "device_peak_mb", "mean_history_length", "mean_padded_length",
     "flops_per_sample", "gflops_per_s", "lengths", "length_buckets", "embedding_updates", "optimizer",
-    "data_type", "rows_per_pass", "prefetch", "model", "model_config", "platform", "device_kind", "devices",
+    "data_type", "positions_per_pass", "prefetch", "model", "model_config", "platform", "device_kind", "devices",
     "cpu_model", "cpu_count", "python", "jax", "jaxlib", "flax", "optax", "numpy", "load_before", "load_after",
     "date",
 )
@@ -85,8 +85,9 @@ class BenchmarkConfig:
         0 picks a size that makes every window at least 16 calls.
       max_seq_len, length_buckets: as ``TrainConfig``.
       windows: timed windows (the median is reported).
-      rows_per_pass: rows computed per pass inside a micro-batch (0: the
-        whole micro-batch at once); training: sparse updates only.
+      positions_per_pass: history positions (rows x T) computed per pass
+        inside a micro-batch (0: the whole micro-batch at once); training:
+        sparse updates only.
       prefetch: chunks prepared ahead by the background thread.
       seed: data, order and initialisation.
     """
@@ -109,7 +110,7 @@ class BenchmarkConfig:
     max_seq_len: int = 100
     length_buckets: Tuple[int, ...] = ()
     windows: int = 5
-    rows_per_pass: int = 0
+    positions_per_pass: int = 0
     prefetch: int = 2
     seed: int = 0
 
@@ -188,6 +189,16 @@ def device_peak_mb(devices: Sequence[Any]) -> Optional[float]:
     return max(peaks) if peaks else None
 
 
+def _describe(value: Any) -> Any:
+    """JSON for model fields: tuples as lists, factories by name and bound arguments."""
+    if isinstance(value, (tuple, list)):
+        return list(value)
+    keywords = getattr(value, "keywords", None)
+    func = getattr(value, "func", value)
+    name = getattr(func, "__name__", type(func).__name__)
+    return "%s(%s)" % (name, ", ".join("%s=%r" % item for item in sorted((keywords or {}).items())))
+
+
 def summarize(rates: Sequence[float]) -> Dict[str, float]:
     """Median, minimum, maximum and spread (``100 * (max - min) / median``) of per-window rates."""
     values = np.asarray(rates, dtype=np.float64)
@@ -204,9 +215,9 @@ def _dense_flops(widths: Sequence[int]) -> int:
     return sum(2 * a * b for a, b in zip(widths, widths[1:]))
 
 
-def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, split_attention: bool = True,
+def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, form: str = "split",
                          train: bool = False) -> float:
-    """Multiply-add FLOPs (2 per multiply-add) of DIN's dense layers for one sample.
+    """FLOPs (2 per multiply-add) of DIN's matrix products for one sample.
 
     Counts the matrix products only (attention MLP per history position,
     the weighted sum, the prediction MLP); element-wise work, gathers and the
@@ -217,18 +228,16 @@ def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, sp
       model_config: DIN fields (``item_dim``, ``category_dim``, ``user_dim``,
         ``attention_hidden``, ``mlp_hidden``, ``use_history_sum``).
       history_length: positions computed per sample (the padded length).
-      split_attention: the first attention layer in split form (``2 D H``
-        per position plus ``2 D H`` per sample) or concatenated (``8 D H``).
+      form: the first attention layer as evaluated: ``concat`` (``8 D H``
+        per position, the textbook form), ``split`` (``4 D H`` per position +
+        ``2 D H`` per sample) or ``fold`` (``2 D H`` per position + ``3 D H``
+        per sample, the per-sample matrix included).
     """
     d = int(model_config.get("item_dim", 64)) + int(model_config.get("category_dim", 64))
     hidden = [int(h) for h in model_config.get("attention_hidden", (80, 40))]
     first = hidden[0]
-    if split_attention:
-        per_position = 2 * (2 * d * first) + d  # keys and q*k products, and the q*k multiply
-        per_sample = 2 * d * first
-    else:
-        per_position = 2 * (4 * d) * first
-        per_sample = 0
+    per_position = {"concat": 8 * d * first, "split": 4 * d * first + d, "fold": 2 * d * first}[form]
+    per_sample = {"concat": 0, "split": 2 * d * first, "fold": 3 * d * first}[form]
     per_position += _dense_flops(hidden + [1]) + 2 * d  # later layers, score, weighted sum
     mlp_in = 3 * d + int(model_config.get("user_dim", 0))
     if model_config.get("use_history_sum", False):
@@ -239,17 +248,49 @@ def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, sp
     return 3.0 * forward if train else forward
 
 
-def measure_matmul_gflops(m: int = 4096, k: int = 128, n: int = 80, repeats: int = 20) -> float:
-    """The backend's float32 matrix-multiply rate (GFLOP/s) on a jitted ``[m, k] @ [k, n]``."""
-    a = jax.numpy.ones((m, k), jax.numpy.float32)
-    b = jax.numpy.ones((k, n), jax.numpy.float32)
+def attention_form(model_config: Dict[str, Any], history_length: int) -> str:
+    """The first-layer form DIN evaluates at a history length (``DinAttention``'s rule)."""
+    attention = model_config.get("attention", "din")
+    if not model_config.get("split_attention", True):
+        return "concat"
+    keywords = getattr(attention, "keywords", {}) or {}
+    fold = keywords.get("fold_query", True)
+    return "fold" if fold and history_length >= keywords.get("fold_min_length", 32) else "split"
+
+
+def measure_matmul_gflops(m: int = 4096, k: int = 128, n: int = 80, repeats: int = 20, batch: int = 0) -> float:
+    """The backend's float32 matrix-multiply rate (GFLOP/s) on a jitted ``[m, k] @ [k, n]``.
+
+    With ``batch`` > 0, a batched product ``[batch, m, k] @ [batch, k, n]``
+    (the folded attention's shape).
+    """
+    lead = (batch,) if batch else ()
+    a = jax.numpy.ones(lead + (m, k), jax.numpy.float32)
+    b = jax.numpy.ones(lead + (k, n), jax.numpy.float32)
     product = jax.jit(lambda x, y: x @ y)
     product(a, b).block_until_ready()
     start = time.perf_counter()
     for _ in range(repeats):
         out = product(a, b)
     out.block_until_ready()
-    return 2.0 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+    return 2.0 * max(batch, 1) * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+
+
+# Shapes of DIN's products at micro-batch 4096 (256 rows per pass, 64 positions):
+# the attention's first layer per position (split form), its folded per-sample
+# form, the second layer, the prediction MLP's first layer; and a large square one.
+MATMUL_SHAPES = (
+    ("attention layer 1 (split): [16384,64]@[64,80]", dict(m=16384, k=64, n=80)),
+    ("attention layer 1 (fold): [256x64,64]@[256x64,80]", dict(m=64, k=64, n=80, batch=256)),
+    ("attention layer 2: [16384,80]@[80,40]", dict(m=16384, k=80, n=40)),
+    ("MLP layer 1: [4096,224]@[224,200]", dict(m=4096, k=224, n=200)),
+    ("square: [2048,2048]@[2048,2048]", dict(m=2048, k=2048, n=2048, repeats=3)),
+)
+
+
+def measure_matmul_rates() -> List[Tuple[str, float]]:
+    """``(shape, GFLOP/s)`` for ``MATMUL_SHAPES``."""
+    return [(name, measure_matmul_gflops(**shape)) for name, shape in MATMUL_SHAPES]
 
 
 # ----------------------------------------------------------------------------
@@ -310,7 +351,7 @@ def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterati
                        max_seq_len=config.max_seq_len, micro_batch_size=micro_batch_size,
                        device_iterations=device_iterations, replicas=config.replicas, optimizer=config.optimizer,
                        learning_rate=config.learning_rate, data_type=config.data_type, seed=config.seed,
-                       embedding_updates=config.embedding_updates, rows_per_pass=config.rows_per_pass,
+                       embedding_updates=config.embedding_updates, positions_per_pass=config.positions_per_pass,
                        length_buckets=tuple(config.length_buckets)).validate()
 
 
@@ -332,7 +373,7 @@ def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: 
             train_lib.create_train_state(model, tx, config.seed, config.max_seq_len), devices)}
         p_train = train_lib.make_p_train_chunk(model, devices, donate=True,
                                                embedding_updates=config.embedding_updates,
-                                               rows_per_pass=config.rows_per_pass)
+                                               positions_per_pass=config.positions_per_pass)
 
         def call(chunk):
             holder["state"], metrics = p_train(holder["state"], chunk)
@@ -341,7 +382,7 @@ def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: 
         return call
     model = build_model_for(train_config, vocab, axis_name=None)
     variables = train_lib.replicate(train_lib.init_variables(model, config.seed, config.max_seq_len), devices)
-    p_predict = train_lib.make_p_predict_chunk(model, devices, rows_per_pass=config.rows_per_pass)
+    p_predict = train_lib.make_p_predict_chunk(model, devices, positions_per_pass=config.positions_per_pass)
     return lambda chunk: p_predict(variables, chunk)
 
 
@@ -389,7 +430,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
                                                                    compile_s))
 
     rates, window_seconds, window_steps, window_samples = [], [], [], []
-    padded, real = 0.0, 0.0
+    padded, real, flops = 0.0, 0.0, 0.0
     for window, plan in enumerate(plans):
         def chunks(plan=plan):
             for indices, seq_len in zip(plan.calls, plan.seq_lens):
@@ -400,6 +441,10 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         for indices, seq_len in zip(plan.calls, plan.seq_lens):
             padded += indices.size * seq_len
             real += float(np.sum(lengths[indices]))
+            if config.model == "din":
+                flops += indices.size * din_flops_per_sample(
+                    config.model_config, seq_len, attention_form(config.model_config, seq_len),
+                    train=config.mode == "train")
         pending = None
         start = time.perf_counter()
         for chunk in prefetch(chunks(), config.prefetch):
@@ -419,8 +464,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     stats = summarize(rates)
     median_window = int(np.argsort(rates)[len(rates) // 2])
     mean_padded = padded / sum(window_samples)
-    flops = din_flops_per_sample(config.model_config, mean_padded, bool(config.model_config.get(
-        "split_attention", True)), train=config.mode == "train") if config.model == "din" else float("nan")
+    flops = flops / sum(window_samples) if config.model == "din" else float("nan")
     env = environment_info(devices)
     buckets = normalize_buckets(config.length_buckets, config.max_seq_len)
     row = {
@@ -449,10 +493,10 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         "embedding_updates": config.embedding_updates if config.mode == "train" else "",
         "optimizer": config.optimizer if config.mode == "train" else "",
         "data_type": config.data_type,
-        "rows_per_pass": config.rows_per_pass,
+        "positions_per_pass": config.positions_per_pass,
         "prefetch": config.prefetch,
         "model": config.model,
-        "model_config": json.dumps(config.model_config, sort_keys=True, default=list),
+        "model_config": json.dumps(config.model_config, sort_keys=True, default=_describe),
         "load_before": load_before,
         "load_after": load_average(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -65,10 +65,11 @@ class TrainConfig:
     # 100); () or just max_seq_len: one bucket, every batch padded to
     # max_seq_len (the IPU's single program).
     length_buckets: Tuple[int, ...] = ()
-    # Rows per pass inside a micro-batch (0: all at once): large micro-batches
-    # are computed in cache-sized parts; the same gradient (sparse updates,
-    # models without batch statistics) and the same predictions.
-    rows_per_pass: int = 0
+    # History positions (rows x T) per pass inside a micro-batch (0: all at
+    # once): large micro-batches are computed in cache-sized parts; the same
+    # gradient (sparse updates, models without batch statistics) and the same
+    # predictions.
+    positions_per_pass: int = 0
 
     def validate(self) -> "TrainConfig":
         """Checks every field; raises ConfigError naming the flag."""
@@ -104,9 +105,9 @@ class TrainConfig:
         if self.resume and not self.model_path:
             raise ConfigError("--resume needs --model_path (the run directory to continue)")
         _choice("embedding_updates", self.embedding_updates, EMBEDDING_UPDATES)
-        if self.rows_per_pass < 0:
-            raise ConfigError("--rows_per_pass must be >= 0 (0: the whole micro-batch at once), got %r"
-                              % self.rows_per_pass)
+        if self.positions_per_pass < 0:
+            raise ConfigError("--positions_per_pass must be >= 0 (0: the whole micro-batch at once), got %r"
+                              % self.positions_per_pass)
         if self.embedding_updates == "sparse" and self.l2 > 0:
             raise ConfigError("--l2 regularises every embedding row, which --embedding_updates sparse does not "
                               "touch: use --embedding_updates dense with --l2 (--mba_lambda works with both)")

@@ -268,7 +268,7 @@ def _mba_tables(params: Any, regularization: Optional[Regularization], table_pat
 
 
 def make_sparse_train_step(model, axis_name: Optional[str], regularization: Optional[Regularization] = None,
-                           compute_loss: Optional[Callable] = None, rows_per_pass: int = 0) -> Callable:
+                           compute_loss: Optional[Callable] = None, positions_per_pass: int = 0) -> Callable:
     """``(state, batch) -> (state, metrics)``, updating the embedding tables sparsely.
 
     ``state.tx`` must be a ``SparseEmbeddingOptimizer`` (``make_sparse_optimizer``).
@@ -281,10 +281,10 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         ``l2 > 0`` raises.
       compute_loss: ``(logits, labels) -> loss``; ``train_lib.compute_loss``
         by default.
-      rows_per_pass: when > 0 and it divides the micro-batch, the gradient is
-        computed ``rows_per_pass`` rows at a time (a loop inside the step) and
-        averaged, so that the activations of a large micro-batch stay in
-        cache. The mean loss of equal parts is the mean of their losses, so
+      positions_per_pass: when > 0, the gradient is computed in parts of
+        ``train_lib.rows_per_pass(B, T, positions_per_pass)`` rows (a loop
+        inside the step) and averaged, so that the activations of a large
+        micro-batch stay in cache. The mean loss of equal parts is the mean of their losses, so
         this is the same gradient; models with batch statistics (Dice,
         BatchNorm) would see per-part statistics and are refused.
     """
@@ -300,6 +300,10 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
         rest, tables = opt.split(state.params)
         mba = _mba_tables(state.params, regularization, opt.table_paths)
+        if mba:
+            from din_jax.train_lib import TRACE_COUNTS
+
+            TRACE_COUNTS["regularized"] += 1  # what din_jax.ablation checks, as for the dense step
 
         def forward(rest, deltas, part, mutable, rng):
             params = traverse_util.flatten_dict(flax.core.unfreeze(rest))
@@ -327,13 +331,16 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
             lookups = _flatten_lookups(updates.pop(EMBEDDING_LOOKUPS))
             return loss, logits, updates, lookups, grads, delta_grads
 
+        from din_jax.train_lib import rows_per_pass
+
         rows = batch["label"].shape[0]
-        if 0 < rows_per_pass < rows and rows % rows_per_pass == 0:
+        part_rows = rows_per_pass(rows, batch["hist_item"].shape[-1], positions_per_pass)
+        if part_rows < rows:
             if jax.tree_util.tree_leaves(state.batch_stats):
-                raise ValueError("rows_per_pass: a model with batch statistics (Dice, BatchNorm) needs the whole "
-                                 "micro-batch in one pass")
-            passes = rows // rows_per_pass
-            parts = jax.tree_util.tree_map(lambda x: x.reshape((passes, rows_per_pass) + x.shape[1:]), batch)
+                raise ValueError("positions_per_pass: a model with batch statistics (Dice, BatchNorm) needs the "
+                                 "whole micro-batch in one pass")
+            passes = rows // part_rows
+            parts = jax.tree_util.tree_map(lambda x: x.reshape((passes, part_rows) + x.shape[1:]), batch)
 
             def one_pass(grad_sum, inputs):
                 index, part = inputs

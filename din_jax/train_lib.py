@@ -133,7 +133,7 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
 
 def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
                        regularization: Optional[Regularization] = None,
-                       embedding_updates: str = "dense", rows_per_pass: int = 0) -> Callable:
+                       embedding_updates: str = "dense", positions_per_pass: int = 0) -> Callable:
     """The pmapped program: scan ``train_step`` over a chunk's device iterations.
 
     Call it with a replicated state and a chunk of shape ``(R, K, B, ...)``;
@@ -142,15 +142,15 @@ def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
     ``din_jax.regularization.regularization_for(config, source)``).
     ``embedding_updates="sparse"`` updates only the embedding rows each
     micro-batch looks up (``din_jax.sparse``; the state must be created with
-    ``din_jax.sparse.make_sparse_optimizer``); with it, ``rows_per_pass``
-    computes each micro-batch's gradient that many rows at a time (see
-    ``make_sparse_train_step``).
+    ``din_jax.sparse.make_sparse_optimizer``); with it, ``positions_per_pass``
+    computes each micro-batch's gradient in parts of at most that many history
+    positions (see ``make_sparse_train_step``).
     """
     if embedding_updates == "sparse":
         from din_jax.sparse import make_sparse_train_step
 
         train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
-                                            rows_per_pass=rows_per_pass)
+                                            positions_per_pass=positions_per_pass)
     else:
         train_step = make_train_step(model, AXIS_NAME, regularization=regularization)
 
@@ -161,22 +161,39 @@ def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
     return jax.pmap(train_chunk, axis_name=AXIS_NAME, devices=devices, donate_argnums=(0,) if donate else ())
 
 
-def make_p_predict_chunk(model, devices: List[Any], rows_per_pass: int = 0) -> Callable:
+def rows_per_pass(rows: int, seq_len: int, positions_per_pass: int) -> int:
+    """Rows of a ``rows x seq_len`` micro-batch to compute at a time for a budget of history positions.
+
+    The largest power of two that divides ``rows`` and holds at most
+    ``positions_per_pass`` positions (at least 1); ``rows`` for a budget of 0
+    or one the whole micro-batch fits in.
+    """
+    if positions_per_pass <= 0 or rows * max(seq_len, 1) <= positions_per_pass:
+        return rows
+    part = 1
+    while rows % (part * 2) == 0 and part * 2 * max(seq_len, 1) <= positions_per_pass:
+        part *= 2
+    return part
+
+
+def make_p_predict_chunk(model, devices: List[Any], positions_per_pass: int = 0) -> Callable:
     """Pmapped inference: ``(variables, chunk (R, K, B, ...)) -> logits (R, K, B)``.
 
     Args:
-      rows_per_pass: when > 0 and it divides ``B``, each micro-batch is scored
-        ``rows_per_pass`` rows at a time (a loop inside the program), so that
-        the activations of a large batch stay in cache. Inference scores
-        every row on its own, so the logits are the same.
+      positions_per_pass: when > 0, each micro-batch is scored in parts of
+        ``rows_per_pass(B, T, positions_per_pass)`` rows (a loop inside the
+        program), so that the activations of a large batch stay in cache; a
+        budget of history positions, so shorter length buckets take more
+        rows per pass. Inference scores every row on its own, so the logits
+        are the same.
     """
 
     def predict_chunk(variables, chunk):
         TRACE_COUNTS["predict"] += 1
         k, b = chunk["label"].shape[:2]
-        if 0 < rows_per_pass < b and b % rows_per_pass == 0:
-            passes = jax.tree_util.tree_map(lambda x: x.reshape((k * b // rows_per_pass, rows_per_pass) + x.shape[2:]),
-                                            chunk)
+        part = rows_per_pass(b, chunk["hist_item"].shape[-1], positions_per_pass)
+        if part < b:
+            passes = jax.tree_util.tree_map(lambda x: x.reshape((k * b // part, part) + x.shape[2:]), chunk)
             logits = jax.lax.map(lambda batch: model.apply(variables, batch, train=False), passes)
             return logits.reshape((k, b))
         return jax.lax.map(lambda batch: model.apply(variables, batch, train=False), chunk)

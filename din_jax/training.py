@@ -185,8 +185,8 @@ class Trainer:
         self.p_train = make_p_train_chunk(self.model, self.train_devices, donate=config.donate,
                                           regularization=regularization_for(config, self.source),
                                           embedding_updates=config.embedding_updates,
-                                          rows_per_pass=config.rows_per_pass)
-        self.p_predict = make_p_predict_chunk(self.eval_model, self.devices, rows_per_pass=config.rows_per_pass)
+                                          positions_per_pass=config.positions_per_pass)
+        self.p_predict = make_p_predict_chunk(self.eval_model, self.devices, positions_per_pass=config.positions_per_pass)
         logging.info("model %s %s, %d parameters, %d replica(s) on %s, train %d samples, global micro-batch %d",
                      config.model, json.dumps(config.model_config, default=str), self.num_parameters,
                      self.replicas, self.devices[0].platform, self.num_train, self.global_batch)

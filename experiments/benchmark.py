@@ -40,20 +40,24 @@ flags.DEFINE_string("dataset", None, "A dataset directory (data_prep/build.py) t
 flags.DEFINE_string("split", None, "Split of --dataset (default: train for --mode train, test for infer).")
 flags.DEFINE_integer("samples", 0, "Synthetic pool size; one timed window is one pass over it (0: automatic).")
 flags.DEFINE_integer("max_seq_len", 100, "Histories are cut to their last max_seq_len items.")
-flags.DEFINE_list("length_buckets", ["8", "16", "32", "64", "100"],
+flags.DEFINE_list("length_buckets", ["4", "8", "16", "24", "32", "40", "50", "60", "70", "80", "90", "100"],
                   "History-length buckets (one compiled program each); empty: every batch padded to "
                   "max_seq_len (one program, the IPU's mode).")
 flags.DEFINE_integer("windows", 5, "Timed windows; the median is reported.")
-flags.DEFINE_integer("rows_per_pass", 256, "Rows computed per pass inside a micro-batch (cache-sized parts of "
-                     "large batches; training: sparse updates); 0: the whole micro-batch at once.")
+flags.DEFINE_integer("positions_per_pass", 4096, "History positions (rows x length) computed per pass inside a "
+                     "micro-batch (cache-sized parts of large batches; training: sparse updates); 0: the whole "
+                     "micro-batch at once.")
 flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead by the background thread; 0: none.")
 flags.DEFINE_integer("seed", 0, "Seed of the data, the order and the initialisation.")
 flags.DEFINE_list("vocabulary", ["192403", "63001", "801"],
                   "Synthetic users,items,categories (default: Amazon Electronics).")
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where results_train.csv / results_infer.csv go.")
 flags.DEFINE_bool("matmul", False, "Also measure the backend's float32 matrix-multiply rate.")
+flags.DEFINE_bool("fold_query", True,
+                  "DIN attention: fold the query into a per-sample key matrix (one product per position instead "
+                  "of two, for histories of 32+ positions); --nofold_query measures the plain split form.")
 for _name in ("micro_batch_sizes", "device_iterations", "data_type", "max_seq_len", "length_buckets",
-              "embedding_updates", "output_dir", "rows_per_pass", "learning_rate"):
+              "embedding_updates", "output_dir", "positions_per_pass", "learning_rate"):
     flags.DEFINE_alias(_name.replace("_", "-"), _name)
 flag_defs.define_aliases()
 FLAGS = flags.FLAGS
@@ -77,11 +81,17 @@ def build_config() -> benchmark.BenchmarkConfig:
         raise ConfigError("--length_buckets / --vocabulary: %s" % error) from None
     if len(vocab) != 3 or min(vocab) < 2:
         raise ConfigError("--vocabulary must be three integers users,items,categories >= 2")
-    for name in ("device_iterations", "replicas", "samples", "prefetch", "rows_per_pass"):
+    for name in ("device_iterations", "replicas", "samples", "prefetch", "positions_per_pass"):
         if FLAGS[name].value < 0:
             raise ConfigError("--%s must be >= 0, got %d" % (name, FLAGS[name].value))
     if FLAGS.windows < 1:
         raise ConfigError("--windows must be >= 1")
+    if not FLAGS.fold_query and model_config.get("attention") in ("din", "din_softmax"):
+        import functools
+
+        from din_jax.layers.attention import ATTENTIONS
+
+        model_config["attention"] = functools.partial(ATTENTIONS.get(model_config["attention"]), fold_query=False)
     learning_rate = FLAGS.learning_rate
     if learning_rate is None:
         learning_rate = 0.001 if FLAGS.optimizer == "adam" else 0.1
@@ -99,7 +109,7 @@ def build_config() -> benchmark.BenchmarkConfig:
         learning_rate=learning_rate, embedding_updates=FLAGS.embedding_updates, data_type=FLAGS.data_type,
         lengths=FLAGS.lengths, dataset=FLAGS.dataset, split=FLAGS.split, samples=FLAGS.samples,
         max_seq_len=FLAGS.max_seq_len, length_buckets=buckets, windows=FLAGS.windows,
-        rows_per_pass=FLAGS.rows_per_pass, prefetch=FLAGS.prefetch, seed=FLAGS.seed)
+        positions_per_pass=FLAGS.positions_per_pass, prefetch=FLAGS.prefetch, seed=FLAGS.seed)
     # The same checks a training run makes (--length_buckets, --embedding_updates, model fields).
     for size in sizes:
         benchmark._train_config(config, size, max(1, FLAGS.device_iterations))
@@ -112,7 +122,8 @@ def main(argv):
     try:
         config = build_config()
         if FLAGS.matmul:
-            print("float32 matmul [4096x128]@[128x80]: %.1f GFLOP/s" % benchmark.measure_matmul_gflops())
+            for shape, rate in benchmark.measure_matmul_rates():
+                print("float32 matmul %s: %.1f GFLOP/s" % (shape, rate))
         rows = benchmark.run_benchmark(config, log=print)
     except (ConfigError, DatasetError, ValueError) as error:
         flag_defs.fail("benchmark.py", error)

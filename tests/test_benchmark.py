@@ -26,7 +26,7 @@ def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates):
     config = benchmark.BenchmarkConfig(
         mode=mode, micro_batch_sizes=(8, 16), device_iterations=2, replicas=1, model_config=dict(TINY_MODEL),
         vocabulary=dict(TINY_VOCABULARY), lengths="electronics", samples=400, max_seq_len=20,
-        length_buckets=(4, 8), windows=2, embedding_updates=updates, rows_per_pass=4)
+        length_buckets=(4, 8), windows=2, embedding_updates=updates, positions_per_pass=16)
     rows = benchmark.run_benchmark(config)
     path = benchmark.write_results(rows, str(tmp_path), mode)
     assert os.path.basename(path) == benchmark.RESULT_FILES[mode]
@@ -72,12 +72,16 @@ def test_flop_count_of_the_split_attention():
     config = {"item_dim": 32, "category_dim": 32, "user_dim": 32, "attention_hidden": (80, 40),
               "mlp_hidden": (200, 80)}
     split = benchmark.din_flops_per_sample(config, 100)
-    unsplit = benchmark.din_flops_per_sample(config, 100, split_attention=False)
-    # The split form removes about 40 % of the FLOPs at 100 positions.
+    unsplit = benchmark.din_flops_per_sample(config, 100, form="concat")
+    folded = benchmark.din_flops_per_sample(config, 100, form="fold")
+    # The split form removes about 40 % of the FLOPs at 100 positions; folding the query removes more.
     assert 0.35 < 1 - split / unsplit < 0.45
+    assert folded < split
     assert benchmark.din_flops_per_sample(config, 100, train=True) == pytest.approx(3 * split)
     # The prediction MLP alone: 2 * (224 * 200 + 200 * 80 + 80).
-    assert benchmark.din_flops_per_sample(config, 0, split_attention=False) == 2 * (224 * 200 + 200 * 80 + 80)
+    assert benchmark.din_flops_per_sample(config, 0, form="concat") == 2 * (224 * 200 + 200 * 80 + 80)
+    assert benchmark.attention_form(config, 64) == "fold" and benchmark.attention_form(config, 8) == "split"
+    assert benchmark.attention_form(dict(config, split_attention=False), 64) == "concat"
 
 
 def test_environment_and_memory():

@@ -62,6 +62,6 @@ def test_inference_in_row_chunks_equals_the_whole_batch(trained):
     replicated = train_lib.replicate(variables, devices)
     chunk = {key: value.reshape((1, 2, 512) + value.shape[1:]) for key, value in batch.items()}
     whole = np.asarray(train_lib.make_p_predict_chunk(model, devices)(replicated, chunk))
-    chunked = np.asarray(train_lib.make_p_predict_chunk(model, devices, rows_per_pass=128)(replicated, chunk))
+    chunked = np.asarray(train_lib.make_p_predict_chunk(model, devices, positions_per_pass=128 * T)(replicated, chunk))
     assert chunked.shape == whole.shape == (1, 2, 512)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)

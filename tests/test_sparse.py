@@ -262,17 +262,17 @@ def test_sparse_state_checkpoints_and_the_learning_rate_schedule_applies():
     _assert_trees_close(dense.params, sparse_state.params)
 
 
-def test_rows_per_pass_gives_the_same_update():
+def test_parts_of_a_micro_batch_give_the_same_update():
     model = _model(activation="prelu")
     batches = _batches(3, 16, seed=10)
     config = _config(optimizer="adam", learning_rate=0.01)
     devs = jax.local_devices()[:1]
     results = []
-    for rows in (0, 4):
+    for rows in (0, 4 * T):  # whole micro-batches, then 4 rows per pass
         state = train_lib.replicate(train_lib.create_train_state(
             model, sparse.make_sparse_optimizer(model, config), seed=3, max_seq_len=T), devs)
         p_train = train_lib.make_p_train_chunk(model, devs, donate=False, embedding_updates="sparse",
-                                               rows_per_pass=rows)
+                                               positions_per_pass=rows)
         state, metrics = p_train(state, _chunk(batches, 1))
         results.append((train_lib.unreplicate_to_host(state), np.asarray(metrics["loss"])))
     _assert_trees_close(results[0][0].params, results[1][0].params)
@@ -280,11 +280,21 @@ def test_rows_per_pass_gives_the_same_update():
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
 
 
-def test_rows_per_pass_refuses_batch_statistics():
+def test_parts_of_a_micro_batch_refuse_batch_statistics():
     model = _model()  # Dice in the MLP
     devs = jax.local_devices()[:1]
     state = train_lib.replicate(train_lib.create_train_state(
         model, sparse.make_sparse_optimizer(model, _config()), seed=3, max_seq_len=T), devs)
-    p_train = train_lib.make_p_train_chunk(model, devs, donate=False, embedding_updates="sparse", rows_per_pass=4)
+    p_train = train_lib.make_p_train_chunk(model, devs, donate=False, embedding_updates="sparse", positions_per_pass=4)
     with pytest.raises(ValueError, match="batch statistics"):
         p_train(state, _chunk(_batches(1, 16), 1))
+
+
+def test_rows_per_pass_is_a_power_of_two_divisor_within_the_budget():
+    assert train_lib.rows_per_pass(1024, 64, 0) == 1024
+    assert train_lib.rows_per_pass(1024, 64, 4096) == 64
+    assert train_lib.rows_per_pass(1024, 8, 4096) == 512
+    assert train_lib.rows_per_pass(1024, 100, 4096) == 32
+    assert train_lib.rows_per_pass(96, 100, 4096) == 32
+    assert train_lib.rows_per_pass(32, 100, 4096) == 32  # fits: one pass
+    assert train_lib.rows_per_pass(24, 1000, 10) == 1

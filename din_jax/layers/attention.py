@@ -52,6 +52,10 @@ class DinAttention(nn.Module):
     ``(W_q + W_d) q + (W_k - W_d) k + W_p (q * k)``, which computes the query
     part once per sample instead of once per position; ``split_first_layer``
     False evaluates the textbook concatenation with the same parameters.
+    With ``fold_query`` the per-position part is further written
+    ``k (W_k - W_d + diag(q) W_p)``: one ``D x H`` product per position
+    instead of two, with a per-sample matrix (used for histories of at least
+    ``fold_min_length`` positions, where it is faster).
 
     Attributes:
       hidden: widths of the MLP's hidden layers (80-40 in the authors' code).
@@ -67,6 +71,7 @@ class DinAttention(nn.Module):
     normalization: str = "none"
     split_first_layer: bool = True
     fold_query: bool = True
+    fold_min_length: int = 32
     dtype: jnp.dtype = jnp.float32
     axis_name: Optional[str] = None
 
@@ -90,9 +95,11 @@ class DinAttention(nn.Module):
         w_q, w_k, w_d, w_p = (kernel[i * dim:(i + 1) * dim] for i in range(4))
         if self.split_first_layer:
             per_query_BxH = query_BxD @ (w_q + w_d) + bias
-            if self.fold_query:
+            if self.fold_query and keys_BxTxD.shape[1] >= self.fold_min_length:
                 # (q * k) W_p = k diag(q) W_p: one per-sample D x H matrix, so each
-                # position costs one D x H product instead of two.
+                # position costs one D x H product instead of two. Building that
+                # matrix costs D x H per sample, which only pays from a few
+                # dozen positions on (measured on CPU: docs/PERFORMANCE.md).
                 per_sample_BxDxH = (w_k - w_d)[None] + query_BxD[:, :, None] * w_p[None]
                 hidden_BxTxH = jnp.einsum("btd,bdh->bth", keys_BxTxD, per_sample_BxDxH)
             else:

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The measurements of docs/PERFORMANCE.md: the four target configurations, an
+# Electronics-sized epoch, and every optimisation switched off one at a time.
+#
+#   experiments/benchmark_suite.sh [OUTPUT_DIR] [PYTHON]
+#
+# Each run writes OUTPUT_DIR/<name>/results_<mode>.csv (din_jax/benchmark.py
+# describes the method) and its log; OUTPUT_DIR/summary.csv collects one row
+# per run. Takes about an hour on a 2-core CPU. Set SUITE_ONLY="name1 name2"
+# to run a subset.
+set -euo pipefail
+
+OUT=${1:-docs/results/performance}
+PYTHON=${2:-.venv/bin/python}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT"
+
+run() {
+  local name=$1; shift
+  if [[ -n "${SUITE_ONLY:-}" && " ${SUITE_ONLY} " != *" ${name} "* ]]; then return; fi
+  echo "=== $name: $* ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a))"
+  "$PYTHON" experiments/benchmark.py --output_dir "$OUT/$name" "$@" 2>&1 | tee "$OUT/$name/log.txt" | grep -v "^  window"
+}
+mkdir_all() { for name in "$@"; do mkdir -p "$OUT/$name"; done; }
+
+TRAIN32="--mode train --optimizer sgd --micro_batch_sizes 32 --lengths uniform:1:100"
+ADAM1024="--mode train --optimizer adam --micro_batch_sizes 1024 --lengths uniform:1:100"
+INFER4096="--mode infer --micro_batch_sizes 4096 --lengths uniform:1:100"
+ELECTRONICS="--mode train --optimizer sgd --micro_batch_sizes 32 --lengths electronics"
+# Slow variants time fewer samples.
+SMALL="--samples 32768 --windows 3"
+
+mkdir_all matmul train_sgd_32 train_adam_1024 infer_4096 train_sgd_32_electronics electronics_epoch \
+  train_sgd_32_sizes infer_sizes \
+  ablate_train_all_off ablate_train_no_fold ablate_train_no_split ablate_train_dense ablate_train_no_buckets \
+  ablate_train_k1 ablate_train_no_prefetch ablate_adam_dense ablate_adam_no_passes ablate_adam_no_buckets \
+  ablate_infer_no_passes ablate_infer_no_buckets ablate_infer_no_fold ablate_infer_bfloat16 ablate_infer_float16 \
+  ablate_electronics_no_buckets
+
+# The machine's matrix-multiply rates (printed in the log).
+run matmul --mode infer --micro_batch_sizes 4096 --matmul --samples 8192 --windows 1
+
+# The targets.
+run train_sgd_32 $TRAIN32
+run train_adam_1024 $ADAM1024
+run infer_4096 $INFER4096
+run train_sgd_32_electronics $ELECTRONICS
+# One epoch of an Electronics-sized training set (2,608,764 samples), and its peak memory.
+run electronics_epoch $ELECTRONICS --samples 2608764 --windows 1
+
+# Batch sizes.
+run train_sgd_32_sizes --mode train --optimizer sgd --micro_batch_sizes 128,512 --lengths uniform:1:100
+run infer_sizes --mode infer --micro_batch_sizes 128,1024 --lengths uniform:1:100
+
+# One optimisation off at a time (train, micro-batch 32, SGD, uniform 1..100).
+run ablate_train_all_off $TRAIN32 --nosplit_attention --embedding_updates dense --length_buckets= \
+  --device_iterations 1 --prefetch 0 --samples 8192 --windows 3
+run ablate_train_no_fold $TRAIN32 --nofold_query
+run ablate_train_no_split $TRAIN32 --nosplit_attention
+run ablate_train_dense $TRAIN32 --embedding_updates dense $SMALL
+run ablate_train_no_buckets $TRAIN32 --length_buckets=
+run ablate_train_k1 $TRAIN32 --device_iterations 1 $SMALL
+run ablate_train_no_prefetch $TRAIN32 --prefetch 0
+# Train, micro-batch 1024, Adam.
+run ablate_adam_dense $ADAM1024 --embedding_updates dense $SMALL
+run ablate_adam_no_passes $ADAM1024 --positions_per_pass 0
+run ablate_adam_no_buckets $ADAM1024 --length_buckets=
+# Inference, batch 4096.
+run ablate_infer_no_passes $INFER4096 --positions_per_pass 0
+run ablate_infer_no_buckets $INFER4096 --length_buckets=
+run ablate_infer_no_fold $INFER4096 --nofold_query
+run ablate_infer_bfloat16 $INFER4096 --data_type bfloat16
+run ablate_infer_float16 $INFER4096 --data_type float16
+# Electronics lengths without buckets.
+run ablate_electronics_no_buckets $ELECTRONICS --length_buckets=
+
+# One row per run.
+"$PYTHON" - "$OUT" <<'EOF'
+import csv, glob, os, sys
+out = sys.argv[1]
+rows = []
+for path in sorted(glob.glob(os.path.join(out, "*", "results_*.csv"))):
+    for row in csv.DictReader(open(path)):
+        row["run"] = os.path.basename(os.path.dirname(path))
+        rows.append(row)
+if rows:
+    columns = ["run"] + [c for c in rows[0] if c != "run"]
+    with open(os.path.join(out, "summary.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print("summary: %s (%d rows)" % (os.path.join(out, "summary.csv"), len(rows)))
+EOF

@@ -5,7 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The IPU-proxy lane (Python 3.8 + the IPU stack's library pins, on CPU).
-PYTHON38 ?= $(shell command -v python3.8 2>/dev/null || ls /root/.pyenv/versions/3.8*/bin/python 2>/dev/null | head -n 1)
+# The first candidate that actually runs Python 3.8: a pyenv shim on PATH can
+# exist and still fail ("python3.8: command not found" when 3.8 is not the
+# pyenv version selected), so each is tried, not merely looked up.
+PYTHON38 ?= $(shell for c in $$(command -v python3.8 2>/dev/null) $$HOME/.pyenv/versions/3.8*/bin/python3.8 /root/.pyenv/versions/3.8*/bin/python3.8 /usr/bin/python3.8 /usr/local/bin/python3.8; do \
+	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 8)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 PROXY_VENV ?= .venv-ipu-proxy
 SAMPLE_DATA := build/amazon_electronics_sample
 PYTEST_ARGS ?=

@@ -312,7 +312,6 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
 
     def execute(spec: RunSpec) -> str:
         started = time.time()
-        config = None
         try:
             config = make_config(spec.overrides)
             config_dict = _config_dict(config)
@@ -330,7 +329,7 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
         }
         if previous is not None and previous["status"] == STARTED:
             logging.warning("%s: an earlier invocation died during this run (no end record); running it again",
-                 spec.describe())
+                            spec.describe())
             outcome.interrupted.append(key)
         if previous is not None and (previous["status"] == OK or (previous["status"] == FAILED and not retry_failed)):
             outcome.skipped.append(key)
@@ -368,9 +367,9 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
             logging.error("%s: failed: %s", spec.describe(), record["error"])
         else:
             record = dict(base, status=OK, time=_now(), wall_s=time.time() - started, **_summary_fields(summary))
-            logging.info("%s: ok, validation %s %.5f, test gauc %s (%.0f s)", spec.describe(), select_metric,
-                 _metric(record, "validation", select_metric), _format_number(_metric(record, "test", "gauc")),
-                 record["wall_s"])
+            logging.info("%s: ok, validation %s %s, test gauc %s (%.0f s)", spec.describe(), select_metric,
+                         _format_number(_metric(record, "validation", select_metric)),
+                         _format_number(_metric(record, "test", "gauc")), record["wall_s"])
         append_record(results_path, record)
         latest[key] = record
         outcome.records[key] = record

@@ -56,7 +56,7 @@ BENCHMARK_MODEL_CONFIG = {
 
 CSV_COLUMNS = (
     "mode", "micro_batch_size", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "spread_pct",
-    "ms_per_micro_batch", "windows", "samples_per_window", "replicas", "device_iterations", "global_batch",
+    "ms_per_micro_batch", "cpu_us_per_sample", "windows", "samples_per_window", "replicas", "device_iterations", "global_batch",
     "compile_s", "programs", "peak_rss_mb", "device_peak_mb", "mean_history_length", "mean_padded_length",
     "flops_per_sample", "gflops_per_s", "lengths", "length_buckets", "embedding_updates", "optimizer",
     "data_type", "positions_per_pass", "prefetch", "model", "model_config", "platform", "device_kind", "devices",
@@ -429,7 +429,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         log("%s micro-batch %d: %d program(s) compiled in %.1f s" % (config.mode, micro_batch_size, len(shapes),
                                                                    compile_s))
 
-    rates, window_seconds, window_steps, window_samples = [], [], [], []
+    rates, window_seconds, window_steps, window_samples, window_cpu = [], [], [], [], []
     padded, real, flops = 0.0, 0.0, 0.0
     for window, plan in enumerate(plans):
         def chunks(plan=plan):
@@ -446,7 +446,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
                     config.model_config, seq_len, attention_form(config.model_config, seq_len),
                     train=config.mode == "train")
         pending = None
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for chunk in prefetch(chunks(), config.prefetch):
             out = call(chunk)
             if pending is not None:
@@ -454,6 +454,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
             pending = out
         jax.block_until_ready(pending)
         seconds = time.perf_counter() - start
+        window_cpu.append(time.process_time() - cpu_start)
         rates.append(count / seconds)
         window_seconds.append(seconds)
         window_steps.append(steps)
@@ -475,6 +476,8 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         "samples_per_s_max": round(stats["max"], 1),
         "spread_pct": round(stats["spread_pct"], 1),
         "ms_per_micro_batch": round(1000.0 * window_seconds[median_window] / window_steps[median_window], 4),
+        # Process CPU time (all threads) per sample: less sensitive to other load than the wall clock.
+        "cpu_us_per_sample": round(1e6 * window_cpu[median_window] / window_samples[median_window], 2),
         "windows": config.windows,
         "samples_per_window": window_samples[0],
         "replicas": replicas,

@@ -29,6 +29,7 @@ INFER4096="--mode infer --micro_batch_sizes 4096 --lengths uniform:1:100"
 ELECTRONICS="--mode train --optimizer sgd --micro_batch_sizes 32 --lengths electronics"
 # Slow variants time fewer samples.
 SMALL="--samples 32768 --windows 3"
+W3="--windows 3"
 
 mkdir_all matmul train_sgd_32 train_adam_1024 infer_4096 train_sgd_32_electronics electronics_epoch \
   train_sgd_32_sizes infer_sizes \
@@ -55,24 +56,24 @@ run infer_sizes --mode infer --micro_batch_sizes 128,1024 --lengths uniform:1:10
 # One optimisation off at a time (train, micro-batch 32, SGD, uniform 1..100).
 run ablate_train_all_off $TRAIN32 --nosplit_attention --embedding_updates dense --length_buckets= \
   --device_iterations 1 --prefetch 0 --samples 8192 --windows 3
-run ablate_train_no_fold $TRAIN32 --nofold_query
-run ablate_train_no_split $TRAIN32 --nosplit_attention
+run ablate_train_no_fold $TRAIN32 --nofold_query $W3
+run ablate_train_no_split $TRAIN32 --nosplit_attention $W3
 run ablate_train_dense $TRAIN32 --embedding_updates dense $SMALL
-run ablate_train_no_buckets $TRAIN32 --length_buckets=
+run ablate_train_no_buckets $TRAIN32 --length_buckets= $W3
 run ablate_train_k1 $TRAIN32 --device_iterations 1 $SMALL
-run ablate_train_no_prefetch $TRAIN32 --prefetch 0
+run ablate_train_no_prefetch $TRAIN32 --prefetch 0 $W3
 # Train, micro-batch 1024, Adam.
 run ablate_adam_dense $ADAM1024 --embedding_updates dense $SMALL
-run ablate_adam_no_passes $ADAM1024 --positions_per_pass 0
-run ablate_adam_no_buckets $ADAM1024 --length_buckets=
+run ablate_adam_no_passes $ADAM1024 --positions_per_pass 0 $W3
+run ablate_adam_no_buckets $ADAM1024 --length_buckets= $W3
 # Inference, batch 4096.
-run ablate_infer_no_passes $INFER4096 --positions_per_pass 0
-run ablate_infer_no_buckets $INFER4096 --length_buckets=
-run ablate_infer_no_fold $INFER4096 --nofold_query
-run ablate_infer_bfloat16 $INFER4096 --data_type bfloat16
-run ablate_infer_float16 $INFER4096 --data_type float16
+run ablate_infer_no_passes $INFER4096 --positions_per_pass 0 $W3
+run ablate_infer_no_buckets $INFER4096 --length_buckets= $W3
+run ablate_infer_no_fold $INFER4096 --nofold_query $W3
+run ablate_infer_bfloat16 $INFER4096 --data_type bfloat16 $W3
+run ablate_infer_float16 $INFER4096 --data_type float16 $W3
 # Electronics lengths without buckets.
-run ablate_electronics_no_buckets $ELECTRONICS --length_buckets=
+run ablate_electronics_no_buckets $ELECTRONICS --length_buckets= $W3
 
 # One row per run.
 "$PYTHON" - "$OUT" <<'EOF'

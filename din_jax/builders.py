@@ -43,6 +43,9 @@ def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int, e
         "vocabulary": vocab,
         "dataset": os.path.abspath(config.dataset) if config.dataset else None,
         "use_synthetic_data": config.use_synthetic_data,
+        # The synthetic splits are drawn one after the other from one seed, so
+        # the test set depends on every split's size.
+        "synthetic_samples": list(config.synthetic_samples) if config.use_synthetic_data else None,
         "seed": config.seed,
         "step": int(step),
     }

@@ -15,8 +15,6 @@ register one's own attention, activation or model (see docs/RESULTS.md).
 """
 
 import dataclasses
-import importlib
-import importlib.util
 import os
 import sys
 
@@ -44,26 +42,8 @@ flags.DEFINE_string("highlight", None, "Configuration label to compare against e
 flags.DEFINE_string("title", None, "Chart title.")
 flags.DEFINE_bool("retry_failed", True, "Run again the runs that failed in an earlier invocation.")
 flags.DEFINE_bool("dry_run", False, "List the runs (and which are done) without training.")
-flags.DEFINE_multi_string("import_module", [], "A Python module name or .py file imported before the grid "
-                          "(to register custom attentions, activations or models).")
 flag_defs.define_aliases()
 FLAGS = flags.FLAGS
-
-
-def import_user_module(name: str) -> None:
-    """Imports a module by name (the working directory is on the path) or a .py file by path."""
-    if name.endswith(".py"):
-        module_name = os.path.splitext(os.path.basename(name))[0]
-        spec = importlib.util.spec_from_file_location(module_name, name)
-        if spec is None or spec.loader is None:
-            raise ConfigError("--import_module %s: cannot load this file" % name)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-        return
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    importlib.import_module(name)
 
 
 def build_cells():
@@ -99,8 +79,7 @@ def main(argv):
     try:
         if not FLAGS.results:
             raise ConfigError("give --results FILE.jsonl")
-        for name in FLAGS.import_module:
-            import_user_module(name)
+        flag_defs.import_user_modules()
         cells = build_cells()
         candidates = [ablation.parse_labelled_overrides(text) for text in FLAGS.tune]
         seeds = [int(seed) for seed in FLAGS.seeds]

@@ -120,6 +120,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     try:
+        flag_defs.import_user_modules()
         config = build_config()
         if FLAGS.matmul:
             for shape, rate in benchmark.measure_matmul_rates():

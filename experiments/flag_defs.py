@@ -6,9 +6,12 @@ answers to its hyphenated spelling. A ``--preset`` supplies values for the
 flags not given on the command line; a flag given explicitly always wins.
 """
 
+import importlib
+import importlib.util
 import logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -113,6 +116,8 @@ def define_model_flags() -> None:
                       "PNN's product layer: inner products of the field vectors, the element-wise product of "
                       "history and candidate (the authors' code), or both.")
     flags.DEFINE_integer("wide_buckets", 2 ** 18, "Rows of each cross-feature table of wide_deep (hashed beyond).")
+    flags.DEFINE_multi_string("import_module", [], "A Python module name or .py file imported before anything is "
+                              "built, to register custom attentions, activations or models (repeatable).")
     for name in ("attention_size", "item_dim", "category_dim", "user_dim", "item_bias", "history_sum",
                  "attention_normalization", "attention_hidden", "attention_activation", "split_attention",
                  "mlp_hidden"):
@@ -296,6 +301,33 @@ def build_train_config() -> TrainConfig:
     if len(samples) != 3 or min(samples) < 1:
         raise ConfigError("--synthetic_samples must be three positive integers train,validation,test")
     return TrainConfig(model=model, model_config=model_config, synthetic_samples=samples, **values).validate()
+
+
+def import_user_modules() -> None:
+    """Imports every --import_module: a module name (the working directory is on the path) or a .py file."""
+    for name in FLAGS.import_module:
+        try:
+            if name.endswith(".py"):
+                if not os.path.isfile(name):
+                    raise ConfigError("--import_module %s: no such file" % name)
+                module_name = os.path.splitext(os.path.basename(name))[0]
+                spec = importlib.util.spec_from_file_location(module_name, name)
+                if spec is None or spec.loader is None:
+                    raise ConfigError("--import_module %s: cannot load this file" % name)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            else:
+                if os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                importlib.import_module(name)
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the user's module failed: say where and how
+            frames = traceback.extract_tb(error.__traceback__)
+            where = " at %s:%d" % (frames[-1].filename, frames[-1].lineno) if frames else ""
+            raise ConfigError("--import_module %s: importing it raised %s%s: %s"
+                              % (name, type(error).__name__, where, error)) from error
 
 
 def initialize_distributed() -> None:

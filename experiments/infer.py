@@ -80,7 +80,7 @@ def _config_from_checkpoint(meta) -> TrainConfig:
         model_config=model_config,
         dataset=None if use_synthetic else dataset,
         use_synthetic_data=use_synthetic,
-        synthetic_samples=tuple(int(x) for x in FLAGS.synthetic_samples),
+        synthetic_samples=tuple(int(x) for x in pick("synthetic_samples", meta.get("synthetic_samples"))),
         max_seq_len=pick("max_seq_len", meta.get("max_seq_len")),
         data_type=pick("data_type", meta.get("data_type")),
         micro_batch_size=FLAGS.micro_batch_size,
@@ -131,6 +131,10 @@ def _rank_candidates(path: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    try:
+        flag_defs.import_user_modules()
+    except ConfigError as error:
+        flag_defs.fail("infer.py", error)
     if FLAGS.rank_candidates:
         try:
             if not FLAGS.model_path:

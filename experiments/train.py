@@ -42,6 +42,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     try:
+        flag_defs.import_user_modules()
         flag_defs.initialize_distributed()
         config = flag_defs.build_train_config()
         hooks = hooks_lib.make_hooks(config, progress=FLAGS.progress, progress_seconds=FLAGS.progress_seconds,

@@ -97,3 +97,49 @@ def test_hyphenated_graphcore_flags(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     flags = json.load(open(tmp_path / "run" / "summary.json"))["flags"]
     assert flags["max_seq_len"] == 8 and flags["micro_batch_size"] == 16 and flags["device_iterations"] == 4
+
+
+def test_a_custom_attention_from_the_readme_trains_infers_and_runs_in_the_harness(tmp_path):
+    """examples/custom_attention.py: registered from Python, used by name in train.py, infer.py and ablate.py."""
+    example = os.path.join(ROOT, "examples", "custom_attention.py")
+    tiny = ["--use_synthetic_data", "--synthetic_samples=256,64,64", "--max_seq_len=8", "--attention_size=8",
+            "--mlp_hidden=8", "--epochs=1", "--device_iterations=4"]
+    run = str(tmp_path / "run")
+    unknown = _run("experiments/train.py", tiny + ["--attention", "bilinear"])
+    assert unknown.returncode == 2 and "bilinear" in unknown.stderr and "'din'" in unknown.stderr
+
+    train = _run("experiments/train.py", tiny + ["--import_module", example, "--attention", "bilinear",
+                                                  "--model_path", run])
+    assert train.returncode == 0, train.stderr[-3000:]
+    summary = json.load(open(os.path.join(run, "summary.json")))
+    assert summary["flags"]["model_config"]["attention"] == "bilinear"
+    infer = _run("experiments/infer.py", ["--model_path", run, "--import_module", example])
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    # The same synthetic test split (its size comes from the checkpoint) and the same scores.
+    gauc, auc, logloss = _metrics(infer.stdout, "test")
+    assert (gauc, auc, logloss) == pytest.approx(
+        (summary["test"]["gauc"], summary["test"]["auc"], summary["test"]["logloss"]), abs=1e-5)
+
+    results = str(tmp_path / "custom.jsonl")
+    flagfile = tmp_path / "grid.flags"
+    flagfile.write_text("\n".join(tiny + ["--import_module=%s" % example, "--variant=din: --model=din",
+                                          "--variant=bilinear: --model=din --attention=bilinear", "--seeds=1",
+                                          "--results=%s" % results, ""]))
+    grid = _run("experiments/ablate.py", ["--flagfile=%s" % flagfile])
+    assert grid.returncode == 0, grid.stderr[-3000:]
+    records = [json.loads(line) for line in open(results)]
+    finished = {record["cell"]: record for record in records if record["status"] == "ok"}
+    assert set(finished) == {"din", "bilinear"}
+    assert finished["bilinear"]["flags"]["model_config"]["attention"] == "bilinear"
+
+
+def test_import_module_errors_name_the_module(tmp_path):
+    missing = _run("experiments/train.py", ["--use_synthetic_data", "--import_module", str(tmp_path / "nope.py")])
+    assert missing.returncode == 2 and "--import_module" in missing.stderr and "nope.py" in missing.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("import flax\n\nraise RuntimeError('bad attention')\n")
+    failed = _run("experiments/train.py", ["--use_synthetic_data", "--import_module", str(broken)])
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert "broken.py:3" in failed.stderr and "bad attention" in failed.stderr
+    no_module = _run("experiments/infer.py", ["--model_path", str(tmp_path), "--import_module", "no_such_module_x"])
+    assert no_module.returncode == 2 and "no_such_module_x" in no_module.stderr

@@ -45,15 +45,39 @@ class EmbeddedBatch(NamedTuple):
     item_bias_B: Optional[jnp.ndarray]
 
 
-def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool) -> EmbeddedBatch:
-    """Embeds a batch with the model's ``FeatureEmbedding`` and pools its history.
+class EmbeddingMLPModel(nn.Module):
+    """The fields every model of the comparison shares: the embedding layer and the prediction MLP.
 
-    Call it inside the model's compact ``__call__``: it creates the submodules
-    ``embedding`` and ``history_pooling`` there. ``model`` must have the
-    fields of ``BaseModel`` (vocabulary sizes, widths, ``pooling``, ``dtype``,
-    ``axis_name``).
+    Subclasses add their own parts as fields of their own (flax modules are
+    dataclasses, so the fields are inherited) and write their own compact
+    ``__call__``, building the shared parts with ``feature_embedding`` and
+    ``prediction_mlp``.
+
+    Attributes:
+      num_items, num_categories, num_users: vocabulary sizes.
+      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
+      mlp_hidden, activation, dropout_rate: the prediction MLP.
+      dtype: compute dtype (parameters stay float32).
+      axis_name: pmap axis for cross-device batch statistics (Dice).
     """
-    embedded = FeatureEmbedding(
+
+    num_items: int
+    num_categories: int
+    num_users: int = 0
+    item_dim: int = 64
+    category_dim: int = 64
+    user_dim: int = 0
+    use_item_bias: bool = True
+    mlp_hidden: Sequence[int] = (80, 40)
+    activation: Union[str, ActivationFactory] = "prelu"
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+
+def feature_embedding(model: EmbeddingMLPModel) -> FeatureEmbedding:
+    """The model's embedding layer (submodule ``embedding``); call it inside a compact ``__call__``."""
+    return FeatureEmbedding(
         num_items=model.num_items,
         num_categories=model.num_categories,
         num_users=model.num_users,
@@ -63,7 +87,30 @@ def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool)
         use_item_bias=model.use_item_bias,
         dtype=model.dtype,
         name="embedding",
-    )(batch)
+    )
+
+
+def prediction_mlp(model: EmbeddingMLPModel) -> MLP:
+    """The model's prediction MLP (submodule ``mlp``); call it inside a compact ``__call__``."""
+    return MLP(
+        hidden=tuple(model.mlp_hidden),
+        activation=model.activation,
+        dropout_rate=model.dropout_rate,
+        dtype=model.dtype,
+        axis_name=model.axis_name,
+        name="mlp",
+    )
+
+
+def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool) -> EmbeddedBatch:
+    """Embeds a batch with the model's ``FeatureEmbedding`` and pools its history.
+
+    Call it inside the model's compact ``__call__``: it creates the submodules
+    ``embedding`` and ``history_pooling`` there. ``model`` must have the
+    fields of ``BaseModel`` (vocabulary sizes, widths, ``pooling``, ``dtype``,
+    ``axis_name``).
+    """
+    embedded = feature_embedding(model)(batch)
     history_BxTxD = embedded["history"]
     mask_BxT = history_mask(batch["hist_len"], history_BxTxD.shape[1])
     pool = make_attention(model.pooling, dtype=model.dtype, axis_name=model.axis_name, name="history_pooling")
@@ -102,14 +149,7 @@ def deep_logits(model: nn.Module, inputs: EmbeddedBatch, extra: Sequence[jnp.nda
     if inputs.user_BxU is not None:
         features.append(inputs.user_BxU)
     features.extend(extra)
-    return MLP(
-        hidden=tuple(model.mlp_hidden),
-        activation=model.activation,
-        dropout_rate=model.dropout_rate,
-        dtype=model.dtype,
-        axis_name=model.axis_name,
-        name="mlp",
-    )(jnp.concatenate([f.astype(model.dtype) for f in features], axis=-1), train=train)
+    return prediction_mlp(model)(jnp.concatenate([f.astype(model.dtype) for f in features], axis=-1), train=train)
 
 
 def add_item_bias(logits_B: jnp.ndarray, inputs: EmbeddedBatch) -> jnp.ndarray:
@@ -118,32 +158,15 @@ def add_item_bias(logits_B: jnp.ndarray, inputs: EmbeddedBatch) -> jnp.ndarray:
     return logits_B + inputs.item_bias_B.astype(jnp.float32)
 
 
-class BaseModel(nn.Module):
+class BaseModel(EmbeddingMLPModel):
     """Embedding&MLP: candidate-blind pooling of the history, then an MLP.
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
+    Attributes (besides those of ``EmbeddingMLPModel``):
       pooling: pooler name in ``ATTENTIONS`` (``mean``, the paper's and the
         authors' choice, or ``sum``) or a module factory.
-      mlp_hidden, activation, dropout_rate: the prediction MLP.
-      dtype: compute dtype (parameters stay float32).
-      axis_name: pmap axis for cross-device batch statistics (Dice).
     """
 
-    num_items: int
-    num_categories: int
-    num_users: int = 0
-    item_dim: int = 64
-    category_dim: int = 64
-    user_dim: int = 0
-    use_item_bias: bool = True
     pooling: Union[str, AttentionFactory] = "mean"
-    mlp_hidden: Sequence[int] = (80, 40)
-    activation: Union[str, ActivationFactory] = "prelu"
-    dropout_rate: float = 0.0
-    dtype: jnp.dtype = jnp.float32
-    axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:

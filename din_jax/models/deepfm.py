@@ -18,14 +18,12 @@ Here the FM part is the FM of the fields and is always part of the logit.
 Shape letters: B batch, F fields, E field width.
 """
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.activations import ActivationFactory
-from din_jax.layers.attention import AttentionFactory
-from din_jax.models.base import add_item_bias, deep_logits, embed_and_pool, field_vectors
+from din_jax.models.base import BaseModel, add_item_bias, deep_logits, embed_and_pool, field_vectors
 from din_jax.models.lr import LinearTerms, bag_of
 
 
@@ -36,32 +34,12 @@ def fm_second_order(fields_BxFxE):
     return 0.5 * jnp.sum(sum_BxE * sum_BxE - jnp.sum(fields_BxFxE * fields_BxFxE, axis=1), axis=-1)
 
 
-class DeepFM(nn.Module):
+class DeepFM(BaseModel):
     """DeepFM: ``BaseModel``'s MLP plus first- and second-order FM terms.
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
-      pooling: history pooling (``mean`` or ``sum``; any name in
-        ``ATTENTIONS``); the first-order history bag is summed for ``sum``
-        and averaged otherwise.
-      mlp_hidden, activation, dropout_rate: the deep part's MLP.
-      dtype, axis_name: as in ``BaseModel``.
+    The fields are ``BaseModel``'s; the first-order history bag is summed
+    for ``pooling='sum'`` and averaged otherwise.
     """
-
-    num_items: int
-    num_categories: int
-    num_users: int = 0
-    item_dim: int = 64
-    category_dim: int = 64
-    user_dim: int = 0
-    use_item_bias: bool = True
-    pooling: Union[str, AttentionFactory] = "mean"
-    mlp_hidden: Sequence[int] = (80, 40)
-    activation: Union[str, ActivationFactory] = "prelu"
-    dropout_rate: float = 0.0
-    dtype: jnp.dtype = jnp.float32
-    axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:

@@ -17,52 +17,35 @@ MLP also sees the user embedding, the sum-pooled history and its product with
 the candidate.
 """
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Sequence, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from din_jax.layers.activations import ActivationFactory
 from din_jax.layers.attention import AttentionFactory, make_attention
-from din_jax.layers.embedding import FeatureEmbedding, history_mask
-from din_jax.layers.mlp import MLP
+from din_jax.layers.embedding import history_mask
+from din_jax.models.base import EmbeddingMLPModel, feature_embedding, prediction_mlp
 
 
-class DIN(nn.Module):
+class DIN(EmbeddingMLPModel):
     """DIN; every size and swappable part is a field (presets are configurations).
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
+    Attributes (besides the embedding and MLP fields of ``EmbeddingMLPModel``):
       attention: pooler name in ``ATTENTIONS`` or a module factory.
       attention_hidden, attention_activation, attention_normalization: handed
         to poolers that have those fields (``din``).
       split_attention: evaluate the first attention layer in split form.
-      mlp_hidden, activation, dropout_rate: the prediction MLP.
       use_history_sum: add the sum-pooled history and its product with the
         candidate to the MLP input (DIEN/Graphcore variant).
-      dtype: compute dtype (parameters stay float32).
-      axis_name: pmap axis for cross-device batch statistics (Dice).
     """
 
-    num_items: int
-    num_categories: int
-    num_users: int = 0
-    item_dim: int = 64
-    category_dim: int = 64
-    user_dim: int = 0
-    use_item_bias: bool = True
     attention: Union[str, AttentionFactory] = "din"
     attention_hidden: Sequence[int] = (80, 40)
     attention_activation: Union[str, ActivationFactory] = "sigmoid"
     attention_normalization: str = "none"
     split_attention: bool = True
-    mlp_hidden: Sequence[int] = (80, 40)
-    activation: Union[str, ActivationFactory] = "prelu"
-    dropout_rate: float = 0.0
     use_history_sum: bool = False
-    dtype: jnp.dtype = jnp.float32
-    axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False, return_attention: bool = False):
@@ -72,17 +55,7 @@ class DIN(nn.Module):
           float32 logits ``[B]``; with ``return_attention`` also the attention
           weights ``[B, T]`` (zero on padding).
         """
-        embedded = FeatureEmbedding(
-            num_items=self.num_items,
-            num_categories=self.num_categories,
-            num_users=self.num_users,
-            item_dim=self.item_dim,
-            category_dim=self.category_dim,
-            user_dim=self.user_dim,
-            use_item_bias=self.use_item_bias,
-            dtype=self.dtype,
-            name="embedding",
-        )(batch)
+        embedded = feature_embedding(self)(batch)
         candidate_BxD = embedded["candidate"]
         history_BxTxD = embedded["history"]
         mask_BxT = history_mask(batch["hist_len"], history_BxTxD.shape[1])
@@ -105,14 +78,7 @@ class DIN(nn.Module):
             features += [history_sum_BxD, candidate_BxD * history_sum_BxD]
         if embedded["user"] is not None:
             features.append(embedded["user"])
-        logits_B = MLP(
-            hidden=tuple(self.mlp_hidden),
-            activation=self.activation,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            axis_name=self.axis_name,
-            name="mlp",
-        )(jnp.concatenate(features, axis=-1), train=train)
+        logits_B = prediction_mlp(self)(jnp.concatenate(features, axis=-1), train=train)
         if embedded["item_bias"] is not None:
             logits_B = logits_B + embedded["item_bias"].astype(jnp.float32)
         if return_attention:

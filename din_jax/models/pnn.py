@@ -15,15 +15,13 @@ gives that, ``product='both'`` the two together.
 Shape letters: B batch, F fields, E field width, D item-vector width.
 """
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from din_jax.layers.activations import ActivationFactory
-from din_jax.layers.attention import AttentionFactory
-from din_jax.models.base import add_item_bias, deep_logits, embed_and_pool, field_vectors
+from din_jax.models.base import BaseModel, add_item_bias, deep_logits, embed_and_pool, field_vectors
 
 PRODUCTS = ("inner", "elementwise", "both")
 
@@ -36,34 +34,16 @@ def pairwise_inner_products(fields_BxFxE):
     return gram_BxFxF[:, rows, cols]
 
 
-class PNN(nn.Module):
+class PNN(BaseModel):
     """PNN: ``BaseModel`` whose MLP also sees products of the field vectors.
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
-      pooling: history pooling (``mean`` or ``sum``; any name in ``ATTENTIONS``).
+    Attributes (besides those of ``BaseModel``):
       product: ``inner`` (pairwise inner products of the field vectors, the
         default), ``elementwise`` (pooled history * candidate, the authors'
         code) or ``both``.
-      mlp_hidden, activation, dropout_rate: the prediction MLP.
-      dtype, axis_name: as in ``BaseModel``.
     """
 
-    num_items: int
-    num_categories: int
-    num_users: int = 0
-    item_dim: int = 64
-    category_dim: int = 64
-    user_dim: int = 0
-    use_item_bias: bool = True
-    pooling: Union[str, AttentionFactory] = "mean"
     product: str = "inner"
-    mlp_hidden: Sequence[int] = (80, 40)
-    activation: Union[str, ActivationFactory] = "prelu"
-    dropout_rate: float = 0.0
-    dtype: jnp.dtype = jnp.float32
-    axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:

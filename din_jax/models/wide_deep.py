@@ -26,15 +26,13 @@ mini-batch aware regularisation leaves them alone (plain ``--l2`` does not).
 Shape letters: B batch, T history positions.
 """
 
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.activations import ActivationFactory
-from din_jax.layers.attention import AttentionFactory
 from din_jax.layers.embedding import lookup
-from din_jax.models.base import add_item_bias, deep_logits, embed_and_pool
+from din_jax.models.base import BaseModel, add_item_bias, deep_logits, embed_and_pool
 from din_jax.models.lr import LinearTerms, bag_of, pool_bag
 
 
@@ -50,34 +48,16 @@ def cross_ids(left_B, right_BxT, right_vocab: int, rows: int):
     return (pair_BxT % jnp.uint32(rows)).astype(jnp.int32)
 
 
-class WideDeep(nn.Module):
+class WideDeep(BaseModel):
     """Wide&Deep: ``BaseModel``'s MLP plus a linear model over raw and crossed ids.
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
-      pooling: pooling of the history for the deep part (a name in
-        ``ATTENTIONS`` or a factory); the wide part's history bags are summed
-        for ``sum`` and averaged otherwise.
-      mlp_hidden, activation, dropout_rate: the deep part's MLP.
+    Attributes (besides those of ``BaseModel``, whose ``pooling`` pools the
+    deep part's history; the wide part's history bags are summed for ``sum``
+    and averaged otherwise):
       wide_buckets: rows of each cross table (hashing beyond that).
-      dtype, axis_name: as in ``BaseModel``.
     """
 
-    num_items: int
-    num_categories: int
-    num_users: int = 0
-    item_dim: int = 64
-    category_dim: int = 64
-    user_dim: int = 0
-    use_item_bias: bool = True
-    pooling: Union[str, AttentionFactory] = "mean"
-    mlp_hidden: Sequence[int] = (80, 40)
-    activation: Union[str, ActivationFactory] = "prelu"
-    dropout_rate: float = 0.0
     wide_buckets: int = 2 ** 18
-    dtype: jnp.dtype = jnp.float32
-    axis_name: Optional[str] = None
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:

@@ -8,7 +8,7 @@
 that share the user's history, each row with its own candidate, so every
 candidate gets its own attention over the history, i.e. its own user vector
 (scoring every candidate with one user vector was a defect of the original
-inference code, REFERENCE.md section 5, item 9). In inference mode DIN scores
+inference code). In inference mode DIN scores
 rows independently (Dice uses its moving averages), so a candidate's score
 does not depend on the others in the call.
 

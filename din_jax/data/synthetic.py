@@ -1,10 +1,10 @@
 """Learnable synthetic CTR data in the din_jax batch format.
 
 Graphcore's synthetic generator drew its mask from [0, 1), so every history
-position was masked and the model saw no history at all (REFERENCE.md,
-section 5, defect 2); its labels were noise. This generator has a rule a
-model can learn, and one that needs the candidate and the history together,
-which is exactly what DIN's attention is for:
+position was masked and the model saw no history at all; its labels were
+noise. This generator has a rule a model can learn, and one that needs the
+candidate and the history together, which is exactly what DIN's attention is
+for:
 
     label = 1  iff  the candidate's category occurs in the valid history.
 

@@ -6,10 +6,12 @@ vectors, the local activation unit over the history, a prediction MLP over
 ``[interest, candidate, interest * candidate]``, a per-item bias on the logit.
 
 Deliberate differences from the authors' code:
-- no batch normalisation on the MLP input (the authors' unshared one leaked
-  the label; see REFERENCE §5);
-- the negative is scored with its own attention (each sample is scored
-  independently, so the leak of §5.4 cannot happen);
+- no batch normalisation on the MLP input (the authors' BatchNorm was not
+  shared between the positive and the negative branch, so its statistics
+  told the two apart: a label leak that inflated their published GAUC);
+- the negative is scored with its own attention (the authors' code once
+  scored it with the user vector attended on the positive item, another
+  leak); every sample is scored independently;
 - Dice uses batch statistics in training and moving averages at inference.
 
 ``use_history_sum`` and ``user_dim`` give the DIEN/Graphcore variant, whose

@@ -29,7 +29,7 @@ INFER4096="--mode infer --micro_batch_sizes 4096 --lengths uniform:1:100"
 ELECTRONICS="--mode train --optimizer sgd --micro_batch_sizes 32 --lengths electronics"
 # Slow variants time fewer samples.
 SMALL="--samples 32768 --windows 3"
-W3="--windows 3"
+W3="--samples 131072 --windows 3"
 
 mkdir_all matmul train_sgd_32 train_adam_1024 infer_4096 train_sgd_32_electronics electronics_epoch \
   train_sgd_32_sizes infer_sizes \
@@ -50,8 +50,8 @@ run train_sgd_32_electronics $ELECTRONICS
 run electronics_epoch $ELECTRONICS --samples 2608764 --windows 1
 
 # Batch sizes.
-run train_sgd_32_sizes --mode train --optimizer sgd --micro_batch_sizes 128,512 --lengths uniform:1:100
-run infer_sizes --mode infer --micro_batch_sizes 128,1024 --lengths uniform:1:100
+run train_sgd_32_sizes --mode train --optimizer sgd --micro_batch_sizes 128,512 --lengths uniform:1:100 --windows 3
+run infer_sizes --mode infer --micro_batch_sizes 128,1024 --lengths uniform:1:100 --windows 3
 
 # One optimisation off at a time (train, micro-batch 32, SGD, uniform 1..100).
 run ablate_train_all_off $TRAIN32 --nosplit_attention --embedding_updates dense --length_buckets= \

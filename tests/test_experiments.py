@@ -143,3 +143,12 @@ def test_import_module_errors_name_the_module(tmp_path):
     assert "broken.py:3" in failed.stderr and "bad attention" in failed.stderr
     no_module = _run("experiments/infer.py", ["--model_path", str(tmp_path), "--import_module", "no_such_module_x"])
     assert no_module.returncode == 2 and "no_such_module_x" in no_module.stderr
+
+
+def test_the_readme_shows_the_example_file_as_it_is():
+    """The README's custom-attention code is examples/custom_attention.py verbatim (the file the test above runs)."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    blocks = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "BilinearAttention" in block]
+    assert len(blocks) == 1
+    example = open(os.path.join(ROOT, "examples", "custom_attention.py")).read()
+    assert blocks[0].strip() in example

@@ -6,7 +6,7 @@
 #
 # Each run writes OUTPUT_DIR/<name>/results_<mode>.csv (din_jax/benchmark.py
 # describes the method) and its log; OUTPUT_DIR/summary.csv collects one row
-# per run. Takes about an hour on a 2-core CPU. Set SUITE_ONLY="name1 name2"
+# per run. Takes about 35 minutes on a 2-core CPU. Set SUITE_ONLY="name1 name2"
 # to run a subset.
 set -euo pipefail
 

@@ -72,8 +72,14 @@ class ProgressHook:
     Bars: one per epoch (steps, samples/s, the latest loss and validation
     GAUC, ETA) and one per evaluation (samples). While bars are shown, log
     lines are written through ``tqdm.write`` and the trainer's per-call lines
-    are left out (``replaces_call_log``). Log lines: one every ``seconds``
-    with the run's progress, ETA, throughput, loss and validation GAUC.
+    are left out (``replaces_call_log``). Log lines: at most one every
+    ``seconds``, with the run's progress, ETA, throughput, loss and
+    validation GAUC while training, and the samples scored, throughput and
+    ETA while evaluating.
+
+    The evaluation events use no ``trainer``: scoring outside a ``Trainer``
+    (``experiments/infer.py``) can call ``on_evaluation_begin``,
+    ``on_predict_call`` and ``on_close`` with ``None`` for it.
 
     Args:
       mode: ``bar``, ``log``, ``none``, or ``auto`` (bar when ``stream`` is a
@@ -107,6 +113,7 @@ class ProgressHook:
         self._loss = None
         self._samples_per_s = None
         self._validation = None
+        self._evaluation: Optional[Dict[str, Any]] = None
 
     @property
     def replaces_call_log(self) -> bool:
@@ -176,6 +183,15 @@ class ProgressHook:
                      self._postfix() or "starting")
 
     def on_evaluation_begin(self, trainer, record: Dict[str, Any]) -> None:
+        if self.mode == "log":
+            now = time.perf_counter()
+            self._evaluation = {"split": record["split"], "total": int(record["samples"]), "done": 0, "start": now,
+                                "step": record.get("step")}
+            if self._start_time is None:
+                # Scoring on its own (no training): the first line after
+                # ``seconds`` of it, so that a short one stays silent.
+                self._last_line = now
+            return
         if self.mode != "bar":
             return
         self._close_bar("_eval_bar")
@@ -186,8 +202,28 @@ class ProgressHook:
         bar = self._eval_bar
         if bar is not None:
             bar.update(max(0, min(record["samples"], bar.total - bar.n)))
+        elif self._evaluation is not None:
+            self._maybe_log_evaluation_line(record["samples"])
+
+    def _maybe_log_evaluation_line(self, samples: int) -> None:
+        evaluation = self._evaluation
+        # Padding of the last micro-batches (and a caller's compile-only
+        # calls) would count past the split's size.
+        evaluation["done"] = min(evaluation["done"] + int(samples), evaluation["total"])
+        now = time.perf_counter()
+        if now - self._last_line < self.seconds:
+            return
+        self._last_line = now
+        done, total = evaluation["done"], evaluation["total"]
+        elapsed = now - evaluation["start"]
+        rate = done / elapsed if elapsed > 0 else float("nan")
+        eta = (total - done) / rate if rate > 0 else float("nan")
+        at_step = " (step %d)" % evaluation["step"] if evaluation["step"] is not None else ""
+        logging.info("progress: %s%s %d%% (%d of %d samples), ETA %s; %.0f samples/s", evaluation["split"], at_step,
+                     int(100 * done / max(total, 1)), done, total, _format_duration(eta), rate)
 
     def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
+        self._evaluation = None
         self._close_bar("_eval_bar")
         if "validation" in record:
             self._validation = record["validation"]["gauc"]
@@ -195,6 +231,7 @@ class ProgressHook:
             self._epoch_bar.set_postfix_str(self._postfix())
 
     def on_end(self, trainer, summary: Dict[str, Any]) -> None:
+        self._evaluation = None
         self._close_bar("_eval_bar")
 
     def _close_bar(self, name: str) -> None:
@@ -204,6 +241,7 @@ class ProgressHook:
             setattr(self, name, None)
 
     def on_close(self, trainer, record: Dict[str, Any]) -> None:
+        self._evaluation = None
         self._close_bar("_eval_bar")
         self._close_bar("_epoch_bar")
         if self._saved_streams is not None:
@@ -330,7 +368,9 @@ class TrainLogHook:
     ``{"event": "checkpoint", "step", "path"}``; ``{"event": "end", "step",
     "best_step", "validation", "test"}``. Each line is flushed as written. A
     fresh run starts the file again; a resumed run drops the rows after the
-    step it resumed from (they are trained again).
+    step it resumed from (they are trained again) and the ``end`` row of the
+    run it continues (a finished run trained further ends later), so the log
+    reads as that of one uninterrupted run.
     """
 
     def __init__(self, path: str):
@@ -349,7 +389,8 @@ class TrainLogHook:
                         row = json.loads(line)
                     except ValueError:
                         continue  # a line cut short by a kill
-                    if isinstance(row, dict) and int(row.get("step", 0)) <= resumed:
+                    if (isinstance(row, dict) and int(row.get("step", 0)) <= resumed
+                            and row.get("event") != "end"):
                         kept.append(line if line.endswith("\n") else line + "\n")
         with open(self.path + ".tmp", "w") as handle:
             handle.writelines(kept)

@@ -152,16 +152,86 @@ def plot_training_curves(run_dirs: Sequence[str], path: str, labels: Optional[Se
 # Attention of one user's history against several candidates.
 
 
+ATTENTION_SCALES = ("auto", "global", "rows")
+# Below this share of the whole range, the differences inside a row are lost
+# in one colour per row under a common scale (rows offset from each other).
+_ROW_SPREAD_SHARE = 0.25
+
+
+def attention_colour_scale(weights_CxL: np.ndarray, scale: str = "auto") -> Dict[str, Any]:
+    """How the attention heat map colours its cells: a pure function of the weights.
+
+    ``global``: one scale for every cell. With weights of both signs it is
+    diverging and centred on 0 (hue: the sign, depth: the magnitude); with
+    one sign it spans the weights' own range, so that weights of -2.18 to
+    -2.13 get distinct colours instead of one pale shade of a scale stretched
+    to 0; the colour deepens with the magnitude there too (DIN's raw weights
+    multiply the history embeddings, so a weight of -0.7 takes in more of
+    its item than one of -0.2). ``rows``: the magnitudes of each candidate's
+    row from its smallest (0) to its largest (1), since a candidate's
+    weights only matter relative to the rest of its own weighted sum.
+    ``auto``: ``rows`` when the typical spread within a row is under a
+    quarter of the whole range (rows offset from each other would each get
+    one flat colour), else ``global``.
+
+    Returns:
+      ``{"scale": "global"|"rows", "values": [C, L] array to colour, "vmin",
+      "vmax", "vcenter" (0.0 for a diverging scale, else None), "cmap"}``.
+    """
+    if scale not in ATTENTION_SCALES:
+        raise ValueError("attention scale %r; choose from %s" % (scale, list(ATTENTION_SCALES)))
+    weights_CxL = np.asarray(weights_CxL, dtype=np.float64)
+    low, high = float(weights_CxL.min()), float(weights_CxL.max())
+    if scale == "auto":
+        spread = float(np.median(weights_CxL.max(axis=1) - weights_CxL.min(axis=1)))
+        scale = "rows" if high > low and spread < _ROW_SPREAD_SHARE * (high - low) else "global"
+    if scale == "rows":
+        magnitude = np.abs(weights_CxL)
+        row_low = magnitude.min(axis=1, keepdims=True)
+        row_span = magnitude.max(axis=1, keepdims=True) - row_low
+        values = np.where(row_span > 0, (magnitude - row_low) / np.where(row_span > 0, row_span, 1.0), 0.5)
+        return {"scale": "rows", "values": values, "vmin": 0.0, "vmax": 1.0, "vcenter": None, "cmap": "Purples"}
+    if low < 0.0 < high:
+        return {"scale": "global", "values": weights_CxL, "vmin": low, "vmax": high, "vcenter": 0.0,
+                "cmap": "RdBu_r"}
+    if high == low:  # one value: any non-empty range draws it in the middle colour
+        pad = max(abs(high) * 1e-6, 1e-9)
+        low, high = low - pad, high + pad
+    # The diverging map's halves, so that hue keeps meaning the sign: red
+    # deepening upwards for positive weights, blue deepening downwards for
+    # negative ones.
+    return {"scale": "global", "values": weights_CxL, "vmin": low, "vmax": high, "vcenter": None,
+            "cmap": "Reds" if high > 0.0 else "Blues_r"}
+
+
+def annotation_decimals(weights_CxL: np.ndarray) -> int:
+    """Decimals that tell a row's weights apart: two, up to four when a typical row spans less than 0.1.
+
+    The weights compared are those of one candidate (a row), so the typical
+    row's spread decides, not the whole table's.
+    """
+    weights_CxL = np.asarray(weights_CxL, dtype=np.float64)
+    if weights_CxL.size == 0:
+        return 2
+    spreads = weights_CxL.max(axis=1) - weights_CxL.min(axis=1)
+    spreads = spreads[spreads > 0]
+    if not len(spreads):
+        return 2
+    return int(min(4, max(2, math.ceil(-math.log10(float(np.median(spreads)))) + 1)))
+
+
 def plot_attention(history_items: Sequence[int], history_categories: Sequence[int],
                    candidate_items: Sequence[int], candidate_categories: Sequence[int],
                    weights_CxL: np.ndarray, probabilities_C: Sequence[float], path: str,
-                   title: Optional[str] = None, category_names: Optional[Dict[int, str]] = None) -> str:
+                   title: Optional[str] = None, category_names: Optional[Dict[int, str]] = None,
+                   scale: str = "auto") -> str:
     """A heat map of the attention weight of each history item (columns) for each candidate (rows).
 
     The DIN paper's illustration of local activation: different candidates
-    activate different behaviours of the same user. Cells whose history item
-    shares the candidate's category are outlined; the candidates' predicted
-    click probabilities are drawn beside.
+    activate different behaviours of the same user. Cells carry the raw
+    weights; their colours follow ``attention_colour_scale(weights, scale)``.
+    Cells whose history item shares the candidate's category are outlined;
+    the candidates' predicted click probabilities are drawn beside.
     """
     weights_CxL = np.asarray(weights_CxL, dtype=np.float64)
     count, length = weights_CxL.shape
@@ -180,20 +250,20 @@ def plot_attention(history_items: Sequence[int], history_categories: Sequence[in
     bar_ax = fig.add_subplot(grid[1, 1], sharey=heat_ax)
     color_ax = fig.add_subplot(grid[:, 2])
 
-    low, high = float(weights_CxL.min()), float(weights_CxL.max())
-    if low < 0 < high:
-        norm = mcolors.TwoSlopeNorm(vmin=low, vcenter=0.0, vmax=high)
-        cmap = "RdBu_r"
+    colours = attention_colour_scale(weights_CxL, scale)
+    if colours["vcenter"] is not None:
+        norm = mcolors.TwoSlopeNorm(vmin=colours["vmin"], vcenter=colours["vcenter"], vmax=colours["vmax"])
     else:
-        norm = mcolors.Normalize(vmin=min(low, 0.0), vmax=max(high, 1e-9))
-        cmap = "Blues"
-    image = heat_ax.imshow(weights_CxL, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        norm = mcolors.Normalize(vmin=colours["vmin"], vmax=colours["vmax"])
+    image = heat_ax.imshow(colours["values"], aspect="auto", cmap=colours["cmap"], norm=norm,
+                           interpolation="nearest")
     if length <= 30:
+        decimals = annotation_decimals(weights_CxL)
         for c in range(count):
             for j in range(length):
-                value = weights_CxL[c, j]
-                heat_ax.text(j, c, "%.2f" % value, ha="center", va="center", fontsize=7,
-                             color=_text_color(image.cmap(image.norm(value))))
+                shade = image.cmap(image.norm(colours["values"][c, j]))
+                heat_ax.text(j, c, "%.*f" % (decimals, weights_CxL[c, j]), ha="center", va="center",
+                             fontsize=7 if decimals <= 2 else 6, color=_text_color(shade))
     for c in range(count):
         for j in range(length):
             if int(history_categories[j]) == int(candidate_categories[c]):
@@ -231,38 +301,74 @@ def plot_attention(history_items: Sequence[int], history_categories: Sequence[in
     for side in ("top", "right"):
         bar_ax.spines[side].set_visible(False)
     colorbar = fig.colorbar(image, cax=color_ax)
-    if low < 0 < high:  # a two-slope norm gets no automatic ticks below zero
-        ticks = np.concatenate([np.linspace(low, 0.0, 3), np.linspace(0.0, high, 5)[1:]])
-        colorbar.set_ticks(ticks)
-        colorbar.set_ticklabels(["%.2f" % t for t in ticks])
-    colorbar.set_label("attention weight")
+    if colours["scale"] == "rows":
+        colorbar.set_ticks([0.0, 0.5, 1.0])
+        colorbar.set_ticklabels(["row's smallest", "", "row's largest"])
+        colorbar.set_label("|attention weight| within each row")
+    else:
+        if colours["vcenter"] is not None:  # a two-slope norm gets no automatic ticks below zero
+            low, high = colours["vmin"], colours["vmax"]
+            ticks = np.concatenate([np.linspace(low, 0.0, 3), np.linspace(0.0, high, 5)[1:]])
+            colorbar.set_ticks(ticks)
+            colorbar.set_ticklabels(["%.2f" % t for t in ticks])
+        colorbar.set_label("attention weight")
     fig.suptitle(title or "One user's history, attended by different candidates", fontsize=12, y=0.99)
     return _save(fig, path)
+
+
+class SampleOutOfRangeError(ValueError):
+    """A sample index outside its split; ``sample``, ``split`` and ``size`` say which."""
+
+    def __init__(self, sample: int, split: str, size: int):
+        super().__init__("sample %d is not in the %s split, whose samples are 0 to %d" % (sample, split, size - 1))
+        self.sample, self.split, self.size = sample, split, size
+
+
+def _first_varied_history(source: Any, split: str, samples: np.ndarray, item_category: np.ndarray,
+                          max_seq_len: int, min_categories: int, block: int = 1024) -> Optional[int]:
+    """The first of ``samples`` whose history spans ``min_categories`` categories, or None."""
+    for start in range(0, len(samples), block):
+        indices = samples[start:start + block]
+        batch = source.gather(split, indices, max_seq_len)
+        for row, index in enumerate(indices):
+            length = int(batch["hist_len"][row])
+            if len(np.unique(item_category[batch["hist_item"][row, :length]])) >= min_categories:
+                return int(index)
+    return None
 
 
 def choose_attention_example(source: Any, item_category: np.ndarray, split: str = "test", max_seq_len: int = 100,
                              sample: Optional[int] = None, min_length: int = 6, max_length: int = 16,
                              seed: int = 0, candidates_in_history: int = 3,
-                             candidates_elsewhere: int = 2) -> Dict[str, Any]:
+                             candidates_elsewhere: int = 2, min_categories: int = 3) -> Dict[str, Any]:
     """A user history and a set of candidates that show how attention picks behaviours.
 
-    The history is that of one sample of ``split`` (``sample``, or the first
-    one whose history has ``min_length`` to ``max_length`` items). The
-    candidates are the sample's own candidate item, one new item from each
-    of the history's most frequent categories, and items of categories the
-    history does not contain.
+    The history is that of one sample of ``split``: ``sample``, or the first
+    one whose history has ``min_length`` to ``max_length`` items of at least
+    ``min_categories`` categories (fewer when none has; on real data the
+    first histories can be of one category, which leaves no behaviours for
+    different candidates to pick from). The candidates are the sample's own
+    candidate item, one new item from each of the history's most frequent
+    categories, and items of categories the history does not contain.
 
     Returns:
       ``{"history": [...], "candidates": [...], "sample": index, "label": 0/1, "user": id}``.
+
+    Raises:
+      SampleOutOfRangeError: ``sample`` is not an index of ``split``.
     """
     lengths = source.history_lengths(split, max_seq_len)
+    item_category = np.asarray(item_category)
     if sample is None:
         fitting = np.flatnonzero((lengths >= min_length) & (lengths <= max_length))
-        sample = int(fitting[0]) if len(fitting) else int(np.argmax(lengths))
+        sample = _first_varied_history(source, split, fitting, item_category, max_seq_len, min_categories)
+        if sample is None:
+            sample = int(fitting[0]) if len(fitting) else int(np.argmax(lengths))
+    elif not 0 <= sample < len(lengths):  # a negative index would silently count from the end
+        raise SampleOutOfRangeError(sample, split, len(lengths))
     batch = source.gather(split, np.array([sample]), max_seq_len)
     length = int(batch["hist_len"][0])
     history = [int(x) for x in batch["hist_item"][0, :length]]
-    item_category = np.asarray(item_category)
     rng = np.random.default_rng(seed)
     counts = collections.Counter(int(item_category[i]) for i in history)
     chosen = [int(batch["item"][0])]
@@ -292,7 +398,7 @@ def choose_attention_example(source: Any, item_category: np.ndarray, split: str 
 
 
 def plot_attention_example(predictor, history: Sequence[int], candidates: Sequence[int], path: str,
-                           user: int = 0, title: Optional[str] = None) -> str:
+                           user: int = 0, title: Optional[str] = None, scale: str = "auto") -> str:
     """``plot_attention`` of a ``Predictor``'s weights and scores for one history and its candidates."""
     if not predictor.returns_attention:
         raise ValueError("model %s returns no attention weights" % predictor.metadata.get("model"))
@@ -301,7 +407,8 @@ def plot_attention_example(predictor, history: Sequence[int], candidates: Sequen
     probabilities = 1.0 / (1.0 + np.exp(-logits_C.astype(np.float64)))
     categories = predictor.item_category
     return plot_attention(history, [int(categories[i]) for i in history], candidates,
-                          [int(categories[i]) for i in candidates], weights_CxL, probabilities, path, title=title)
+                          [int(categories[i]) for i in candidates], weights_CxL, probabilities, path, title=title,
+                          scale=scale)
 
 
 # ---------------------------------------------------------------------------
@@ -457,7 +564,8 @@ def plot_ablation(rows: Sequence[Dict[str, Any]], path: str, metric: str = "gauc
 # Everything for one run.
 
 
-def write_run_figures(run_dir: str, out_dir: Optional[str] = None, attention_sample: Optional[int] = None) -> List[str]:
+def write_run_figures(run_dir: str, out_dir: Optional[str] = None, attention_sample: Optional[int] = None,
+                      attention_scale: str = "auto") -> List[str]:
     """Training curves and (for attention models) the attention figure of a run, in ``out_dir``.
 
     Defaults to ``<run_dir>/plots``. The attention figure needs the run's
@@ -466,14 +574,20 @@ def write_run_figures(run_dir: str, out_dir: Optional[str] = None, attention_sam
     """
     out_dir = out_dir or os.path.join(run_dir, "plots")
     written = [plot_training_curves([run_dir], os.path.join(out_dir, "training_curves.png"))]
-    path = write_attention_figure(run_dir, os.path.join(out_dir, "attention.png"), sample=attention_sample)
+    path = write_attention_figure(run_dir, os.path.join(out_dir, "attention.png"), sample=attention_sample,
+                                  scale=attention_scale)
     if path:
         written.append(path)
     return written
 
 
-def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None, split: str = "test") -> Optional[str]:
-    """The attention figure of a run's best checkpoint on one sample of its data; None when not possible."""
+def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None, split: str = "test",
+                           scale: str = "auto") -> Optional[str]:
+    """The attention figure of a run's best checkpoint on one sample of its data; None when not possible.
+
+    Raises:
+      SampleOutOfRangeError: ``sample`` is not an index of the split shown.
+    """
     from absl import logging
 
     from din_jax.builders import load_source
@@ -514,4 +628,4 @@ def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None
     title = "Attention of one %s user (%s sample %d) over its history, for %d candidates" % (
         split, split, example["sample"], len(example["candidates"]))
     return plot_attention_example(predictor, example["history"], example["candidates"], path,
-                                  user=example["user"], title=title)
+                                  user=example["user"], title=title, scale=scale)

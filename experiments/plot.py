@@ -1,6 +1,7 @@
 """Figures of runs: training curves, attention over one user's history, ablation bars.
 
-    python experiments/plot.py --runs runs/synthetic --out_dir docs/figures
+    experiments/make_figures.sh      # docs/figures: trains on Grocery, then runs this
+    python experiments/plot.py --runs runs/synthetic --out_dir figures
     python experiments/plot.py --runs runs/din,runs/base --labels DIN,BaseModel \
         --ablation_results runs/ablation/results.jsonl --out_dir figures
 
@@ -25,7 +26,12 @@ flags.DEFINE_string("metric", "gauc", "Validation metric of the training curves.
 flags.DEFINE_bool("attention", True, "Draw the attention figure of the first run (or --attention_run).")
 flags.DEFINE_string("attention_run", None, "Run (or checkpoint) directory of the attention figure.")
 flags.DEFINE_integer("attention_sample", None,
-                     "Sample index (in the test split) whose history is shown; default: the first with 6-16 items.")
+                     "Sample index (in the test split) whose history is shown; default: the first with 6-16 items "
+                     "of 3 or more categories.")
+flags.DEFINE_enum("attention_scale", "auto", ["auto", "global", "rows"],
+                  "Colours of the attention figure: one scale for all cells (global), each candidate's row from "
+                  "its smallest to its largest weight magnitude (rows), or rows when the rows differ from each "
+                  "other much more than within themselves (auto).")
 flags.DEFINE_string("ablation_results", None, "JSON-lines results of experiments/ablate.py to chart.")
 flags.DEFINE_string("ablation_metric", "gauc", "Metric of the ablation chart.")
 flags.DEFINE_string("ablation_split", "test", "Split of the ablation chart's metric.")
@@ -50,13 +56,16 @@ def main(argv):
         attention_run = FLAGS.attention_run or (FLAGS.runs[0] if FLAGS.runs else None)
         if FLAGS.attention and attention_run:
             path = plots.write_attention_figure(attention_run, os.path.join(out_dir, "attention.png"),
-                                                sample=FLAGS.attention_sample)
+                                                sample=FLAGS.attention_sample, scale=FLAGS.attention_scale)
             if path:
                 written.append(path)
         if FLAGS.ablation_results:
             rows = plots.load_ablation_results(FLAGS.ablation_results)
             written.append(plots.plot_ablation(rows, os.path.join(out_dir, "ablation.png"),
                                                metric=FLAGS.ablation_metric, split=FLAGS.ablation_split))
+    except plots.SampleOutOfRangeError as error:
+        flag_defs.fail("plot.py", "--attention_sample %d is out of range: the %s split of %s has samples 0 to %d"
+                       % (error.sample, error.split, attention_run, error.size - 1))
     except (OSError, ValueError) as error:
         flag_defs.fail("plot.py", error)
     for path in written:

@@ -104,6 +104,18 @@ def test_train_log_has_every_call_and_evaluation_and_resume_drops_the_replayed_r
     again.on_close(FakeTrainer(), {})
     assert hooks.read_train_log(log) == [r for r in rows if r["step"] <= 20]
 
+    # A finished run trained further resumes from its last step: its end row
+    # goes, or the log would have an end in its middle.
+    with open(os.path.join(path, hooks.TRAIN_LOG_FILE)) as source, open(log, "w") as copy:
+        copy.write(source.read())
+    again = hooks.TrainLogHook(log)
+    again.on_train_begin(FakeTrainer(), {"resumed": summary["steps"]})
+    again.on_end(FakeTrainer(), dict(summary, steps=summary["steps"] + 40))
+    again.on_close(FakeTrainer(), {})
+    extended = hooks.read_train_log(log)
+    assert extended[:-1] == rows[:-1] and [r["event"] for r in extended].count("end") == 1
+    assert extended[-1]["event"] == "end" and extended[-1]["step"] == summary["steps"] + 40
+
 
 def test_tensorboard_events_are_written_without_tensorflow(watched_run):
     if not hooks.tensorboard_available():
@@ -124,14 +136,55 @@ def test_tensorboard_events_are_written_without_tensorflow(watched_run):
 
 
 def test_progress_lines_when_not_a_terminal(watched_run):
-    _, _, messages, progress = watched_run
+    _, summary, messages, progress = watched_run
     assert progress.mode == "log" and not progress.replaces_call_log
-    lines = [m for m in messages if m.startswith("progress:")]
+    lines = [m for m in messages if m.startswith("progress: epoch")]
     assert len(lines) == 8
     assert lines[0].startswith("progress: epoch 1/2 25% (step 5 of about 40), ETA ")
     assert "loss" in lines[-1] and "val gauc" in lines[-1] and "samples/s" in lines[-1]
+    # Evaluations speak too (seconds=0: a line per call; 64 samples are one call).
+    validation = [m for m in messages if m.startswith("progress: validation")]
+    assert [m.split(" 100% ")[0] for m in validation] == [
+        "progress: validation (step %d)" % step for step in (10, 20, 30, 40)]
+    assert all("(64 of 64 samples), ETA 0:00:00; " in m and m.endswith(" samples/s") for m in validation)
+    test = [m for m in messages if m.startswith("progress: test")]
+    assert len(test) == 1 and test[0].startswith("progress: test (step %d) 100%% (64 of 64 samples)" % summary["steps"])
     # The trainer's own per-call lines are still there.
     assert any(m.startswith("epoch 1 step 5 loss") for m in messages)
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_evaluation_lines_are_throttled_and_need_no_trainer(monkeypatch, absl_messages):
+    """Scoring outside a Trainer (infer.py's way): the first line after --progress_seconds, then one per interval."""
+    clock = _Clock()
+    monkeypatch.setattr(hooks, "time", clock)
+    progress = hooks.ProgressHook("log", seconds=10.0, stream=io.StringIO())
+    progress.on_evaluation_begin(None, {"split": "test", "samples": 1000})
+    for _ in range(10):  # 100 samples a second
+        clock.now += 1.0
+        progress.on_predict_call(None, {"split": "test", "samples": 100})
+    clock.now += 1.0
+    progress.on_predict_call(None, {"split": "test", "samples": 100})  # padding: still 1000 of 1000
+    progress.on_close(None, {})
+    progress.on_predict_call(None, {"split": "test", "samples": 100})  # after the end: nothing
+    assert [m for m in absl_messages if m.startswith("progress:")] == [
+        "progress: test 100% (1000 of 1000 samples), ETA 0:00:00; 100 samples/s"]
+
+    clock.now += 100.0
+    quick = hooks.ProgressHook("log", seconds=10.0, stream=io.StringIO())
+    quick.on_evaluation_begin(None, {"split": "validation", "samples": 300, "step": 7})
+    for _ in range(6):  # a line at 12 s (the first past 10), none 6 s after it
+        clock.now += 3.0
+        quick.on_predict_call(None, {"split": "validation", "samples": 50})
+    assert [m for m in absl_messages if m.startswith("progress: validation")] == [
+        "progress: validation (step 7) 66% (200 of 300 samples), ETA 0:00:06; 17 samples/s"]
 
 
 def test_progress_bars_show_loss_throughput_and_validation_gauc(tmp_path, absl_messages):

@@ -69,6 +69,85 @@ def test_choose_attention_example_picks_candidates_in_and_out_of_the_history():
     assert not set(example["candidates"][1:]) & set(example["history"])
 
 
+def test_choose_attention_example_refuses_a_sample_outside_the_split():
+    from din_jax.data.synthetic import make_synthetic_dataset
+
+    source = make_synthetic_dataset(10, 10, 50, max_seq_len=12, seed=3)
+    for sample in (50, 99999, -1):
+        with pytest.raises(plots.SampleOutOfRangeError, match="sample %d is not in the test split, whose samples "
+                                                              "are 0 to 49" % sample) as caught:
+            plots.choose_attention_example(source, source.item_category, "test", 12, sample=sample)
+        assert (caught.value.sample, caught.value.split, caught.value.size) == (sample, "test", 50)
+    assert plots.choose_attention_example(source, source.item_category, "test", 12, sample=49)["sample"] == 49
+
+
+def _norm_of(colours):
+    from matplotlib import colors as mcolors
+
+    if colours["vcenter"] is not None:
+        return mcolors.TwoSlopeNorm(vmin=colours["vmin"], vcenter=colours["vcenter"], vmax=colours["vmax"])
+    return mcolors.Normalize(vmin=colours["vmin"], vmax=colours["vmax"])
+
+
+def test_attention_colours_span_the_weights_real_range():
+    rng = np.random.default_rng(0)
+    # Weights of one sign (a short run: all cells between -2.18 and -2.13):
+    # the scale is their own range, not one stretched to 0 that paints every
+    # cell the same pale shade.
+    negative = -2.18 + 0.05 * rng.random((4, 10))
+    colours = plots.attention_colour_scale(negative, "global")
+    assert colours["scale"] == "global" and colours["vcenter"] is None and colours["cmap"] == "Blues_r"
+    assert (colours["vmin"], colours["vmax"]) == (negative.min(), negative.max())
+    shades = _norm_of(colours)(negative)
+    assert shades.min() == pytest.approx(0.0) and shades.max() == pytest.approx(1.0)
+    positive = plots.attention_colour_scale(-negative, "global")
+    assert positive["cmap"] == "Reds" and (positive["vmin"], positive["vmax"]) == (-negative.max(), -negative.min())
+    # Both signs: diverging around 0.
+    mixed = plots.attention_colour_scale(np.array([[-1.0, 0.5], [2.0, 0.0]]), "global")
+    assert (mixed["vmin"], mixed["vcenter"], mixed["vmax"], mixed["cmap"]) == (-1.0, 0.0, 2.0, "RdBu_r")
+    # One value: still a valid (non-empty) range.
+    flat = plots.attention_colour_scale(np.full((2, 3), -2.15), "global")
+    assert flat["vmin"] < -2.15 < flat["vmax"]
+    with pytest.raises(ValueError, match="attention scale 'columns'"):
+        plots.attention_colour_scale(negative, "columns")
+
+
+def test_attention_colours_per_row_when_the_rows_differ_more_than_their_cells():
+    rng = np.random.default_rng(1)
+    # Each candidate's weights spread by 0.01 around its own level, 1 apart.
+    offset = np.array([[0.0], [1.0], [2.0]]) + 0.01 * rng.random((3, 8))
+    offset[2] = 2.0  # and one candidate weighs every item the same
+    colours = plots.attention_colour_scale(offset)
+    assert colours["scale"] == "rows" and (colours["vmin"], colours["vmax"]) == (0.0, 1.0)
+    values = colours["values"]
+    assert values[:2].min(axis=1) == pytest.approx([0.0, 0.0]) and values[:2].max(axis=1) == pytest.approx([1.0, 1.0])
+    assert np.all(values[2] == 0.5)
+    assert np.argmax(values[0]) == np.argmax(offset[0])
+    # Within a row the colour follows the magnitude, as on the global scales.
+    magnitudes = plots.attention_colour_scale(np.array([[-1.0, -3.0, -2.0], [0.5, -1.5, 1.0]]), "rows")["values"]
+    assert magnitudes.tolist() == [[0.0, 1.0, 0.5], [0.0, 1.0, 0.5]]
+    # Rows that use the range themselves keep one scale, whatever their sign.
+    spread = rng.normal(size=(3, 8))
+    assert plots.attention_colour_scale(spread)["scale"] == "global"
+    assert plots.attention_colour_scale(spread, "rows")["scale"] == "rows"
+
+
+def test_annotation_decimals_tell_a_rows_weights_apart():
+    assert plots.annotation_decimals(np.array([[0.0, 2.5], [1.0, -1.0]])) == 2
+    assert plots.annotation_decimals(np.array([[-2.18, -2.13], [-2.17, -2.14]])) == 3
+    assert plots.annotation_decimals(np.array([[0.5, 0.502], [9.0, 9.003]])) == 4
+    assert plots.annotation_decimals(np.array([[1e-7, 0.0]])) == 4
+    assert plots.annotation_decimals(np.full((2, 2), 3.0)) == 2
+
+
+def test_attention_figure_of_one_signed_weights(tmp_path):
+    weights = -2.18 + 0.05 * np.random.default_rng(2).random((3, 7))
+    for scale in plots.ATTENTION_SCALES:
+        path = plots.plot_attention(list(range(7)), [0, 1, 1, 2, 0, 1, 2], [10, 11, 12], [0, 1, 3], weights,
+                                    [0.9, 0.5, 0.1], str(tmp_path / ("%s.png" % scale)), scale=scale)
+        assert _is_png(path)
+
+
 def _ablation_rows():
     rng = np.random.default_rng(0)
     rows = []
@@ -134,3 +213,19 @@ def test_plot_command_writes_every_figure(runs, tmp_path):
     names = ["training_curves.png", "attention.png", "ablation.png"]
     assert result.stdout.split() == [os.path.join(out, name) for name in names]
     assert all(_is_png(os.path.join(out, name)) for name in names)
+
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "plot.py"), "--attention_run", runs[0],
+         "--attention_sample", "99999", "--attention_scale", "rows", "--out_dir", str(tmp_path / "none")],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "plot.py: error: --attention_sample 99999 is out of range: the test split of %s has samples 0 to 63" % runs[0])
+
+
+def test_make_figures_script_is_valid_bash():
+    """experiments/make_figures.sh trains for minutes, so only its syntax is checked here (docs/WATCHING.md)."""
+    script = os.path.join(ROOT, "experiments", "make_figures.sh")
+    assert os.access(script, os.X_OK)
+    result = subprocess.run(["bash", "-n", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -24,7 +24,7 @@ from typing import Iterator, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from data_prep.progress import progress
-from data_prep.report import BuildReport, DataPrepError
+from data_prep.report import BuildReport, DataPrepError, describe_decode_error
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _BLOCK_BYTES = 1 << 23
@@ -180,6 +180,8 @@ def read_reviews(path: str, report: BuildReport, use_arrow: bool = True) -> Revi
 
 
 def _describe(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return describe_decode_error(error)
     if isinstance(error, KeyError):
         return f"missing key {error}"
     if isinstance(error, TypeError):
@@ -383,8 +385,15 @@ def parse_meta_line(line: str) -> Tuple[str, Optional[str]]:
         return fast
     try:
         entry = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as error:
-        raise ValueError(f"not a Python dict literal or JSON object ({type(error).__name__ if not str(error) else str(error).splitlines()[0][:120]})") from None
+    except SyntaxError as error:
+        raise ValueError(f"not a Python dict literal or JSON object ({(error.msg or 'invalid syntax')[:120]})") from None
+    except (ValueError, TypeError):
+        # ast's message names a node object by its memory address: keep the reason fixed so that
+        # meta.json does not change from one build to the next.
+        raise ValueError("not a Python dict literal or JSON object (it holds something other than plain "
+                         "values, e.g. a call or a name)") from None
+    except (MemoryError, RecursionError):
+        raise ValueError("not a Python dict literal or JSON object (nested too deeply)") from None
     return _entry_fields(entry)
 
 
@@ -414,7 +423,10 @@ def read_metadata(path: str, report: BuildReport, position: int = 0) -> Metadata
                 if len(raw) > MAX_LINE_BYTES:
                     raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
                 asin, category = parse_meta_line(raw.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as error:
+            except UnicodeDecodeError as error:
+                report.malformed(path, before + offset + 1, describe_decode_error(error))
+                continue
+            except ValueError as error:
                 report.malformed(path, before + offset + 1, str(error)[:200])
                 continue
             items.append(asin)

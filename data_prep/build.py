@@ -12,7 +12,7 @@ JSON), remapped (the output of remap.py). See docs/DATA.md.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,9 +50,6 @@ flags.DEFINE_integer("workers", 2, "amazon: processes reading the two files (1 =
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: {}".format(" ".join(argv[1:])))
-
     def work():
         require_flags(format=FLAGS.format, input=FLAGS.input, output=FLAGS.output)
         options = BuildOptions(
@@ -70,4 +67,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from data_prep.cli import run_app
+
+    run_app(main)

@@ -1,25 +1,76 @@
 """What every data_prep entry point shares: one-line errors with exit code 2, repo-root imports."""
 
+import os
 import sys
-from typing import Callable
+import traceback
+from typing import Any, Callable, List
 
 from data_prep.report import DataPrepError
 from din_jax.data.dataset import DatasetError
 
+DEBUG_VARIABLE = "DATA_PREP_DEBUG"
+
+
+def _fail(program: str, message: str, error: BaseException) -> None:
+    if os.environ.get(DEBUG_VARIABLE):
+        traceback.print_exception(type(error), error, error.__traceback__)
+    message = " ".join(message.split("\n"))
+    sys.stderr.write(f"{program}: error: {message}\n")
+    sys.stderr.flush()
+    sys.exit(2)
+
 
 def run_safely(program: str, work: Callable[[], None]) -> None:
-    """Runs ``work``; a DataPrepError or DatasetError becomes ``program: error: ...`` on stderr and exit 2."""
+    """Runs ``work``; a DataPrepError or DatasetError becomes ``program: error: ...`` on stderr and exit 2.
+
+    So does an OSError (an unreadable input, a full disk, a read-only output
+    folder) and, as a last resort, a UnicodeDecodeError: only input bytes are
+    decoded, so it is a bad file, not a bug. Other exceptions keep their
+    traceback: they are bugs. ``DATA_PREP_DEBUG=1`` prints the traceback of
+    one-line errors too.
+    """
     try:
         work()
     except (DataPrepError, DatasetError, OSError) as error:
-        # OSError: unreadable inputs, a full disk, a read-only output folder.
-        message = " ".join(str(error).split("\n"))
-        sys.stderr.write(f"{program}: error: {message}\n")
-        sys.stderr.flush()
-        sys.exit(2)
+        _fail(program, str(error), error)
+    except UnicodeDecodeError as error:
+        # Readers report bad bytes with file and line; this one escaped them.
+        _fail(program, f"an input file is not UTF-8 text ({error}); set {DEBUG_VARIABLE}=1 to see where it was "
+              "read", error)
     except KeyboardInterrupt:
         sys.stderr.write(f"{program}: interrupted\n")
         sys.exit(130)
+
+
+def run_app(main: Callable[[List[str]], Any]) -> None:
+    """``absl.app.run(main)`` with bad flags and stray arguments told in one line (exit 2), like every other error.
+
+    absl itself reports a bad flag in two lines with exit status 1, and a
+    stray positional argument would print the module docstring.
+    """
+    from absl import app, flags
+
+    program = os.path.basename(sys.argv[0]) or "data_prep"
+
+    def parse(argv: List[str]) -> List[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            _fail(program, "%s (--helpshort lists the flags)" % str(error).replace("ERROR:: ", ""), error)
+            raise  # not reached: _fail exits
+
+    def checked_main(argv: List[str]) -> Any:
+        if len(argv) > 1:
+            sys.stderr.write("%s: error: unexpected arguments: %s (every option is a --flag)\n"
+                             % (program, " ".join(argv[1:])))
+            sys.exit(2)
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            sys.stderr.write("%s: error: %s\n" % (program, error))
+            sys.exit(2)
+
+    app.run(checked_main, flags_parser=parse)
 
 
 def require_flags(**values) -> None:

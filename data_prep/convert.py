@@ -20,7 +20,7 @@ import pandas as pd
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_prep.report import BuildReport, DataPrepError  # noqa: E402
+from data_prep.report import BuildReport, DataPrepError, reading  # noqa: E402
 from data_prep.tables import TABLE_FORMATS, read_table, table_path, write_table  # noqa: E402
 
 CONVERT_REPORT = "convert.json"
@@ -70,8 +70,10 @@ def read_converted(directory: str, report: BuildReport) -> Tuple[pd.DataFrame, p
     earlier = {}
     report_path = os.path.join(directory, CONVERT_REPORT)
     if os.path.isfile(report_path):
-        with open(report_path, encoding="utf-8") as handle:
+        with reading(report_path), open(report_path, encoding="utf-8") as handle:
             earlier = json.load(handle)
+        if not isinstance(earlier, dict):
+            raise DataPrepError(f"{report_path}: expected a JSON object (written by convert.py)")
     for key, value in earlier.get("dropped", {}).items():
         if isinstance(value, int):
             report.count(key, value)
@@ -100,7 +102,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("input", None, "Review file (.json or .json.gz, 2014 or 2018).")
     flags.DEFINE_string("meta", None, "Metadata file (.json or .json.gz, 2014 literal or 2018 JSON lines).")
@@ -108,4 +110,6 @@ if __name__ == "__main__":
     flags.DEFINE_enum("table_format", "npz", list(TABLE_FORMATS), "npz (numpy only) or parquet (needs pyarrow).")
     flags.DEFINE_bool("strict", False, "Fail at the first malformed line.")
     flags.DEFINE_integer("workers", 2, "Processes reading the two files.")
-    app.run(main)
+    from data_prep.cli import run_app
+
+    run_app(main)

@@ -60,6 +60,29 @@ def _total_size(response, already: int) -> Optional[int]:
     return int(length) + (already if response.status == 206 else 0)
 
 
+def proxy_for(url: str) -> Optional[str]:
+    """The proxy urllib will use for ``url`` (``http_proxy`` etc., minus ``no_proxy``), or None."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy:
+        return None
+    try:
+        if urllib.request.proxy_bypass(parts.hostname or ""):
+            return None
+    except OSError:  # proxy_bypass may look the host up on some platforms
+        pass
+    return proxy
+
+
+def _without_credentials(proxy: str) -> str:
+    parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a malformed port: still name the host
+        port = ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+
 def _check_resolvable(url: str, destination: str, timeout: float) -> None:
     """Fails within ``timeout`` if the host name does not resolve.
 
@@ -100,7 +123,10 @@ def download_file(url: str, destination: str, timeout: float = 10.0) -> str:
     """
     if os.path.isfile(destination):
         return destination
-    _check_resolvable(url, destination, timeout)
+    proxy = proxy_for(url)
+    if proxy is None:
+        # Through a proxy the proxy resolves the name; this machine may be unable to.
+        _check_resolvable(url, destination, timeout)
     part = destination + ".part"
     already = os.path.getsize(part) if os.path.isfile(part) else 0
     request = urllib.request.Request(url, headers={"User-Agent": "din_jax-data-prep"})
@@ -118,7 +144,9 @@ def download_file(url: str, destination: str, timeout: float = 10.0) -> str:
         raise DataPrepError(f"{url}: HTTP {error.code} {error.reason}; {_manual_hint(url, destination)}") from None
     except (urllib.error.URLError, socket.timeout, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
-        raise DataPrepError(f"cannot reach {urllib.parse.urlsplit(url).netloc} ({reason}); {_manual_hint(url, destination)}") from None
+        via = f" through the proxy {_without_credentials(proxy)}" if proxy else ""
+        raise DataPrepError(f"cannot reach {urllib.parse.urlsplit(url).netloc}{via} ({reason}); "
+                            f"{_manual_hint(url, destination)}") from None
     with response:
         if already and response.status != 206:
             already = 0  # the server ignored the Range header: start over
@@ -190,10 +218,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("output_dir", None, "Where to put the files.")
     flags.DEFINE_string("category", "Electronics", "Amazon category (file name part), e.g. Electronics, Books.")
     flags.DEFINE_enum("release", "2014", sorted(URL_TEMPLATES), "Dataset release (2014 = the DIN paper's).")
     flags.DEFINE_float("timeout", 10.0, "Seconds to wait for the server before giving up.")
-    app.run(main)
+    from data_prep.cli import run_app
+
+    run_app(main)

@@ -249,4 +249,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from data_prep.cli import run_app
+
+    run_app(main)

@@ -18,6 +18,7 @@ from typing import Dict, NamedTuple
 
 import numpy as np
 
+from data_prep.progress import stages
 from din_jax.data.negatives import make_user_item_keys, sample_negatives
 
 PROTOCOLS = ("validation", "authors")
@@ -56,6 +57,12 @@ def build_protocol_samples(user: np.ndarray, item: np.ndarray, time: np.ndarray,
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {list(PROTOCOLS)}")
+    with stages("protocol + negatives", ("sort", "negatives", "sample rows")) as step:
+        return _build(user, item, time, num_users, num_items, seed, protocol, step)
+
+
+def _build(user, item, time, num_users: int, num_items: int, seed: int, protocol: str, step) -> ProtocolSamples:
+    step.advance("sort")
     user = np.asarray(user, dtype=np.int64)
     item = np.asarray(item, dtype=np.int64)
     # lexsort is stable: equal (user, time) keep their input order.
@@ -79,12 +86,14 @@ def build_protocol_samples(user: np.ndarray, item: np.ndarray, time: np.ndarray,
     for name in split_of:
         split_of[name] &= is_target
 
+    step.advance("negatives")
     rng = np.random.default_rng(seed)
     exclusion = make_user_item_keys(user, item, num_items)
     targets = np.flatnonzero(is_target)
     negatives = np.zeros(len(order), dtype=np.int64)
     negatives[targets] = sample_negatives(rng, sorted_user[targets], num_items, exclusion)
 
+    step.advance("sample rows")
     splits = {}
     for name in ("train", "validation", "test"):
         events = np.flatnonzero(split_of[name])

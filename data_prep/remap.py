@@ -24,6 +24,7 @@ import pandas as pd
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_prep.progress import stages  # noqa: E402
 from data_prep.report import BuildReport, DataPrepError  # noqa: E402
 
 UNKNOWN_CATEGORY = "<unknown>"
@@ -96,10 +97,20 @@ def clean_and_remap(users, items, times: np.ndarray, meta_items: Optional[Sequen
     times = np.asarray(times, dtype=np.int64)
     if not (len(users) == len(items) == len(times)):
         raise DataPrepError("users, items and times differ in length")
+    with stages("clean + remap", _CLEAN_STAGES) as step:
+        return _clean_and_remap(users, items, times, meta_items, meta_categories, report, item_categories, step)
+
+
+_CLEAN_STAGES = ("sorted ids", "duplicates + short users", "renumber", "categories")
+
+
+def _clean_and_remap(users, items, times, meta_items, meta_categories, report, item_categories, step):
+    step.advance("sorted ids")
     user_code, user_uniques = sorted_codes(users)
     item_code, item_uniques = sorted_codes(items)
 
     # Exact duplicates: same user, item and time.
+    step.advance("duplicates + short users")
     frame = pd.DataFrame({"u": user_code, "i": item_code, "t": times})
     keep = ~frame.duplicated().to_numpy()
     report.count("duplicate_reviews", int((~keep).sum()))
@@ -111,12 +122,14 @@ def clean_and_remap(users, items, times: np.ndarray, meta_items: Optional[Sequen
     keep &= ~short[user_code]
 
     # Re-number the survivors; np.unique is sorted, so ids stay in key order.
+    step.advance("renumber")
     kept_users, user_id = np.unique(user_code[keep], return_inverse=True)
     kept_items, item_id = np.unique(item_code[keep], return_inverse=True)
     user_id = user_id.reshape(-1)
     item_id = item_id.reshape(-1)
     kept_item_keys = normalize_keys(pd.Series(item_uniques[kept_items], dtype=object))
 
+    step.advance("categories")
     if item_categories is not None:
         row_categories = pd.Series(item_categories, dtype=object).reset_index(drop=True)
         table = pd.DataFrame({"item": item_id, "category": row_categories[keep].to_numpy()})
@@ -194,10 +207,17 @@ def read_remapped(directory: str, report: BuildReport):
     Returns:
       ``(RemappedLog, sources of the earlier steps)``.
     """
+    with stages("read " + os.path.basename(os.path.normpath(directory)), ["arrays", "id maps"]) as step:
+        return _read_remapped(directory, report, step)
+
+
+def _read_remapped(directory: str, report: BuildReport, step):
     try:
+        step.advance("arrays")
         with np.load(os.path.join(directory, REMAPPED_TABLE), allow_pickle=False) as table:
             user, item, time = table["user"], table["item"], table["time"]
         item_category = np.load(os.path.join(directory, REMAPPED_ITEM_CATEGORY), allow_pickle=False)
+        step.advance("id maps")
         id_maps = {}
         for kind, file in ID_MAP_FILES.items():
             with open(os.path.join(directory, file), encoding="utf-8", newline="\n") as handle:
@@ -230,12 +250,16 @@ def main(argv):
     def work():
         require_flags(input=flags_.input, output_dir=flags_.output_dir)
         report = BuildReport()
-        reviews, items, earlier = convert.read_converted(flags_.input, report)
+        with report.timed("read"), stages("read " + flags_.input, ["tables"]) as step:
+            step.advance("tables")
+            reviews, items, earlier = convert.read_converted(flags_.input, report)
         with report.timed("clean + remap"):
             log = clean_and_remap(reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object),
                                   reviews["time"].to_numpy(), items["item_id"].to_numpy(dtype=object),
                                   items["category"].to_numpy(dtype=object), report)
-        write_remapped(flags_.output_dir, log, report, earlier)
+        with report.timed("write"), stages("write " + flags_.output_dir, ["arrays + id maps"]) as step:
+            step.advance("arrays + id maps")
+            write_remapped(flags_.output_dir, log, report, earlier)
         print("remapped: {:,} users, {:,} items, {:,} categories, {:,} interactions -> {}".format(
             len(log.id_maps["user"]), len(log.id_maps["item"]), len(log.id_maps["category"]), len(log.user),
             flags_.output_dir))
@@ -245,8 +269,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     flags.DEFINE_string("input", None, "Directory written by convert.py (reviews + items tables).")
     flags.DEFINE_string("output_dir", None, "Directory for the remapped log and id maps.")
-    app.run(main)
+    from data_prep.cli import run_app
+
+    run_app(main)

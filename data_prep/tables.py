@@ -6,10 +6,12 @@ dictionary-encoded as ``c.keys`` (unicode array of the distinct values) and
 ``c.codes`` (int32 indices, -1 for missing). ``__columns__`` keeps the order.
 """
 
+import codecs
 import contextlib
 import csv
 import io
 import os
+import re
 import sys
 import warnings
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -119,13 +121,16 @@ def read_table(path: str, report: BuildReport, sep: Optional[str] = None,
                usecols: Optional[List[str]] = None) -> Tuple[pd.DataFrame, Optional[np.ndarray]]:
     """Reads a CSV/TSV (separator detected), Parquet or npz table into a DataFrame.
 
-    Text tables need a header line. Lines with the wrong number of fields are
+    Text tables need a header line and are UTF-8. Lines with the wrong number
+    of fields, and lines that are not UTF-8 (their rows are dropped), are
     reported to ``report`` with their line numbers (``--strict`` makes the
     first one fatal). ``usecols`` restricts the columns read.
 
     Returns:
-      ``(frame, line numbers)``: for text tables the 1-based file line of each
-      row (for messages about bad values), else None.
+      ``(frame, line numbers)``: for text tables the 1-based file line where
+      each row starts (for messages about bad values; blank lines, skipped
+      lines and quoted line breaks accounted for), or None when that cannot be
+      known for sure; None for Parquet and npz.
     """
     if not os.path.isfile(path):
         raise DataPrepError(f"{path}: no such file")
@@ -142,30 +147,180 @@ def read_table(path: str, report: BuildReport, sep: Optional[str] = None,
         frame = _read_npz(path)
         return (frame if usecols is None else frame[[c for c in usecols if c in frame.columns]]), None
     separator = sep or detect_separator(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise DataPrepError(f"cannot read {path}: {error.strerror or error}") from None
+    layout = _LineLayout(data, separator)
+    not_utf8 = _undecodable_lines(data, layout)
+    header = layout.first_nonblank()
+    if header in not_utf8:
+        raise DataPrepError(f"{path}:{header}: the header line is {not_utf8[header]}; the table must be UTF-8 text")
+    first_bad = min(not_utf8) if not_utf8 else None
     # pandas reports skipped lines as a ParserWarning (>= 2.1) or on sys.stderr (older): catch both.
     printed = io.StringIO()
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(printed):
         warnings.simplefilter("always")
         try:
-            frame = pd.read_csv(path, sep=separator, dtype=str, keep_default_na=False, na_values=[""],
+            # Bad bytes become U+FFFD here; the rows on those lines are dropped below, by line number.
+            frame = pd.read_csv(io.BytesIO(data), sep=separator, dtype=str, keep_default_na=False, na_values=[""],
                                 on_bad_lines="error" if report.strict else "warn", engine="c",
+                                encoding="utf-8", encoding_errors="replace",
                                 usecols=(lambda column: column in usecols) if usecols else None)
         except pd.errors.ParserError as error:
-            raise DataPrepError(f"{path}: {str(error).strip().splitlines()[0]}") from None
-        except (UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+            message = str(error).strip().splitlines()[0]
+            found = re.search(r"line (\d+)", message)
+            if first_bad is not None and (found is None or first_bad < int(found.group(1))):
+                report.malformed(path, first_bad, not_utf8[first_bad])
+            raise DataPrepError(f"{path}: {message}") from None
+        except pd.errors.EmptyDataError as error:
             raise DataPrepError(f"{path}: cannot read as a text table ({error})") from None
-    skipped = []
+    if report.strict and first_bad is not None:
+        report.malformed(path, first_bad, not_utf8[first_bad])
+    problems: Dict[int, str] = {}
     messages = [str(warning.message) for warning in caught] + [printed.getvalue()]
     for line in "\n".join(messages).splitlines():
         # pandas: "Skipping line 7: expected 3 fields, saw 4"
         if line.startswith("Skipping line "):
             number, _, reason = line[len("Skipping line "):].partition(":")
-            skipped.append(int(number))
-            report.malformed(path, int(number), reason.strip() or "wrong number of fields")
+            problems[int(number)] = reason.strip() or "wrong number of fields"
         elif line.strip() and line in printed.getvalue():
             sys.stderr.write(line + "\n")
-    # Row i is on line i + 2 (after the header), shifted past every skipped line before it.
-    lines = np.arange(len(frame), dtype=np.int64) + 2
-    for number in sorted(skipped):
-        lines[lines >= number] += 1
+    lines, spans = _row_lines(layout, header, sorted(problems), frame, complete=usecols is None)
+    if not_utf8:
+        frame, lines = _drop_undecodable_rows(path, frame, lines, spans, not_utf8, problems, report)
+    for number in sorted(problems):
+        report.malformed(path, number, problems[number])
     return frame, lines
+
+
+class _LineLayout:
+    """Where the lines of a text table start and end, and which are blank in pandas' sense.
+
+    Line terminators are \\n, \\r\\n and a lone \\r, as pandas' C tokenizer has them.
+    A line is blank (pandas skips it) when it holds nothing but spaces and tabs
+    other than the separator.
+    """
+
+    def __init__(self, data: bytes, separator: str):
+        codes = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(codes == 10)
+        if b"\r" in data:
+            returns = np.flatnonzero(codes == 13)
+            following = codes[np.minimum(returns + 1, len(codes) - 1)]
+            lone = returns[(returns + 1 >= len(codes)) | (following != 10)]
+            ends = np.union1d(ends, lone)
+        self.starts = np.concatenate([[0], ends + 1]).astype(np.int64)
+        self.ends = np.concatenate([ends, [len(data)]]).astype(np.int64)
+        if self.starts[-1] >= len(data):  # the file ends with a terminator: no line after it
+            self.starts, self.ends = self.starts[:-1], self.ends[:-1]
+        blank_bytes = (b" \t".replace(separator.encode("utf-8"), b"") if len(separator) == 1 else b" \t") + b"\r"
+        self.blank = np.zeros(len(self.starts), dtype=bool)
+        first = codes[np.minimum(self.starts, max(len(codes) - 1, 0))] if len(codes) else np.zeros(0, np.uint8)
+        empty = self.ends == self.starts
+        maybe = empty | np.isin(first, np.frombuffer(blank_bytes, dtype=np.uint8))
+        for index in np.flatnonzero(maybe):
+            start, end = int(self.starts[index]), int(self.ends[index])
+            self.blank[index] = not data[start:end].strip(blank_bytes)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def line_of(self, offset: int) -> int:
+        """1-based line number of a byte offset."""
+        return int(np.searchsorted(self.starts, offset, side="right"))
+
+    def first_nonblank(self) -> int:
+        """1-based number of the first non-blank line (pandas' header line), 0 if none."""
+        found = np.flatnonzero(~self.blank)
+        return int(found[0]) + 1 if len(found) else 0
+
+
+def _undecodable_lines(data: bytes, layout: _LineLayout) -> Dict[int, str]:
+    """1-based line number -> why it is not UTF-8, for every such line."""
+    if data.isascii():
+        return {}
+    try:
+        data.decode("utf-8")
+        return {}
+    except UnicodeDecodeError:
+        pass
+    bad: Dict[int, str] = {}
+    view = memoryview(data)
+    position = 0
+    while position < len(data):
+        try:
+            codecs.utf_8_decode(view[position:], "strict", True)
+            break
+        except UnicodeDecodeError as error:
+            offset = position + error.start
+        line = layout.line_of(offset)
+        column = offset - int(layout.starts[line - 1]) + 1
+        bad[line] = f"not UTF-8 (byte 0x{data[offset]:02x} at column {column})"
+        # Go on at the end of that line: one reason per line is enough.
+        position = max(int(layout.ends[line - 1]), offset + 1)
+    return bad
+
+
+def _row_lines(layout: _LineLayout, header: int, skipped: List[int], frame: pd.DataFrame,
+               complete: bool) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """``(line, span)`` of each row pandas returned: its first 1-based file line and how many lines it covers.
+
+    Rows come from the lines after the header that are neither blank nor
+    skipped as malformed. A quoted field with line breaks makes a row span
+    several lines; then the span of each row is counted from its values.
+    ``(None, None)`` when the lines cannot be known for sure.
+    """
+    header_end = header + sum(_breaks_in(str(column)) for column in frame.columns)
+    usable = ~layout.blank
+    usable[:header_end] = False
+    if skipped:
+        usable[np.asarray(skipped, dtype=np.int64) - 1] = False
+    candidates = np.flatnonzero(usable) + 1
+    if len(candidates) == len(frame):
+        return candidates.astype(np.int64), np.ones(len(frame), dtype=np.int64)
+    if not complete:
+        return None, None
+    spans = np.ones(len(frame), dtype=np.int64)
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            spans += values.str.count(r"\r\n|\r|\n").fillna(0).to_numpy(dtype=np.int64)
+    blocked = (~usable).tolist()
+    lines = np.empty(len(frame), dtype=np.int64)
+    cursor = header_end + 1
+    for row, span in enumerate(spans.tolist()):
+        while cursor <= len(blocked) and blocked[cursor - 1]:
+            cursor += 1
+        lines[row] = cursor
+        cursor += span
+    if cursor - 1 > len(layout):
+        return None, None
+    return lines, spans
+
+
+def _breaks_in(text: str) -> int:
+    return len(re.findall(r"\r\n|\r|\n", text))
+
+
+def _drop_undecodable_rows(path: str, frame: pd.DataFrame, lines: Optional[np.ndarray], spans: Optional[np.ndarray],
+                           not_utf8: Dict[int, str], problems: Dict[int, str], report: BuildReport):
+    """Removes the rows read from lines that are not UTF-8; ``problems`` gets those lines' reasons."""
+    if lines is None or spans is None:
+        # Without a line map, the replacement character pandas put in is the only trace.
+        mask = np.zeros(len(frame), dtype=bool)
+        for column in frame.columns:
+            values = frame[column]
+            if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+                mask |= values.str.contains("\ufffd", regex=False).fillna(False).to_numpy(dtype=bool)
+        for row in np.flatnonzero(mask):
+            report.malformed(path + " row", int(row) + 1, "not UTF-8")
+        return frame.loc[~mask].reset_index(drop=True), None
+    problems.update(not_utf8)
+    bad = np.array(sorted(not_utf8), dtype=np.int64)
+    hit = np.searchsorted(bad, lines + spans, side="left") > np.searchsorted(bad, lines, side="left")
+    if not hit.any():
+        return frame, lines
+    keep = ~hit
+    return frame.loc[keep].reset_index(drop=True), lines[keep]

@@ -43,6 +43,22 @@ class Imported(NamedTuple):
     sources: List[str]
 
 
+def check_options(options: BuildOptions) -> None:
+    """Raises DataPrepError naming the flag of the first out-of-range build parameter."""
+    if options.max_seq_len < 1:
+        # 0 or less would make the training frequency counts negative.
+        raise DataPrepError(f"--max_seq_len must be >= 1 (the number of history items a batch keeps), "
+                            f"got {options.max_seq_len}")
+    if options.seed < 0:
+        raise DataPrepError(f"--seed must be >= 0, got {options.seed}")
+    if not 0.0 <= options.validation_users < 1.0:
+        raise DataPrepError(f"--validation_users must be in [0, 1), got {options.validation_users}")
+    if options.users < 0:
+        raise DataPrepError(f"--users must be >= 0 (0 = the largest user id + 1), got {options.users}")
+    if options.workers < 1:
+        raise DataPrepError(f"--workers must be >= 1, got {options.workers}")
+
+
 def require_file(path: Optional[str], what: str) -> str:
     """Returns ``path`` if it is an existing file, else raises a DataPrepError naming ``what``."""
     if not path:

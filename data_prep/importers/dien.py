@@ -33,6 +33,7 @@ from data_prep.sample_rows import (
     merge_into_sequences,
     select_rows,
 )
+from data_prep.textio import text_lines
 
 TRAIN_FILE = "local_train_splitByUser"
 TEST_FILE = "local_test_splitByUser"
@@ -67,33 +68,50 @@ class _Lookup:
 
 def _read_file(path: str, split: int, report: BuildReport):
     labels, users, items, categories, hist_items, hist_categories, lengths, splits = [], [], [], [], [], [], [], []
-    with open(path, encoding="utf-8", newline="\n") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("\t")
-            if len(fields) != 6:
-                report.malformed(path, number, f"expected 6 tab-separated fields, found {len(fields)}")
-                continue
-            label, user, item, category, history, history_categories = fields
-            if label not in ("0", "1", "0.0", "1.0"):
-                report.malformed(path, number, "label must be 0 or 1")
-                continue
-            history_list = history.split(HISTORY_SEPARATOR) if history else []
-            category_list = history_categories.split(HISTORY_SEPARATOR) if history_categories else []
-            if len(history_list) != len(category_list):
-                report.malformed(path, number, "item and category histories differ in length")
-                continue
-            labels.append(int(float(label)))
-            users.append(user)
-            items.append(item)
-            categories.append(category)
-            hist_items.append(history)
-            hist_categories.append(history_categories)
-            lengths.append(len(history_list))
-            splits.append(split)
+    # newline="\n": the 0x02-joined histories are one line whatever other control bytes they hold.
+    for number, line in text_lines(path, report, "read " + os.path.basename(path), newline="\n"):
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != 6:
+            report.malformed(path, number, f"expected 6 tab-separated fields, found {len(fields)}")
+            continue
+        label, user, item, category, history, history_categories = fields
+        if label not in ("0", "1", "0.0", "1.0"):
+            report.malformed(path, number, "label must be 0 or 1")
+            continue
+        history_list = history.split(HISTORY_SEPARATOR) if history else []
+        category_list = history_categories.split(HISTORY_SEPARATOR) if history_categories else []
+        if len(history_list) != len(category_list):
+            report.malformed(path, number, "item and category histories differ in length")
+            continue
+        labels.append(int(float(label)))
+        users.append(user)
+        items.append(item)
+        categories.append(category)
+        hist_items.append(history)
+        hist_categories.append(history_categories)
+        lengths.append(len(history_list))
+        splits.append(split)
     return labels, users, items, categories, hist_items, hist_categories, lengths, splits
+
+
+def _read_item_info(path: str, report: BuildReport):
+    """Reads ``item<TAB>category`` lines; other lines are malformed (counted, or fatal with --strict)."""
+    items: List[str] = []
+    categories: List[str] = []
+    for number, line in text_lines(path, report, "read " + os.path.basename(path), newline="\n"):
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            report.malformed(path, number, f"expected item<TAB>category, found {len(fields)} fields")
+            continue
+        items.append(fields[0])
+        categories.append(fields[1])
+    return items, categories
 
 
 def _split_joined(fields: List[str]) -> List[str]:
@@ -178,10 +196,9 @@ def _item_categories(folder: str, meta_path: Optional[str], vocab: Dict[str, Lis
     item_category = np.full(num_items, -1, dtype=np.int64)
     info_path = meta_path or os.path.join(folder, "item-info")
     if os.path.isfile(info_path):
-        info = pd.read_csv(info_path, sep="\t", header=None, names=["item", "category"], dtype=str,
-                           keep_default_na=False, quoting=3, on_bad_lines="skip")
-        ids = lookups["item"].ids(info["item"].tolist())
-        cats = lookups["category"].ids(info["category"].tolist())
+        info_items, info_categories = _read_item_info(info_path, report)
+        ids = lookups["item"].ids(info_items)
+        cats = lookups["category"].ids(info_categories)
         known = (ids >= 0) & (cats >= 0)
         first = np.unique(ids[known], return_index=True)[1]
         item_category[ids[known][first]] = cats[known][first]

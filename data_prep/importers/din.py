@@ -23,12 +23,16 @@ from typing import List
 import numpy as np
 
 from data_prep.importers.common import BuildOptions, Imported
-from data_prep.report import BuildReport, DataPrepError
+from data_prep.progress import progress, stages
+from data_prep.report import BuildReport, DataPrepError, undecodable
 from data_prep.safe_pickle import load_pickles
 from data_prep.sample_rows import TEST, TRAIN, SampleRows, cut_validation, drop_empty_histories, merge_into_sequences
+from data_prep.textio import counting, open_text
 
 _HISTORY = re.compile(r"\s*\[\s*((?:\d+\s*,\s*)*\d+)?\s*\]\s*")
 _PAIR = re.compile(r"\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*")
+# A bar update per sample would cost as much as reading the sample.
+_ENTRIES_PER_UPDATE = 1 << 14
 
 
 class _Collector:
@@ -73,52 +77,75 @@ def _find_one(folder: str, pattern: str) -> str:
     return found[0]
 
 
+def _read_cate_list(path: str) -> np.ndarray:
+    """One category id per line (blank lines ignored); any other line is fatal: item ids index this list."""
+    values = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                values.append(int(line))
+            except ValueError:
+                shown = line.strip()[:40].decode("utf-8", "backslashreplace")
+                raise DataPrepError(f"{path}:{number}: expected one category id per line, found {shown!r}") from None
+    return np.array(values, dtype=np.int64)
+
+
 def read_din_csv(folder: str, report: BuildReport, users: int = 0):
     """Reads the CSV export. Returns ``(rows, (users, items, categories), cate_list, files)``."""
     train_path = _find_one(folder, "train_set*.csv")
     test_path = _find_one(folder, "test_set*.csv")
     cate_path = _find_one(folder, "cate_list*.csv")
-    try:
-        with open(cate_path, encoding="utf-8") as handle:
-            cate_list = np.array([int(line) for line in handle if line.strip()], dtype=np.int64)
-    except ValueError as error:
-        raise DataPrepError(f"{cate_path}: expected one category id per line ({error})") from None
+    cate_list = _read_cate_list(cate_path)
     if len(cate_list) == 0 or cate_list.min() < 0:
         raise DataPrepError(f"{cate_path}: empty or negative category ids")
     num_items = len(cate_list)
     collector = _Collector()
     for path, split, fields in ((train_path, TRAIN, 4), (test_path, TEST, 3)):
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle)
-            line = 0
-            for record in reader:
-                line = reader.line_num
-                if not record or (len(record) == 1 and not record[0].strip()):
-                    continue
-                try:
-                    if len(record) != fields:
-                        raise ValueError(f"expected {fields} fields, found {len(record)}")
-                    user = int(record[0])
-                    history = _parse_history(record[1])
-                    if split == TRAIN:
-                        targets = [(int(record[2]), int(record[3]))]
-                        if targets[0][1] not in (0, 1):
-                            raise ValueError("label must be 0 or 1")
-                    else:
-                        pair = _PAIR.fullmatch(record[2])
-                        if pair is None:
-                            raise ValueError(f"expected (positive, negative), got {record[2][:40]!r}")
-                        targets = [(int(pair.group(1)), 1), (int(pair.group(2)), 0)]
-                    ids = history + [item for item, _ in targets]
-                    if user < 0 or (users and user >= users):
-                        raise ValueError("user id {} outside [0, {})".format(user, users or "inf"))
-                    if min(ids) < 0 or max(ids) >= num_items:
-                        raise ValueError(f"item id outside [0, {num_items}) of {os.path.basename(cate_path)}")
-                except ValueError as error:
-                    report.malformed(path, line, str(error))
-                    continue
-                for item, label in targets:
-                    collector.add(user, history, item, label, split)
+        with open_text(path, newline="") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            with progress(total=size, desc="read " + os.path.basename(path), unit="B", unit_scale=True) as bar:
+                reader = csv.reader(counting(handle, bar, size))
+                while True:
+                    try:
+                        record = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as error:  # e.g. a NUL byte or a field past the csv module's size limit
+                        report.malformed(path, reader.line_num, f"not a CSV record ({error})")
+                        continue
+                    line = reader.line_num
+                    if not record or (len(record) == 1 and not record[0].strip()):
+                        continue
+                    problem = next((found for found in map(undecodable, record) if found is not None), None)
+                    if problem is not None:
+                        report.malformed(path, line, problem)
+                        continue
+                    try:
+                        if len(record) != fields:
+                            raise ValueError(f"expected {fields} fields, found {len(record)}")
+                        user = int(record[0])
+                        history = _parse_history(record[1])
+                        if split == TRAIN:
+                            targets = [(int(record[2]), int(record[3]))]
+                            if targets[0][1] not in (0, 1):
+                                raise ValueError("label must be 0 or 1")
+                        else:
+                            pair = _PAIR.fullmatch(record[2])
+                            if pair is None:
+                                raise ValueError(f"expected (positive, negative), got {record[2][:40]!r}")
+                            targets = [(int(pair.group(1)), 1), (int(pair.group(2)), 0)]
+                        ids = history + [item for item, _ in targets]
+                        if user < 0 or (users and user >= users):
+                            raise ValueError("user id {} outside [0, {})".format(user, users or "inf"))
+                        if min(ids) < 0 or max(ids) >= num_items:
+                            raise ValueError(f"item id outside [0, {num_items}) of {os.path.basename(cate_path)}")
+                    except ValueError as error:
+                        report.malformed(path, line, str(error))
+                        continue
+                    for item, label in targets:
+                        collector.add(user, history, item, label, split)
     rows = collector.rows()
     num_users = users or (int(rows.user.max()) + 1 if len(rows.user) else 0)
     return rows, (num_users, num_items, int(cate_list.max()) + 1), cate_list, [train_path, test_path, cate_path]
@@ -130,7 +157,14 @@ def _as_int(value) -> int:
 
 def read_din_pickle(path: str, report: BuildReport):
     """Reads ``dataset.pkl`` through the restricted unpickler. Same return as ``read_din_csv``."""
-    train_set, test_set, cate_list, counts = load_pickles(path, expected=4)
+    name = os.path.basename(path)
+    with stages("read " + name, ["unpickle"]) as step:
+        step.advance("unpickle")
+        train_set, test_set, cate_list, counts = load_pickles(path, expected=4)
+    for position, (what, value) in enumerate((("train_set", train_set), ("test_set", test_set)), 1):
+        if not isinstance(value, (list, tuple)):
+            raise DataPrepError(f"{path}: pickle {position} must be {what}, a list of samples; found "
+                                f"{type(value).__name__} (is this the authors' dataset.pkl?)")
     try:
         num_users, num_items, num_categories = (_as_int(value) for value in counts)
         cate_list = np.asarray(cate_list, dtype=np.int64).reshape(-1)
@@ -140,22 +174,28 @@ def read_din_pickle(path: str, report: BuildReport):
     if len(cate_list) != num_items:
         raise DataPrepError(f"{path}: cate_list has {len(cate_list)} entries but item_count is {num_items}")
     collector = _Collector()
-    for name, entries, split in (("train_set", train_set, TRAIN), ("test_set", test_set, TEST)):
-        for index, entry in enumerate(entries):
-            try:
-                if split == TRAIN:
-                    user, history, item, label = entry
-                    targets = [(_as_int(item), _as_int(label))]
-                else:
-                    user, history, (positive, negative) = entry
-                    targets = [(_as_int(positive), 1), (_as_int(negative), 0)]
-                user = _as_int(user)
-                history = [_as_int(value) for value in history]
-            except (TypeError, ValueError) as error:
-                report.malformed(path, f"{name}[{index}]", f"bad entry ({error})")
-                continue
-            for item, label in targets:
-                collector.add(user, history, item, label, split)
+    with progress(total=len(train_set) + len(test_set), desc="samples of " + name, unit="sample",
+                  unit_scale=True) as bar:
+        for what, entries, split in (("train_set", train_set, TRAIN), ("test_set", test_set, TEST)):
+            for index, entry in enumerate(entries):
+                if index and index % _ENTRIES_PER_UPDATE == 0:
+                    bar.update(_ENTRIES_PER_UPDATE)
+                try:
+                    if split == TRAIN:
+                        user, history, item, label = entry
+                        targets = [(_as_int(item), _as_int(label))]
+                    else:
+                        user, history, (positive, negative) = entry
+                        targets = [(_as_int(positive), 1), (_as_int(negative), 0)]
+                    user = _as_int(user)
+                    history = [_as_int(value) for value in history]
+                except (TypeError, ValueError) as error:
+                    report.malformed(path, f"{what}[{index}]", f"bad entry ({error})")
+                    continue
+                for item, label in targets:
+                    collector.add(user, history, item, label, split)
+            # The loop reported every full chunk before the last entry.
+            bar.update(len(entries) - (max(len(entries) - 1, 0) // _ENTRIES_PER_UPDATE) * _ENTRIES_PER_UPDATE)
     rows = collector.rows()
     _check_ranges(path, rows, num_users, num_items)
     if len(cate_list) and (cate_list.min() < 0 or cate_list.max() >= num_categories):

@@ -9,6 +9,7 @@ is the category itself; a dict is read with the Amazon metadata rules.
 """
 
 import json
+import os
 from typing import List, Optional
 
 import numpy as np
@@ -17,6 +18,7 @@ from data_prep.amazon import category_of
 from data_prep.importers.common import BuildOptions, Imported, finish_protocol, require_file
 from data_prep.remap import clean_and_remap
 from data_prep.report import BuildReport, DataPrepError
+from data_prep.textio import text_lines
 
 CATEGORY_RULES = ("last", "first")
 
@@ -43,27 +45,30 @@ def import_sequences(options: BuildOptions, report: BuildReport) -> Imported:
     users: List[str] = []
     items: List[str] = []
     with report.timed("read"):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    fields = line.split()
-                    if not fields:
-                        continue
-                    if len(fields) == 1:
-                        report.malformed(path, number, "a user without items")
-                        continue
-                    users.extend([fields[0]] * (len(fields) - 1))
-                    items.extend(fields[1:])
-        except UnicodeDecodeError as error:
-            raise DataPrepError(f"{path}: not UTF-8 text ({error})") from None
+        for number, line in text_lines(path, report, "read " + os.path.basename(path)):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) == 1:
+                report.malformed(path, number, "a user without items")
+                continue
+            users.extend([fields[0]] * (len(fields) - 1))
+            items.extend(fields[1:])
         meta_items = meta_categories = None
         sources = [path]
         if options.meta:
             meta_path = require_file(options.meta, "--meta (the item attributes JSON)")
+            with open(meta_path, "rb") as handle:
+                data = handle.read()
             try:
-                with open(meta_path, encoding="utf-8") as handle:
-                    attributes = json.load(handle)
-            except (ValueError, UnicodeDecodeError) as error:
+                attributes = json.loads(data.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                # One JSON document: a bad byte anywhere spoils all of it, so this is fatal.
+                line = data.count(b"\n", 0, error.start) + 1
+                column = error.start - data.rfind(b"\n", 0, error.start)
+                raise DataPrepError(f"{meta_path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x} at column "
+                                    f"{column}); --meta must be a UTF-8 JSON file") from None
+            except ValueError as error:
                 raise DataPrepError(f"{meta_path}: not JSON ({error})") from None
             if not isinstance(attributes, dict):
                 raise DataPrepError(f"{meta_path}: expected a JSON object mapping item -> attributes")

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -447,6 +447,7 @@ def _escape_key(key) -> str:
 def _write_id_map(path: str, keys: Sequence) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
         handle.write("".join(_escape_key(key) + "\n" for key in keys))
+        _flush_to_disk(handle)
 
 
 def _json_default(value):
@@ -460,7 +461,8 @@ def _json_default(value):
 
 
 def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[str, np.ndarray], meta: dict,
-                  id_maps: Dict[str, Sequence[str]], overwrite: bool = False) -> None:
+                  id_maps: Dict[str, Sequence[str]], overwrite: bool = False,
+                  before_meta: Optional[Callable[[dict], None]] = None) -> None:
     """Validates and writes a dataset directory atomically.
 
     The files go to a temporary directory next to ``path`` that is renamed into
@@ -481,6 +483,9 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
       id_maps: ``user``, ``item``, ``category`` -> raw keys, index = id; their
         lengths are the vocabulary sizes.
       overwrite: replace an existing dataset directory.
+      before_meta: called with the complete meta dict once every array is
+        written, just before meta.json; it may change the dict (e.g. record how
+        long the write took).
 
     Raises:
       DatasetError: on invalid arrays or an output that may not be replaced.
@@ -517,6 +522,9 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
     })
     full_meta.setdefault("max_seq_len", DEFAULT_MAX_SEQ_LEN)
     full_meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat())
+    max_seq_len = full_meta["max_seq_len"]
+    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 1:
+        raise DatasetError(f"{path}: invalid {META_FILE}: max_seq_len must be an integer >= 1, got {max_seq_len!r}")
     problem = _find_value_problem(full_meta, sequences, offsets, item_category, all_splits)
     if problem is not None:
         raise DatasetError(f"{path}: invalid {problem[0]}: {problem[1]}")
@@ -528,23 +536,70 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix="." + os.path.basename(absolute) + ".tmp-", dir=parent)
     try:
-        np.save(os.path.join(temporary, SEQUENCES_FILE), sequences)
-        np.save(os.path.join(temporary, OFFSETS_FILE), offsets)
-        np.save(os.path.join(temporary, ITEM_CATEGORY_FILE), item_category)
+        # mkdtemp makes the folder private (0700); a dataset gets the mode any new folder would.
+        os.chmod(temporary, 0o777 & ~_current_umask())
+        _save_array(os.path.join(temporary, SEQUENCES_FILE), sequences)
+        _save_array(os.path.join(temporary, OFFSETS_FILE), offsets)
+        _save_array(os.path.join(temporary, ITEM_CATEGORY_FILE), item_category)
         for name, rows in all_splits.items():
-            np.save(os.path.join(temporary, _split_file(name)), rows)
+            _save_array(os.path.join(temporary, _split_file(name)), rows)
         for kind, counts in frequencies.items():
-            np.save(os.path.join(temporary, FREQ_FILES[kind]), counts)
+            _save_array(os.path.join(temporary, FREQ_FILES[kind]), counts)
         for kind, file in ID_MAP_FILES.items():
             _write_id_map(os.path.join(temporary, file), id_maps[kind])
+        if before_meta is not None:
+            before_meta(full_meta)
         # meta.json last: a directory with a meta.json is complete.
         with open(os.path.join(temporary, META_FILE), "w", encoding="utf-8") as handle:
             json.dump(full_meta, handle, indent=2, sort_keys=False, default=_json_default)
             handle.write("\n")
+            _flush_to_disk(handle)
+        # The rename must not reach the disk before the files it publishes.
+        _fsync_directory(temporary)
         _move_into_place(temporary, absolute, overwrite)
+        _fsync_directory(parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def _current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (os.umask is process-wide)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _flush_to_disk(handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _save_array(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.save(handle, array)
+        _flush_to_disk(handle)
+
+
+def _fsync_directory(path: str) -> None:
+    """Makes a directory's entries durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _move_into_place(temporary: str, path: str, overwrite: bool) -> None:

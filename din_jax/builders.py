@@ -1,5 +1,7 @@
 """Builds the parts of a run from a TrainConfig: data source, model, restored variables."""
 
+import hashlib
+import json
 import os
 from typing import Any, Dict, Optional
 
@@ -34,7 +36,27 @@ def build_model_for(config: TrainConfig, vocab: Dict[str, int], axis_name: Optio
         raise ConfigError(str(error)) from None
 
 
-def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int, extra: Optional[Dict[str, Any]] = None):
+def dataset_fingerprint(source) -> Optional[str]:
+    """A sha256 naming a built dataset's content (its ``meta.json``), or None for other sources.
+
+    ``created`` and the raw files' paths are left out: rebuilding the same
+    files with the same parameters, or moving them, keeps the fingerprint;
+    other raw files (their sha256), other build parameters or other split
+    sizes change it.
+    """
+    meta = getattr(source, "meta", None)
+    if not isinstance(meta, dict):
+        return None
+    content = {key: value for key, value in meta.items() if key != "created"}
+    if isinstance(content.get("sources"), list):
+        content["sources"] = [{k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
+                              for entry in content["sources"]]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=ckpt._json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int, extra: Optional[Dict[str, Any]] = None,
+                        data_fingerprint: Optional[str] = None):
     meta = {
         "model": config.model,
         "model_config": config.model_config,
@@ -47,21 +69,32 @@ def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int, e
         # the test set depends on every split's size.
         "synthetic_samples": list(config.synthetic_samples) if config.use_synthetic_data else None,
         "seed": config.seed,
+        # How train.py scored the splits, so that infer.py scores them the same way.
+        "eval_micro_batch_size": config.eval_micro_batch_size,
+        "length_buckets": list(getattr(config, "length_buckets", ())),
         "step": int(step),
     }
+    if data_fingerprint is not None:
+        meta["data_fingerprint"] = data_fingerprint  # what --resume checks the dataset against
     meta.update(extra or {})
     return meta
 
 
+def restore_variables(template: Dict[str, Any], flat: Dict[str, Any], meta: Dict[str, Any], directory: str):
+    """``{'params', 'batch_stats'}`` shaped like ``template`` from any checkpoint: ``best``, ``last`` or ``step_N``."""
+    prefix = ckpt.variables_prefix(meta, flat)
+    source = "checkpoint %s" % directory
+    return {
+        "params": ckpt.restore_tree(template["params"], flat, prefix=prefix + "params", source=source),
+        "batch_stats": ckpt.restore_tree(template["batch_stats"], flat, prefix=prefix + "batch_stats", source=source),
+    }
+
+
 def load_variables_for_inference(path: str, config: TrainConfig, vocab: Dict[str, int]):
-    """The model and its ``{'params', 'batch_stats'}`` from a checkpoint directory."""
-    flat, _ = ckpt.load_checkpoint(path)
+    """The model and its ``{'params', 'batch_stats'}`` from a checkpoint directory (``best``, ``last`` or ``step_N``)."""
+    flat, meta = ckpt.load_checkpoint(path)
     model = build_model_for(config, vocab, axis_name=None)
     template = init_variables(model, 0, config.max_seq_len)
-    variables = {
-        "params": ckpt.restore_tree(template["params"], flat, prefix="params", source="checkpoint %s" % path),
-        "batch_stats": ckpt.restore_tree(template["batch_stats"], flat, prefix="batch_stats", source="checkpoint %s" % path),
-    }
-    return model, variables
+    return model, restore_variables(template, flat, meta, path)
 
 

@@ -3,8 +3,14 @@
 Readable by every supported stack: the IPU one (flax 0.6.0) has no orbax and
 its ``serialization.to_bytes`` fails under jax 0.4.13. A checkpoint is a
 directory holding ``state.npz`` and ``checkpoint.json``; the JSON records the
-npz's sha256, which is checked on load. Directories are written to a
-temporary name and renamed, so a crash never leaves a half-written one.
+npz's sha256 and its own (``metadata_sha256``, over the rest of the JSON),
+both checked on load. Directories are written to a temporary name, synced to
+disk and renamed, so a crash or a power cut never leaves a half-written one.
+
+Keys of ``state.npz`` are the tree paths joined with ``/``; a ``/`` or ``%``
+inside one path component (the sparse optimiser's moments are keyed by table
+paths such as ``embedding/item``) is written ``%2F`` / ``%25``, so that every
+key maps back to exactly one path.
 
 A checkpoint may also hold named arrays outside the state (``<name>.npy``,
 e.g. the item -> category map a ``Predictor`` needs), each with its sha256 in
@@ -26,7 +32,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from flax import serialization, traverse_util
 
-CHECKPOINT_VERSION = 1
+# Version 2 added metadata_sha256 and escaped key components. Version 1
+# checkpoints (no metadata checksum; a '/' inside a component written as is)
+# stay readable: their keys are matched in their unescaped form.
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+META_CHECKSUM = "metadata_sha256"
 STATE_FILE = "state.npz"
 META_FILE = "checkpoint.json"
 STEP_PREFIX = "step_"
@@ -47,11 +58,52 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _escape(component: Any) -> str:
+    return str(component).replace("%", "%25").replace(_SEP, "%2F")
+
+
+def path_key(path: Tuple[Any, ...]) -> str:
+    """The ``state.npz`` key of a tree path: ``('params', 'embedding', 'item')`` -> ``'params/embedding/item'``."""
+    return _SEP.join(_escape(component) for component in path)
+
+
+def _legacy_key(path: Tuple[Any, ...]) -> str:
+    return _SEP.join(str(component) for component in path)
+
+
 def flatten_state(tree: Any) -> Dict[str, np.ndarray]:
-    """``{'params/embedding/item': array, ...}`` for a pytree of host arrays."""
+    """``{'params/embedding/item': array, ...}`` for a pytree of host arrays (keys: ``path_key``)."""
     state_dict = serialization.to_state_dict(tree)
-    flat = traverse_util.flatten_dict(state_dict, sep=_SEP)
-    return {key: np.asarray(value) for key, value in flat.items()}
+    flat = traverse_util.flatten_dict(state_dict)
+    return {path_key(path): np.asarray(value) for path, value in flat.items()}
+
+
+def _fsync(path: str) -> None:
+    """Flushes a file, or a directory's entries, to disk; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _canonical_json(meta: Dict[str, Any]) -> str:
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default)
+
+
+def metadata_checksum(meta: Dict[str, Any]) -> str:
+    """The sha256 of the metadata without its own ``metadata_sha256``, over a canonical JSON text.
+
+    Computed on what JSON gives back (tuples as lists, numpy scalars as
+    Python numbers), so the value is the same before saving and after loading.
+    """
+    body = {key: value for key, value in meta.items() if key != META_CHECKSUM}
+    return hashlib.sha256(_canonical_json(json.loads(_canonical_json(body))).encode("utf-8")).hexdigest()
 
 
 def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
@@ -59,7 +111,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
     """Writes ``tree`` (host arrays, e.g. after ``jax.device_get``) atomically.
 
     An existing checkpoint at ``directory`` is replaced only once the new one
-    is complete.
+    is complete and on disk.
 
     Args:
       arrays: named arrays stored beside the state as ``<name>.npy`` (read
@@ -74,8 +126,12 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
     try:
         state_path = os.path.join(tmp, STATE_FILE)
-        np.savez(state_path, **flatten_state(tree))
+        with open(state_path, "wb") as handle:
+            np.savez(handle, **flatten_state(tree))
+            handle.flush()
+            os.fsync(handle.fileno())
         meta = dict(metadata)
+        meta.pop(META_CHECKSUM, None)
         meta["version"] = CHECKPOINT_VERSION
         meta["sha256"] = _sha256(state_path)
         if arrays:
@@ -84,10 +140,19 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                 if not _ARRAY_NAME.match(name):
                     raise ValueError("checkpoint array name %r: use lower-case letters, digits and _" % name)
                 array_path = os.path.join(tmp, name + ".npy")
-                np.save(array_path, np.asarray(value), allow_pickle=False)
+                with open(array_path, "wb") as handle:
+                    np.save(handle, np.asarray(value), allow_pickle=False)
+                    handle.flush()
+                    os.fsync(handle.fileno())
                 meta["arrays"][name] = _sha256(array_path)
+        meta[META_CHECKSUM] = metadata_checksum(meta)
         with open(os.path.join(tmp, META_FILE), "w") as handle:
             json.dump(meta, handle, indent=2, sort_keys=True, default=_json_default)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # Without these a power cut after the rename could leave a directory
+        # whose entries or contents never reached the disk.
+        _fsync(tmp)
         old = None
         if os.path.exists(directory):
             old = directory + ".old"
@@ -95,6 +160,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                 shutil.rmtree(old)
             os.rename(directory, old)
         os.rename(tmp, directory)
+        _fsync(parent)
         if old is not None:
             shutil.rmtree(old)
     except BaseException:
@@ -114,7 +180,7 @@ def _json_default(value: Any) -> Any:
 
 
 def read_metadata(directory: str) -> Dict[str, Any]:
-    """The checkpoint's JSON metadata; CheckpointError if missing or unreadable."""
+    """The checkpoint's JSON metadata, its checksum verified; CheckpointError if missing, unreadable or corrupt."""
     path = os.path.join(directory, META_FILE)
     if not os.path.isdir(directory):
         if os.path.isdir(directory.rstrip(os.sep) + ".old"):
@@ -126,12 +192,19 @@ def read_metadata(directory: str) -> Dict[str, Any]:
     try:
         with open(path) as handle:
             meta = json.load(handle)
-    except ValueError as error:
+    except (ValueError, UnicodeDecodeError) as error:
         raise CheckpointError("checkpoint metadata %s is not valid JSON: %s" % (path, error)) from None
-    if meta.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(
-            "checkpoint %s has version %r; this din_jax reads version %d" % (directory, meta.get("version"), CHECKPOINT_VERSION)
-        )
+    if not isinstance(meta, dict):
+        raise CheckpointError("checkpoint metadata %s is not a JSON object" % path)
+    version = meta.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise CheckpointError("checkpoint %s has version %r; this din_jax reads versions %s"
+                              % (directory, version, ", ".join(str(v) for v in READABLE_VERSIONS)))
+    stored = meta.get(META_CHECKSUM)
+    # Version 1 never had the field; a version 1 with it is a flipped version number.
+    if (version >= 2 or stored is not None) and stored != metadata_checksum(meta):
+        raise CheckpointError("checkpoint %s is corrupt: %s does not match its %s (an edited or damaged file)"
+                              % (directory, META_FILE, META_CHECKSUM))
     return meta
 
 
@@ -159,44 +232,69 @@ def load_checkpoint(directory: str) -> Tuple[Dict[str, np.ndarray], Dict[str, An
     return flat, meta
 
 
+def variables_prefix(meta: Dict[str, Any], flat: Dict[str, np.ndarray]) -> str:
+    """Where a checkpoint keeps the model's variables: ``''`` (``best``/``last``) or ``'state/'``.
+
+    Training checkpoints (``checkpoints/step_N``, metadata with a ``train``
+    section) hold the whole TrainState under ``state/``.
+    """
+    if isinstance(meta.get("train"), dict):
+        return "state" + _SEP
+    if not any(key.startswith("params" + _SEP) for key in flat) and \
+            any(key.startswith("state" + _SEP + "params" + _SEP) for key in flat):
+        return "state" + _SEP
+    return ""
+
+
 def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[str] = None, source: str = "checkpoint") -> Any:
     """Fills ``template``'s structure with arrays from ``flat``.
 
     Args:
       template: a pytree with the expected structure, shapes and dtypes.
       flat: arrays keyed by ``flatten_state`` paths.
-      prefix: read ``prefix/...`` keys of ``flat`` (e.g. only ``params``).
+      prefix: read ``prefix/...`` keys of ``flat`` (e.g. only ``params``);
+        ``/``-separated, components escaped as in ``path_key``.
       source: named in error messages.
 
     Raises:
       CheckpointError: a missing, extra or differently shaped entry, naming it.
     """
     template_dict = serialization.to_state_dict(template)
-    expected = traverse_util.flatten_dict(template_dict, keep_empty_nodes=True, sep=_SEP)
-    lead = (prefix + _SEP) if prefix else ""
+    expected = traverse_util.flatten_dict(template_dict, keep_empty_nodes=True)
+    lead = (prefix.rstrip(_SEP) + _SEP) if prefix else ""
     available = {key[len(lead):]: value for key, value in flat.items() if key.startswith(lead)}
     restored = {}
-    for key, want in expected.items():
+    used = set()
+    for path, want in expected.items():
         if want is traverse_util.empty_node:
-            restored[key] = want
+            restored[path] = want
             continue
+        key = path_key(path)
+        if key not in available and _legacy_key(path) in available:
+            key = _legacy_key(path)  # a version 1 checkpoint
         if key not in available:
-            raise CheckpointError("%s has no entry %r that the model needs; do the model flags match the checkpoint?" % (source, lead + key))
+            raise CheckpointError("%s has no entry %r that the model needs; do the model flags match the checkpoint?"
+                                  % (source, lead + key))
         got = available[key]
+        used.add(key)
         want_shape = tuple(np.shape(want))
         if tuple(got.shape) != want_shape:
             raise CheckpointError(
                 "%s entry %r has shape %s but the model expects %s; do the model flags match the checkpoint?"
                 % (source, lead + key, tuple(got.shape), want_shape)
             )
-        restored[key] = got.astype(np.asarray(want).dtype, copy=False)
-    extra = sorted(set(available) - set(expected))
+        restored[path] = got.astype(np.asarray(want).dtype, copy=False)
+    extra = sorted(set(available) - used)
     if extra:
         raise CheckpointError(
             "%s has entries the model does not have (%s%s); do the model flags match the checkpoint?"
             % (source, ", ".join(lead + key for key in extra[:3]), ", ..." if len(extra) > 3 else "")
         )
-    return serialization.from_state_dict(template, traverse_util.unflatten_dict(restored, sep=_SEP))
+    try:
+        return serialization.from_state_dict(template, traverse_util.unflatten_dict(restored))
+    except (ValueError, KeyError, TypeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError("%s does not fit the model's structure: %s" % (source, message)) from None
 
 
 def load_array(directory: str, name: str, meta: Optional[Dict[str, Any]] = None) -> Optional[np.ndarray]:

@@ -12,11 +12,16 @@ inference code). In inference mode DIN scores
 rows independently (Dice uses its moving averages), so a candidate's score
 does not depend on the others in the call.
 
+Inputs are checked, never coerced: ids must be integers (``12.9`` is an
+error, not item 12), a model with a user embedding needs the user id (there
+is no default user), and a repeated candidate is ranked once.
+
 Shape letters: B batch rows, C candidates, T history positions (max_seq_len).
 """
 
 import inspect
 import json
+import numbers
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -26,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from din_jax import checkpoint as ckpt
-from din_jax.builders import build_model_for
+from din_jax.builders import build_model_for, restore_variables
 from din_jax.config import TrainConfig
 from din_jax.train_lib import example_batch
 
@@ -135,14 +140,7 @@ class Predictor:
                              use_synthetic_data=bool(meta.get("use_synthetic_data")), dataset=meta.get("dataset"))
         model = build_model_for(config, vocab, axis_name=None)
         template = _variable_template(model, config.max_seq_len)
-        # Training checkpoints hold the whole TrainState under "state/".
-        prefix = "state/" if isinstance(meta.get("train"), dict) else ""
-        source = "checkpoint %s" % directory
-        variables = {
-            "params": ckpt.restore_tree(template["params"], flat, prefix=prefix + "params", source=source),
-            "batch_stats": ckpt.restore_tree(template["batch_stats"], flat, prefix=prefix + "batch_stats",
-                                             source=source),
-        }
+        variables = restore_variables(template, flat, meta, directory)
         if item_category is None:
             item_category = ckpt.load_array(directory, "item_category", meta)
         if item_category is None:
@@ -165,21 +163,54 @@ class Predictor:
             bad = ids[(ids < 0) | (ids >= size)][0]
             raise ValueError("%s id %d is out of range [0, %d)" % (name, int(bad), size))
 
+    def _user_ids(self, where: str, users: Any, rows: int) -> np.ndarray:
+        """int64 ``[rows]`` user ids; zeros for models without a user embedding, which never read them."""
+        if users is None:
+            if self.uses_user:
+                raise ValueError("%s: the model has a user embedding (user_dim > 0): give the user id" % where)
+            return np.zeros(rows, np.int64)
+        user_B = _as_ids(where, users)
+        if user_B.ndim == 0:
+            user_B = np.full(rows, int(user_B))
+        user_B = user_B.reshape(-1)
+        if user_B.shape != (rows,):
+            raise ValueError("%s: %d user ids for %d rows" % (where, user_B.shape[0], rows))
+        if not self.uses_user:
+            return np.zeros(rows, np.int64)
+        self._check_ids(where, user_B, max(self.num_users, 1))
+        return user_B
+
     def complete_batch(self, batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
         """The batch format (docs/DATASET_FORMAT.md) from ``item``, ``hist_item`` and ``hist_len``.
 
         ``category`` and ``hist_category`` always come from the item ->
-        category map (given ones are ignored); ``user`` and ``label`` default
-        to zeros; ``hist_item`` may have fewer than ``max_seq_len`` columns
-        (zero padded), not more.
+        category map (given ones are ignored); ``user`` is required by models
+        with a user embedding and ignored by the others; ``label`` defaults to
+        zeros; ``hist_item`` may have fewer than ``max_seq_len`` columns (zero
+        padded), not more. Ids must be integers (a float or string id is an
+        error, never rounded).
+
+        Raises:
+          ValueError: a missing key, a non-integer or out-of-range id, or
+            shapes that do not agree; naming the key.
         """
+        if not isinstance(batch, dict):
+            raise ValueError("the batch must be a dict of arrays (needs item, hist_item, hist_len), got %s"
+                             % type(batch).__name__)
         for key in ("item", "hist_item", "hist_len"):
             if key not in batch:
                 raise ValueError("the batch has no %r (needs item, hist_item, hist_len)" % key)
-        item_B = np.asarray(batch["item"]).astype(np.int64).reshape(-1)
+        item_B = _as_ids("batch['item']", batch["item"]).reshape(-1)
         rows = item_B.shape[0]
-        hist_BxT = np.asarray(batch["hist_item"]).astype(np.int64).reshape(rows, -1)
-        hist_len_B = np.asarray(batch["hist_len"]).astype(np.int64).reshape(-1)
+        hist = _as_ids("batch['hist_item']", batch["hist_item"])
+        if rows and hist.size % rows == 0:
+            hist_BxT = hist.reshape(rows, -1)
+        elif not rows and not hist.size:
+            hist_BxT = np.zeros((0, self.max_seq_len), np.int64)
+        else:
+            raise ValueError("batch['hist_item'] has shape %s, which does not fit the %d rows of batch['item']"
+                             % (hist.shape, rows))
+        hist_len_B = _as_ids("batch['hist_len']", batch["hist_len"]).reshape(-1)
         if hist_BxT.shape[1] > self.max_seq_len:
             raise ValueError("hist_item has %d columns but the model was trained with max_seq_len %d: keep each "
                              "history's last %d items" % (hist_BxT.shape[1], self.max_seq_len, self.max_seq_len))
@@ -190,8 +221,7 @@ class Predictor:
         hist_BxT = np.where(valid_BxT, hist_BxT, 0)
         self._check_ids("item", item_B, self.num_items)
         self._check_ids("history item", hist_BxT, self.num_items)
-        user_B = np.asarray(batch.get("user", np.zeros(rows))).astype(np.int64).reshape(-1)
-        self._check_ids("user", user_B, max(self.num_users, 1))
+        user_B = self._user_ids("batch['user']", batch.get("user"), rows)
         out = {
             "user": user_B.astype(np.int32),
             "item": item_B.astype(np.int32),
@@ -231,18 +261,20 @@ class Predictor:
 
     # -- one user, many candidates -------------------------------------------
 
-    def _candidate_batch(self, history: Sequence[int], candidates: Sequence[int], user: int):
-        history_L = np.asarray(list(history), dtype=np.int64).reshape(-1)[-self.max_seq_len:]
-        candidate_C = np.asarray(list(candidates), dtype=np.int64).reshape(-1)
-        if candidate_C.size == 0:
-            raise ValueError("no candidate items to score")
-        self._check_ids("candidate item", candidate_C, self.num_items)
-        self._check_ids("history item", history_L, self.num_items)
+    def _candidate_batch(self, history: Sequence[int], candidates: Sequence[int], user: Optional[int], where: str):
+        history_L = _as_id_sequence(where, "history", history, allow_empty=True)[-self.max_seq_len:]
+        candidate_C = _as_id_sequence(where, "candidate_items", candidates, allow_empty=False)
+        self._check_ids("%s: candidate item" % where, candidate_C, self.num_items)
+        self._check_ids("%s: history item" % where, history_L, self.num_items)
         count = candidate_C.shape[0]
+        user = _as_user(where, user)
+        if user is None and self.uses_user:
+            raise ValueError("%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>" % where)
+        user_C = self._user_ids("%s: user" % where, user, count)
         hist_T = np.zeros(self.max_seq_len, np.int64)
         hist_T[:history_L.shape[0]] = history_L
         batch = {
-            "user": np.full(count, int(user)),
+            "user": user_C,
             "item": candidate_C,
             "hist_item": np.tile(hist_T, (count, 1)),
             "hist_len": np.full(count, history_L.shape[0]),
@@ -250,48 +282,129 @@ class Predictor:
         return self.complete_batch(batch), history_L.shape[0]
 
     def score(self, history: Sequence[int], candidate_items: Sequence[int],
-              user: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+              user: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """Scores candidates for one user, each with its own attention over the shared history.
 
         Args:
-          history: the user's item ids, oldest first; only the last
+          history: the user's integer item ids, oldest first; only the last
             ``max_seq_len`` count.
-          candidate_items: C item ids.
-          user: the user id (used by models with a user embedding).
+          candidate_items: C integer item ids, scored as given (repeats too).
+          user: the user id: required by models with a user embedding
+            (``uses_user``), ignored by the others.
 
         Returns:
           (logits float32 [C], attention weights float32 [C, L]) with L the
           history length used (zeros for models without attention).
+
+        Raises:
+          ValueError: a non-integer, out-of-range or missing id, or an
+            argument that is not a sequence of ids.
         """
-        batch, length = self._candidate_batch(history, candidate_items, user)
+        batch, length = self._candidate_batch(history, candidate_items, user, "Predictor.score")
         logits_C, weights_CxT = self._run(batch)
         return logits_C, weights_CxT[:, :length]
 
     def rank(self, history: Sequence[int], candidate_items: Sequence[int], k: Optional[int] = 10,
-             user: int = 0) -> List[Tuple[int, float]]:
+             user: Optional[int] = None, keep_duplicates: bool = False) -> List[Tuple[int, float]]:
         """The top ``k`` candidates for one user, best first.
 
         Args:
-          history: the user's item ids, oldest first.
-          candidate_items: item ids to rank (scored as given; a repeated id
-            appears repeatedly).
+          history: the user's integer item ids, oldest first.
+          candidate_items: integer item ids to rank. A repeated id is ranked
+            once (its first occurrence), so that it cannot fill several of
+            the top ``k`` places.
           k: how many to return; None for all.
-          user: the user id.
+          user: the user id: required by models with a user embedding
+            (``uses_user``), ignored by the others.
+          keep_duplicates: rank repeated ids once per occurrence instead.
 
         Returns:
           ``[(item, probability), ...]`` sorted by score, descending (sorted
           on the logits, so saturated probabilities keep their order; ties
           keep the input order).
+
+        Raises:
+          ValueError: as ``score``, or ``k`` < 1.
         """
-        if k is not None and k < 1:
-            raise ValueError("k must be >= 1 (or None for all), got %r" % k)
-        logits_C, _ = self.score(history, candidate_items, user)
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise ValueError("Predictor.rank: k must be an integer >= 1 (or None for all), got %r" % (k,))
+        candidates = _as_id_sequence("Predictor.rank", "candidate_items", candidate_items, allow_empty=False)
+        if not keep_duplicates:
+            _, first = np.unique(candidates, return_index=True)
+            candidates = candidates[np.sort(first)]
+        batch, _ = self._candidate_batch(history, candidates, user, "Predictor.rank")
+        logits_C, _ = self._run(batch)
         order = np.argsort(-logits_C, kind="stable")
         if k is not None:
             order = order[:k]
-        candidates = np.asarray(list(candidate_items), dtype=np.int64).reshape(-1)
         probabilities = _sigmoid(logits_C)
         return [(int(candidates[i]), float(probabilities[i])) for i in order]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return "%s %s" % (type(value).__name__, text if len(text) <= 40 else text[:37] + "...")
+
+
+def _as_ids(where: str, value: Any) -> np.ndarray:
+    """``value`` as an int64 array, refusing anything that is not integer ids (floats are never rounded)."""
+    if isinstance(value, (str, bytes)):
+        raise ValueError("%s must hold integer ids, got %s" % (where, _describe(value)))
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError) as error:  # ragged lists, ids beyond int64
+        raise ValueError("%s must be integer ids in a rectangular array: %s" % (where, error)) from None
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        if array.dtype.kind == "O":
+            bad = next((x for x in array.reshape(-1)
+                        if isinstance(x, bool) or not isinstance(x, (int, np.integer))), None)
+            if bad is None:
+                try:
+                    return array.astype(np.int64)
+                except OverflowError:
+                    raise ValueError("%s holds an id beyond int64" % where) from None
+        else:
+            bad = array.reshape(-1)[0]
+            if array.dtype.kind == "f":
+                fractional = array.reshape(-1)[np.mod(array.reshape(-1), 1) != 0]
+                bad = fractional[0] if fractional.size else bad
+        raise ValueError("%s must hold integer ids, got %s (%s): convert integral values with .astype(int)"
+                         % (where, _describe(bad.item() if isinstance(bad, np.generic) else bad), array.dtype))
+    if array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
+        raise ValueError("%s holds an id beyond int64" % where)
+    return array.astype(np.int64)
+
+
+def _as_id_sequence(where: str, name: str, value: Any, allow_empty: bool) -> np.ndarray:
+    """A one-dimensional int64 array of ids from a list, tuple, range, iterator or array."""
+    scalar = value is None or isinstance(value, (str, bytes, dict, set, numbers.Number, np.generic)) or \
+        (isinstance(value, np.ndarray) and value.ndim == 0)
+    if not scalar and not hasattr(value, "__array__") and not isinstance(value, list):
+        try:
+            value = list(value)
+        except TypeError:
+            scalar = True
+    if scalar:
+        raise ValueError("%s: %s must be a sequence of integer item ids (a list or 1-D array), got %s"
+                         % (where, name, _describe(value)))
+    ids = _as_ids("%s: %s" % (where, name), value)
+    if ids.ndim != 1:
+        raise ValueError("%s: %s must be one-dimensional, got shape %s" % (where, name, ids.shape))
+    if not allow_empty and ids.size == 0:
+        raise ValueError("%s: no %s to score (the sequence is empty)" % (where, name))
+    return ids
+
+
+def _as_user(where: str, user: Any) -> Optional[int]:
+    if user is None:
+        return None
+    if isinstance(user, np.ndarray) and user.ndim == 0:
+        user = user[()]
+    if isinstance(user, (bool, np.bool_)) or not isinstance(user, (int, np.integer)):
+        raise ValueError("%s: user must be an integer id, got %s" % (where, _describe(user)))
+    return int(user)
 
 
 def _variable_template(model, max_seq_len: int) -> Dict[str, Any]:
@@ -351,7 +464,8 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
     Each non-blank line is an object ``{"history": [item, ...], "candidates":
     [item, ...], "user": id, "id": any}``: ``history`` (oldest first, may be
     empty) and ``candidates`` (at least one) are required, ``user`` is needed
-    by models with a user embedding, ``id`` is echoed in the output.
+    by models with a user embedding (and ignored, unchecked, by the others),
+    ``id`` is echoed in the output.
 
     Args:
       predictor: when given, ids are checked against its vocabulary.
@@ -391,7 +505,9 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
                 raise ValueError("%s: the model has a user embedding: give 'user'" % where)
             for name, ids, size in (("history", history, predictor.num_items),
                                     ("candidates", candidates, predictor.num_items),
-                                    ("user", [] if user is None else [user], max(predictor.num_users, 1))):
+                                    # Models without a user embedding never read the id.
+                                    ("user", [] if user is None or not predictor.uses_user else [user],
+                                     max(predictor.num_users, 1))):
                 bad = [x for x in ids if not 0 <= x < size]
                 if bad:
                     raise ValueError("%s: %r id %d is out of range [0, %d)" % (where, name, bad[0], size))

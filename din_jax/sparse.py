@@ -68,6 +68,10 @@ Path = Tuple[str, ...]
 
 
 def _path_key(path: Path) -> str:
+    # One flat level keyed "embedding/item": the moments mirror the tables
+    # without nesting. Checkpoints escape the "/" (din_jax.checkpoint.path_key)
+    # so the key comes back as one component; renaming it would orphan the
+    # optimiser state of existing checkpoints.
     return "/".join(path)
 
 

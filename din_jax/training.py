@@ -30,6 +30,7 @@ function of ``(seed, epoch)``, the calls already done are skipped, and the
 result equals that of a run that was never interrupted, bit for bit on CPU.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -44,11 +45,12 @@ import numpy as np
 from absl import logging
 
 from din_jax import checkpoint as ckpt
-from din_jax.builders import build_model_for, checkpoint_metadata, load_source, vocabulary
+from din_jax.builders import build_model_for, checkpoint_metadata, dataset_fingerprint, load_source, vocabulary
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
 from din_jax.evaluation import evaluate_split
+from din_jax.hooks import TENSORBOARD_DIR, TRAIN_LOG_FILE
 from din_jax.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.regularization import regularization_for
 from din_jax.train_lib import (
@@ -66,12 +68,18 @@ SUMMARY_FILE = "summary.json"
 
 # Settings that must equal the checkpoint's for a resumed run to continue the
 # same trajectory (the data order, the optimiser state's structure, ...).
+# positions_per_pass splits each micro-batch's gradient into parts: the same
+# sum in another order, so the parameters would differ in their last bits.
 _RESUME_MUST_MATCH = ("seed", "micro_batch_size", "device_iterations", "optimizer", "clip_norm",
                       "resample_negatives", "select_metric", "use_synthetic_data", "mba_lambda", "l2",
-                      "embedding_updates", "length_buckets")
+                      "embedding_updates", "length_buckets", "positions_per_pass")
 # Settings a resumed run may change, with a warning that it no longer
 # reproduces an uninterrupted run.
 _RESUME_MAY_CHANGE = ("learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file")
+# Settings that never touch the training trajectory but may round validation
+# scores differently (another batch shape), and so perhaps pick another best
+# step: allowed with a warning, since a resumed job may have less memory.
+_RESUME_MAY_CHANGE_EVALUATION = ("eval_micro_batch_size",)
 
 
 class TrainingInterrupted(Exception):
@@ -88,6 +96,15 @@ class TrainingInterrupted(Exception):
         self.step = step
         self.checkpoint = checkpoint
         self.signum = signum
+
+
+class TrainingAborted(TrainingInterrupted, KeyboardInterrupt):
+    """A second signal stopped training at once, without a checkpoint.
+
+    A ``TrainingInterrupted`` (so that a program reports it in one line and
+    exits with 128 + the signal), and a ``KeyboardInterrupt`` as it was before,
+    so that no ``except Exception`` swallows it.
+    """
 
 
 def _is_better(metric: str, value: float, best: Optional[float]) -> bool:
@@ -124,6 +141,7 @@ class Trainer:
         self.source = source if source is not None else load_source(config)
         self.hooks = list(hooks)
         self.vocab = vocabulary(self.source)
+        self.data_fingerprint = dataset_fingerprint(self.source)
         self.devices = resolve_devices(config.replicas)
         self.process_index = jax.process_index()
         self.process_count = jax.process_count()
@@ -151,7 +169,7 @@ class Trainer:
         self.epoch = 0
         self.history: List[Dict[str, Any]] = []
         self.best: Dict[str, Any] = {"value": None, "step": 0, "validation": None, "variables": None}
-        self.throughput = {"samples": 0, "seconds": 0.0}
+        self.throughput = {"samples": 0, "seconds": 0.0, "samples_all": 0, "seconds_all": 0.0}
         self.latest_variables: Optional[Dict[str, Any]] = None
         self.last_checkpoint: Optional[str] = None
         self._last_checkpoint_step: Optional[int] = None
@@ -167,6 +185,8 @@ class Trainer:
         self._next_checkpoint = config.checkpoint_every if config.checkpoint_every > 0 else None
         self._stop_request: Optional[Dict[str, Any]] = None
         self._began = False
+        self._finishing = False
+        self._previous_run: List[str] = []
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
         self.checkpoint_root = os.path.join(config.model_path, CHECKPOINTS_DIR) if config.model_path else None
 
@@ -228,13 +248,30 @@ class Trainer:
         if self._stop_request is None:
             self._stop_request = {"reason": reason, "signum": signum}
 
-    def _stop(self) -> None:
+    def _stop(self, during: Optional[str] = None) -> None:
         request = self._stop_request
         path = self.last_checkpoint if self._checkpointed_at_step() else self.save_train_checkpoint()
         where = ("checkpoint %s; continue with --resume" % path) if path else "nothing saved (no --model_path)"
-        raise TrainingInterrupted("training stopped by %s at step %d (epoch %d): %s"
-                                  % (request["reason"], self.step, self.epoch, where),
+        raise TrainingInterrupted("training stopped by %s at step %d (epoch %d%s): %s"
+                                  % (request["reason"], self.step, self.epoch, ", " + during if during else "", where),
                                   self.step, path, request["signum"])
+
+    def _abort(self, reason: str, signum: Optional[int]) -> TrainingAborted:
+        """The exception a second stop request raises at once (from a signal handler)."""
+        if self.last_checkpoint:
+            where = ("nothing saved after checkpoint %s (step %d); continue with --resume"
+                     % (self.last_checkpoint, self._last_checkpoint_step))
+        elif self.checkpoint_root:
+            where = "no checkpoint was written"
+        else:
+            where = "nothing saved (no --model_path)"
+        return TrainingAborted("training stopped at once by a second %s near step %d (epoch %d): %s"
+                               % (reason, self.step, self.epoch, where), self.step, self.last_checkpoint, signum)
+
+    def _stop_if_requested(self, during: str) -> None:
+        """Outside the training loop (``finish``): stops at once, the newest checkpoint being at this step."""
+        if self._stop_request is not None:
+            self._stop(during)
 
     def _checkpointed_at_step(self) -> bool:
         return self.last_checkpoint is not None and self._last_checkpoint_step == self.step
@@ -242,8 +279,9 @@ class Trainer:
     def handle_signals(self) -> "_SignalHandlers":
         """A context manager under which SIGINT and SIGTERM call ``request_stop``.
 
-        A second signal of the same kind raises ``KeyboardInterrupt`` at once
-        (checkpoints are written atomically, so the previous one stays good).
+        A second signal raises ``TrainingAborted`` (a ``KeyboardInterrupt``) at
+        once (checkpoints are written atomically, so the previous one stays
+        good).
         The previous handlers are restored on exit. Does nothing outside the
         main thread, where Python cannot install handlers.
         """
@@ -271,27 +309,27 @@ class Trainer:
 
         Raises:
           TrainingInterrupted: after a signal or ``request_stop``, once the
-            checkpoint is written.
+            checkpoint is written; also during ``finish``, before the summary.
+          TrainingAborted: a second signal, at once, without a checkpoint.
           NonFiniteLossError: the loss became NaN or Inf (checkpoints written
             before stay; none is written after).
         """
-        self._begin()
-        try:
-            if handle_signals:
-                with self.handle_signals():
-                    while self.epoch < self.config.epochs:
-                        self.train_epoch()
-            else:
+        # Around finish() and on_close too: the test evaluation may take
+        # minutes, and a signal there must stop as cleanly as one in training.
+        with self.handle_signals() if handle_signals else contextlib.nullcontext():
+            try:
+                self._begin()
                 while self.epoch < self.config.epochs:
                     self.train_epoch()
-            return self.finish()
-        finally:
-            self._notify("on_close", {"step": self.step})
+                return self.finish()
+            finally:
+                self._notify("on_close", {"step": self.step})
 
     def _begin(self) -> None:
         if self._began:
             return
         self._began = True
+        self._clear_previous_run()
         self._notify("on_train_begin", {
             "step": self.step, "epoch": self.epoch, "epochs": self.config.epochs,
             "steps_per_epoch": self.steps_per_epoch,
@@ -378,6 +416,9 @@ class Trainer:
         if not pending["compiles"]:
             self.throughput["samples"] += pending["samples"]
             self.throughput["seconds"] += elapsed
+        # The fallback when every call compiled (an epoch shorter than one call).
+        self.throughput["samples_all"] += pending["samples"]
+        self.throughput["seconds_all"] += elapsed
         losses = np.asarray(metrics_host["loss"])[0]
         if not np.all(np.isfinite(losses)):
             first_bad = int(np.argmax(~np.isfinite(losses)))
@@ -391,7 +432,8 @@ class Trainer:
             "loss": float(np.mean(losses)),
             "losses": losses,
             "accuracy": float(np.mean(np.asarray(metrics_host["accuracy"])[0])),
-            "learning_rate": float(self.schedule(pending["step"])),
+            # The rate of the call's last update: update n (counted from 0) uses schedule(n).
+            "learning_rate": float(self.schedule(pending["step"] - 1)),
             "samples_per_s": pending["samples"] / elapsed if elapsed > 0 else float("nan"),
             "includes_compilation": pending["compiles"],
         }
@@ -420,6 +462,8 @@ class Trainer:
         """``p_predict`` that also tells the hooks about each call (for progress bars)."""
 
         def p_predict(variables, chunk):
+            if self._finishing:
+                self._stop_if_requested("during the final test evaluation")
             out = self.p_predict(variables, chunk)
             self._notify("on_predict_call", {"split": split, "samples": int(np.size(chunk["label"]))})
             return out
@@ -435,7 +479,8 @@ class Trainer:
     def _save_variables(self, name: str, tree: Any, extra: Optional[Dict[str, Any]] = None) -> str:
         arrays = {"item_category": self.item_category} if self.item_category is not None else None
         return ckpt.save_checkpoint(os.path.join(self.config.model_path, name), tree,
-                                    checkpoint_metadata(self.config, self.vocab, self.step, extra), arrays=arrays)
+                                    checkpoint_metadata(self.config, self.vocab, self.step, extra,
+                                                        data_fingerprint=self.data_fingerprint), arrays=arrays)
 
     def evaluate(self) -> Dict[str, Any]:
         """Scores the validation split and keeps the best step (and its checkpoint)."""
@@ -502,7 +547,8 @@ class Trainer:
         }
         arrays = {"item_category": self.item_category} if self.item_category is not None else None
         path = ckpt.save_checkpoint(ckpt.step_checkpoint_dir(self.checkpoint_root, self.step), tree,
-                                    checkpoint_metadata(self.config, self.vocab, self.step, {"train": train_meta}),
+                                    checkpoint_metadata(self.config, self.vocab, self.step, {"train": train_meta},
+                                                        data_fingerprint=self.data_fingerprint),
                                     arrays=arrays)
         ckpt.prune_step_checkpoints(self.checkpoint_root, self.config.keep_checkpoints)
         self.last_checkpoint, self._last_checkpoint_step = path, self.step
@@ -514,11 +560,13 @@ class Trainer:
         return path
 
     def _prepare_run_directory(self) -> Optional[str]:
-        """The checkpoint to resume from, if any; clears what a fresh run replaces.
+        """The checkpoint to resume from, if any; notes what a fresh run replaces.
 
-        A fresh run in a directory whose checkpoints belong to a finished run
-        (its summary.json counts at least their steps) removes them and the
-        old summary; the checkpoints of an unfinished run are never removed.
+        A fresh run replaces a finished run (its summary.json counts at least
+        the steps of its newest checkpoint), or outputs without checkpoints;
+        the checkpoints of an unfinished run are never removed. The removal
+        itself waits for ``_begin`` (``_clear_previous_run``), so that a
+        start refused for other reasons deletes nothing.
         """
         root = self.checkpoint_root
         if root is None:
@@ -530,15 +578,15 @@ class Trainer:
         if self.config.resume:
             if existing:
                 return existing[-1][1]
-            logging.info("--resume: no checkpoint under %s; starting from scratch", root)
+            where = root if os.path.isdir(self.config.model_path) else "%s (it does not exist)" % self.config.model_path
+            logging.warning("--resume: no checkpoint under %s; starting from scratch", where)
             return None
         if not self.is_chief:
             return None  # the chief alone manages the directory (and would race with us)
-        summary_path = os.path.join(self.config.model_path, SUMMARY_FILE)
         if existing:
             finished_steps = -1
             try:
-                with open(summary_path) as handle:
+                with open(os.path.join(self.config.model_path, SUMMARY_FILE)) as handle:
                     finished_steps = int(json.load(handle).get("steps", -1))
             except (OSError, ValueError, TypeError, AttributeError):
                 pass
@@ -546,12 +594,51 @@ class Trainer:
                 raise ConfigError("--model_path %s holds the checkpoints of an unfinished run (newest: step %d): "
                                   "pass --resume to continue it, or delete %s to start again"
                                   % (self.config.model_path, existing[-1][0], root))
-            logging.info("starting a new run in %s: removing the checkpoints of the finished run before it",
-                         self.config.model_path)
-            shutil.rmtree(root, ignore_errors=True)
-        if os.path.isfile(summary_path):
-            os.remove(summary_path)  # describes an earlier run
+        self._previous_run = self._previous_run_outputs()
         return None
+
+    def _previous_run_outputs(self) -> List[str]:
+        """What an earlier run left in ``model_path`` that a fresh run must not leave beside its own outputs.
+
+        A stale ``best/`` would be scored by infer.py and ``Predictor`` as if
+        it were this run's (this run writes one only when validation improves,
+        and none without a validation split); stale figures, events and log
+        lines would be mistaken for this run's too. ``plots/`` and the event
+        files go only when the directory holds a run's checkpoint or summary,
+        so that a directory of other files is never emptied.
+        """
+        model_path = self.config.model_path
+        outputs = []
+        for name in ("best", "last"):
+            if os.path.isfile(os.path.join(model_path, name, ckpt.META_FILE)):
+                outputs.append(os.path.join(model_path, name))
+        for name in (CHECKPOINTS_DIR, SUMMARY_FILE):
+            if os.path.exists(os.path.join(model_path, name)):
+                outputs.append(os.path.join(model_path, name))
+        if not outputs:
+            return []
+        for name in ("plots", TRAIN_LOG_FILE, TRAIN_LOG_FILE + ".tmp"):
+            if os.path.exists(os.path.join(model_path, name)):
+                outputs.append(os.path.join(model_path, name))
+        events = os.path.join(model_path, TENSORBOARD_DIR)
+        if os.path.isdir(events):
+            outputs.extend(os.path.join(events, name) for name in sorted(os.listdir(events))
+                           if name.startswith("events.out.tfevents"))
+        return outputs
+
+    def _clear_previous_run(self) -> None:
+        outputs, self._previous_run = self._previous_run, []
+        if not outputs:
+            return
+        logging.info("starting a new run in %s: removing the outputs of the run before it (%s)",
+                     self.config.model_path, ", ".join(os.path.relpath(p, self.config.model_path) for p in outputs))
+        # The summary goes first: without it a half-cleared directory never
+        # passes for a finished run.
+        for path in sorted(outputs, key=lambda p: os.path.basename(p) != SUMMARY_FILE):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
 
     def _load_resumable(self, path: str):
         """The verified arrays and metadata of the checkpoint to resume from, checked against this run."""
@@ -583,8 +670,10 @@ class Trainer:
         best = train_meta["best"]
         self.best.update(value=best["value"], step=best["step"], validation=best["validation"])
         self.history = list(train_meta["history"])
-        self.throughput = {"samples": int(train_meta["throughput"]["samples"]),
-                           "seconds": float(train_meta["throughput"]["seconds"])}
+        stored = train_meta["throughput"]
+        self.throughput = {"samples": int(stored["samples"]), "seconds": float(stored["seconds"]),
+                           "samples_all": int(stored.get("samples_all", 0)),
+                           "seconds_all": float(stored.get("seconds_all", 0.0))}
         self.step = int(meta["step"])
         if int(np.asarray(state.step)) != self.step:
             raise ckpt.CheckpointError("checkpoint %s is inconsistent: its state is at step %d, its metadata says %d"
@@ -608,49 +697,68 @@ class Trainer:
         return state
 
     def _check_resumable(self, path: str, meta: Dict[str, Any], train_meta: Dict[str, Any]) -> None:
-        """Raises CheckpointError naming the first setting that differs from the checkpoint's."""
-        if _canonical(meta.get("vocabulary")) != _canonical(self.vocab):
-            raise ckpt.CheckpointError("checkpoint %s was trained on data with vocabulary %s but this dataset has %s"
-                                       % (path, meta.get("vocabulary"), self.vocab))
+        """Raises one CheckpointError naming every setting that differs from the checkpoint's."""
         config = self.config
+        problems: List[str] = []
+        if _canonical(meta.get("vocabulary")) != _canonical(self.vocab):
+            problems.append("it was trained on data with vocabulary %s but this dataset has %s"
+                            % (meta.get("vocabulary"), self.vocab))
+        stored_fingerprint = meta.get("data_fingerprint")
+        if stored_fingerprint is not None and self.data_fingerprint is not None \
+                and stored_fingerprint != self.data_fingerprint:
+            problems.append("it was trained on another dataset (meta.json fingerprint %s, this one's %s: other "
+                            "source files, build settings or split sizes)"
+                            % (str(stored_fingerprint)[:12], self.data_fingerprint[:12]))
+        if int(train_meta.get("num_train", self.num_train)) != self.num_train:
+            problems.append("it was trained on %d training samples but this dataset has %d"
+                            % (int(train_meta["num_train"]), self.num_train))
         mine = {"model": config.model, "max_seq_len": config.max_seq_len, "data_type": config.data_type}
         for name, value in mine.items():
             if _canonical(meta.get(name)) != _canonical(value):
-                raise ckpt.CheckpointError("checkpoint %s does not match the model flags: --%s is %r here but %r in "
-                                           "the checkpoint" % (path, name, value, meta.get(name)))
+                problems.append("--%s is %r here but %r in the checkpoint" % (name, value, meta.get(name)))
         stored_model = _canonical(meta.get("model_config") or {})
         here_model = _canonical(config.model_config)
         for name in sorted(set(stored_model) | set(here_model)):
             if stored_model.get(name) != here_model.get(name):
-                raise ckpt.CheckpointError("checkpoint %s does not match the model flags: model setting %s is %r here "
-                                           "but %r in the checkpoint"
-                                           % (path, name, here_model.get(name), stored_model.get(name)))
+                problems.append("model setting %s is %r here but %r in the checkpoint"
+                                % (name, here_model.get(name), stored_model.get(name)))
         stored = train_meta.get("config", {})
         names = list(_RESUME_MUST_MATCH) + (["synthetic_samples"] if config.use_synthetic_data else [])
         for name in names:
             here = _canonical(getattr(config, name, None))
             if name in stored and _canonical(stored[name]) != here:
-                raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings: --%s is %r here but "
-                                           "%r in the checkpoint" % (path, name, here, stored[name]))
+                problems.append("--%s is %r here but %r in the checkpoint" % (name, here, stored[name]))
         if int(train_meta.get("replicas", self.replicas)) != self.replicas:
-            raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings: %d replica(s) here but "
-                                       "%d in the checkpoint (the global batch would change)"
-                                       % (path, self.replicas, int(train_meta["replicas"])))
-        if int(train_meta.get("num_train", self.num_train)) != self.num_train:
-            raise ckpt.CheckpointError("checkpoint %s was trained on %d training samples but this dataset has %d"
-                                       % (path, int(train_meta["num_train"]), self.num_train))
+            problems.append("%d replica(s) here but %d in the checkpoint (the global batch would change)"
+                            % (self.replicas, int(train_meta["replicas"])))
+        if problems:
+            raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings and data: %s"
+                                       % (path, "; ".join(problems)))
         for name in _RESUME_MAY_CHANGE:
             if name in stored and _canonical(stored[name]) != _canonical(getattr(config, name)):
                 logging.warning("resuming with --%s %r instead of the checkpoint's %r: the run will differ from an "
                                 "uninterrupted one", name, getattr(config, name), stored[name])
+        for name in _RESUME_MAY_CHANGE_EVALUATION:
+            if name in stored and _canonical(stored[name]) != _canonical(getattr(config, name)):
+                logging.warning("resuming with --%s %r instead of the checkpoint's %r: training is unchanged, but "
+                                "validation scores may differ in their last digits from an uninterrupted run (and "
+                                "so, rarely, the best step)", name, getattr(config, name), stored[name])
 
     # -- the end -------------------------------------------------------------
 
     def finish(self) -> Dict[str, Any]:
-        """Saves the last state, scores test once with the selected step, writes the summary."""
+        """Saves the last state, scores test once with the selected step, writes the summary.
+
+        Raises:
+          TrainingInterrupted: a stop was requested before the summary was
+            written (no summary: ``--resume`` runs ``finish`` again; a
+            fresh run refuses to replace the unfinished one).
+        """
         config = self.config
+        self._finishing = True
         if config.model_path and self.is_chief:
             self._save_variables("last", unreplicate_to_host(self.state))
+        self._stop_if_requested("before the final test evaluation")
         test_metrics = None
         if self.has_test:
             if self.best["variables"] is None:  # no epoch was trained
@@ -660,12 +768,18 @@ class Trainer:
                          self.best["step"], config.select_metric, test_metrics["gauc"], test_metrics["auc"],
                          test_metrics["logloss"])
         seconds = self.throughput["seconds"]
+        with_compilation = seconds <= 0 < self.throughput["seconds_all"]
+        if with_compilation:
+            rate = self.throughput["samples_all"] / self.throughput["seconds_all"]
+        else:
+            rate = self.throughput["samples"] / seconds if seconds > 0 else None
         summary = {
             "validation": self.best["validation"],
             "test": test_metrics,
             "best_step": self.best["step"],
             "steps": self.step,
-            "samples_per_s": (self.throughput["samples"] / seconds) if seconds > 0 else None,
+            "samples_per_s": rate,
+            "samples_per_s_includes_compilation": with_compilation,
             "replicas": self.replicas,
             "processes": self.process_count,
             "platform": self.devices[0].platform,
@@ -681,6 +795,11 @@ class Trainer:
             with open(path + ".tmp", "w") as handle:
                 json.dump(summary, handle, indent=2, default=ckpt._json_default)
             os.replace(path + ".tmp", path)
+        if self._stop_request is not None:
+            # Only the summary was left to write: stopping now would make the
+            # finished run look unfinished.
+            logging.warning("%s arrived after the test evaluation: the run is complete",
+                            self._stop_request["reason"])
         self._notify("on_end", summary)
         return summary
 
@@ -698,7 +817,7 @@ class _SignalHandlers:
         del frame
         name = signal.Signals(signum).name
         if self._trainer._stop_request is not None:
-            raise KeyboardInterrupt("second %s: stopping without a checkpoint" % name)
+            raise self._trainer._abort(name, signum)
         logging.warning("%s received: stopping after the current call and saving a checkpoint "
                         "(send it again to stop at once)", name)
         self._trainer.request_stop(name, signum)

@@ -26,6 +26,12 @@ CONFIG = dict(
                   "activation": "dice", "attention_activation": "dice"})
 
 
+def _write_metadata(directory, meta):
+    """Rewrites a checkpoint's JSON as a valid one (with its checksum), as another writer would have."""
+    meta[ckpt.META_CHECKSUM] = ckpt.metadata_checksum(meta)
+    json.dump(meta, open(os.path.join(directory, ckpt.META_FILE), "w"))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("predictor") / "run")
@@ -79,7 +85,7 @@ def test_rank_scores_every_candidate_with_its_own_attention(run):
     assert np.all(np.isfinite(predictor.score([], candidates[:3])[0]))
     with pytest.raises(ValueError, match="candidate item id 500 is out of range"):
         predictor.rank(history, [1, 500])
-    with pytest.raises(ValueError, match="k must be >= 1"):
+    with pytest.raises(ValueError, match="k must be an integer >= 1"):
         predictor.rank(history, [1], k=0)
 
 
@@ -97,7 +103,7 @@ def test_from_checkpoint_reads_run_best_last_and_training_checkpoints(run, tmp_p
     shutil.copytree(os.path.join(path, "best"), copy)
     meta = json.load(open(os.path.join(copy, ckpt.META_FILE)))
     del meta["arrays"]
-    json.dump(meta, open(os.path.join(copy, ckpt.META_FILE), "w"))
+    _write_metadata(copy, meta)
     os.remove(os.path.join(copy, "item_category.npy"))
     np.testing.assert_array_equal(Predictor.from_checkpoint(copy).item_category, source.item_category)
 
@@ -110,7 +116,7 @@ def test_from_checkpoint_reads_run_best_last_and_training_checkpoints(run, tmp_p
         Predictor.from_checkpoint(bad)
     meta = json.load(open(os.path.join(bad, ckpt.META_FILE)))
     meta["model_config"]["mlp_hidden"] = [16]
-    json.dump(meta, open(os.path.join(bad, ckpt.META_FILE), "w"))
+    _write_metadata(bad, meta)
     with pytest.raises(ckpt.CheckpointError, match="has shape .* but the model expects"):
         Predictor.from_checkpoint(bad)
     with pytest.raises(ckpt.CheckpointError, match="no checkpoint at"):
@@ -135,7 +141,7 @@ def test_rank_requests_are_checked_with_file_and_line(run, tmp_path):
         '{"history": [true], "candidates": [1]}\n': "bad.jsonl:1: 'history' holds True",
         '{"history": [1], "candidate": [1]}\n': "bad.jsonl:1: unknown key\\(s\\) \\['candidate'\\]",
         '\n{"history": [1], "candidates": [1, 999]}\n': "bad.jsonl:2: 'candidates' id 999 is out of range",
-        '{"history": [1], "candidates": [1], "user": 5000}\n': "bad.jsonl:1: 'user' id 5000 is out of range",
+        '{"history": [1], "candidates": [1], "user": 1.5}\n': "bad.jsonl:1: 'user' must be an integer id",
         '': "no requests",
     }
     bad = tmp_path / "bad.jsonl"
@@ -143,6 +149,10 @@ def test_rank_requests_are_checked_with_file_and_line(run, tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError, match=message):
             read_rank_requests(str(bad), predictor)
+    # This model has no user embedding: any user id is accepted and ignored.
+    assert not predictor.uses_user
+    bad.write_text('{"history": [1], "candidates": [1], "user": 5000}\n')
+    assert read_rank_requests(str(bad), predictor)[0].user == 5000
 
 
 def test_infer_rank_candidates_command(run, tmp_path):
@@ -167,3 +177,92 @@ def test_infer_rank_candidates_command(run, tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == ("infer.py: error: %s:2: 'candidates' must be a list of item ids, got str"
                                      % requests)
+
+
+def test_rank_rejects_ids_that_are_not_integers_and_ranks_a_repeated_id_once(run):
+    path, config, source = run
+    predictor = Predictor.from_checkpoint(path)
+    history = [10, 20, 30]
+    bad = {
+        "history must hold integer ids, got float 3.7": lambda: predictor.rank([3.7], [12]),
+        "candidate_items must hold integer ids, got float 12.9": lambda: predictor.rank([3], [12, 12.9]),
+        "candidate_items must hold integer ids, got str '12'": lambda: predictor.rank([3], ["12"]),
+        "candidate_items must hold integer ids, got bool True": lambda: predictor.rank([3], [True]),
+        "candidate_items must be a sequence of integer item ids .* got int 12": lambda: predictor.rank([3], 12),
+        "history must be a sequence of integer item ids .* got str '3 4'": lambda: predictor.rank("3 4", [1]),
+        "candidate_items must be one-dimensional, got shape \\(1, 2\\)": lambda: predictor.score([3], [[1, 2]]),
+        "no candidate_items to score": lambda: predictor.rank([3], []),
+        "user must be an integer id, got float 2.0": lambda: predictor.rank([3], [1], user=2.0),
+        "batch\\['item'\\] must hold integer ids, got float 1.5": lambda: predictor.predict(
+            {"item": [1.5], "hist_item": [[1]], "hist_len": [1]}),
+        "batch\\['hist_item'\\] has shape \\(3,\\), which does not fit the 2 rows": lambda: predictor.predict(
+            {"item": [1, 2], "hist_item": [1, 2, 3], "hist_len": [1, 1]}),
+    }
+    for message, call in bad.items():
+        with pytest.raises(ValueError, match="^(Predictor.(rank|score): )?" + message) as error:
+            call()
+        assert "\n" not in str(error.value)
+    # Integer arrays of any width, tuples, ranges and iterators are fine.
+    expected = predictor.rank(history, [5, 7, 9], k=None)
+    assert predictor.rank(np.array(history, np.uint16), (5, 7, 9), k=None) == expected
+    assert predictor.rank(iter(history), range(5, 10, 2), k=None) == expected
+
+    # A repeated candidate takes one place (its first), unless asked otherwise.
+    ranking = predictor.rank(history, [5, 7, 5, 9, 7], k=None)
+    assert ranking == expected
+    assert predictor.rank(history, [5, 7, 5, 9, 7], k=2) == expected[:2]
+    repeated = predictor.rank(history, [5, 7, 5, 9, 7], k=None, keep_duplicates=True)
+    assert sorted(item for item, _ in repeated) == [5, 5, 7, 7, 9]
+    # Without a user embedding the user id is ignored, whatever its value.
+    assert predictor.rank(history, [5, 7, 9], k=None, user=10 ** 9) == expected
+
+
+def test_a_model_with_a_user_embedding_needs_a_user_id(tmp_path):
+    from din_jax.builders import build_model_for
+    from din_jax.train_lib import init_variables
+
+    vocab = {"users": 40, "items": 60, "categories": 5}
+    config = TrainConfig(use_synthetic_data=True, max_seq_len=6,
+                         model_config=dict(CONFIG["model_config"], user_dim=4))
+    model = build_model_for(config, vocab, axis_name=None)
+    variables = jax.device_get(init_variables(model, 0, config.max_seq_len))
+    item_category = np.arange(vocab["items"]) % vocab["categories"]
+    predictor = Predictor(model, variables, item_category, config.max_seq_len, vocab["users"], uses_user=True)
+    with pytest.raises(ValueError, match=r"^Predictor.rank: the model has a user embedding .* pass user="):
+        predictor.rank([1, 2], [3, 4])
+    with pytest.raises(ValueError, match=r"^Predictor.score: the model has a user embedding"):
+        predictor.score([1, 2], [3, 4])
+    with pytest.raises(ValueError, match=r"^Predictor.rank: user id 40 is out of range \[0, 40\)"):
+        predictor.rank([1, 2], [3, 4], user=40)
+    with pytest.raises(ValueError, match=r"^batch\['user'\]: the model has a user embedding"):
+        predictor.predict({"item": [3], "hist_item": [[1, 2]], "hist_len": [2]})
+    # The user id matters here, and rank equals predict row by row.
+    first = predictor.rank([1, 2], [3, 4, 5], k=None, user=np.int64(7))
+    alone = predictor.predict({"item": [first[0][0]], "hist_item": [[1, 2]], "hist_len": [2], "user": [7]})[0]
+    assert alone == pytest.approx(first[0][1], rel=1e-5)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"history": [1], "candidates": [2]}\n')
+    with pytest.raises(ValueError, match="requests.jsonl:1: the model has a user embedding: give 'user'"):
+        read_rank_requests(str(requests), predictor)
+    requests.write_text('{"history": [1], "candidates": [2], "user": 40}\n')
+    with pytest.raises(ValueError, match="requests.jsonl:1: 'user' id 40 is out of range"):
+        read_rank_requests(str(requests), predictor)
+
+
+def test_infer_scores_a_training_checkpoint_like_the_run_directory(run):
+    path, config, source = run
+    newest = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))[-1][1]
+    vocab = {"users": source.num_users, "items": source.num_items, "categories": source.num_categories}
+    # step_N holds the TrainState under state/; last/ holds the same variables at the top.
+    _, from_step = load_variables_for_inference(newest, config, vocab)
+    _, from_last = load_variables_for_inference(os.path.join(path, "last"), config, vocab)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, from_step, from_last)
+
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    lines = []
+    for args in (["--model_path", newest], ["--model_path", path, "--checkpoint", "last"]):
+        result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "infer.py")] + args,
+                                capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        lines.append([line for line in result.stdout.splitlines() if line.startswith("test gauc")])
+    assert lines[0] and lines[0] == lines[1]

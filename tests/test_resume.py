@@ -151,6 +151,12 @@ def test_broken_or_mismatched_checkpoints_give_one_line_errors_and_stay(tmp_path
     assert isinstance(error, ckpt.CheckpointError) and "mlp_hidden" in str(error)
     assert "--seed" in str(resume_error(seed=7))
     assert "--micro_batch_size" in str(resume_error(micro_batch_size=8))
+    # Every difference at once, in one line.
+    message = str(resume_error(seed=7, micro_batch_size=8, positions_per_pass=64,
+                               model_config=dict(CONFIG["model_config"], mlp_hidden=(16,))))
+    for name in ("--seed is 7 here but 1234", "--micro_batch_size is 8 here but 16",
+                 "--positions_per_pass is 64 here but 0", "model setting mlp_hidden is [16] here but [8]"):
+        assert name in message, message
     from din_jax.data.synthetic import make_synthetic_dataset
 
     other_data = make_synthetic_dataset(640, 128, 128, max_seq_len=8, num_items=400, seed=config.seed)
@@ -188,10 +194,127 @@ def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
     # Resuming a finished run trains nothing and reports the same.
     again = training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings))
     assert _comparable(again) == _comparable(first)
-    # A fresh run in the same directory replaces it (the earlier public behaviour).
+    # What the earlier run's hooks and --plots left.
+    os.makedirs(os.path.join(path, "plots"))
+    open(os.path.join(path, "plots", "training_curves.png"), "wb").write(b"png")
+    os.makedirs(os.path.join(path, "tensorboard"))
+    open(os.path.join(path, "tensorboard", "events.out.tfevents.1.host"), "wb").write(b"events")
+    open(os.path.join(path, "tensorboard", "notes.txt"), "w").write("the user's")
+    open(os.path.join(path, "train_log.jsonl"), "w").write('{"event": "end", "step": 40}\n')
+    previous = ("best", "last", "checkpoints", "summary.json", "plots", "train_log.jsonl",
+                os.path.join("tensorboard", "events.out.tfevents.1.host"))
+
+    # A fresh run refused for another reason deletes nothing.
+    with pytest.raises(ConfigError):
+        training.train_and_evaluate(TrainConfig(model_path=path, **dict(settings, model_config={"no_such": 1})))
+    assert all(os.path.exists(os.path.join(path, name)) for name in previous)
+
+    # A fresh run in the same directory replaces it: nothing of the earlier
+    # run is left for infer.py or the figures to mistake for this one's.
+    left = {}
+
+    class Look:
+        def on_train_begin(self, trainer, record):
+            left.update({name: os.path.exists(os.path.join(path, name)) for name in previous})
+
     os.remove(os.path.join(path, "checkpoints", "step_40", ckpt.STATE_FILE))  # it is not even read
-    fresh = training.train_and_evaluate(TrainConfig(model_path=path, **settings))
+    fresh = training.train_and_evaluate(TrainConfig(model_path=path, **settings), hooks=[Look()])
+    assert left and not any(left.values()), left
+    assert os.path.isfile(os.path.join(path, "tensorboard", "notes.txt"))
     assert _comparable(fresh) == _comparable(first) and fresh["resumed_from"] == []
+
+
+def test_resume_without_a_checkpoint_warns_that_it_starts_from_scratch(tmp_path, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(training.logging, "warning", lambda fmt, *args: warnings.append(fmt % args))
+    path = str(tmp_path / "not_yet")
+    training.Trainer(TrainConfig(model_path=path, resume=True, **dict(CONFIG, replicas=1)))
+    assert any("--resume: no checkpoint under %s (it does not exist); starting from scratch" % path in w
+               for w in warnings), warnings
+
+
+def test_resume_checks_the_dataset_and_warns_on_another_evaluation_batch(tmp_path, monkeypatch):
+    from din_jax.data.synthetic import make_synthetic_dataset
+
+    settings = dict(CONFIG, replicas=1, epochs=1)
+    path = str(tmp_path / "run")
+
+    def data(sha, where):
+        source = make_synthetic_dataset(*settings["synthetic_samples"], max_seq_len=8, seed=1234)
+        source.meta = {"name": "x", "sources": [{"path": where, "bytes": 10, "sha256": sha}],
+                       "created": where}  # as a built dataset's meta.json
+        return source
+
+    with pytest.raises(training.TrainingInterrupted):
+        training.train_and_evaluate(TrainConfig(model_path=path, **settings), source=data("aaa", "/raw/a"),
+                                    hooks=[_StopAt([1], lambda t: t.request_stop("a test"))])
+    resume = TrainConfig(model_path=path, resume=True, **settings)
+    with pytest.raises(ckpt.CheckpointError, match="trained on another dataset .*meta.json fingerprint") as error:
+        training.Trainer(resume, source=data("bbb", "/raw/a"))
+    assert "\n" not in str(error.value)
+    # The same files, moved and built again: the same data.
+    warnings = []
+    monkeypatch.setattr(training.logging, "warning", lambda fmt, *args: warnings.append(fmt % args))
+    training.Trainer(TrainConfig(model_path=path, resume=True, **dict(settings, eval_micro_batch_size=32)),
+                     source=data("aaa", "/moved/a"))
+    assert any("--eval_micro_batch_size 32 instead of the checkpoint's 64: training is unchanged" in w
+               for w in warnings), warnings
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+def test_sparse_updates_resume_bit_for_bit(tmp_path, optimizer):
+    # The sparse optimiser keys its moments by table path ("embedding/item"):
+    # they must come back as the same flat keys.
+    settings = dict(CONFIG, replicas=1, synthetic_samples=(320, 64, 64), embedding_updates="sparse",
+                    optimizer=optimizer, epochs=1, eval_every=6, checkpoint_every=4)
+    straight_path, path = str(tmp_path / "straight"), str(tmp_path / "run")
+    straight = training.train_and_evaluate(TrainConfig(model_path=straight_path, **settings))
+    with pytest.raises(training.TrainingInterrupted, match="at step 8 "):
+        training.train_and_evaluate(TrainConfig(model_path=path, **settings),
+                                    hooks=[_StopAt([2], lambda t: t.request_stop("a test"))])
+    flat = _flat(ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))[-1][1])
+    assert any("/tables/" in key and key.endswith("%2Fitem") for key in flat)
+    summary = training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings))
+    assert summary["resumed_from"] == [8]
+    assert _comparable(summary) == _comparable(straight)
+    for name in ("last", "best"):
+        _assert_same_arrays(_flat(os.path.join(path, name)), _flat(os.path.join(straight_path, name)))
+
+
+def _signal_at_test_evaluation(signum, times):
+    class Hook:
+        def on_evaluation_begin(self, trainer, record):
+            if record["split"] == "test":
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+
+    return Hook()
+
+
+def test_a_signal_during_the_final_test_evaluation_stops_cleanly_and_resumes(tmp_path):
+    settings = dict(CONFIG, replicas=1, synthetic_samples=(320, 64, 64), epochs=1, eval_every=0)
+    path = str(tmp_path / "run")
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(training.TrainingInterrupted,
+                       match=r"stopped by SIGTERM at step 20 \(epoch 1, during the final test evaluation\): "
+                             r"checkpoint .*step_20; continue with --resume$") as stop:
+        training.train_and_evaluate(TrainConfig(model_path=path, **settings),
+                                    hooks=[_signal_at_test_evaluation(signal.SIGTERM, 1)])
+    assert stop.value.signum == signal.SIGTERM and not isinstance(stop.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is previous_handler
+    assert not os.path.exists(os.path.join(path, "summary.json"))  # unfinished: a fresh run refuses
+    with pytest.raises(ConfigError, match="unfinished run"):
+        training.Trainer(TrainConfig(model_path=path, **settings))
+    summary = training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings))
+    assert summary["test"] is not None and summary["resumed_from"] == [20]
+
+    # A second signal stops at once, in one line, naming the checkpoint to resume from.
+    with pytest.raises(training.TrainingAborted, match=r"stopped at once by a second SIGINT near step 20 "
+                       r"\(epoch 1\): nothing saved after checkpoint .*step_20 \(step 20\); continue with "
+                       r"--resume$") as abort:
+        training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings),
+                                    hooks=[_signal_at_test_evaluation(signal.SIGINT, 2)])
+    assert isinstance(abort.value, KeyboardInterrupt) and abort.value.signum == signal.SIGINT
 
 
 def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -66,18 +66,30 @@ def test_unequal_widths_and_bfloat16_compute(name):
     assert logits.shape == (B,) and logits.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", COMPETITORS)
-def test_padded_history_positions_do_not_matter(name):
-    model = build_model(name, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, _config(name, user_dim=2))
+_DIN_VARIANTS = {
+    "din": {},
+    "din_softmax_dice": {"attention_normalization": "softmax", "attention_activation": "dice", "activation": "dice"},
+    "din_unsplit_history_sum": {"split_attention": False, "use_history_sum": True},
+}
+
+
+@pytest.mark.parametrize("name", COMPETITORS + tuple(_DIN_VARIANTS))
+@pytest.mark.parametrize("train", [False, True])
+def test_padded_history_positions_do_not_matter(name, train):
+    model_name = "din" if name in _DIN_VARIANTS else name
+    config = _config(model_name, user_dim=2, **_DIN_VARIANTS.get(name, {}))
+    model = build_model(model_name, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, config)
     batch = _batch(seed=1)
-    variables, logits = _init_apply(model, batch)
     garbage = dict(batch)
     padded = np.arange(T)[None, :] >= batch["hist_len"][:, None]
     rng = np.random.default_rng(5)
     garbage["hist_item"] = np.where(padded, rng.integers(0, NUM_ITEMS, (B, T)), batch["hist_item"]).astype(np.int32)
     garbage["hist_category"] = np.where(padded, rng.integers(0, NUM_CATEGORIES, (B, T)),
                                         batch["hist_category"]).astype(np.int32)
-    np.testing.assert_allclose(np.asarray(model.apply(variables, garbage)), np.asarray(logits), rtol=1e-6, atol=1e-6)
+    # In training, Dice's batch statistics must not see the padded positions either.
+    variables, logits = _init_apply(model, batch, train=train)
+    _, garbage_logits = _init_apply(model, garbage, train=train)
+    np.testing.assert_allclose(np.asarray(garbage_logits), np.asarray(logits), rtol=1e-6, atol=1e-6)
 
 
 def test_lr_is_the_sum_of_the_active_feature_weights():

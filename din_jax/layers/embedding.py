@@ -7,7 +7,8 @@ Shape letters: B batch, T history positions, D item-vector width
 (item_dim + category_dim), U user width.
 """
 
-from typing import Dict, List, Optional
+import dataclasses
+from typing import Any, Dict, List, Optional
 
 import flax.linen as nn
 import jax
@@ -42,8 +43,8 @@ def lookup(table_VxE, ids):
     return flat.reshape(ids.shape + table_VxE.shape[1:])
 
 
-class FeatureEmbedding(nn.Module):
-    """Item, category, optional user embeddings and an optional per-item bias.
+class EmbeddingFields(nn.Module):
+    """The fields of the embedding layer, shared with every model that owns one.
 
     Attributes:
       num_items, num_categories, num_users: vocabulary sizes.
@@ -63,6 +64,15 @@ class FeatureEmbedding(nn.Module):
     user_dim: int = 0
     use_item_bias: bool = True
     dtype: jnp.dtype = jnp.float32
+
+    def embedding_fields(self) -> Dict[str, Any]:
+        """This module's values of the ``EmbeddingFields`` fields, to build a ``FeatureEmbedding`` from."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(EmbeddingFields)
+                if field.name not in ("parent", "name")}
+
+
+class FeatureEmbedding(EmbeddingFields):
+    """Item, category, optional user embeddings and an optional per-item bias (fields: ``EmbeddingFields``)."""
 
     @property
     def item_vector_dim(self) -> int:

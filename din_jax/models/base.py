@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from din_jax.layers.activations import ActivationFactory
 from din_jax.layers.attention import AttentionFactory, make_attention
-from din_jax.layers.embedding import FeatureEmbedding, history_mask
+from din_jax.layers.embedding import EmbeddingFields, FeatureEmbedding, history_mask
 from din_jax.layers.mlp import MLP
 
 
@@ -45,7 +45,7 @@ class EmbeddedBatch(NamedTuple):
     item_bias_B: Optional[jnp.ndarray]
 
 
-class EmbeddingMLPModel(nn.Module):
+class EmbeddingMLPModel(EmbeddingFields):
     """The fields every model of the comparison shares: the embedding layer and the prediction MLP.
 
     Subclasses add their own parts as fields of their own (flax modules are
@@ -53,41 +53,20 @@ class EmbeddingMLPModel(nn.Module):
     ``__call__``, building the shared parts with ``feature_embedding`` and
     ``prediction_mlp``.
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      item_dim, category_dim, user_dim, use_item_bias: see ``FeatureEmbedding``.
+    Attributes (besides the embedding's, see ``EmbeddingFields``):
       mlp_hidden, activation, dropout_rate: the prediction MLP.
-      dtype: compute dtype (parameters stay float32).
       axis_name: pmap axis for cross-device batch statistics (Dice).
     """
 
-    num_items: int
-    num_categories: int
-    num_users: int = 0
-    item_dim: int = 64
-    category_dim: int = 64
-    user_dim: int = 0
-    use_item_bias: bool = True
     mlp_hidden: Sequence[int] = (80, 40)
     activation: Union[str, ActivationFactory] = "prelu"
     dropout_rate: float = 0.0
-    dtype: jnp.dtype = jnp.float32
     axis_name: Optional[str] = None
 
 
 def feature_embedding(model: EmbeddingMLPModel) -> FeatureEmbedding:
     """The model's embedding layer (submodule ``embedding``); call it inside a compact ``__call__``."""
-    return FeatureEmbedding(
-        num_items=model.num_items,
-        num_categories=model.num_categories,
-        num_users=model.num_users,
-        item_dim=model.item_dim,
-        category_dim=model.category_dim,
-        user_dim=model.user_dim,
-        use_item_bias=model.use_item_bias,
-        dtype=model.dtype,
-        name="embedding",
-    )
+    return FeatureEmbedding(name="embedding", **model.embedding_fields())
 
 
 def prediction_mlp(model: EmbeddingMLPModel) -> MLP:

@@ -14,7 +14,7 @@ PROXY_VENV ?= .venv-ipu-proxy
 SAMPLE_DATA := build/amazon_electronics_sample
 PYTEST_ARGS ?=
 
-.PHONY: setup train test test-ipu-proxy lint data clean
+.PHONY: setup train test test-ipu-proxy lint data figures clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ $(PROXY_VENV)/.installed: requirements-ipu-proxy.txt requirements-ipu-common.txt
 
 test-ipu-proxy: $(PROXY_VENV)/.installed
 	$(PROXY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# docs/figures from real data (trains two small Grocery runs, ~1.5 min on 2 cores).
+figures: setup
+	PYTHON=$(BIN)/python experiments/make_figures.sh
 
 lint: setup
 	$(BIN)/ruff check din_jax experiments data_prep tests

@@ -77,10 +77,10 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _choice("data_type", self.data_type, DATA_TYPES)
         _choice("select_metric", self.select_metric, SELECT_METRICS)
-        for name in ("max_seq_len", "micro_batch_size", "eval_micro_batch_size", "device_iterations"):
+        for name in ("max_seq_len", "micro_batch_size", "eval_micro_batch_size", "device_iterations", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError("--%s must be >= 1, got %r" % (name, getattr(self, name)))
-        for name in ("epochs", "replicas", "eval_every", "prefetch", "lr_decay_steps"):
+        for name in ("replicas", "eval_every", "prefetch", "lr_decay_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError("--%s must be >= 0, got %r" % (name, getattr(self, name)))
         if not self.learning_rate > 0:

@@ -19,7 +19,7 @@ import os
 import sys
 
 import flag_defs
-from absl import app, flags, logging
+from absl import flags, logging
 
 from din_jax import ablation
 from din_jax.config import ConfigError
@@ -73,8 +73,6 @@ def make_config_factory(program: str, base_argv):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     program, base_argv = sys.argv[0], list(sys.argv[1:])
     try:
         if not FLAGS.results:
@@ -127,4 +125,4 @@ def _train(config):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_defs.run(main)

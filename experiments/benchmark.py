@@ -14,7 +14,7 @@ throughput is the median over --windows passes over the data pool
 """
 
 import flag_defs
-from absl import app, flags
+from absl import flags
 
 from din_jax import benchmark
 from din_jax.config import DATA_TYPES, EMBEDDING_UPDATES, OPTIMIZERS, ConfigError
@@ -117,8 +117,6 @@ def build_config() -> benchmark.BenchmarkConfig:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     try:
         flag_defs.import_user_modules()
         config = build_config()
@@ -134,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_defs.run(main)

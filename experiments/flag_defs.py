@@ -24,6 +24,11 @@ from absl import logging as absl_logging
 # not the user's concern and would precede our one-line error messages.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"flax\.struct")
 
+# The IPU library reads JAX_IPU_USE_MODEL when jax starts, which the imports
+# below already do: so --use_ipu_model is honoured from the command line here.
+if {"--use_ipu_model", "--use-ipu-model", "--use_ipu_model=true", "--use-ipu-model=true"} & set(sys.argv[1:]):
+    os.environ.setdefault("JAX_IPU_USE_MODEL", "true")
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
@@ -149,7 +154,9 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
     flags.DEFINE_enum("data_type", "float32", list(DATA_TYPES), "Compute dtype (parameters stay float32).")
     flags.DEFINE_integer("seed", 1234, "Seed of initialisation, data order and negatives.")
     flags.DEFINE_string("model_path", None, "Run directory: checkpoints and summary.json.")
-    flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (and after each epoch); 0: per epoch.")
+    flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (and after each epoch); 0: per epoch. "
+                         "Evaluations happen between host calls, so at the first call boundary at or past each "
+                         "multiple of N (a call runs --device_iterations steps).")
     flags.DEFINE_enum("select_metric", "gauc", list(SELECT_METRICS), "Validation metric that selects the best step.")
     flags.DEFINE_bool("resample_negatives", False, "Draw new training negatives every epoch.")
     flags.DEFINE_bool("donate", True, "Donate the state to the train program (saves a copy of the parameters).")
@@ -173,10 +180,13 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
     flags.DEFINE_integer("num_processes", 1, "Processes of a multi-process run.")
     flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
     flags.DEFINE_enum("lr_type", None, ["fixed", "file", "paper"], "Graphcore's name for --lr_schedule.")
+    flags.DEFINE_bool("use_ipu_model", False,
+                      "Run on the IPU Model emulator (sets JAX_IPU_USE_MODEL=true; with JAX_PLATFORMS=ipu). Give it "
+                      "on the command line: the IPU library reads the variable when jax starts.")
     for name in ("use_synthetic_data", "synthetic_samples", "max_seq_len", "micro_batch_size", "eval_micro_batch_size",
                  "device_iterations", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file",
                  "clip_norm", "mba_lambda", "data_type", "model_path", "eval_every", "select_metric", "resample_negatives",
-                 "log_every", "coordinator_address", "num_processes", "process_id", "lr_type"):
+                 "log_every", "coordinator_address", "num_processes", "process_id", "lr_type", "use_ipu_model"):
         _alias(name)
 
 
@@ -212,9 +222,13 @@ def define_watch_flags() -> None:
 
 
 def define_aliases() -> None:
-    """The hyphenated spellings of Graphcore's README (``--max-seq-len``, ...)."""
+    """The hyphenated spellings of Graphcore's README (``--max-seq-len``, ...), and its other names."""
     for name in _ALIASED:
         flags.DEFINE_alias(name.replace("_", "-"), name)
+    if "attention_size" in FLAGS:
+        # Graphcore's --hidden-size is the width of an item vector (18 + 18 = 36), our --attention_size.
+        flags.DEFINE_alias("hidden_size", "attention_size")
+        flags.DEFINE_alias("hidden-size", "attention_size")
 
 
 def _present(name: str) -> bool:
@@ -343,8 +357,58 @@ def initialize_distributed() -> None:
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
 
-def fail(program: str, error: BaseException) -> None:
-    """Prints a one-line error (no traceback) and exits with status 2."""
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    sys.stderr.write("%s: error: %s\n" % (program, message))
+def check_output_dir(flag: str, path: Optional[str]) -> None:
+    """Fails before any work when directory ``path`` cannot be created or written."""
+    if not path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError("--%s %s: %s is a file, not a directory" % (flag, path, existing))
+    if not os.access(existing, os.W_OK):
+        raise ConfigError("--%s %s: %s is not writable" % (flag, path, existing))
+
+
+def fail(program: str, error: Any) -> None:
+    """Prints a one-line error (no traceback) and exits with status 2.
+
+    ``error`` is an exception or a message. An OSError is told as ``PATH:
+    reason``, the form of the shell, without its errno prefix.
+    """
+    if isinstance(error, OSError) and error.strerror:
+        text = "%s: %s" % (error.filename, error.strerror) if error.filename else error.strerror
+    else:
+        text = str(error).strip() or type(error).__name__
+    sys.stderr.write("%s: error: %s\n" % (program, text.splitlines()[0]))
     sys.exit(2)
+
+
+def run(main: Callable[[List[str]], Any]) -> None:
+    """``absl.app.run(main)`` with the errors of the command line told in one line.
+
+    absl reports a bad flag in two lines and exits with 1, and a stray
+    positional argument would print the module docstring; here both are one
+    line, ``PROGRAM: error: ...``, with exit status 2, as every other error
+    of the entry points.
+    """
+    from absl import app
+
+    program = os.path.basename(sys.argv[0]) or "din_jax"
+
+    def parse(argv: List[str]) -> List[str]:
+        try:
+            return FLAGS(argv)
+        except flags.Error as error:
+            fail(program, "%s (--helpshort lists the flags)" % str(error).replace("ERROR:: ", ""))
+            raise  # not reached: fail exits
+
+    def checked_main(argv: List[str]) -> Any:
+        if len(argv) > 1:
+            fail(program, "unexpected arguments: %s (every option is a --flag)" % " ".join(argv[1:]))
+        if "use_ipu_model" in FLAGS and FLAGS.use_ipu_model and os.environ.get("JAX_IPU_USE_MODEL") != "true":
+            fail(program, "--use_ipu_model must be given on the command line (not in a flagfile), or set "
+                          "JAX_IPU_USE_MODEL=true: the IPU library reads it when jax starts")
+        return main(argv)
+
+    app.run(checked_main, flags_parser=parse)

@@ -23,7 +23,7 @@ import sys
 
 import flag_defs
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from din_jax import metrics as metrics_lib
 from din_jax.builders import load_source, load_variables_for_inference, vocabulary
@@ -31,6 +31,7 @@ from din_jax.checkpoint import CheckpointError, read_metadata
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.dataset import DatasetError
 from din_jax.evaluation import predict_split
+from din_jax.hooks import ProgressHook
 from din_jax.predictor import Predictor, read_rank_requests
 from din_jax.train_lib import make_p_predict_chunk, resolve_devices
 
@@ -45,6 +46,10 @@ flags.DEFINE_string("rank_candidates", None,
                     "(docs/WATCHING.md).")
 flags.DEFINE_integer("top_k", 10, "With --rank_candidates: how many candidates to return per line.")
 flags.DEFINE_string("rank_output", None, "With --rank_candidates: write the rankings here instead of stdout.")
+flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"],
+                  "Progress of the scoring: bar (tqdm), log (a line every --progress_seconds), auto (bar when stderr "
+                  "is a terminal, else log), none.")
+flags.DEFINE_float("progress_seconds", 30.0, "Seconds between progress lines of --progress log.")
 flag_defs.define_aliases()
 FLAGS = flags.FLAGS
 
@@ -60,6 +65,12 @@ def _checkpoint_dir(model_path: str, which: str) -> str:
 
 def _config_from_checkpoint(meta) -> TrainConfig:
     """The run's settings: the checkpoint's, overridden by explicit flags."""
+    if FLAGS.preset:
+        raise ConfigError("--preset is for train.py: infer.py takes the model and its sizes from the checkpoint")
+    if (meta.get("use_synthetic_data") and FLAGS["max_seq_len"].present and not FLAGS["dataset"].present
+            and FLAGS.max_seq_len != meta.get("max_seq_len")):
+        raise ConfigError("--max_seq_len %d: the checkpoint was trained on synthetic data drawn with max_seq_len %s, "
+                          "and another value draws another test set" % (FLAGS.max_seq_len, meta.get("max_seq_len")))
     model_config = dict(meta["model_config"])
     if any(FLAGS[name].present for name in flag_defs._MODEL_FLAGS) or FLAGS["attention_size"].present:
         _, flagged = flag_defs.resolve_model(None)
@@ -89,7 +100,19 @@ def _config_from_checkpoint(meta) -> TrainConfig:
         replicas=FLAGS.replicas,
         seed=pick("seed", meta.get("seed")),
         prefetch=FLAGS.prefetch,
+        length_buckets=_length_buckets(meta),
     ).validate()
+
+
+def _length_buckets(meta) -> tuple:
+    """--length_buckets when given, else the buckets train.py evaluated with (the same programs, the same scores)."""
+    if not FLAGS["length_buckets"].present:
+        return tuple(int(x) for x in meta.get("length_buckets") or ())
+    try:
+        return tuple(int(x) for x in FLAGS.length_buckets)
+    except ValueError:
+        raise ConfigError("--length_buckets must be comma-separated integers, got %s"
+                          % ",".join(FLAGS.length_buckets)) from None
 
 
 def _write_predictions(path, out):
@@ -128,11 +151,25 @@ def _rank_candidates(path: str) -> None:
         sys.stdout.write(text)
 
 
+def _check_writable(flag: str) -> None:
+    """Fails before any scoring when an output file's folder cannot take it."""
+    path = FLAGS[flag].value
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError("--%s %s is a directory; give a file name" % (flag, path))
+    if not os.path.isdir(folder):
+        raise ConfigError("--%s %s: the folder %s does not exist" % (flag, path, folder))
+    if not os.access(folder, os.W_OK):
+        raise ConfigError("--%s %s: the folder %s is not writable" % (flag, path, folder))
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     try:
         flag_defs.import_user_modules()
+        _check_writable("predictions_file")
+        _check_writable("rank_output")
     except ConfigError as error:
         flag_defs.fail("infer.py", error)
     if FLAGS.rank_candidates:
@@ -140,7 +177,7 @@ def main(argv):
             if not FLAGS.model_path:
                 raise ConfigError("--model_path is required (a run directory of train.py or a checkpoint directory)")
             _rank_candidates(_checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint))
-        except (ConfigError, CheckpointError, ValueError) as error:
+        except (ConfigError, CheckpointError, ValueError, OSError) as error:
             flag_defs.fail("infer.py", error)
         return
     try:
@@ -160,19 +197,33 @@ def main(argv):
             raise ConfigError("--split %s: the dataset has splits %s" % (FLAGS.split, source.split_names()))
         model, variables = load_variables_for_inference(path, config, vocab)
         devices = resolve_devices(config.replicas)
-        p_predict = make_p_predict_chunk(model, devices)
+        scored = make_p_predict_chunk(model, devices)
+        progress = ProgressHook(FLAGS.progress, FLAGS.progress_seconds) if FLAGS.progress != "none" else None
+
+        def p_predict(variables_, chunk):
+            out_ = scored(variables_, chunk)
+            if progress is not None:
+                progress.on_predict_call(None, {"split": FLAGS.split, "samples": int(np.size(chunk["label"]))})
+            return out_
+
         timing = {}
         for _ in range(FLAGS.epochs):
+            if progress is not None:
+                progress.on_evaluation_begin(None, {"split": FLAGS.split, "samples": source.num_samples(FLAGS.split)})
             out = predict_split(p_predict, variables, source, FLAGS.split, devices, config.micro_batch_size,
                                 config.device_iterations, config.max_seq_len, config.prefetch,
-                                timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0})
+                                timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0},
+                                length_buckets=config.length_buckets)
+        if progress is not None:
+            progress.on_close(None, {})
         result = metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
-    except (ConfigError, DatasetError, CheckpointError, ValueError) as error:
+    except (ConfigError, DatasetError, CheckpointError, ValueError, OSError) as error:
         flag_defs.fail("infer.py", error)
 
     seconds = sum(t for t, _ in timing["calls"])
     micro_batches = sum(k for _, k in timing["calls"]) * len(devices)
-    samples = micro_batches * config.micro_batch_size
+    # Real samples only: the padding that fills the last micro-batches is not throughput.
+    samples = len(out["logits"]) * FLAGS.epochs
     print("checkpoint %s (step %s), split %s, %d samples, %d replica(s) on %s, %s"
           % (path, meta.get("step"), FLAGS.split, len(out["logits"]), len(devices), devices[0].platform, config.data_type))
     print("compilation %.2f s; throughput %.0f samples/s; latency %.3f ms per micro-batch of %d (over %d call(s))"
@@ -181,9 +232,12 @@ def main(argv):
     print("%s gauc %.5f  auc %.5f  logloss %.5f  accuracy %.4f" % (
         FLAGS.split, result["gauc"], result["auc"], result["logloss"], result["accuracy"]))
     if FLAGS.predictions_file:
-        _write_predictions(FLAGS.predictions_file, out)
+        try:
+            _write_predictions(FLAGS.predictions_file, out)
+        except OSError as error:
+            flag_defs.fail("infer.py", error)
         print("predictions: %s" % FLAGS.predictions_file)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_defs.run(main)

@@ -14,7 +14,7 @@ import json
 import sys
 
 import flag_defs
-from absl import app, logging
+from absl import logging
 
 from din_jax import hooks as hooks_lib
 from din_jax.checkpoint import CheckpointError
@@ -34,17 +34,17 @@ FLAGS = flag_defs.FLAGS
 def _row(name, metrics):
     if not metrics:
         return "%-10s (none)" % name
-    return "%-10s gauc %.5f  auc %.5f  logloss %.5f  (%d samples)" % (
-        name, metrics["gauc"], metrics["auc"], metrics["logloss"], metrics["samples"])
+    # GAUC skips users with one class only; how many users it rests on says how much it can be trusted.
+    return "%-10s gauc %.5f  auc %.5f  logloss %.5f  (%d samples; gauc over %d users)" % (
+        name, metrics["gauc"], metrics["auc"], metrics["logloss"], metrics["samples"], metrics.get("gauc_users", 0))
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
     try:
         flag_defs.import_user_modules()
         flag_defs.initialize_distributed()
         config = flag_defs.build_train_config()
+        flag_defs.check_output_dir("model_path", config.model_path)
         hooks = hooks_lib.make_hooks(config, progress=FLAGS.progress, progress_seconds=FLAGS.progress_seconds,
                                      tensorboard=FLAGS.tensorboard, attention_histograms=FLAGS.attention_histograms,
                                      train_log=FLAGS.train_log)
@@ -52,13 +52,19 @@ def main(argv):
     except TrainingInterrupted as stop:
         sys.stderr.write("train.py: %s\n" % stop)
         sys.exit(128 + stop.signum if stop.signum else 1)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, ValueError) as error:
+    except KeyboardInterrupt:
+        # A second Ctrl-C while the first one's checkpoint is being written.
+        sys.stderr.write("train.py: interrupted again: stopped without waiting for the checkpoint\n")
+        sys.exit(130)
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, ValueError, OSError) as error:
         flag_defs.fail("train.py", error)
     if not config.model_path:
         logging.warning("no --model_path given: nothing was saved")
     rate = summary["samples_per_s"]
-    print("best step %d of %d (selected on validation %s); training throughput %s samples/s"
-          % (summary["best_step"], summary["steps"], config.select_metric, "%.0f" % rate if rate else "n/a"))
+    print("best step %d of %d (selected on validation %s); training throughput %s samples/s%s"
+          % (summary["best_step"], summary["steps"], config.select_metric, "%.0f" % rate if rate else "n/a",
+             " (includes compilation: every call compiled a new program)"
+             if summary.get("samples_per_s_includes_compilation") else ""))
     print(_row("validation", summary["validation"]))
     print(_row("test", summary["test"]))
     if config.model_path:
@@ -74,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_defs.run(main)

@@ -77,6 +77,34 @@ def test_command_errors_are_one_line(sample_dataset, tmp_path):
     assert "Traceback" not in no_checkpoint.stderr
 
 
+@pytest.mark.parametrize("script", ["experiments/train.py", "experiments/infer.py"])
+@pytest.mark.parametrize("args,expected", [
+    (["--foo"], "Unknown command line flag 'foo'"),
+    (["--epochs=abc"], "--epochs=abc"),
+    (["--optimizer=rmsprop"], "--optimizer=rmsprop"),
+    (["--flagfile=/no/such.flags"], "/no/such.flags"),
+    (["stray_argument"], "unexpected arguments: stray_argument"),
+])
+def test_command_line_errors_are_one_line(script, args, expected):
+    result = _run(script, args)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith(os.path.basename(script) + ": error:") and expected in lines[0]
+
+
+def test_unusable_output_paths_are_one_line_errors(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    train = _run("experiments/train.py", ["--use_synthetic_data", "--synthetic_samples=256,64,64", "--epochs=1",
+                                          "--model_path", str(not_a_folder / "run")])
+    assert train.returncode == 2 and str(not_a_folder) in train.stderr, train.stderr[-3000:]
+    assert "Traceback" not in train.stderr and len(train.stderr.strip().splitlines()) == 1
+    infer = _run("experiments/infer.py", ["--model_path", str(tmp_path), "--predictions_file",
+                                          str(tmp_path / "no_folder" / "p.csv")])
+    assert infer.returncode == 2 and "--predictions_file" in infer.stderr and "does not exist" in infer.stderr
+
+
 def test_infer_rejects_a_checkpoint_that_does_not_fit_the_flags(tmp_path):
     run = str(tmp_path / "synthetic")
     train = _run("experiments/train.py", [
@@ -87,6 +115,10 @@ def test_infer_rejects_a_checkpoint_that_does_not_fit_the_flags(tmp_path):
     assert mismatch.returncode == 2
     assert "shape" in mismatch.stderr and "do the model flags match the checkpoint" in mismatch.stderr
     assert "Traceback" not in mismatch.stderr
+    preset = _run("experiments/infer.py", ["--model_path", run, "--preset", "din_amazon"])
+    assert preset.returncode == 2 and "--preset is for train.py" in preset.stderr
+    other_data = _run("experiments/infer.py", ["--model_path", run, "--max_seq_len", "12"])
+    assert other_data.returncode == 2 and "another test set" in other_data.stderr
 
 
 def test_hyphenated_graphcore_flags(tmp_path):
@@ -97,6 +129,16 @@ def test_hyphenated_graphcore_flags(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     flags = json.load(open(tmp_path / "run" / "summary.json"))["flags"]
     assert flags["max_seq_len"] == 8 and flags["micro_batch_size"] == 16 and flags["device_iterations"] == 4
+    # Graphcore's --hidden-size is the item-vector width, our --attention_size.
+    assert flags["model_config"]["item_dim"] == 4
+    hidden = _run("experiments/train.py", [
+        "--use-synthetic-data", "--synthetic_samples=256,64,64", "--max-seq-len=8", "--hidden-size=12",
+        "--mlp_hidden=8", "--epochs=1", "--device-iterations=100", "--model-path", str(tmp_path / "hidden")])
+    assert hidden.returncode == 0, hidden.stderr[-3000:]
+    summary = json.load(open(tmp_path / "hidden" / "summary.json"))
+    assert summary["flags"]["model_config"]["item_dim"] == 6
+    # One call per epoch: every call compiles, and the throughput says it includes compilation.
+    assert summary["samples_per_s"] > 0 and summary["samples_per_s_includes_compilation"] is True
 
 
 def test_a_custom_attention_from_the_readme_trains_infers_and_runs_in_the_harness(tmp_path):

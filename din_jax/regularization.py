@@ -41,6 +41,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import traverse_util
 
 from din_jax.layers.embedding import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
@@ -109,6 +110,14 @@ def regularization_for(config: Any, source: Any) -> Optional[Regularization]:
     l2 = float(getattr(config, "l2", 0.0))
     frequencies = None
     if mba_lambda > 0:
+        counted_with = (getattr(source, "meta", None) or {}).get("max_seq_len")
+        if counted_with is not None and int(counted_with) != int(config.max_seq_len):
+            # n_j counts history occurrences cut at the build's length: a
+            # longer or shorter cut here sees other counts than the penalty assumes.
+            logging.warning("mini-batch aware regularisation: the dataset counted feature frequencies with "
+                            "max_seq_len %d, training uses --max_seq_len %d; rebuild the dataset with "
+                            "--max_seq_len %d for exact n_j", int(counted_with), config.max_seq_len,
+                            config.max_seq_len)
         frequencies = {
             ITEM_TABLE: np.asarray(source.item_frequencies()),
             CATEGORY_TABLE: np.asarray(source.category_frequencies()),

@@ -11,11 +11,17 @@ time order.
 The time column holds numbers or dates. It is numeric when most of its values
 are numbers, and the others are then malformed lines; otherwise its values are
 parsed as dates (ISO 8601, else any format pandas recognises), and those that
-are not dates are malformed lines.
+are not dates are malformed lines. A timestamp column of a Parquet table is
+read as dates.
+
+Parquet can hold a list in a cell. A category cell that holds a list (a
+category path, or a list of paths) gives its last element, the Amazon rule;
+an empty list is a missing category. A list in the user, item or time column
+is an error naming the column and the row: there is no rule to pick one.
 """
 
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -30,8 +36,63 @@ from data_prep.tables import read_table
 _DATE_SAMPLE = 1000
 
 
+# Cell values that are containers (Parquet list and struct columns).
+_NESTED = (list, tuple, np.ndarray, dict, set)
+
+
 def _where(path: str, lines: Optional[np.ndarray], row: int):
     return (path, int(lines[row])) if lines is not None else (path + " row", row + 1)
+
+
+def _nested_rows(values: pd.Series) -> np.ndarray:
+    """Positions of the cells that hold a container; text tables hold only strings, so none there."""
+    if values.dtype != object:
+        return np.zeros(0, dtype=np.int64)
+    nested = values.map(lambda value: isinstance(value, _NESTED), na_action="ignore")
+    return np.flatnonzero(nested.fillna(False).to_numpy(dtype=bool))
+
+
+def _refuse_nested(frame: pd.DataFrame, path: str, lines: Optional[np.ndarray], columns) -> None:
+    for column in columns:
+        rows = _nested_rows(frame[column])
+        if len(rows):
+            file, line = _where(path, lines, int(rows[0]))
+            value = repr(_plain(frame[column].iat[int(rows[0])]))[:60]
+            raise DataPrepError(f"{file}:{line}: column {column!r} holds a list ({value}; {len(rows)} such rows); "
+                                "it needs one value per row")
+
+
+def _plain(value):
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
+def _last_leaf(value):
+    """The last element of a (nested) list; None for an empty one."""
+    while isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) == 0:
+            return None
+        value = value[-1]
+    return value
+
+
+def category_values(values: pd.Series, where: Callable[[int], Tuple[str, int]], column: str,
+                    report: BuildReport) -> np.ndarray:
+    """A category column as objects; list cells give their last element (the Amazon rule)."""
+    out = values.to_numpy(dtype=object)
+    rows = _nested_rows(values)
+    if not len(rows):
+        return out
+    out = out.copy()
+    for row in rows:
+        value = out[row]
+        if isinstance(value, (dict, set)):
+            file, line = where(int(row))
+            raise DataPrepError(f"{file}:{line}: column {column!r} holds a {type(value).__name__} "
+                                f"({repr(_plain(value))[:60]}); a category cell is a value or a list of them")
+        out[row] = _last_leaf(value)
+    report.note(f"{where(0)[0].replace(' row', '')}: {len(rows)} cells of {column!r} hold lists; their last element "
+                "is the category")
+    return out
 
 
 def _to_dates(values: pd.Series, date_format: Optional[str]) -> pd.Series:
@@ -55,6 +116,11 @@ def parse_times(values: pd.Series) -> Tuple[np.ndarray, Optional[str]]:
       or ``"date"``, or None when most present values are neither (then every
       time is NaN).
     """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        # A timestamp column (Parquet): pd.to_numeric would give nanoseconds, and NaT a huge negative number.
+        stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values
+        seconds = (stamps - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta(seconds=1)
+        return seconds.astype("float64").to_numpy(), "date"
     present = int(values.notna().sum())
     numbers = pd.to_numeric(values, errors="coerce")
     if 2 * int(numbers.notna().sum()) >= present:
@@ -108,6 +174,7 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
         frame, lines = read_table(path, report, sep=options.sep or None)
         needed = [options.user_col, options.item_col] + ([options.time_col] if options.time_col else [])
         _require_columns(frame, path, needed)
+        _refuse_nested(frame, path, lines, needed)
         if options.category_col and options.category_col in frame.columns and options.meta:
             raise DataPrepError(f"{path} has its own category column {options.category_col!r}, so --meta "
                                 f"{options.meta} would be ignored; drop --meta, or pass --category_col naming a "
@@ -134,13 +201,19 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
         row_categories = None
         meta_items = meta_categories = None
         if options.category_col and options.category_col in frame.columns:
-            row_categories = frame[options.category_col].to_numpy(dtype=object)
+            kept = np.flatnonzero(valid)  # rows of the file, for messages
+            row_categories = category_values(frame[options.category_col],
+                                             lambda row: _where(path, lines, int(kept[row])),
+                                             options.category_col, report)
         elif options.meta:
             meta_path = require_file(options.meta, "--meta (the item table)")
-            items, _ = read_table(meta_path, report, sep=options.sep or None)
+            items, meta_lines = read_table(meta_path, report, sep=options.sep or None)
             _require_columns(items, meta_path, [options.item_col, options.category_col])
+            _refuse_nested(items, meta_path, meta_lines, [options.item_col])
             meta_items = items[options.item_col].to_numpy(dtype=object)
-            meta_categories = items[options.category_col].to_numpy(dtype=object)
+            meta_categories = category_values(items[options.category_col],
+                                              lambda row: _where(meta_path, meta_lines, row),
+                                              options.category_col, report)
             sources.append(meta_path)
         elif options.category_col:
             raise DataPrepError(f"{path}: no category column {options.category_col!r} and no --meta item table; "

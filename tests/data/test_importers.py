@@ -5,10 +5,12 @@ import pickle
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 from dataprep_testlib import build, fixture
 
 from data_prep.convert import convert_amazon, read_converted
+from data_prep.importers.interactions import parse_times
 from data_prep.remap import clean_and_remap, write_remapped
 from data_prep.report import BuildReport, DataPrepError
 from data_prep.tables import parquet_available, read_table, write_table
@@ -267,3 +269,39 @@ def test_key_order_numbers_and_strings():
     assert normalize_keys([" 7", "8"]).tolist() == [" 7", "8"]
     assert normalize_keys(["B00X", "0001"]).tolist() == ["B00X", "0001"]
     assert normalize_keys([3, 1]).tolist() == [3, 1]
+
+
+@pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (IPU lane): Parquet is optional")
+def test_parquet_list_cells(tmp_path):
+    rows = {"user_id": ["a"] * 3 + ["b"] * 3, "item_id": ["x", "y", "z", "x", "z", "w"],
+            "time": pd.to_datetime(["2020-01-0%d" % day for day in range(1, 7)], utc=True)}
+    # Category paths (and lists of paths): the last element is the category; an empty list is missing.
+    paths = [["Food", "c1"], ["Food", "c2"], ["c1"], ["Food", "c1"], ["c1"], []]
+    nested = [[["Top", "x"], list(path)] for path in paths[:-1]] + [[]]
+    for name, cells in (("paths", paths), ("nested", nested)):
+        pd.DataFrame(dict(rows, category=cells)).to_parquet(str(tmp_path / (name + ".parquet")))
+        dataset, meta = build(tmp_path, name=name, format="interactions", input=str(tmp_path / (name + ".parquet")))
+        assert dataset.id_map("item") == ["w", "x", "y", "z"]
+        categories = [dataset.id_map("category")[c] for c in dataset.item_category]
+        assert categories == ["<unknown>", "c1", "c2", "c1"], name
+        assert meta["dropped"]["unknown_category_items"] == 1
+        assert any("6 cells of 'category' hold lists" in note for note in meta["dropped"]["notes"])
+    # A list where one value is needed, and a struct as a category, are errors naming column and row.
+    pd.DataFrame(dict(rows, category=["c"] * 6, item_id=[["x"]] * 6)).to_parquet(str(tmp_path / "items.parquet"))
+    with pytest.raises(DataPrepError, match=r"items\.parquet row:1: column 'item_id' holds a list \(\['x'\]; 6 such"):
+        build(tmp_path, name="items", format="interactions", input=str(tmp_path / "items.parquet"))
+    structs = [{"name": "c"}] * 6
+    pd.DataFrame(dict(rows, category=structs)).to_parquet(str(tmp_path / "struct.parquet"))
+    with pytest.raises(DataPrepError, match=r"struct\.parquet row:1: column 'category' holds a dict"):
+        build(tmp_path, name="struct", format="interactions", input=str(tmp_path / "struct.parquet"))
+
+
+def test_timestamp_column_gives_seconds():
+    stamps = pd.Series(pd.to_datetime(["1970-01-01 00:01:00", None, "2014-07-01 00:00:00"]))
+    # A naive timestamp is UTC; Paris is UTC+1 in January and UTC+2 in July.
+    for values, offsets in ((stamps, (0, 0)), (stamps.dt.tz_localize("UTC"), (0, 0)),
+                            (stamps.dt.tz_localize("Europe/Paris"), (-3600, -7200))):
+        times, kind = parse_times(values)
+        assert kind == "date"
+        assert np.isnan(times[1])
+        assert (times[0], times[2]) == (60 + offsets[0], 1404172800 + offsets[1])

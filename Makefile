@@ -13,6 +13,11 @@ PYTHON38 ?= $(shell for c in $$(command -v python3.8 2>/dev/null) $$HOME/.pyenv/
 PROXY_VENV ?= .venv-ipu-proxy
 SAMPLE_DATA := build/amazon_electronics_sample
 PYTEST_ARGS ?=
+# Test files are spread over one worker per core (pytest-xdist); a file stays
+# on one worker, so its module fixtures are built once. PYTEST_WORKERS=0 runs
+# everything in this process.
+PYTEST_WORKERS ?= auto
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadfile)
 
 .PHONY: setup train test test-ipu-proxy lint data figures clean
 
@@ -35,7 +40,7 @@ train: data
 	$(BIN)/python experiments/train.py --flagfile experiments/configs/amazon_sample.flags
 
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 $(PROXY_VENV)/.installed: requirements-ipu-proxy.txt requirements-ipu-common.txt requirements-ipu-nodeps.txt
 	@test -n "$(PYTHON38)" || { echo "make: the IPU-proxy lane needs Python 3.8 (set PYTHON38=/path/to/python3.8)"; exit 2; }
@@ -45,7 +50,7 @@ $(PROXY_VENV)/.installed: requirements-ipu-proxy.txt requirements-ipu-common.txt
 	touch $@
 
 test-ipu-proxy: $(PROXY_VENV)/.installed
-	$(PROXY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PROXY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 # docs/figures from real data (trains two small Grocery runs, ~1.5 min on 2 cores).
 figures: setup

@@ -373,7 +373,8 @@ def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: 
             train_lib.create_train_state(model, tx, config.seed, config.max_seq_len), devices)}
         p_train = train_lib.make_p_train_chunk(model, devices, donate=True,
                                                embedding_updates=config.embedding_updates,
-                                               positions_per_pass=config.positions_per_pass)
+                                               positions_per_pass=config.positions_per_pass,
+                                               loss_scale=train_config.effective_loss_scaling())
 
         def call(chunk):
             holder["state"], metrics = p_train(holder["state"], chunk)

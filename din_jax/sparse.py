@@ -272,7 +272,8 @@ def _mba_tables(params: Any, regularization: Optional[Regularization], table_pat
 
 
 def make_sparse_train_step(model, axis_name: Optional[str], regularization: Optional[Regularization] = None,
-                           compute_loss: Optional[Callable] = None, positions_per_pass: int = 0) -> Callable:
+                           compute_loss: Optional[Callable] = None, positions_per_pass: int = 0,
+                           loss_scale: float = 1.0) -> Callable:
     """``(state, batch) -> (state, metrics)``, updating the embedding tables sparsely.
 
     ``state.tx`` must be a ``SparseEmbeddingOptimizer`` (``make_sparse_optimizer``).
@@ -291,9 +292,12 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         micro-batch stay in cache. The mean loss of equal parts is the mean of their losses, so
         this is the same gradient; models with batch statistics (Dice,
         BatchNorm) would see per-part statistics and are refused.
+      loss_scale: see ``train_lib.make_train_step``.
     """
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
+    from din_jax.train_lib import scale_loss, unscale_gradients
+
     if compute_loss is None:
         from din_jax.train_lib import compute_loss
 
@@ -327,10 +331,12 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
 
             def loss_fn(rest, deltas):
                 logits, updates = forward(rest, deltas, part, ["batch_stats", EMBEDDING_LOOKUPS], rng)
-                return compute_loss(logits, part["label"]), (logits, updates)
+                loss = compute_loss(logits, part["label"])
+                return scale_loss(loss, loss_scale), (loss, logits, updates)
 
-            (loss, (logits, updates)), (grads, delta_grads) = jax.value_and_grad(
+            (_, (loss, logits, updates)), (grads, delta_grads) = jax.value_and_grad(
                 loss_fn, argnums=(0, 1), has_aux=True)(rest, deltas)
+            grads, delta_grads = unscale_gradients((grads, delta_grads), loss_scale)
             updates = flax.core.unfreeze(updates)
             lookups = _flatten_lookups(updates.pop(EMBEDDING_LOOKUPS))
             return loss, logits, updates, lookups, grads, delta_grads

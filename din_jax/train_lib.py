@@ -91,8 +91,20 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int, max_s
     )
 
 
+def scale_loss(loss, loss_scale: float):
+    """The loss to differentiate: ``loss * loss_scale`` (``loss`` itself for 1, so the program is unchanged)."""
+    return loss if loss_scale == 1.0 else loss * loss_scale
+
+
+def unscale_gradients(grads, loss_scale: float):
+    """Gradients of ``scale_loss(loss)`` back to those of ``loss`` (in the parameters' float32)."""
+    if loss_scale == 1.0:
+        return grads
+    return jax.tree_util.tree_map(lambda g: g / jnp.asarray(loss_scale, g.dtype), grads)
+
+
 def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
-                    regularization: Optional[Regularization] = None) -> Callable:
+                    regularization: Optional[Regularization] = None, loss_scale: float = 1.0) -> Callable:
     """``(state, batch) -> (state, metrics)`` for one micro-batch on one device.
 
     Args:
@@ -100,6 +112,9 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
       regularization: mini-batch aware regularisation and/or plain L2 to add
         to the averaged gradient (``din_jax.regularization``); None adds
         nothing. The reported loss is the data loss only.
+      loss_scale: the loss is multiplied by this for backpropagation and the
+        gradients divided by it (``TrainConfig.effective_loss_scaling``); 1
+        leaves the program as it is.
     """
 
     def train_step(state: TrainState, batch):
@@ -113,9 +128,11 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            return compute_loss(logits, batch["label"]), (logits, updates)
+            loss = compute_loss(logits, batch["label"])
+            return scale_loss(loss, loss_scale), (loss, logits, updates)
 
-        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = unscale_gradients(grads, loss_scale)
         correct = jnp.mean(((logits > 0).astype(jnp.float32) == batch["label"]).astype(jnp.float32))
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
@@ -133,7 +150,8 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
 
 def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
                        regularization: Optional[Regularization] = None,
-                       embedding_updates: str = "dense", positions_per_pass: int = 0) -> Callable:
+                       embedding_updates: str = "dense", positions_per_pass: int = 0,
+                       loss_scale: float = 1.0) -> Callable:
     """The pmapped program: scan ``train_step`` over a chunk's device iterations.
 
     Call it with a replicated state and a chunk of shape ``(R, K, B, ...)``;
@@ -144,15 +162,16 @@ def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
     micro-batch looks up (``din_jax.sparse``; the state must be created with
     ``din_jax.sparse.make_sparse_optimizer``); with it, ``positions_per_pass``
     computes each micro-batch's gradient in parts of at most that many history
-    positions (see ``make_sparse_train_step``).
+    positions (see ``make_sparse_train_step``). ``loss_scale``: see
+    ``make_train_step``.
     """
     if embedding_updates == "sparse":
         from din_jax.sparse import make_sparse_train_step
 
         train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
-                                            positions_per_pass=positions_per_pass)
+                                            positions_per_pass=positions_per_pass, loss_scale=loss_scale)
     else:
-        train_step = make_train_step(model, AXIS_NAME, regularization=regularization)
+        train_step = make_train_step(model, AXIS_NAME, regularization=regularization, loss_scale=loss_scale)
 
     def train_chunk(state, chunk):
         TRACE_COUNTS["train"] += 1

@@ -205,7 +205,8 @@ class Trainer:
         self.p_train = make_p_train_chunk(self.model, self.train_devices, donate=config.donate,
                                           regularization=regularization_for(config, self.source),
                                           embedding_updates=config.embedding_updates,
-                                          positions_per_pass=config.positions_per_pass)
+                                          positions_per_pass=config.positions_per_pass,
+                                          loss_scale=config.effective_loss_scaling())
         self.p_predict = make_p_predict_chunk(self.eval_model, self.devices, positions_per_pass=config.positions_per_pass)
         logging.info("model %s %s, %d parameters, %d replica(s) on %s, train %d samples, global micro-batch %d",
                      config.model, json.dumps(config.model_config, default=str), self.num_parameters,
@@ -423,9 +424,9 @@ class Trainer:
         if not np.all(np.isfinite(losses)):
             first_bad = int(np.argmax(~np.isfinite(losses)))
             raise NonFiniteLossError(
-                "training loss became %s at step %d (epoch %d); lower --learning_rate or set --clip_norm; %s"
+                "training loss became %s at step %d (epoch %d); lower --learning_rate or set --clip_norm%s; %s"
                 % (losses[first_bad], pending["step"] - len(losses) + first_bad + 1, pending["epoch"],
-                   self._last_good_checkpoint_text()))
+                   self._loss_scaling_hint(", or "), self._last_good_checkpoint_text()))
         record = {
             "epoch": pending["epoch"],
             "step": pending["step"],
@@ -443,6 +444,13 @@ class Trainer:
                          record["learning_rate"], record["samples_per_s"],
                          " (includes compilation)" if record["includes_compilation"] else "")
         self._notify("on_train_call", record)
+
+    def _loss_scaling_hint(self, before: str) -> str:
+        """With scaled float16 gradients an overflow is as likely a cause as a high learning rate."""
+        scale = self.config.effective_loss_scaling()
+        if self.config.data_type != "float16" or scale <= 1:
+            return ""
+        return "%slower --loss_scaling (now %g; float16 overflows above 65504)" % (before, scale)
 
     def _last_good_checkpoint_text(self) -> str:
         if self.last_checkpoint:
@@ -523,8 +531,9 @@ class Trainer:
         host_state = unreplicate_to_host(self.state)
         for leaf in jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats)):
             if not np.all(np.isfinite(np.asarray(leaf))):
-                raise NonFiniteLossError("the parameters became non-finite by step %d (epoch %d); %s"
-                                         % (self.step, self.epoch, self._last_good_checkpoint_text()))
+                raise NonFiniteLossError("the parameters became non-finite by step %d (epoch %d)%s; %s"
+                                         % (self.step, self.epoch, self._loss_scaling_hint("; "),
+                                            self._last_good_checkpoint_text()))
         tree: Dict[str, Any] = {"state": host_state}
         if self.best["variables"] is not None:
             tree["best"] = self.best["variables"]

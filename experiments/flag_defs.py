@@ -79,7 +79,8 @@ _TRAIN_FLAGS = (
     "max_seq_len", "epochs", "micro_batch_size", "eval_micro_batch_size", "device_iterations", "replicas",
     "optimizer", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file", "clip_norm",
     "mba_lambda", "l2",
-    "data_type", "seed", "model_path", "eval_every", "select_metric", "resample_negatives", "donate", "prefetch",
+    "data_type", "loss_scaling", "seed", "model_path", "eval_every", "select_metric", "resample_negatives", "donate",
+    "prefetch",
     "log_every", "use_synthetic_data", "dataset", "embedding_updates", "positions_per_pass",
 )
 
@@ -152,6 +153,8 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
                        "scaled by 1/frequency (DIN paper section 5.1; the paper uses 0.01); 0 disables.")
     flags.DEFINE_float("l2", 0.0, "Plain L2 on every parameter (l2 * w added to the gradient); 0 disables.")
     flags.DEFINE_enum("data_type", "float32", list(DATA_TYPES), "Compute dtype (parameters stay float32).")
+    flags.DEFINE_float("loss_scaling", 0.0, "Multiply the loss by this before backpropagation and divide the gradients "
+                       "by it (float16 gradients underflow otherwise); 0: 1024 with float16, else 1.")
     flags.DEFINE_integer("seed", 1234, "Seed of initialisation, data order and negatives.")
     flags.DEFINE_string("model_path", None, "Run directory: checkpoints and summary.json.")
     flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (and after each epoch); 0: per epoch. "
@@ -185,8 +188,8 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
                       "on the command line: the IPU library reads the variable when jax starts.")
     for name in ("use_synthetic_data", "synthetic_samples", "max_seq_len", "micro_batch_size", "eval_micro_batch_size",
                  "device_iterations", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file",
-                 "clip_norm", "mba_lambda", "data_type", "model_path", "eval_every", "select_metric", "resample_negatives",
-                 "log_every", "coordinator_address", "num_processes", "process_id", "lr_type", "use_ipu_model"):
+                 "clip_norm", "mba_lambda", "data_type", "loss_scaling", "model_path", "eval_every", "select_metric",
+                 "resample_negatives", "log_every", "coordinator_address", "num_processes", "process_id", "lr_type", "use_ipu_model"):
         _alias(name)
 
 

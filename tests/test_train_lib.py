@@ -1,5 +1,6 @@
 """The train step and loop: device iterations, data parallelism, recompilation, checkpoints."""
 
+import dataclasses
 import os
 
 import jax
@@ -199,3 +200,6 @@ def test_non_finite_loss_stops_with_the_step():
                          model_config={"item_dim": 4, "category_dim": 4, "mlp_hidden": (4,)})
     with pytest.raises(train_lib.NonFiniteLossError, match=r"at step \d+ \(epoch 1\)"):
         training.train_and_evaluate(config)
+    float16 = dataclasses.replace(config, data_type="float16")
+    with pytest.raises(train_lib.NonFiniteLossError, match=r"or lower --loss_scaling \(now 1024;"):
+        training.train_and_evaluate(float16)

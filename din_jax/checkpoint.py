@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from flax import serialization, traverse_util
 
+from din_jax.fileio import flush_to_disk, fsync_path
+
 # Version 2 added metadata_sha256 and escaped key components. Version 1
 # checkpoints (no metadata checksum; a '/' inside a component written as is)
 # stay readable: their keys are matched in their unescaped form.
@@ -78,20 +80,6 @@ def flatten_state(tree: Any) -> Dict[str, np.ndarray]:
     return {path_key(path): np.asarray(value) for path, value in flat.items()}
 
 
-def _fsync(path: str) -> None:
-    """Flushes a file, or a directory's entries, to disk; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _canonical_json(meta: Dict[str, Any]) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default)
 
@@ -128,8 +116,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
         state_path = os.path.join(tmp, STATE_FILE)
         with open(state_path, "wb") as handle:
             np.savez(handle, **flatten_state(tree))
-            handle.flush()
-            os.fsync(handle.fileno())
+            flush_to_disk(handle)
         meta = dict(metadata)
         meta.pop(META_CHECKSUM, None)
         meta["version"] = CHECKPOINT_VERSION
@@ -142,17 +129,15 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                 array_path = os.path.join(tmp, name + ".npy")
                 with open(array_path, "wb") as handle:
                     np.save(handle, np.asarray(value), allow_pickle=False)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+                    flush_to_disk(handle)
                 meta["arrays"][name] = _sha256(array_path)
         meta[META_CHECKSUM] = metadata_checksum(meta)
         with open(os.path.join(tmp, META_FILE), "w") as handle:
             json.dump(meta, handle, indent=2, sort_keys=True, default=_json_default)
-            handle.flush()
-            os.fsync(handle.fileno())
+            flush_to_disk(handle)
         # Without these a power cut after the rename could leave a directory
         # whose entries or contents never reached the disk.
-        _fsync(tmp)
+        fsync_path(tmp)
         old = None
         if os.path.exists(directory):
             old = directory + ".old"
@@ -160,7 +145,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                 shutil.rmtree(old)
             os.rename(directory, old)
         os.rename(tmp, directory)
-        _fsync(parent)
+        fsync_path(parent)
         if old is not None:
             shutil.rmtree(old)
     except BaseException:

@@ -66,17 +66,23 @@ class _Lookup:
         return self.index.get_indexer(keys).astype(np.int64) if keys else np.zeros(0, dtype=np.int64)
 
 
-def _read_file(path: str, split: int, report: BuildReport):
-    labels, users, items, categories, hist_items, hist_categories, lengths, splits = [], [], [], [], [], [], [], []
+def _tab_fields(path: str, report: BuildReport, count: int, expected: str):
+    """``(line number, fields)`` of each non-blank line with ``count`` tab-separated fields; others are malformed."""
     # newline="\n": the 0x02-joined histories are one line whatever other control bytes they hold.
     for number, line in text_lines(path, report, "read " + os.path.basename(path), newline="\n"):
         line = line.rstrip("\r\n")
         if not line:
             continue
         fields = line.split("\t")
-        if len(fields) != 6:
-            report.malformed(path, number, f"expected 6 tab-separated fields, found {len(fields)}")
+        if len(fields) != count:
+            report.malformed(path, number, f"expected {expected}, found {len(fields)} fields")
             continue
+        yield number, fields
+
+
+def _read_file(path: str, split: int, report: BuildReport):
+    labels, users, items, categories, hist_items, hist_categories, lengths, splits = [], [], [], [], [], [], [], []
+    for number, fields in _tab_fields(path, report, 6, "6 tab-separated fields"):
         label, user, item, category, history, history_categories = fields
         if label not in ("0", "1", "0.0", "1.0"):
             report.malformed(path, number, "label must be 0 or 1")
@@ -101,14 +107,7 @@ def _read_item_info(path: str, report: BuildReport):
     """Reads ``item<TAB>category`` lines; other lines are malformed (counted, or fatal with --strict)."""
     items: List[str] = []
     categories: List[str] = []
-    for number, line in text_lines(path, report, "read " + os.path.basename(path), newline="\n"):
-        line = line.rstrip("\r\n")
-        if not line:
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            report.malformed(path, number, f"expected item<TAB>category, found {len(fields)} fields")
-            continue
+    for _, fields in _tab_fields(path, report, 2, "item<TAB>category"):
         items.append(fields[0])
         categories.append(fields[1])
     return items, categories

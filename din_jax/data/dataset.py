@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from din_jax.data.negatives import make_user_item_keys, sample_negatives
+from din_jax.fileio import flush_to_disk, fsync_path
 
 FORMAT_NAME = "din_jax.dataset"
 FORMAT_VERSION = 1
@@ -447,7 +448,7 @@ def _escape_key(key) -> str:
 def _write_id_map(path: str, keys: Sequence) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
         handle.write("".join(_escape_key(key) + "\n" for key in keys))
-        _flush_to_disk(handle)
+        flush_to_disk(handle)
 
 
 def _json_default(value):
@@ -553,11 +554,11 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
         with open(os.path.join(temporary, META_FILE), "w", encoding="utf-8") as handle:
             json.dump(full_meta, handle, indent=2, sort_keys=False, default=_json_default)
             handle.write("\n")
-            _flush_to_disk(handle)
+            flush_to_disk(handle)
         # The rename must not reach the disk before the files it publishes.
-        _fsync_directory(temporary)
+        fsync_path(temporary)
         _move_into_place(temporary, absolute, overwrite)
-        _fsync_directory(parent)
+        fsync_path(parent)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -577,29 +578,10 @@ def _current_umask() -> int:
     return mask
 
 
-def _flush_to_disk(handle) -> None:
-    handle.flush()
-    os.fsync(handle.fileno())
-
-
 def _save_array(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as handle:
         np.save(handle, array)
-        _flush_to_disk(handle)
-
-
-def _fsync_directory(path: str) -> None:
-    """Makes a directory's entries durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+        flush_to_disk(handle)
 
 
 def _move_into_place(temporary: str, path: str, overwrite: bool) -> None:

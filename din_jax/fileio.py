@@ -1,0 +1,29 @@
+"""Durable writes: what the dataset writer and the checkpointer both need."""
+
+import os
+
+
+def flush_to_disk(handle) -> None:
+    """Flushes an open file's buffers and its contents to disk."""
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def fsync_path(path: str) -> None:
+    """Flushes a file, or a directory's entries, to disk.
+
+    After writing into a temporary directory and renaming it, the renamed
+    directory's entries and its parent's must reach the disk too, or a power
+    cut can leave a directory that exists but is empty. A no-op where
+    directories cannot be opened (Windows).
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

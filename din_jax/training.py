@@ -252,7 +252,13 @@ class Trainer:
     def _stop(self, during: Optional[str] = None) -> None:
         request = self._stop_request
         path = self.last_checkpoint if self._checkpointed_at_step() else self.save_train_checkpoint()
-        where = ("checkpoint %s; continue with --resume" % path) if path else "nothing saved (no --model_path)"
+        if path:
+            where = "checkpoint %s; continue with --resume" % path
+        elif self.checkpoint_root and not self.is_chief:
+            where = "process 0 writes checkpoint %s; continue with --resume" % ckpt.step_checkpoint_dir(
+                self.checkpoint_root, self.step)
+        else:
+            where = "nothing saved (no --model_path)"
         raise TrainingInterrupted("training stopped by %s at step %d (epoch %d%s): %s"
                                   % (request["reason"], self.step, self.epoch, ", " + during if during else "", where),
                                   self.step, path, request["signum"])
@@ -268,6 +274,34 @@ class Trainer:
             where = "nothing saved (no --model_path)"
         return TrainingAborted("training stopped at once by a second %s near step %d (epoch %d): %s"
                                % (reason, self.step, self.epoch, where), self.step, self.last_checkpoint, signum)
+
+    def _stop_agreed(self) -> bool:
+        """Whether to stop at this call boundary: every process decides the same.
+
+        One process of a multi-process run may get a signal (Ctrl-C in its
+        terminal), or all may get one but at different calls; a process that
+        stopped alone would leave the others waiting in the next call's
+        gradient collective forever. So at each boundary the processes gather
+        their requests (a few bytes, only when there are several processes)
+        and all stop if any asked, at the same step, with the chief writing
+        the checkpoint.
+        """
+        if self.process_count == 1:
+            return self._stop_request is not None
+        from jax.experimental import multihost_utils
+
+        mine = self._stop_request
+        local = np.asarray([mine is not None, (mine or {}).get("signum") or 0], np.int32)
+        gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(self.process_count, 2)
+        asked = np.flatnonzero(gathered[:, 0])
+        if not len(asked):
+            return False
+        if mine is None:
+            first = int(asked[0])
+            signum = int(gathered[first, 1]) or None
+            name = signal.Signals(signum).name if signum else "a stop request"
+            self._stop_request = {"reason": "%s to process %d" % (name, first), "signum": signum}
+        return True
 
     def _stop_if_requested(self, during: str) -> None:
         """Outside the training loop (``finish``): stops at once, the newest checkpoint being at this step."""
@@ -392,13 +426,14 @@ class Trainer:
             if call + 1 == len(plan.calls):
                 break  # the end of the epoch checkpoints and stops below
             due = self._next_checkpoint is not None and self.step >= self._next_checkpoint
-            if due or self._stop_request is not None:
+            stop = self._stop_agreed()
+            if due or stop:
                 if pending is not None:
                     self._drain(pending)  # never checkpoint a call whose loss was not checked
                     pending = None
                 if due:
                     self.save_train_checkpoint()
-                if self._stop_request is not None:
+                if stop:
                     self._stop()
                 self._last_done = time.perf_counter()
         if pending is not None:
@@ -407,7 +442,7 @@ class Trainer:
             self.evaluate()
         if not self._checkpointed_at_step():
             self.save_train_checkpoint()
-        if self._stop_request is not None:
+        if self._stop_agreed():
             self._stop()
 
     def _drain(self, pending: Dict[str, Any]) -> None:

@@ -145,6 +145,7 @@ class Trainer:
         self.devices = resolve_devices(config.replicas)
         self.process_index = jax.process_index()
         self.process_count = jax.process_count()
+        self._p_stop_code = None  # see _stop_agreed
         if self.process_count > 1 and config.replicas:
             raise ConfigError("--replicas must be 0 (every device) in a multi-process run")
         # Multi-process: the train program spans every process's devices
@@ -282,25 +283,28 @@ class Trainer:
         terminal), or all may get one but at different calls; a process that
         stopped alone would leave the others waiting in the next call's
         gradient collective forever. So at each boundary the processes gather
-        their requests (a few bytes, only when there are several processes)
+        their requests (one number per device, only when there are several processes)
         and all stop if any asked, at the same step, with the chief writing
         the checkpoint.
         """
         if self.process_count == 1:
             return self._stop_request is not None
-        from jax.experimental import multihost_utils
-
+        if self._p_stop_code is None:
+            # A pmapped max over every device of every process: the collective
+            # the train program itself uses, so it runs wherever training does.
+            self._p_stop_code = jax.pmap(lambda code: jax.lax.pmax(code, "processes"), axis_name="processes")
         mine = self._stop_request
-        local = np.asarray([mine is not None, (mine or {}).get("signum") or 0], np.int32)
-        gathered = np.asarray(multihost_utils.process_allgather(local)).reshape(self.process_count, 2)
-        asked = np.flatnonzero(gathered[:, 0])
-        if not len(asked):
+        # The highest process that asked, with its signal: (process + 1) * 256 + signal number.
+        code = (self.process_index + 1) * 256 + ((mine or {}).get("signum") or 0) if mine is not None else 0
+        local = np.zeros((len(self.devices),), np.int32)
+        local[0] = code
+        agreed = int(np.asarray(self._p_stop_code(local))[0])
+        if not agreed:
             return False
         if mine is None:
-            first = int(asked[0])
-            signum = int(gathered[first, 1]) or None
+            signum = agreed % 256 or None
             name = signal.Signals(signum).name if signum else "a stop request"
-            self._stop_request = {"reason": "%s to process %d" % (name, first), "signum": signum}
+            self._stop_request = {"reason": "%s to process %d" % (name, agreed // 256 - 1), "signum": signum}
         return True
 
     def _stop_if_requested(self, during: str) -> None:

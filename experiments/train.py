@@ -11,6 +11,7 @@ continues from the newest checkpoint exactly (docs/WATCHING.md).
 """
 
 import json
+import os
 import sys
 
 import flag_defs
@@ -21,7 +22,7 @@ from din_jax.checkpoint import CheckpointError
 from din_jax.config import ConfigError
 from din_jax.data.dataset import DatasetError
 from din_jax.train_lib import NonFiniteLossError
-from din_jax.training import TrainingInterrupted, train_and_evaluate
+from din_jax.training import TrainingAborted, TrainingInterrupted, train_and_evaluate
 
 flag_defs.define_model_flags()
 flag_defs.define_run_flags(micro_batch_size=32, epochs=2)
@@ -39,6 +40,19 @@ def _row(name, metrics):
         name, metrics["gauc"], metrics["auc"], metrics["logloss"], metrics["samples"], metrics.get("gauc_users", 0))
 
 
+def _exit_alone(code: int) -> None:
+    """Exits, in a multi-process run without waiting for the other processes.
+
+    The JAX runtime's shutdown at exit waits for every process; after a stop
+    at once, or when another process is gone, it would wait forever.
+    """
+    if FLAGS.num_processes <= 1:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv):
     try:
         flag_defs.import_user_modules()
@@ -49,15 +63,27 @@ def main(argv):
                                      tensorboard=FLAGS.tensorboard, attention_histograms=FLAGS.attention_histograms,
                                      train_log=FLAGS.train_log)
         summary = train_and_evaluate(config, hooks=hooks)
+    except TrainingAborted as stop:
+        sys.stderr.write("train.py: %s\n" % stop)
+        _exit_alone(128 + stop.signum if stop.signum else 1)
     except TrainingInterrupted as stop:
         sys.stderr.write("train.py: %s\n" % stop)
         sys.exit(128 + stop.signum if stop.signum else 1)
     except KeyboardInterrupt:
         # A second Ctrl-C while the first one's checkpoint is being written.
         sys.stderr.write("train.py: interrupted again: stopped without waiting for the checkpoint\n")
-        sys.exit(130)
+        _exit_alone(130)
     except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, ValueError, OSError) as error:
         flag_defs.fail("train.py", error)
+    except RuntimeError as error:
+        if FLAGS.num_processes <= 1:
+            raise
+        # What the others see when one process of a multi-process run is gone:
+        # the next collective fails (e.g. "Gloo all-reduce failed: Connection closed by peer").
+        sys.stderr.write("train.py: error: process %d: a collective with the other processes failed (%s); another "
+                         "process stopped or died; restart every process with --resume to continue from the newest "
+                         "checkpoint\n" % (FLAGS.process_id, str(error).strip().splitlines()[0][:300]))
+        _exit_alone(1)
     if not config.model_path:
         logging.warning("no --model_path given: nothing was saved")
     rate = summary["samples_per_s"]

@@ -51,7 +51,8 @@ _drain = training.Trainer._drain
 def _drain_then_signal(self, pending):
     _drain(self, pending)
     if jax.process_index() == int(os.environ["SIGNAL_PROCESS"]) and pending["step"] == int(os.environ["SIGNAL_STEP"]):
-        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(int(os.environ.get("SIGNAL_TIMES", "1"))):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 training.Trainer._drain = _drain_then_signal
@@ -129,3 +130,19 @@ def test_a_signal_to_one_process_stops_every_process_at_one_step(tmp_path, singl
         assert code == 0, out[-2000:]
     _assert_same_parameters(single_run, multi)
     assert os.path.isfile(os.path.join(multi, "summary.json"))
+
+
+@needs_collectives
+def test_a_second_signal_to_one_process_ends_every_process_without_hanging(tmp_path):
+    signaller = tmp_path / "signaller.py"
+    signaller.write_text(SIGNALLER)
+    run = str(tmp_path / "run")
+    # Process 1 stops at once; process 0 finds its next collective broken. Neither may wait for the other at exit.
+    codes, outputs = _two_processes(run, ["--import_module", str(signaller)],
+                                    {"SIGNAL_PROCESS": "1", "SIGNAL_STEP": "4", "SIGNAL_TIMES": "2"})
+    assert codes == [1, 143], outputs
+    assert "train.py: training stopped at once by a second SIGTERM near step" in outputs[1], outputs[1][-2000:]
+    last = outputs[0].strip().splitlines()[-1]
+    assert last.startswith("train.py: error: process 0: a collective with the other processes failed ("), last
+    assert last.endswith("restart every process with --resume to continue from the newest checkpoint"), last
+    assert "Traceback" not in outputs[0]

@@ -75,7 +75,9 @@ _RESUME_MUST_MATCH = ("seed", "micro_batch_size", "device_iterations", "optimize
                       "embedding_updates", "length_buckets", "positions_per_pass")
 # Settings a resumed run may change, with a warning that it no longer
 # reproduces an uninterrupted run.
-_RESUME_MAY_CHANGE = ("learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file")
+# (--loss_scaling: lowering it is how a float16 run that overflowed goes on.)
+_RESUME_MAY_CHANGE = ("learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file",
+                      "loss_scaling")
 # Settings that never touch the training trajectory but may round validation
 # scores differently (another batch shape), and so perhaps pick another best
 # step: allowed with a warning, since a resumed job may have less memory.

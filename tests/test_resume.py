@@ -255,9 +255,12 @@ def test_resume_checks_the_dataset_and_warns_on_another_evaluation_batch(tmp_pat
     # The same files, moved and built again: the same data.
     warnings = []
     monkeypatch.setattr(training.logging, "warning", lambda fmt, *args: warnings.append(fmt % args))
-    training.Trainer(TrainConfig(model_path=path, resume=True, **dict(settings, eval_micro_batch_size=32)),
+    training.Trainer(TrainConfig(model_path=path, resume=True,
+                                 **dict(settings, eval_micro_batch_size=32, loss_scaling=256.0)),
                      source=data("aaa", "/moved/a"))
     assert any("--eval_micro_batch_size 32 instead of the checkpoint's 64: training is unchanged" in w
+               for w in warnings), warnings
+    assert any("--loss_scaling 256.0 instead of the checkpoint's 0.0: the run will differ" in w
                for w in warnings), warnings
 
 

@@ -44,9 +44,16 @@ def _where(path: str, lines: Optional[np.ndarray], row: int):
     return (path, int(lines[row])) if lines is not None else (path + " row", row + 1)
 
 
+# What pandas' (compiled) type inference calls a column whose cells cannot be containers.
+_SCALAR_KINDS = frozenset(("string", "bytes", "integer", "floating", "mixed-integer-float", "decimal", "complex",
+                           "boolean", "datetime64", "datetime", "date", "timedelta64", "timedelta", "time",
+                           "period", "interval", "categorical", "empty"))
+
+
 def _nested_rows(values: pd.Series) -> np.ndarray:
-    """Positions of the cells that hold a container; text tables hold only strings, so none there."""
-    if values.dtype != object:
+    """Positions of the cells that hold a container (none in a text table's strings)."""
+    if values.dtype != object or pd.api.types.infer_dtype(values, skipna=True) in _SCALAR_KINDS:
+        # The common case, checked without a Python call per cell (0.5-0.8 s per column of 1.7 M strings).
         return np.zeros(0, dtype=np.int64)
     nested = values.map(lambda value: isinstance(value, _NESTED), na_action="ignore")
     return np.flatnonzero(nested.fillna(False).to_numpy(dtype=bool))
@@ -75,7 +82,7 @@ def _last_leaf(value):
     return value
 
 
-def category_values(values: pd.Series, where: Callable[[int], Tuple[str, int]], column: str,
+def category_values(values: pd.Series, path: str, where: Callable[[int], Tuple[str, int]], column: str,
                     report: BuildReport) -> np.ndarray:
     """A category column as objects; list cells give their last element (the Amazon rule)."""
     out = values.to_numpy(dtype=object)
@@ -90,8 +97,7 @@ def category_values(values: pd.Series, where: Callable[[int], Tuple[str, int]], 
             raise DataPrepError(f"{file}:{line}: column {column!r} holds a {type(value).__name__} "
                                 f"({repr(_plain(value))[:60]}); a category cell is a value or a list of them")
         out[row] = _last_leaf(value)
-    report.note(f"{where(0)[0].replace(' row', '')}: {len(rows)} cells of {column!r} hold lists; their last element "
-                "is the category")
+    report.note(f"{path}: {len(rows)} cells of {column!r} hold lists; their last element is the category")
     return out
 
 
@@ -202,7 +208,7 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
         meta_items = meta_categories = None
         if options.category_col and options.category_col in frame.columns:
             kept = np.flatnonzero(valid)  # rows of the file, for messages
-            row_categories = category_values(frame[options.category_col],
+            row_categories = category_values(frame[options.category_col], path,
                                              lambda row: _where(path, lines, int(kept[row])),
                                              options.category_col, report)
         elif options.meta:
@@ -211,7 +217,7 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
             _require_columns(items, meta_path, [options.item_col, options.category_col])
             _refuse_nested(items, meta_path, meta_lines, [options.item_col])
             meta_items = items[options.item_col].to_numpy(dtype=object)
-            meta_categories = category_values(items[options.category_col],
+            meta_categories = category_values(items[options.category_col], meta_path,
                                               lambda row: _where(meta_path, meta_lines, row),
                                               options.category_col, report)
             sources.append(meta_path)

@@ -3,7 +3,7 @@
 import os
 import sys
 import traceback
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 from data_prep.report import DataPrepError
 from din_jax.data.dataset import DatasetError
@@ -11,8 +11,8 @@ from din_jax.data.dataset import DatasetError
 DEBUG_VARIABLE = "DATA_PREP_DEBUG"
 
 
-def _fail(program: str, message: str, error: BaseException) -> None:
-    if os.environ.get(DEBUG_VARIABLE):
+def _fail(program: str, message: str, error: Optional[BaseException]) -> None:
+    if error is not None and os.environ.get(DEBUG_VARIABLE):
         traceback.print_exception(type(error), error, error.__traceback__)
     message = " ".join(message.split("\n"))
     sys.stderr.write(f"{program}: error: {message}\n")
@@ -43,34 +43,10 @@ def run_safely(program: str, work: Callable[[], None]) -> None:
 
 
 def run_app(main: Callable[[List[str]], Any]) -> None:
-    """``absl.app.run(main)`` with bad flags and stray arguments told in one line (exit 2), like every other error.
+    """``absl.app.run(main)`` with bad flags and stray arguments told in one line (exit 2), like every other error."""
+    from din_jax.cli import run_main
 
-    absl itself reports a bad flag in two lines with exit status 1, and a
-    stray positional argument would print the module docstring.
-    """
-    from absl import app, flags
-
-    program = os.path.basename(sys.argv[0]) or "data_prep"
-
-    def parse(argv: List[str]) -> List[str]:
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as error:
-            _fail(program, "%s (--helpshort lists the flags)" % str(error).replace("ERROR:: ", ""), error)
-            raise  # not reached: _fail exits
-
-    def checked_main(argv: List[str]) -> Any:
-        if len(argv) > 1:
-            sys.stderr.write("%s: error: unexpected arguments: %s (every option is a --flag)\n"
-                             % (program, " ".join(argv[1:])))
-            sys.exit(2)
-        try:
-            return main(argv)
-        except app.UsageError as error:
-            sys.stderr.write("%s: error: %s\n" % (program, error))
-            sys.exit(2)
-
-    app.run(checked_main, flags_parser=parse)
+    run_main(main, lambda program, message: _fail(program, message, None))
 
 
 def require_flags(**values) -> None:

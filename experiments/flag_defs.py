@@ -388,30 +388,13 @@ def fail(program: str, error: Any) -> None:
 
 
 def run(main: Callable[[List[str]], Any]) -> None:
-    """``absl.app.run(main)`` with the errors of the command line told in one line.
+    """``absl.app.run(main)`` with the errors of the command line told in one line (``din_jax.cli.run_main``)."""
+    from din_jax.cli import run_main
 
-    absl reports a bad flag in two lines and exits with 1, and a stray
-    positional argument would print the module docstring; here both are one
-    line, ``PROGRAM: error: ...``, with exit status 2, as every other error
-    of the entry points.
-    """
-    from absl import app
-
-    program = os.path.basename(sys.argv[0]) or "din_jax"
-
-    def parse(argv: List[str]) -> List[str]:
-        try:
-            return FLAGS(argv)
-        except flags.Error as error:
-            fail(program, "%s (--helpshort lists the flags)" % str(error).replace("ERROR:: ", ""))
-            raise  # not reached: fail exits
-
-    def checked_main(argv: List[str]) -> Any:
-        if len(argv) > 1:
-            fail(program, "unexpected arguments: %s (every option is a --flag)" % " ".join(argv[1:]))
+    def check() -> Optional[str]:
         if "use_ipu_model" in FLAGS and FLAGS.use_ipu_model and os.environ.get("JAX_IPU_USE_MODEL") != "true":
-            fail(program, "--use_ipu_model must be given on the command line (not in a flagfile), or set "
-                          "JAX_IPU_USE_MODEL=true: the IPU library reads it when jax starts")
-        return main(argv)
+            return ("--use_ipu_model must be given on the command line (not in a flagfile), or set "
+                    "JAX_IPU_USE_MODEL=true: the IPU library reads it when jax starts")
+        return None
 
-    app.run(checked_main, flags_parser=parse)
+    run_main(main, fail, check)

@@ -1,0 +1,40 @@
+"""What every command-line entry point shares (experiments/ and data_prep/)."""
+
+import os
+import sys
+from typing import Any, Callable, List, Optional
+
+
+def run_main(main: Callable[[List[str]], Any], fail: Callable[[str, str], None],
+             check: Optional[Callable[[], Optional[str]]] = None) -> None:
+    """``absl.app.run(main)`` with the errors of the command line told in one line.
+
+    absl reports a bad flag in two lines and exits with 1, and a stray
+    positional argument would print the module docstring; here a bad flag, a
+    stray argument, a problem ``check()`` returns and an ``app.UsageError``
+    all go to ``fail(program, message)``, which prints ``PROGRAM: error:
+    ...`` and exits with status 2, as every other error of the entry points.
+    """
+    from absl import app, flags
+
+    program = os.path.basename(sys.argv[0]) or "din_jax"
+
+    def parse(argv: List[str]) -> List[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            fail(program, "%s (--helpshort lists the flags)" % str(error).replace("ERROR:: ", ""))
+            raise  # not reached: fail exits
+
+    def checked_main(argv: List[str]) -> Any:
+        if len(argv) > 1:
+            fail(program, "unexpected arguments: %s (every option is a --flag)" % " ".join(argv[1:]))
+        problem = check() if check is not None else None
+        if problem:
+            fail(program, problem)
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            fail(program, str(error))
+
+    app.run(checked_main, flags_parser=parse)

@@ -53,7 +53,7 @@ def write_table(path: str, columns: Mapping[str, object]) -> None:
     arrays: Dict[str, np.ndarray] = {"__columns__": np.array(list(columns), dtype=str)}
     for name, values in columns.items():
         series = _as_series(values)
-        if series.dtype == object or pd.api.types.is_string_dtype(series.dtype):
+        if _is_text(series):
             codes, uniques = pd.factorize(series, sort=False)
             arrays[name + ".keys"] = np.array([str(key) for key in uniques], dtype=str)
             arrays[name + ".codes"] = codes.astype(np.int32)
@@ -195,6 +195,15 @@ def read_table(path: str, report: BuildReport, sep: Optional[str] = None,
     return frame, lines
 
 
+def _is_text(values: pd.Series) -> bool:
+    """Whether a column holds strings (object in pandas < 3, a string dtype after)."""
+    return values.dtype == object or pd.api.types.is_string_dtype(values.dtype)
+
+
+# A line break as pandas' C tokenizer counts one.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
 class _LineLayout:
     """Where the lines of a text table start and end, and which are blank in pandas' sense.
 
@@ -285,8 +294,8 @@ def _row_lines(layout: _LineLayout, header: int, skipped: List[int], frame: pd.D
     spans = np.ones(len(frame), dtype=np.int64)
     for column in frame.columns:
         values = frame[column]
-        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
-            spans += values.str.count(r"\r\n|\r|\n").fillna(0).to_numpy(dtype=np.int64)
+        if _is_text(values):
+            spans += values.str.count(_LINE_BREAK.pattern).fillna(0).to_numpy(dtype=np.int64)
     blocked = (~usable).tolist()
     lines = np.empty(len(frame), dtype=np.int64)
     cursor = header_end + 1
@@ -301,7 +310,7 @@ def _row_lines(layout: _LineLayout, header: int, skipped: List[int], frame: pd.D
 
 
 def _breaks_in(text: str) -> int:
-    return len(re.findall(r"\r\n|\r|\n", text))
+    return len(_LINE_BREAK.findall(text))
 
 
 def _drop_undecodable_rows(path: str, frame: pd.DataFrame, lines: Optional[np.ndarray], spans: Optional[np.ndarray],
@@ -312,7 +321,7 @@ def _drop_undecodable_rows(path: str, frame: pd.DataFrame, lines: Optional[np.nd
         mask = np.zeros(len(frame), dtype=bool)
         for column in frame.columns:
             values = frame[column]
-            if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            if _is_text(values):
                 mask |= values.str.contains("\ufffd", regex=False).fillna(False).to_numpy(dtype=bool)
         for row in np.flatnonzero(mask):
             report.malformed(path + " row", int(row) + 1, "not UTF-8")

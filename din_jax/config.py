@@ -102,14 +102,11 @@ class TrainConfig:
             raise ConfigError("--learning_rate must be > 0, got %r" % self.learning_rate)
         if self.clip_norm < 0:
             raise ConfigError("--clip_norm must be >= 0 (0 disables clipping), got %r" % self.clip_norm)
-        for name in ("mba_lambda", "l2"):
+        for name, zero in (("mba_lambda", "0 disables it"), ("l2", "0 disables it"),
+                           ("loss_scaling", "0: 1024 with float16, else 1")):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError("--%s must be a finite number >= 0 (0 disables it), got %r" % (name, value))
-        if not (isinstance(self.loss_scaling, (int, float)) and math.isfinite(self.loss_scaling)
-                and self.loss_scaling >= 0):
-            raise ConfigError("--loss_scaling must be a finite number >= 0 (0: 1024 with float16, else 1), got %r"
-                              % (self.loss_scaling,))
+                raise ConfigError("--%s must be a finite number >= 0 (%s), got %r" % (name, zero, value))
         if self.lr_schedule == "file" and not self.lr_file:
             raise ConfigError("--lr_schedule file needs --lr_file")
         if not self.use_synthetic_data and not self.dataset:

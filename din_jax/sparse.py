@@ -296,7 +296,7 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
     """
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
-    from din_jax.train_lib import scale_loss, unscale_gradients
+    from din_jax.train_lib import value_and_scaled_grad
 
     if compute_loss is None:
         from din_jax.train_lib import compute_loss
@@ -331,12 +331,10 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
 
             def loss_fn(rest, deltas):
                 logits, updates = forward(rest, deltas, part, ["batch_stats", EMBEDDING_LOOKUPS], rng)
-                loss = compute_loss(logits, part["label"])
-                return scale_loss(loss, loss_scale), (loss, logits, updates)
+                return compute_loss(logits, part["label"]), (logits, updates)
 
-            (_, (loss, logits, updates)), (grads, delta_grads) = jax.value_and_grad(
-                loss_fn, argnums=(0, 1), has_aux=True)(rest, deltas)
-            grads, delta_grads = unscale_gradients((grads, delta_grads), loss_scale)
+            (loss, (logits, updates)), (grads, delta_grads) = value_and_scaled_grad(
+                loss_fn, loss_scale, argnums=(0, 1))(rest, deltas)
             updates = flax.core.unfreeze(updates)
             lookups = _flatten_lookups(updates.pop(EMBEDDING_LOOKUPS))
             return loss, logits, updates, lookups, grads, delta_grads

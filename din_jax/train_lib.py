@@ -91,16 +91,27 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int, max_s
     )
 
 
-def scale_loss(loss, loss_scale: float):
-    """The loss to differentiate: ``loss * loss_scale`` (``loss`` itself for 1, so the program is unchanged)."""
-    return loss if loss_scale == 1.0 else loss * loss_scale
+def value_and_scaled_grad(loss_fn: Callable, loss_scale: float, argnums: Any = 0) -> Callable:
+    """``jax.value_and_grad(loss_fn, argnums, has_aux=True)``, backpropagating ``loss * loss_scale``.
 
-
-def unscale_gradients(grads, loss_scale: float):
-    """Gradients of ``scale_loss(loss)`` back to those of ``loss`` (in the parameters' float32)."""
+    The gradients come back divided by ``loss_scale`` (in the parameters'
+    float32), the loss and aux as ``loss_fn`` returns them. With 1 it is
+    ``jax.value_and_grad`` itself, so the program does not change.
+    """
     if loss_scale == 1.0:
-        return grads
-    return jax.tree_util.tree_map(lambda g: g / jnp.asarray(loss_scale, g.dtype), grads)
+        return jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)
+
+    def scaled(*args):
+        loss, aux = loss_fn(*args)
+        return loss * loss_scale, (loss, aux)
+
+    grad_fn = jax.value_and_grad(scaled, argnums=argnums, has_aux=True)
+
+    def value_and_grad(*args):
+        (_, (loss, aux)), grads = grad_fn(*args)
+        return (loss, aux), jax.tree_util.tree_map(lambda g: g / jnp.asarray(loss_scale, g.dtype), grads)
+
+    return value_and_grad
 
 
 def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
@@ -128,11 +139,9 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
                 mutable=["batch_stats"],
                 rngs={"dropout": dropout_rng},
             )
-            loss = compute_loss(logits, batch["label"])
-            return scale_loss(loss, loss_scale), (loss, logits, updates)
+            return compute_loss(logits, batch["label"]), (logits, updates)
 
-        (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grads = unscale_gradients(grads, loss_scale)
+        (loss, (logits, updates)), grads = value_and_scaled_grad(loss_fn, loss_scale)(state.params)
         correct = jnp.mean(((logits > 0).astype(jnp.float32) == batch["label"]).astype(jnp.float32))
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)

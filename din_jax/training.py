@@ -297,7 +297,7 @@ class Trainer:
             self._p_stop_code = jax.pmap(lambda code: jax.lax.pmax(code, "processes"), axis_name="processes")
         mine = self._stop_request
         # The highest process that asked, with its signal: (process + 1) * 256 + signal number.
-        code = (self.process_index + 1) * 256 + ((mine or {}).get("signum") or 0) if mine is not None else 0
+        code = (self.process_index + 1) * 256 + (mine["signum"] or 0) if mine is not None else 0
         local = np.zeros((len(self.devices),), np.int32)
         local[0] = code
         agreed = int(np.asarray(self._p_stop_code(local))[0])
@@ -784,15 +784,14 @@ class Trainer:
         if problems:
             raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings and data: %s"
                                        % (path, "; ".join(problems)))
-        for name in _RESUME_MAY_CHANGE:
-            if name in stored and _canonical(stored[name]) != _canonical(getattr(config, name)):
-                logging.warning("resuming with --%s %r instead of the checkpoint's %r: the run will differ from an "
-                                "uninterrupted one", name, getattr(config, name), stored[name])
-        for name in _RESUME_MAY_CHANGE_EVALUATION:
-            if name in stored and _canonical(stored[name]) != _canonical(getattr(config, name)):
-                logging.warning("resuming with --%s %r instead of the checkpoint's %r: training is unchanged, but "
-                                "validation scores may differ in their last digits from an uninterrupted run (and "
-                                "so, rarely, the best step)", name, getattr(config, name), stored[name])
+        for names, consequence in ((_RESUME_MAY_CHANGE, "the run will differ from an uninterrupted one"),
+                                   (_RESUME_MAY_CHANGE_EVALUATION,
+                                    "training is unchanged, but validation scores may differ in their last digits "
+                                    "from an uninterrupted run (and so, rarely, the best step)")):
+            for name in names:
+                if name in stored and _canonical(stored[name]) != _canonical(getattr(config, name)):
+                    logging.warning("resuming with --%s %r instead of the checkpoint's %r: %s",
+                                    name, getattr(config, name), stored[name], consequence)
 
     # -- the end -------------------------------------------------------------
 

@@ -163,11 +163,15 @@ class Predictor:
             bad = ids[(ids < 0) | (ids >= size)][0]
             raise ValueError("%s id %d is out of range [0, %d)" % (name, int(bad), size))
 
-    def _user_ids(self, where: str, users: Any, rows: int) -> np.ndarray:
-        """int64 ``[rows]`` user ids; zeros for models without a user embedding, which never read them."""
+    def _user_ids(self, where: str, users: Any, rows: int, missing: Optional[str] = None) -> np.ndarray:
+        """int64 ``[rows]`` user ids; zeros for models without a user embedding, which never read them.
+
+        ``missing``: the error when a model with a user embedding gets no user.
+        """
         if users is None:
             if self.uses_user:
-                raise ValueError("%s: the model has a user embedding (user_dim > 0): give the user id" % where)
+                raise ValueError(missing or "%s: the model has a user embedding (user_dim > 0): give the user id"
+                                 % where)
             return np.zeros(rows, np.int64)
         user_B = _as_ids(where, users)
         if user_B.ndim == 0:
@@ -267,10 +271,9 @@ class Predictor:
         self._check_ids("%s: candidate item" % where, candidate_C, self.num_items)
         self._check_ids("%s: history item" % where, history_L, self.num_items)
         count = candidate_C.shape[0]
-        user = _as_user(where, user)
-        if user is None and self.uses_user:
-            raise ValueError("%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>" % where)
-        user_C = self._user_ids("%s: user" % where, user, count)
+        user_C = self._user_ids("%s: user" % where, _as_user(where, user), count,
+                                missing="%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>"
+                                % where)
         hist_T = np.zeros(self.max_seq_len, np.int64)
         hist_T[:history_L.shape[0]] = history_L
         batch = {

@@ -1,10 +1,12 @@
 """Line readers for text inputs: a line that is not UTF-8 is a malformed line, not a crash."""
 
 import os
-from typing import Iterable, Iterator, Optional, TextIO, Tuple
+from typing import Callable, Iterable, Iterator, Optional, TextIO, Tuple, TypeVar
 
 from data_prep.progress import progress
 from data_prep.report import BuildReport, DataPrepError, undecodable
+
+T = TypeVar("T")
 
 # Progress is updated once per this many lines: per-line bar updates would cost
 # more than the parsing of short lines.
@@ -24,21 +26,24 @@ def open_text(path: str, newline: Optional[str] = None) -> TextIO:
         raise DataPrepError(f"cannot open {path}: {error.strerror or error}") from None
 
 
-def counting(lines: Iterable[str], bar, total: Optional[int] = None) -> Iterator[str]:
-    """Passes ``lines`` through, adding their lengths (about the bytes read) to ``bar``.
+def counting(items: Iterable[T], bar, total: Optional[int] = None,
+             size: Callable[[T], int] = len) -> Iterator[T]:
+    """Passes ``items`` through, adding their sizes to ``bar`` (every ``_LINES_PER_UPDATE`` items).
 
-    Characters are not bytes (multi-byte UTF-8, \\r\\n read as \\n): once the
-    lines run out, the bar is topped up to ``total``, the file's size.
+    Lines are sized by their length (about the bytes read). Characters are
+    not bytes (multi-byte UTF-8, \\r\\n read as \\n): once the items run
+    out, the bar is topped up to ``total``, the file's size. Entries of a list
+    count one each (``size=lambda entry: 1``).
     """
     pending = count = seen = 0
-    for line in lines:
-        pending += len(line)
+    for item in items:
+        pending += size(item)
         count += 1
         if count == _LINES_PER_UPDATE:
             bar.update(pending)
             seen += pending
             pending = count = 0
-        yield line
+        yield item
     seen += pending
     bar.update(pending + (max(total - seen, 0) if total is not None else 0))
 

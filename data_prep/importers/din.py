@@ -31,8 +31,11 @@ from data_prep.textio import counting, open_text
 
 _HISTORY = re.compile(r"\s*\[\s*((?:\d+\s*,\s*)*\d+)?\s*\]\s*")
 _PAIR = re.compile(r"\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*")
-# A bar update per sample would cost as much as reading the sample.
-_ENTRIES_PER_UPDATE = 1 << 14
+
+
+def _one(entry) -> int:
+    del entry
+    return 1
 
 
 class _Collector:
@@ -177,9 +180,7 @@ def read_din_pickle(path: str, report: BuildReport):
     with progress(total=len(train_set) + len(test_set), desc="samples of " + name, unit="sample",
                   unit_scale=True) as bar:
         for what, entries, split in (("train_set", train_set, TRAIN), ("test_set", test_set, TEST)):
-            for index, entry in enumerate(entries):
-                if index and index % _ENTRIES_PER_UPDATE == 0:
-                    bar.update(_ENTRIES_PER_UPDATE)
+            for index, entry in enumerate(counting(entries, bar, size=_one)):
                 try:
                     if split == TRAIN:
                         user, history, item, label = entry
@@ -194,8 +195,6 @@ def read_din_pickle(path: str, report: BuildReport):
                     continue
                 for item, label in targets:
                     collector.add(user, history, item, label, split)
-            # The loop reported every full chunk before the last entry.
-            bar.update(len(entries) - (max(len(entries) - 1, 0) // _ENTRIES_PER_UPDATE) * _ENTRIES_PER_UPDATE)
     rows = collector.rows()
     _check_ranges(path, rows, num_users, num_items)
     if len(cate_list) and (cate_list.min() < 0 or cate_list.max() >= num_categories):

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from flax import serialization, traverse_util
 
-from din_jax.fileio import flush_to_disk, fsync_path
+from din_jax.fileio import flush_to_disk, fsync_path, save_array
 
 # Version 2 added metadata_sha256 and escaped key components. Version 1
 # checkpoints (no metadata checksum; a '/' inside a component written as is)
@@ -127,9 +127,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                 if not _ARRAY_NAME.match(name):
                     raise ValueError("checkpoint array name %r: use lower-case letters, digits and _" % name)
                 array_path = os.path.join(tmp, name + ".npy")
-                with open(array_path, "wb") as handle:
-                    np.save(handle, np.asarray(value), allow_pickle=False)
-                    flush_to_disk(handle)
+                save_array(array_path, value)
                 meta["arrays"][name] = _sha256(array_path)
         meta[META_CHECKSUM] = metadata_checksum(meta)
         with open(os.path.join(tmp, META_FILE), "w") as handle:

@@ -2,11 +2,20 @@
 
 import os
 
+import numpy as np
+
 
 def flush_to_disk(handle) -> None:
     """Flushes an open file's buffers and its contents to disk."""
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def save_array(path: str, array: np.ndarray) -> None:
+    """``np.save`` (no pickles) that returns once the file is on disk."""
+    with open(path, "wb") as handle:
+        np.save(handle, np.asarray(array), allow_pickle=False)
+        flush_to_disk(handle)
 
 
 def fsync_path(path: str) -> None:

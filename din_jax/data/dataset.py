@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from din_jax.data.negatives import make_user_item_keys, sample_negatives
-from din_jax.fileio import flush_to_disk, fsync_path
+from din_jax.fileio import flush_to_disk, fsync_path, save_array
 
 FORMAT_NAME = "din_jax.dataset"
 FORMAT_VERSION = 1
@@ -539,13 +539,13 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
     try:
         # mkdtemp makes the folder private (0700); a dataset gets the mode any new folder would.
         os.chmod(temporary, 0o777 & ~_current_umask())
-        _save_array(os.path.join(temporary, SEQUENCES_FILE), sequences)
-        _save_array(os.path.join(temporary, OFFSETS_FILE), offsets)
-        _save_array(os.path.join(temporary, ITEM_CATEGORY_FILE), item_category)
+        save_array(os.path.join(temporary, SEQUENCES_FILE), sequences)
+        save_array(os.path.join(temporary, OFFSETS_FILE), offsets)
+        save_array(os.path.join(temporary, ITEM_CATEGORY_FILE), item_category)
         for name, rows in all_splits.items():
-            _save_array(os.path.join(temporary, _split_file(name)), rows)
+            save_array(os.path.join(temporary, _split_file(name)), rows)
         for kind, counts in frequencies.items():
-            _save_array(os.path.join(temporary, FREQ_FILES[kind]), counts)
+            save_array(os.path.join(temporary, FREQ_FILES[kind]), counts)
         for kind, file in ID_MAP_FILES.items():
             _write_id_map(os.path.join(temporary, file), id_maps[kind])
         if before_meta is not None:
@@ -576,12 +576,6 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-def _save_array(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, array)
-        flush_to_disk(handle)
 
 
 def _move_into_place(temporary: str, path: str, overwrite: bool) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import din_jax
 from data_prep.importers.common import BuildOptions, check_options
 from data_prep.importers.registry import get_importer
-from data_prep.progress import stages
+from data_prep.progress import stage
 from data_prep.report import BuildReport
 from data_prep.sources import SourceHasher
 from din_jax.data.dataset import META_FILE, check_output_path, write_dataset
@@ -66,8 +66,7 @@ def build_dataset(options: BuildOptions, output: str, *, overwrite: bool = False
         report.timings["write"] = round(time.perf_counter() - start, 3)
         full_meta["timings_s"] = dict(report.timings)
 
-    with stages("write " + os.path.basename(os.path.abspath(output)), ["arrays"]) as step:
-        step.advance("arrays")
+    with stage("write " + os.path.basename(os.path.abspath(output)), "arrays"):
         write_dataset(output, sequences=imported.sequences, offsets=imported.offsets,
                       item_category=imported.item_category, splits=imported.splits, meta=meta,
                       id_maps=imported.id_maps, overwrite=overwrite, before_meta=record_write_time)

@@ -12,6 +12,7 @@ spends its time and a small build stays quiet.
 ``DATA_PREP_PROGRESS`` overrides the choice: ``bar``, ``log`` or ``off``.
 """
 
+import contextlib
 import os
 import sys
 import time
@@ -180,3 +181,11 @@ class Stages:
 def stages(desc: str, names: Sequence[str], **kwargs) -> Stages:
     """Returns a ``Stages`` progress for a step of ``names`` (use as a context manager)."""
     return Stages(desc, names, **kwargs)
+
+
+@contextlib.contextmanager
+def stage(desc: str, name: str) -> Iterator[None]:
+    """A step of one stage: ``stages(desc, [name])``, in that stage at once."""
+    with stages(desc, [name]) as step:
+        step.advance(name)
+        yield

@@ -24,7 +24,7 @@ import pandas as pd
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_prep.progress import stages  # noqa: E402
+from data_prep.progress import stage, stages  # noqa: E402
 from data_prep.report import BuildReport, DataPrepError  # noqa: E402
 
 UNKNOWN_CATEGORY = "<unknown>"
@@ -250,15 +250,13 @@ def main(argv):
     def work():
         require_flags(input=flags_.input, output_dir=flags_.output_dir)
         report = BuildReport()
-        with report.timed("read"), stages("read " + flags_.input, ["tables"]) as step:
-            step.advance("tables")
+        with report.timed("read"), stage("read " + flags_.input, "tables"):
             reviews, items, earlier = convert.read_converted(flags_.input, report)
         with report.timed("clean + remap"):
             log = clean_and_remap(reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object),
                                   reviews["time"].to_numpy(), items["item_id"].to_numpy(dtype=object),
                                   items["category"].to_numpy(dtype=object), report)
-        with report.timed("write"), stages("write " + flags_.output_dir, ["arrays + id maps"]) as step:
-            step.advance("arrays + id maps")
+        with report.timed("write"), stage("write " + flags_.output_dir, "arrays + id maps"):
             write_remapped(flags_.output_dir, log, report, earlier)
         print("remapped: {:,} users, {:,} items, {:,} categories, {:,} interactions -> {}".format(
             len(log.id_maps["user"]), len(log.id_maps["item"]), len(log.id_maps["category"]), len(log.user),

@@ -23,7 +23,7 @@ from typing import List
 import numpy as np
 
 from data_prep.importers.common import BuildOptions, Imported
-from data_prep.progress import progress, stages
+from data_prep.progress import progress, stage
 from data_prep.report import BuildReport, DataPrepError, undecodable
 from data_prep.safe_pickle import load_pickles
 from data_prep.sample_rows import TEST, TRAIN, SampleRows, cut_validation, drop_empty_histories, merge_into_sequences
@@ -161,8 +161,7 @@ def _as_int(value) -> int:
 def read_din_pickle(path: str, report: BuildReport):
     """Reads ``dataset.pkl`` through the restricted unpickler. Same return as ``read_din_csv``."""
     name = os.path.basename(path)
-    with stages("read " + name, ["unpickle"]) as step:
-        step.advance("unpickle")
+    with stage("read " + name, "unpickle"):
         train_set, test_set, cate_list, counts = load_pickles(path, expected=4)
     for position, (what, value) in enumerate((("train_set", train_set), ("test_set", test_set)), 1):
         if not isinstance(value, (list, tuple)):

@@ -7,9 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("fixed", "paper", "file")
 DATA_TYPES = ("float32", "float16", "bfloat16")
-# Measured on DIN (din_amazon sizes, a batch of the embedded sample): without
-# scaling, float16 zeroes 55 % of the attention unit's first-layer gradient
-# entries (17 % relative error); with 1024, 0.2 %. docs/PERFORMANCE.md.
+# Without scaling, float16 loses the attention unit's first-layer gradient
+# (experiments/float16_gradients.py, docs/PERFORMANCE.md).
 DEFAULT_FLOAT16_LOSS_SCALING = 1024.0
 SELECT_METRICS = ("gauc", "auc", "logloss")
 EMBEDDING_UPDATES = ("dense", "sparse")

@@ -194,3 +194,16 @@ def test_the_readme_shows_the_example_file_as_it_is():
     assert len(blocks) == 1
     example = open(os.path.join(ROOT, "examples", "custom_attention.py")).read()
     assert blocks[0].strip() in example
+
+
+def test_float16_gradients_prints_every_parameter(sample_dataset):
+    result = _run("experiments/float16_gradients.py",
+                  ["--dataset", sample_dataset, "--preset", "din_amazon", "--activation", "dice",
+                   "--micro_batch_size", "32", "--max_seq_len", "20"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "32 samples, max_seq_len 20; relative error (zeroed share of nonzero entries)"
+    assert lines[1].split() == ["parameter", "float16", "unscaled", "float16", "x", "1024"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert "attention_unit/first_kernel" in rows and "embedding/item" in rows
+    assert all(row.count("%") == 4 for row in rows.values())

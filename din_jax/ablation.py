@@ -295,7 +295,7 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
       results_path: the JSON-lines store (created if missing; shared by grids).
       make_config: flag overrides -> a ``TrainConfig`` (may raise: the run
         is then recorded as failed).
-      train_fn: ``TrainConfig`` -> summary (``din_jax.training.train_and_evaluate``
+      train_fn: ``TrainConfig`` -> summary (``din_jax.train.loop.train_and_evaluate``
         or a wrapper).
       retry_failed: run again the runs whose latest record is ``failed``
         (else they are skipped and stay failed).
@@ -454,7 +454,7 @@ class _RegularizationCheck:
         if self._checked:
             return
         self._checked = True
-        from din_jax import train_lib
+        from din_jax.train import step as train_lib
 
         if train_lib.TRACE_COUNTS.get("regularized", 0) == self._before:
             raise RegularizationNotApplied(
@@ -463,7 +463,7 @@ class _RegularizationCheck:
 
 
 def train_and_check(config: Any, train_fn: Optional[Callable[..., Dict[str, Any]]] = None) -> Dict[str, Any]:
-    """Trains a config (``din_jax.training.train_and_evaluate`` by default), checking requested regularisation.
+    """Trains a config (``din_jax.train.loop.train_and_evaluate`` by default), checking requested regularisation.
 
     Raises:
       RegularizationNotApplied: the config asks for ``mba_lambda`` or ``l2``
@@ -471,10 +471,10 @@ def train_and_check(config: Any, train_fn: Optional[Callable[..., Dict[str, Any]
         the first host call, so little time is lost): the results would
         otherwise be those of an unregularised model under the wrong name.
     """
-    from din_jax import train_lib
+    from din_jax.train import step as train_lib
 
     if train_fn is None:
-        from din_jax.training import train_and_evaluate as train_fn
+        from din_jax.train.loop import train_and_evaluate as train_fn
     wanted = getattr(config, "mba_lambda", 0.0) > 0 or getattr(config, "l2", 0.0) > 0
     # The check counts traces of train_lib.make_train_step (the dense-update step).
     if not wanted or getattr(config, "embedding_updates", "dense") != "dense":

@@ -1,7 +1,7 @@
 """Throughput benchmark: the real train and predict programs, timed in windows.
 
 ``run_benchmark`` measures, for each micro-batch size, what training (or
-inference) runs: the pmapped ``train_chunk`` of ``din_jax.train_lib`` (device
+inference) runs: the pmapped ``train_chunk`` of ``din_jax.train.step`` (device
 iterations, donated state, sparse embedding updates, length buckets) fed by
 the same host pipeline as ``Trainer`` (chunks gathered by a background thread,
 metrics fetched one call late). Method:
@@ -357,14 +357,14 @@ def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterati
 
 def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: Dict[str, int]):
     """``call(chunk) -> output``: the mode's program with a fresh state (the train state lives in a closure)."""
-    from din_jax import train_lib
-    from din_jax.builders import build_model_for
-    from din_jax.optim import make_optimizer
+    from din_jax.train import step as train_lib
+    from din_jax.train.optim import make_optimizer
+    from din_jax.train.setup import build_model_for
 
     if config.mode == "train":
         model = build_model_for(train_config, vocab)
         if config.embedding_updates == "sparse":
-            from din_jax.sparse import make_sparse_optimizer
+            from din_jax.train.sparse_step import make_sparse_optimizer
 
             tx = make_sparse_optimizer(model, train_config)
         else:
@@ -395,7 +395,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
       source: the data pool (built from ``config`` when None).
       log: optional ``callable(str)`` for progress lines.
     """
-    from din_jax.train_lib import resolve_devices
+    from din_jax.train.step import resolve_devices
 
     devices = resolve_devices(config.replicas)
     replicas = len(devices)
@@ -410,7 +410,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         raise ValueError("the pool has %d samples, fewer than one call (%d x %d x %d)"
                          % (len(lengths), replicas, device_iterations, micro_batch_size))
     train_config = _train_config(config, micro_batch_size, device_iterations)
-    from din_jax.builders import vocabulary
+    from din_jax.train.setup import vocabulary
 
     call = _programs(config, devices, train_config, vocabulary(source))
     plans = [plan_window(config, lengths, window, replicas, device_iterations, micro_batch_size)
@@ -520,7 +520,7 @@ def run_benchmark(config: BenchmarkConfig, log: Any = None) -> List[Dict[str, An
     if config.dataset or config.samples:
         source = make_source(config, config.samples)
     else:
-        from din_jax.train_lib import resolve_devices
+        from din_jax.train.step import resolve_devices
 
         replicas = len(resolve_devices(config.replicas))
         sizes = [default_pool_size(config, replicas * b, resolve_device_iterations(config, b, replicas))

@@ -66,7 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the newest checkpoint of model_path
     # Throughput (docs/PERFORMANCE.md): "sparse" updates only the embedding
-    # rows each micro-batch looks up (din_jax/sparse.py; lazy Adam); "dense"
+    # rows each micro-batch looks up (din_jax/train/sparse_step.py; lazy Adam); "dense"
     # updates whole tables.
     embedding_updates: str = "dense"
     # History-length buckets (din_jax/data/buckets.py), e.g. (8, 16, 32, 64,

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from din_jax.hooks import TRAIN_LOG_FILE, read_train_log
+from din_jax.train.observers import TRAIN_LOG_FILE, read_train_log
 
 ABLATION_FIELDS = ("model", "attention", "activation", "regularizer")
 _DPI = 150
@@ -590,10 +590,10 @@ def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None
     """
     from absl import logging
 
-    from din_jax.builders import load_source
     from din_jax.checkpoint import CheckpointError
     from din_jax.config import TrainConfig
-    from din_jax.predictor import Predictor
+    from din_jax.inference import Predictor
+    from din_jax.train.setup import load_source
 
     try:
         predictor = Predictor.from_checkpoint(run_dir)

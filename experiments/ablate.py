@@ -90,7 +90,7 @@ def main(argv):
                                                         FLAGS.tune_seed)
     stop = ()
     try:
-        from din_jax.training import TrainingInterrupted
+        from din_jax.train.loop import TrainingInterrupted
 
         stop = (TrainingInterrupted,)
     except ImportError:

@@ -21,10 +21,10 @@ import numpy as np
 from absl import flags
 from flax import traverse_util
 
-from din_jax import train_lib
-from din_jax.builders import build_model_for, load_source, vocabulary
 from din_jax.config import DEFAULT_FLOAT16_LOSS_SCALING, ConfigError
 from din_jax.data.dataset import DatasetError
+from din_jax.train import step as train_lib
+from din_jax.train.setup import build_model_for, load_source, vocabulary
 
 flag_defs.define_model_flags()
 flag_defs.define_run_flags(micro_batch_size=512, epochs=1)

@@ -26,14 +26,14 @@ import numpy as np
 from absl import flags
 
 from din_jax import metrics as metrics_lib
-from din_jax.builders import load_source, load_variables_for_inference, vocabulary
 from din_jax.checkpoint import CheckpointError, read_metadata
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.dataset import DatasetError
-from din_jax.evaluation import predict_split
-from din_jax.hooks import ProgressHook
-from din_jax.predictor import Predictor, read_rank_requests
-from din_jax.train_lib import make_p_predict_chunk, resolve_devices
+from din_jax.inference import Predictor, read_rank_requests
+from din_jax.train.evaluation import predict_split
+from din_jax.train.observers import ProgressHook
+from din_jax.train.setup import load_source, load_variables_for_inference, vocabulary
+from din_jax.train.step import make_p_predict_chunk, resolve_devices
 
 flag_defs.define_model_flags()
 flag_defs.define_run_flags(micro_batch_size=128, epochs=1)

@@ -17,12 +17,12 @@ import sys
 import flag_defs
 from absl import logging
 
-from din_jax import hooks as hooks_lib
 from din_jax.checkpoint import CheckpointError
 from din_jax.config import ConfigError
 from din_jax.data.dataset import DatasetError
-from din_jax.train_lib import NonFiniteLossError
-from din_jax.training import TrainingAborted, TrainingInterrupted, train_and_evaluate
+from din_jax.train import observers as hooks_lib
+from din_jax.train.loop import TrainingAborted, TrainingInterrupted, train_and_evaluate
+from din_jax.train.step import NonFiniteLossError
 
 flag_defs.define_model_flags()
 flag_defs.define_run_flags(micro_batch_size=32, epochs=2)

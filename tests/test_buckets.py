@@ -4,14 +4,15 @@ import jax
 import numpy as np
 import pytest
 
-from din_jax import optim, train_lib
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.buckets import normalize_buckets, parse_length_buckets, plan_bucketed_chunks, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks
 from din_jax.data.synthetic import make_synthetic_dataset
-from din_jax.evaluation import predict_split
 from din_jax.models import build_model
-from din_jax.training import Trainer
+from din_jax.train import optim
+from din_jax.train import step as train_lib
+from din_jax.train.evaluation import predict_split
+from din_jax.train.loop import Trainer
 
 MAX_LEN = 20
 BUCKETS = (4, 8, 12, 20)

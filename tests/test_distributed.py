@@ -43,7 +43,7 @@ needs_collectives = pytest.mark.skipif(not cpu_collectives_supported(),
 SIGNALLER = """
 import os, signal
 import jax
-from din_jax import training
+from din_jax.train import loop as training
 
 _drain = training.Trainer._drain
 

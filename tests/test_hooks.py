@@ -9,8 +9,9 @@ import struct
 import numpy as np
 import pytest
 
-from din_jax import hooks, training
 from din_jax.config import TrainConfig
+from din_jax.train import loop as training
+from din_jax.train import observers as hooks
 
 CONFIG = dict(
     use_synthetic_data=True, synthetic_samples=(320, 64, 64), max_seq_len=8, epochs=2, micro_batch_size=16,

@@ -10,9 +10,10 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (the IPU lane has none)")
 
-from din_jax import plots, training  # noqa: E402
+from din_jax import plots
 from din_jax.config import TrainConfig  # noqa: E402
-from din_jax.hooks import TrainLogHook  # noqa: E402
+from din_jax.train import loop as training  # noqa: E402
+from din_jax.train.observers import TrainLogHook  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(

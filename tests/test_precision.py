@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from din_jax import metrics, optim, train_lib
+from din_jax import metrics
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.pipeline import gather_chunk, plan_chunks
 from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.models import build_model
+from din_jax.train import optim
+from din_jax.train import step as train_lib
 
 T = 20
 MODEL_CONFIG = {"item_dim": 8, "category_dim": 8, "user_dim": 4, "attention_hidden": (16, 8), "mlp_hidden": (16, 8),

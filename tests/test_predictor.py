@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from din_jax import checkpoint as ckpt
-from din_jax import training
-from din_jax.builders import load_variables_for_inference
 from din_jax.config import TrainConfig
 from din_jax.data.synthetic import make_synthetic_dataset
-from din_jax.predictor import Predictor, read_rank_requests
+from din_jax.inference import Predictor, read_rank_requests
+from din_jax.train import loop as training
+from din_jax.train.setup import load_variables_for_inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(
@@ -218,8 +218,8 @@ def test_rank_rejects_ids_that_are_not_integers_and_ranks_a_repeated_id_once(run
 
 
 def test_a_model_with_a_user_embedding_needs_a_user_id(tmp_path):
-    from din_jax.builders import build_model_for
-    from din_jax.train_lib import init_variables
+    from din_jax.train.setup import build_model_for
+    from din_jax.train.step import init_variables
 
     vocab = {"users": 40, "items": 60, "categories": 5}
     config = TrainConfig(use_synthetic_data=True, max_seq_len=6,

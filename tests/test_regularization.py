@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from din_jax import optim, train_lib
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.models import build_model
-from din_jax.regularization import (
+from din_jax.train import optim
+from din_jax.train import step as train_lib
+from din_jax.train.regularization import (
     add_regularization_gradients,
     batch_presence,
     compute_inverse_frequencies,

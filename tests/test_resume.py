@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from din_jax import checkpoint as ckpt
-from din_jax import training
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.train_lib import NonFiniteLossError
+from din_jax.train import loop as training
+from din_jax.train.step import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

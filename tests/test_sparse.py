@@ -6,12 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from din_jax import optim, sparse, train_lib
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.synthetic import make_item_categories, make_synthetic_batch
 from din_jax.layers.embedding import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
 from din_jax.models import build_model
-from din_jax.regularization import make_regularization
+from din_jax.train import optim
+from din_jax.train import sparse_step as sparse
+from din_jax.train import step as train_lib
+from din_jax.train.regularization import make_regularization
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, T = 40, 50, 6, 10
 MODEL_CONFIG = {"item_dim": 4, "category_dim": 4, "user_dim": 3, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),

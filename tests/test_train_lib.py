@@ -7,12 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from din_jax import builders, optim, train_lib, training
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.pipeline import plan_chunks
 from din_jax.data.synthetic import make_item_categories, make_synthetic_batch
 from din_jax.models import build_model
+from din_jax.train import loop as training
+from din_jax.train import optim
+from din_jax.train import setup as builders
+from din_jax.train import step as train_lib
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, T = 50, 60, 6, 12
 MODEL_CONFIG = {"item_dim": 4, "category_dim": 4, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),

@@ -22,7 +22,7 @@ CATEGORY_TABLE = "category"
 USER_TABLE = "user"
 ITEM_BIAS_TABLE = "item_bias"
 
-# Variable collections of the sparse embedding updates (din_jax/sparse.py):
+# Variable collections of the sparse embedding updates (din_jax/train/sparse_step.py):
 # per table, the rows looked up in a forward pass ([N, E], zeros) are added to
 # the gathered rows, so that the gradient with respect to them is the
 # per-lookup row gradient; and the ids looked up (with a 0/1 validity weight,

@@ -1,6 +1,6 @@
 """Observers of a training run: progress display, TensorBoard events, a JSON-lines log of every call.
 
-Hooks receive the ``Trainer``'s events (listed in ``din_jax.training``); a
+Hooks receive the ``Trainer``'s events (listed in ``din_jax.train.loop``); a
 hook implements the ones it needs. ``make_hooks`` builds the usual set for a
 run. Optional packages stay optional: without tqdm the progress display is
 log lines, without tensorboardX there are no events (a warning says so).
@@ -321,7 +321,7 @@ class TensorBoardHook:
         if self._attention_fn is None:
             import jax
 
-            from din_jax.predictor import model_returns_attention
+            from din_jax.inference import model_returns_attention
 
             model = trainer.eval_model
             if not model_returns_attention(model):

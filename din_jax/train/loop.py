@@ -1,7 +1,7 @@
 """The training loop: train, select the best step on validation, report test once.
 
 ``Trainer`` owns the state and the programs; ``hooks`` observe it (logging,
-TensorBoard, progress bars, ``din_jax.hooks``): any object with some of the
+TensorBoard, progress bars, ``din_jax.train.observers``): any object with some of the
 methods below, each called as ``method(trainer, record)``:
 
 - ``on_train_begin``: once, before the first call; ``record`` has ``step``,
@@ -45,15 +45,15 @@ import numpy as np
 from absl import logging
 
 from din_jax import checkpoint as ckpt
-from din_jax.builders import build_model_for, checkpoint_metadata, dataset_fingerprint, load_source, vocabulary
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
-from din_jax.evaluation import evaluate_split
-from din_jax.hooks import TENSORBOARD_DIR, TRAIN_LOG_FILE
-from din_jax.optim import make_learning_rate_schedule, make_optimizer
-from din_jax.regularization import regularization_for
-from din_jax.train_lib import (
+from din_jax.train.evaluation import evaluate_split
+from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
+from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
+from din_jax.train.regularization import regularization_for
+from din_jax.train.setup import build_model_for, checkpoint_metadata, dataset_fingerprint, load_source, vocabulary
+from din_jax.train.step import (
     NonFiniteLossError,
     create_train_state,
     make_p_predict_chunk,
@@ -218,7 +218,7 @@ class Trainer:
     def _make_optimizer(self):
         """The optax optimiser, or the sparse-update one (``--embedding_updates sparse``)."""
         if self.config.embedding_updates == "sparse":
-            from din_jax.sparse import make_sparse_optimizer
+            from din_jax.train.sparse_step import make_sparse_optimizer
 
             return make_sparse_optimizer(self.model, self.config)
         return make_optimizer(self.config)

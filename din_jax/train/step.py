@@ -19,7 +19,7 @@ import optax
 from flax.training import train_state
 
 from din_jax.config import ConfigError
-from din_jax.regularization import Regularization, add_regularization_gradients
+from din_jax.train.regularization import Regularization, add_regularization_gradients
 
 AXIS_NAME = "batch"
 BATCH_KEYS = ("user", "item", "category", "hist_item", "hist_category", "hist_len", "label")
@@ -121,7 +121,7 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
     Args:
       axis_name: the pmap axis to average gradients over, or None.
       regularization: mini-batch aware regularisation and/or plain L2 to add
-        to the averaged gradient (``din_jax.regularization``); None adds
+        to the averaged gradient (``din_jax.train.regularization``); None adds
         nothing. The reported loss is the data loss only.
       loss_scale: the loss is multiplied by this for backpropagation and the
         gradients divided by it (``TrainConfig.effective_loss_scaling``); 1
@@ -166,16 +166,16 @@ def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
     Call it with a replicated state and a chunk of shape ``(R, K, B, ...)``;
     it returns the new state and per-micro-batch metrics of shape ``(R, K)``.
     ``regularization`` is handed to ``make_train_step`` (build it with
-    ``din_jax.regularization.regularization_for(config, source)``).
+    ``din_jax.train.regularization.regularization_for(config, source)``).
     ``embedding_updates="sparse"`` updates only the embedding rows each
-    micro-batch looks up (``din_jax.sparse``; the state must be created with
-    ``din_jax.sparse.make_sparse_optimizer``); with it, ``positions_per_pass``
+    micro-batch looks up (``din_jax.train.sparse_step``; the state must be created with
+    ``din_jax.train.sparse_step.make_sparse_optimizer``); with it, ``positions_per_pass``
     computes each micro-batch's gradient in parts of at most that many history
     positions (see ``make_sparse_train_step``). ``loss_scale``: see
     ``make_train_step``.
     """
     if embedding_updates == "sparse":
-        from din_jax.sparse import make_sparse_train_step
+        from din_jax.train.sparse_step import make_sparse_train_step
 
         train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
                                             positions_per_pass=positions_per_pass, loss_scale=loss_scale)

@@ -8,7 +8,7 @@ from typing import Any, Dict, Optional
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.models import build_model
-from din_jax.train_lib import AXIS_NAME, compute_dtype, init_variables
+from din_jax.train.step import AXIS_NAME, compute_dtype, init_variables
 
 
 def load_source(config: TrainConfig):

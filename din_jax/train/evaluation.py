@@ -10,7 +10,7 @@ from din_jax import metrics as metrics_lib
 from din_jax.config import TrainConfig
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
-from din_jax.train_lib import replicate
+from din_jax.train.step import replicate
 
 
 def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, split: str, devices: List[Any],

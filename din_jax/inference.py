@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from din_jax import checkpoint as ckpt
-from din_jax.builders import build_model_for, restore_variables
 from din_jax.config import TrainConfig
-from din_jax.train_lib import example_batch
+from din_jax.train.setup import build_model_for, restore_variables
+from din_jax.train.step import example_batch
 
 RANK_REQUEST_KEYS = ("history", "candidates", "user", "id")
 

@@ -28,7 +28,7 @@ takes the ordinary optax path. Rows looked up only at padded history
 positions are not updated by the lazy paths (their gradient is zero for every
 pooler that masks; SGD adds those zeros).
 
-Mini-batch aware regularisation (``din_jax.regularization``) fits the same
+Mini-batch aware regularisation (``din_jax.train.regularization``) fits the same
 path: the term ``lambda / n_j * w_j`` is added to the summed gradient of each
 row present (at a valid position) in the global micro-batch, which is where
 the dense path adds it (to the averaged gradient, before the optimiser). Plain
@@ -56,11 +56,11 @@ from flax import traverse_util
 
 from din_jax.config import ConfigError
 from din_jax.layers.embedding import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
-from din_jax.regularization import Regularization, find_embedding_tables
+from din_jax.train.regularization import Regularization, find_embedding_tables
 
 SPARSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
-# The optax defaults the dense optimisers use (din_jax.optim.make_optimizer).
+# The optax defaults the dense optimisers use (din_jax.train.optim.make_optimizer).
 ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 ADAGRAD_INITIAL_ACCUMULATOR, ADAGRAD_EPS = 0.1, 1e-7
 
@@ -80,7 +80,7 @@ def embedding_lookup_paths(model, max_seq_len: int) -> List[Path]:
 
     Found by tracing the model once (shapes only) with the lookup recorder on.
     """
-    from din_jax.train_lib import example_batch
+    from din_jax.train.step import example_batch
 
     batch = example_batch(2, max_seq_len)
     shapes = jax.eval_shape(lambda rng: model.init(rng, batch, train=False), jax.random.PRNGKey(0))
@@ -152,7 +152,7 @@ class SparseEmbeddingOptimizer:
         return {"dense": self.dense_tx.init(rest), "tables": moments}
 
     def update(self, updates, state, params=None):
-        raise TypeError("a SparseEmbeddingOptimizer is applied by din_jax.sparse.make_sparse_train_step, "
+        raise TypeError("a SparseEmbeddingOptimizer is applied by din_jax.train.sparse_step.make_sparse_train_step, "
                         "not through TrainState.apply_gradients")
 
 
@@ -163,7 +163,7 @@ def make_sparse_optimizer(model, config: Any) -> SparseEmbeddingOptimizer:
       ConfigError: plain L2 (``--l2``), which touches every row, or a model
         without embedding lookups.
     """
-    from din_jax.optim import make_learning_rate_schedule, make_optimizer
+    from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 
     if config.optimizer not in SPARSE_OPTIMIZERS:
         raise ConfigError("--embedding_updates sparse supports --optimizer %s, got %r"
@@ -278,7 +278,7 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
 
     ``state.tx`` must be a ``SparseEmbeddingOptimizer`` (``make_sparse_optimizer``).
     The metrics, the Dice statistics and the update of the other parameters
-    are those of ``din_jax.train_lib.make_train_step``.
+    are those of ``din_jax.train.step.make_train_step``.
 
     Args:
       axis_name: the pmap axis, or None.
@@ -296,10 +296,10 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
     """
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
-    from din_jax.train_lib import value_and_scaled_grad
+    from din_jax.train.step import value_and_scaled_grad
 
     if compute_loss is None:
-        from din_jax.train_lib import compute_loss
+        from din_jax.train.step import compute_loss
 
     def train_step(state, batch):
         opt: SparseEmbeddingOptimizer = state.tx
@@ -309,7 +309,7 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         rest, tables = opt.split(state.params)
         mba = _mba_tables(state.params, regularization, opt.table_paths)
         if mba:
-            from din_jax.train_lib import TRACE_COUNTS
+            from din_jax.train.step import TRACE_COUNTS
 
             TRACE_COUNTS["regularized"] += 1  # what din_jax.ablation checks, as for the dense step
 
@@ -339,7 +339,7 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
             lookups = _flatten_lookups(updates.pop(EMBEDDING_LOOKUPS))
             return loss, logits, updates, lookups, grads, delta_grads
 
-        from din_jax.train_lib import rows_per_pass
+        from din_jax.train.step import rows_per_pass
 
         rows = batch["label"].shape[0]
         part_rows = rows_per_pass(rows, batch["hist_item"].shape[-1], positions_per_pass)

@@ -1,0 +1,1 @@
+"""Training: the step, its programs, the loop and what watches it."""

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from flax import serialization, traverse_util
 
-from din_jax.fileio import flush_to_disk, fsync_path, save_array
+from din_jax.fileio import flush_to_disk, fsync_path, json_default, save_array
 
 # Version 2 added metadata_sha256 and escaped key components. Version 1
 # checkpoints (no metadata checksum; a '/' inside a component written as is)
@@ -81,7 +81,7 @@ def flatten_state(tree: Any) -> Dict[str, np.ndarray]:
 
 
 def _canonical_json(meta: Dict[str, Any]) -> str:
-    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"), default=json_default)
 
 
 def metadata_checksum(meta: Dict[str, Any]) -> str:
@@ -131,7 +131,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                 meta["arrays"][name] = _sha256(array_path)
         meta[META_CHECKSUM] = metadata_checksum(meta)
         with open(os.path.join(tmp, META_FILE), "w") as handle:
-            json.dump(meta, handle, indent=2, sort_keys=True, default=_json_default)
+            json.dump(meta, handle, indent=2, sort_keys=True, default=json_default)
             flush_to_disk(handle)
         # Without these a power cut after the rename could leave a directory
         # whose entries or contents never reached the disk.
@@ -150,16 +150,6 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (tuple, set)):
-        return list(value)
-    return str(value)
 
 
 def read_metadata(directory: str) -> Dict[str, Any]:

@@ -1,8 +1,18 @@
-"""The configuration of a training or inference run, validated in one place."""
+"""The configuration of a run: TrainConfig, the presets, and how flags, presets and checkpoints resolve into it.
+
+Every command and the ablation harness build their configs here, from a preset name and the flags given
+explicitly (``overrides``, keyed by flag name): a given flag always wins over the preset, the preset over the
+defaults. ``config_from_checkpoint`` is the inverse of ``checkpoint_metadata``.
+"""
 
 import dataclasses
 import math
-from typing import Any, Dict, Optional, Tuple
+import os
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from absl import logging
+
+from din_jax.models import model_fields
 
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("fixed", "paper", "file")
@@ -140,3 +150,321 @@ class TrainConfig:
 def _choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError("--%s must be one of %s, got %r" % (name, list(choices), value))
+
+
+# -- presets: model fields plus the training settings that go with them --------------------------------------
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # The authors' Amazon code (zhougr1993/DeepInterestNetwork, din/): item 64 +
+    # category 64, attention 80-40 sigmoid with a masked softmax over
+    # score / sqrt(D), MLP 80-40 sigmoid, per-item bias, SGD batch 32 with the
+    # learning rate 1.0 dropped to 0.1 after 336,000 steps.
+    "din_amazon": {
+        "model": "din",
+        "model_config": {
+            "item_dim": 64, "category_dim": 64, "user_dim": 0, "use_item_bias": True,
+            "attention": "din", "attention_hidden": (80, 40), "attention_activation": "sigmoid",
+            "attention_normalization": "softmax", "mlp_hidden": (80, 40), "activation": "sigmoid",
+        },
+        "train_config": {
+            "optimizer": "sgd", "learning_rate": 1.0, "lr_schedule": "paper", "lr_decay_steps": 336000,
+            "micro_batch_size": 32,
+        },
+    },
+    # The paper's DIN (section 4 and 6): unnormalised attention weights, MLP
+    # 200-80 with PReLU (use --activation dice for DIN + Dice).
+    "din_paper": {
+        "model": "din",
+        "model_config": {
+            "item_dim": 64, "category_dim": 64, "user_dim": 0, "use_item_bias": True,
+            "attention": "din", "attention_hidden": (80, 40), "attention_activation": "sigmoid",
+            "attention_normalization": "none", "mlp_hidden": (200, 80), "activation": "prelu",
+        },
+        "train_config": {
+            "optimizer": "sgd", "learning_rate": 1.0, "lr_schedule": "paper", "lr_decay_steps": 336000,
+            "micro_batch_size": 32,
+        },
+    },
+    # Graphcore's TF1 IPU port (DIEN code base): item 18 + category 18 (their
+    # attention size 36), user 18, MLP 200-80 with Dice, the MLP also sees the
+    # sum-pooled history, attention 80-40 sigmoid with a masked softmax.
+    "din_graphcore": {
+        "model": "din",
+        "model_config": {
+            "item_dim": 18, "category_dim": 18, "user_dim": 18, "use_item_bias": False,
+            "attention": "din", "attention_hidden": (80, 40), "attention_activation": "sigmoid",
+            "attention_normalization": "softmax", "mlp_hidden": (200, 80), "activation": "dice",
+            "use_history_sum": True,
+        },
+        "train_config": {
+            "optimizer": "sgd", "learning_rate": 0.1, "lr_schedule": "fixed", "micro_batch_size": 32,
+        },
+    },
+    # The competitors as the authors' Amazon code configures them
+    # (zhougr1993/DeepInterestNetwork base_model/, wide_deep/, pnn/, deepFM/):
+    # item 64 + category 64, mean-pooled history, MLP 80-40 sigmoid, per-item
+    # bias; SGD batch 32 at 1.0 (0.1 after 336,000 steps), DeepFM Adam 0.001.
+    # The model parts follow this project's definitions (see each module).
+    "base_amazon": {
+        "model": "base",
+        "model_config": {
+            "item_dim": 64, "category_dim": 64, "user_dim": 0, "use_item_bias": True, "pooling": "mean",
+            "mlp_hidden": (80, 40), "activation": "sigmoid",
+        },
+        "train_config": {
+            "optimizer": "sgd", "learning_rate": 1.0, "lr_schedule": "paper", "lr_decay_steps": 336000,
+            "micro_batch_size": 32,
+        },
+    },
+    "wide_deep_amazon": {
+        "model": "wide_deep",
+        "model_config": {
+            "item_dim": 64, "category_dim": 64, "user_dim": 0, "use_item_bias": True, "pooling": "mean",
+            "mlp_hidden": (80, 40), "activation": "sigmoid",
+        },
+        "train_config": {
+            "optimizer": "sgd", "learning_rate": 1.0, "lr_schedule": "paper", "lr_decay_steps": 336000,
+            "micro_batch_size": 32,
+        },
+    },
+    # The authors' "PNN" is the element-wise product of history and candidate.
+    "pnn_amazon": {
+        "model": "pnn",
+        "model_config": {
+            "item_dim": 64, "category_dim": 64, "user_dim": 0, "use_item_bias": True, "pooling": "mean",
+            "product": "elementwise", "mlp_hidden": (80, 40), "activation": "sigmoid",
+        },
+        "train_config": {
+            "optimizer": "sgd", "learning_rate": 1.0, "lr_schedule": "paper", "lr_decay_steps": 336000,
+            "micro_batch_size": 32,
+        },
+    },
+    "deepfm_amazon": {
+        "model": "deepfm",
+        "model_config": {
+            "item_dim": 64, "category_dim": 64, "user_dim": 0, "use_item_bias": True, "pooling": "mean",
+            "mlp_hidden": (80, 40), "activation": "sigmoid",
+        },
+        "train_config": {"optimizer": "adam", "learning_rate": 0.001, "lr_schedule": "fixed", "micro_batch_size": 32},
+    },
+}
+
+
+def get_preset(name: str) -> Dict[str, Any]:
+    """A copy of preset ``name`` that callers may edit."""
+    if name not in PRESETS:
+        raise ConfigError("--preset: unknown preset %r; choose from %s" % (name, sorted(PRESETS)))
+    preset = PRESETS[name]
+    return {"model": preset["model"], "model_config": dict(preset["model_config"]),
+            "train_config": dict(preset["train_config"])}
+
+
+# -- flags and presets -> TrainConfig -------------------------------------------------------------------------
+
+
+def _int_tuple(flag: str, value: Any) -> Tuple[int, ...]:
+    """Comma-separated integers (a string, or the list an absl list flag gives) as a tuple; errors name the flag."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        return tuple(int(x) for x in items if str(x).strip() != "")
+    except (TypeError, ValueError):
+        raise ConfigError("--%s must be comma-separated integers, got %s"
+                          % (flag, ",".join(str(x) for x in items))) from None
+
+
+def _widths(flag: str, value: Any) -> Tuple[int, ...]:
+    widths = _int_tuple(flag, value)
+    if any(width < 1 for width in widths):
+        raise ConfigError("--%s: every layer width must be >= 1, got %s" % (flag, ",".join(map(str, widths))))
+    return widths
+
+
+def _typed(kind: Callable[[Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda flag, value: kind(value)
+
+
+# Flag name -> (model field, converter). The defaults are the flags' (Graphcore's sizes), not the classes'.
+MODEL_FLAGS: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
+    "attention": ("attention", _typed(str)),
+    "attention_normalization": ("attention_normalization", _typed(str)),
+    "attention_hidden": ("attention_hidden", _widths),
+    "attention_activation": ("attention_activation", _typed(str)),
+    "split_attention": ("split_attention", _typed(bool)),
+    "activation": ("activation", _typed(str)),
+    "mlp_hidden": ("mlp_hidden", _widths),
+    "item_dim": ("item_dim", _typed(int)),
+    "category_dim": ("category_dim", _typed(int)),
+    "user_dim": ("user_dim", _typed(int)),
+    "item_bias": ("use_item_bias", _typed(bool)),
+    "history_sum": ("use_history_sum", _typed(bool)),
+    "dropout": ("dropout_rate", _typed(float)),
+    "pooling": ("pooling", _typed(str)),
+    "pnn_product": ("product", _typed(str)),
+    "wide_buckets": ("wide_buckets", _typed(int)),
+}
+MODEL_FLAG_DEFAULTS: Dict[str, Any] = {
+    "model": "din", "attention_size": 36, "item_dim": None, "category_dim": None, "user_dim": 0,
+    "item_bias": True, "history_sum": False, "attention": "din", "attention_normalization": "none",
+    "attention_hidden": (80, 40), "attention_activation": "sigmoid", "split_attention": True,
+    "activation": "prelu", "mlp_hidden": (200, 80), "dropout": 0.0, "pooling": "mean", "pnn_product": "inner",
+    "wide_buckets": 2 ** 18,
+}
+_WIDTH_FLAGS = {"attention_size": ("item_dim", "category_dim"), "item_dim": ("item_dim",),
+                "category_dim": ("category_dim",)}
+# TrainConfig fields set by flags of the same name.
+TRAIN_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "model_config"))
+# Graphcore's name for --lr_schedule.
+ALIASES = ("lr_type",)
+
+
+def resolve_model(preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
+                  defaults: Optional[Dict[str, Any]] = None) -> Tuple[str, Dict[str, Any]]:
+    """The model name and the fields it has: defaults, then the preset, then the explicit flags.
+
+    Fields the model lacks (``--attention`` means nothing to ``lr``) are dropped, with a warning for those set
+    explicitly or by the preset, so that a grid can hand the same flags to every model.
+    """
+    overrides = dict(overrides or {})
+    flag = dict(MODEL_FLAG_DEFAULTS, **(defaults or {}))
+    flag.update({name: value for name, value in overrides.items() if name in flag})
+    chosen = get_preset(preset) if preset else None
+    model = chosen["model"] if chosen and "model" not in overrides else flag["model"]
+    config: Dict[str, Any] = dict(chosen["model_config"]) if chosen else {}
+    for name, (field, convert) in MODEL_FLAGS.items():
+        if name not in _WIDTH_FLAGS and (name in overrides or field not in config):
+            config[field] = convert(name, flag[name])
+    if "attention_size" in overrides or "item_dim" not in config:
+        size = int(flag["attention_size"])
+        if size < 2 or size % 2:
+            raise ConfigError("--attention_size must be an even number >= 2 (item + category), got %d" % size)
+        config["item_dim"] = config["category_dim"] = size // 2
+    for name in ("item_dim", "category_dim"):
+        if flag[name] is not None:
+            if int(flag[name]) < 1:
+                raise ConfigError("--%s must be >= 1" % name)
+            config[name] = int(flag[name])
+    try:
+        known = model_fields(model)
+    except ValueError as error:
+        raise ConfigError("--model: %s" % error) from None
+    explicit: Dict[str, list] = {}
+    for name in overrides:
+        fields = _WIDTH_FLAGS.get(name) or ((MODEL_FLAGS[name][0],) if name in MODEL_FLAGS else ())
+        for field in fields:
+            explicit.setdefault(field, []).append(name)
+    preset_fields = set(chosen["model_config"]) if chosen else set()
+    ignored = sorted(f for f in config if f not in known and (f in explicit or f in preset_fields))
+    if ignored:
+        names = sorted({"--" + name for field in ignored for name in explicit.get(field, ["preset"])})
+        logging.warning("model %s has no field(s) %s: ignoring %s", model, ignored, ", ".join(names))
+    return model, {field: value for field, value in config.items() if field in known}
+
+
+def resolve_config(preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """The validated TrainConfig of a preset and the flags given explicitly (flag name -> value).
+
+    Raises:
+      ConfigError: an unknown flag name or preset, or an invalid value; the message names the flag.
+    """
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(MODEL_FLAG_DEFAULTS) - set(TRAIN_FLAGS) - set(ALIASES))
+    if unknown:
+        raise ConfigError("unknown setting(s) %s" % ", ".join("--" + name for name in unknown))
+    model, model_config = resolve_model(preset, overrides)
+    preset_train = get_preset(preset)["train_config"] if preset else {}
+    values = {name: preset_train[name] for name in TRAIN_FLAGS if name in preset_train}
+    values.update({name: overrides[name] for name in TRAIN_FLAGS if name in overrides})
+    if overrides.get("lr_type") is not None:
+        if "lr_schedule" in overrides and overrides["lr_schedule"] != overrides["lr_type"]:
+            raise ConfigError("--lr_type %s contradicts --lr_schedule %s"
+                              % (overrides["lr_type"], overrides["lr_schedule"]))
+        values["lr_schedule"] = overrides["lr_type"]
+    if "length_buckets" in values:
+        values["length_buckets"] = _int_tuple("length_buckets", values["length_buckets"])
+    if "synthetic_samples" in values:
+        try:
+            samples = tuple(int(x) for x in values["synthetic_samples"])
+        except (TypeError, ValueError):
+            samples = ()
+        if len(samples) != 3 or min(samples) < 1:
+            raise ConfigError("--synthetic_samples must be three positive integers train,validation,test")
+        values["synthetic_samples"] = samples
+    return TrainConfig(model=model, model_config=model_config, **values).validate()
+
+
+# -- checkpoint metadata <-> TrainConfig ----------------------------------------------------------------------
+
+
+def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int,
+                        extra: Optional[Dict[str, Any]] = None, data_fingerprint: Optional[str] = None):
+    """What a checkpoint records of its run, enough for ``config_from_checkpoint`` to score as the run did."""
+    meta = {
+        "model": config.model,
+        "model_config": config.model_config,
+        "data_type": config.data_type,
+        "max_seq_len": config.max_seq_len,
+        "vocabulary": vocab,
+        "dataset": os.path.abspath(config.dataset) if config.dataset else None,
+        "use_synthetic_data": config.use_synthetic_data,
+        # The synthetic splits are drawn one after the other from one seed: the test set depends on every size.
+        "synthetic_samples": list(config.synthetic_samples) if config.use_synthetic_data else None,
+        "seed": config.seed,
+        "eval_micro_batch_size": config.eval_micro_batch_size,
+        "length_buckets": list(config.length_buckets),
+        "step": int(step),
+    }
+    if data_fingerprint is not None:
+        meta["data_fingerprint"] = data_fingerprint  # what --resume checks the dataset against
+    meta.update(extra or {})
+    return meta
+
+
+def config_from_checkpoint(meta: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """The run's settings from a checkpoint's metadata, overridden by the flags given explicitly (not validated).
+
+    A model flag that changes a shape shows up later as a mismatch with the checkpoint's arrays.
+    """
+    overrides = dict(overrides or {})
+    if overrides.get("preset"):
+        raise ConfigError("--preset is for train.py: the model and its sizes come from the checkpoint")
+    for key in ("model", "model_config", "max_seq_len"):
+        if key not in meta:
+            raise ConfigError("the checkpoint's metadata has no %r" % key)
+    if (meta.get("use_synthetic_data") and "max_seq_len" in overrides and "dataset" not in overrides
+            and overrides["max_seq_len"] != meta.get("max_seq_len")):
+        raise ConfigError("--max_seq_len %d: the checkpoint was trained on synthetic data drawn with max_seq_len %s, "
+                          "and another value draws another test set" % (overrides["max_seq_len"], meta["max_seq_len"]))
+    model_config = dict(meta["model_config"])
+    model_overrides = {name: value for name, value in overrides.items() if name in MODEL_FLAGS or name == "attention_size"}
+    if model_overrides:
+        _, flagged = resolve_model(None, model_overrides)
+        for name in model_overrides:
+            for field in _WIDTH_FLAGS.get(name) or (MODEL_FLAGS[name][0],):
+                model_config[field] = flagged[field]
+    defaults = TrainConfig()
+
+    def pick(name: str, stored: Any) -> Any:
+        if name in overrides:
+            return overrides[name]
+        return getattr(defaults, name) if stored is None else stored
+
+    use_synthetic = bool(overrides.get("use_synthetic_data")) or (
+        "dataset" not in overrides and bool(meta.get("use_synthetic_data", False)))
+    micro_batch_size = overrides.get("micro_batch_size", defaults.micro_batch_size)
+    buckets = overrides["length_buckets"] if "length_buckets" in overrides else meta.get("length_buckets") or ()
+    return TrainConfig(
+        model=overrides.get("model", meta["model"]),
+        model_config=model_config,
+        dataset=None if use_synthetic else pick("dataset", meta.get("dataset")),
+        use_synthetic_data=use_synthetic,
+        synthetic_samples=tuple(int(x) for x in pick("synthetic_samples", meta.get("synthetic_samples"))),
+        max_seq_len=int(pick("max_seq_len", meta.get("max_seq_len"))),
+        data_type=pick("data_type", meta.get("data_type")),
+        micro_batch_size=micro_batch_size,
+        eval_micro_batch_size=micro_batch_size,
+        device_iterations=overrides.get("device_iterations", defaults.device_iterations),
+        replicas=overrides.get("replicas", defaults.replicas),
+        seed=int(pick("seed", meta.get("seed"))),
+        prefetch=overrides.get("prefetch", defaults.prefetch),
+        length_buckets=_int_tuple("length_buckets", buckets),
+    )

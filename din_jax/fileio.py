@@ -1,6 +1,7 @@
-"""Durable writes: what the dataset writer and the checkpointer both need."""
+"""Durable writes and JSON of numpy values: what datasets, checkpoints and run records share."""
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -36,3 +37,14 @@ def fsync_path(path: str) -> None:
         pass
     finally:
         os.close(descriptor)
+
+
+def json_default(value: Any) -> Any:
+    """``json.dump(default=...)`` for numpy scalars and arrays and sets; anything else as its string."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, (np.ndarray, tuple, set)):
+        return list(value.tolist() if isinstance(value, np.ndarray) else value)
+    return str(value)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from din_jax import checkpoint as ckpt
-from din_jax.config import TrainConfig
+from din_jax.config import config_from_checkpoint
 from din_jax.train.setup import build_model_for, restore_variables
 from din_jax.train.step import example_batch
 
@@ -135,9 +135,7 @@ class Predictor:
             if key not in meta:
                 raise ckpt.CheckpointError("checkpoint %s: its metadata has no %r" % (directory, key))
         vocab = meta["vocabulary"]
-        config = TrainConfig(model=meta["model"], model_config=dict(meta["model_config"]),
-                             max_seq_len=int(meta["max_seq_len"]), data_type=meta.get("data_type", "float32"),
-                             use_synthetic_data=bool(meta.get("use_synthetic_data")), dataset=meta.get("dataset"))
+        config = config_from_checkpoint(meta)
         model = build_model_for(config, vocab, axis_name=None)
         template = _variable_template(model, config.max_seq_len)
         variables = restore_variables(template, flat, meta, directory)

@@ -17,12 +17,13 @@ register one's own attention, activation or model (see docs/RESULTS.md).
 import dataclasses
 import os
 import sys
+from typing import Any, Dict
 
 import flag_defs
 from absl import flags, logging
 
 from din_jax import ablation
-from din_jax.config import ConfigError
+from din_jax.config import ConfigError, resolve_config
 
 flag_defs.define_model_flags()
 flag_defs.define_run_flags(micro_batch_size=32, epochs=2)
@@ -52,28 +53,19 @@ def build_cells():
                                 FLAGS.grid_regularizers)
 
 
-def reparse(argv) -> None:
-    """Parses ``argv`` from scratch (every flag back to its default first), keeping the log verbosity."""
-    verbosity = logging.get_verbosity()
-    FLAGS.unparse_flags()
-    FLAGS(argv)
-    logging.set_verbosity(verbosity)
+def make_config_factory(base: Dict[str, Any]):
+    """Overrides (flag words) -> TrainConfig: the base flags with the overrides on top (a later flag wins)."""
 
-
-def make_config_factory(program: str, base_argv):
-    """Flag overrides -> TrainConfig: the base flags re-parsed with the overrides appended (a later flag wins)."""
-
-    def make_config(overrides):
-        reparse([program] + list(base_argv) + list(overrides))
-        config = flag_defs.build_train_config()
+    def make_config(words):
+        overrides = dict(base, **flag_defs.parse_flag_words(words))
+        preset = overrides.pop("preset", FLAGS.preset)
         # The runs keep no checkpoints: the results file is the record.
-        return dataclasses.replace(config, model_path=None)
+        return dataclasses.replace(resolve_config(preset, overrides), model_path=None)
 
     return make_config
 
 
 def main(argv):
-    program, base_argv = sys.argv[0], list(sys.argv[1:])
     try:
         if not FLAGS.results:
             raise ConfigError("give --results FILE.jsonl")
@@ -81,7 +73,8 @@ def main(argv):
         cells = build_cells()
         candidates = [ablation.parse_labelled_overrides(text) for text in FLAGS.tune]
         seeds = [int(seed) for seed in FLAGS.seeds]
-        flag_defs.build_train_config()  # fail early on a bad base configuration
+        make_config = make_config_factory(flag_defs.explicit_overrides())
+        make_config(())  # fail early on a bad base configuration
     except (ConfigError, ValueError) as error:
         flag_defs.fail("ablate.py", error)
     report = FLAGS.report or os.path.splitext(FLAGS.results)[0]
@@ -98,10 +91,9 @@ def main(argv):
     logging.info("grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates),
                  len(seeds))
     outcome = ablation.run_grid(
-        cells, seeds, FLAGS.results, make_config_factory(program, base_argv), _train, candidates=candidates,
+        cells, seeds, FLAGS.results, make_config, _train, candidates=candidates,
         tune_seed=tune_seed, select_metric=select_metric, retry_failed=retry_failed, dry_run=dry_run,
         stop_exceptions=stop)
-    reparse([program] + base_argv)
     if dry_run:
         print("%d run(s) to do, %d done" % (sum(1 for r in outcome.records.values() if r["status"] == "planned"),
                                             len(set(outcome.skipped))))

@@ -17,12 +17,12 @@ import flag_defs
 from absl import flags
 
 from din_jax import benchmark
-from din_jax.config import DATA_TYPES, EMBEDDING_UPDATES, OPTIMIZERS, ConfigError
+from din_jax.config import DATA_TYPES, EMBEDDING_UPDATES, OPTIMIZERS, ConfigError, resolve_model
 from din_jax.data.buckets import parse_length_buckets
 from din_jax.data.dataset import DatasetError
 
 flag_defs.define_model_flags()
-flags.FLAGS.set_default("attention_size", 64)
+flags.FLAGS.set_default("attention_size", 64)  # the defaults of docs/PERFORMANCE.md (resolve_model below)
 flags.FLAGS.set_default("user_dim", 32)
 flags.DEFINE_enum("mode", "train", list(benchmark.MODES), "Measure training or inference.")
 flags.DEFINE_list("micro_batch_sizes", ["32"], "Micro-batch sizes (samples per device), one result row each.")
@@ -65,9 +65,8 @@ FLAGS = flags.FLAGS
 
 def build_config() -> benchmark.BenchmarkConfig:
     """The BenchmarkConfig of the parsed flags; raises ConfigError naming the flag."""
-    preset = flag_defs.get_preset(FLAGS.preset) if FLAGS.preset else None
-    model, model_config = flag_defs.resolve_model(preset)
-    model_config = flag_defs.select_model_fields(model, model_config, preset)
+    model, model_config = resolve_model(FLAGS.preset, flag_defs.explicit_overrides(),
+                                        defaults={"attention_size": 64, "user_dim": 32})
     try:
         sizes = tuple(int(x) for x in FLAGS.micro_batch_sizes)
     except ValueError:

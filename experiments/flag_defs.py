@@ -13,10 +13,9 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from absl import flags
-from absl import logging as absl_logging
 
 # The experiments are run as scripts; make the library importable from a
 # checkout without installation.
@@ -34,59 +33,26 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from din_jax.config import (  # noqa: E402
+    ALIASES,
     DATA_TYPES,
     EMBEDDING_UPDATES,
     LR_SCHEDULES,
+    MODEL_FLAG_DEFAULTS,
     OPTIMIZERS,
+    PRESETS,
     SELECT_METRICS,
+    TRAIN_FLAGS,
     ConfigError,
     TrainConfig,
+    resolve_config,
 )
 from din_jax.layers.attention import NORMALIZATIONS  # noqa: E402
-from din_jax.models import PRESETS, get_preset, model_fields  # noqa: E402
 from din_jax.models.pnn import PRODUCTS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 # jax logs at INFO that it found no TPU library; absl shows INFO by default.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-
-# flag name -> (model field, converter). Order matters only for messages.
-_MODEL_FLAGS: Dict[str, Tuple[str, Callable[[Any], Any]]] = {
-    "attention": ("attention", str),
-    "attention_normalization": ("attention_normalization", str),
-    "attention_hidden": ("attention_hidden", lambda v: tuple(int(x) for x in v)),
-    "attention_activation": ("attention_activation", str),
-    "split_attention": ("split_attention", bool),
-    "activation": ("activation", str),
-    "mlp_hidden": ("mlp_hidden", lambda v: tuple(int(x) for x in v)),
-    "item_dim": ("item_dim", int),
-    "category_dim": ("category_dim", int),
-    "user_dim": ("user_dim", int),
-    "item_bias": ("use_item_bias", bool),
-    "history_sum": ("use_history_sum", bool),
-    "dropout": ("dropout_rate", float),
-    "pooling": ("pooling", str),
-    "pnn_product": ("product", str),
-    "wide_buckets": ("wide_buckets", int),
-}
-
-# Flags that set the embedding widths (besides _MODEL_FLAGS).
-_WIDTH_FLAGS = {"attention_size": ("item_dim", "category_dim"), "item_dim": ("item_dim",),
-                "category_dim": ("category_dim",)}
-
-_TRAIN_FLAGS = (
-    "max_seq_len", "epochs", "micro_batch_size", "eval_micro_batch_size", "device_iterations", "replicas",
-    "optimizer", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file", "clip_norm",
-    "mba_lambda", "l2",
-    "data_type", "loss_scaling", "seed", "model_path", "eval_every", "select_metric", "resample_negatives", "donate",
-    "prefetch",
-    "log_every", "use_synthetic_data", "dataset", "embedding_updates", "positions_per_pass",
-)
-
-# TrainConfig fields whose flags only train.py defines (define_checkpoint_flags);
-# build_train_config reads them when they are defined.
-_CHECKPOINT_FLAGS = ("checkpoint_every", "keep_checkpoints", "resume")
 
 _ALIASED: List[str] = []
 
@@ -234,90 +200,35 @@ def define_aliases() -> None:
         flags.DEFINE_alias("hidden-size", "attention_size")
 
 
-def _present(name: str) -> bool:
-    return bool(FLAGS[name].present)
+def explicit_overrides() -> Dict[str, Any]:
+    """The config flags given explicitly (command line or flagfile), by flag name: what wins over a preset."""
+    names = set(MODEL_FLAG_DEFAULTS) | set(TRAIN_FLAGS) | set(ALIASES)
+    return {name: FLAGS[name].value for name in names if name in FLAGS and FLAGS[name].present}
 
 
-def resolve_model(preset: Optional[Dict[str, Any]]) -> Tuple[str, Dict[str, Any]]:
-    """Model name and fields: the preset's, overridden by flags given explicitly."""
-    model = preset["model"] if preset and not _present("model") else FLAGS.model
-    config: Dict[str, Any] = dict(preset["model_config"]) if preset else {}
-    for flag_name, (field, convert) in _MODEL_FLAGS.items():
-        if flag_name in ("item_dim", "category_dim"):
-            continue
-        if _present(flag_name) or field not in config:
-            config[field] = convert(FLAGS[flag_name].value)
-    if _present("attention_size") or "item_dim" not in config:
-        if FLAGS.attention_size < 2 or FLAGS.attention_size % 2:
-            raise ConfigError("--attention_size must be an even number >= 2 (item ⊕ category), got %d" % FLAGS.attention_size)
-        config["item_dim"] = config["category_dim"] = FLAGS.attention_size // 2
-    for flag_name in ("item_dim", "category_dim"):
-        if FLAGS[flag_name].value is not None:
-            if FLAGS[flag_name].value < 1:
-                raise ConfigError("--%s must be >= 1" % flag_name)
-            config[flag_name] = FLAGS[flag_name].value
-    return model, config
-
-
-def select_model_fields(model: str, config: Dict[str, Any], preset: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Keeps the fields of ``config`` that model ``model`` has.
-
-    Every model flag has a value (its default at least), but not every model
-    has every field (``--attention`` means nothing to ``lr``). The others are
-    dropped, with a warning for those set explicitly (on the command line or
-    by the preset), so that a grid can hand the same flags to every model.
-    """
-    try:
-        known = model_fields(model)
-    except ValueError as error:
-        raise ConfigError("--model: %s" % error) from None
-    preset_fields = set(preset["model_config"]) if preset else set()
-    explicit = {}
-    for flag_name, (field, _) in _MODEL_FLAGS.items():
-        if _present(flag_name):
-            explicit.setdefault(field, []).append(flag_name)
-    for flag_name, fields in _WIDTH_FLAGS.items():
-        if _present(flag_name):
-            for field in fields:
-                explicit.setdefault(field, []).append(flag_name)
-    ignored = sorted(field for field in config if field not in known and (field in explicit or field in preset_fields))
-    if ignored:
-        flag_names = sorted({"--" + name for field in ignored for name in explicit.get(field, ["preset"])})
-        absl_logging.warning("model %s has no field(s) %s: ignoring %s", model, ignored, ", ".join(flag_names))
-    return {field: value for field, value in config.items() if field in known}
+def parse_flag_words(words: Sequence[str]) -> Dict[str, Any]:
+    """``['--attention=dot', '--nosplit_attention', ...]`` as typed values by flag name, without touching FLAGS."""
+    values: Dict[str, Any] = {}
+    for word in words:
+        name, has_value, text = word[2:].partition("=")
+        name = "attention_size" if name in ("hidden_size", "hidden-size") else name.replace("-", "_")
+        if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS and not has_value:
+            name, has_value, text = name[2:], True, "false"
+        if name not in FLAGS:
+            raise ConfigError("unknown flag %s" % word)
+        flag = FLAGS[name]
+        if not has_value and flag.boolean:
+            text = "true"
+        try:
+            values[name] = flag.parser.parse(text)
+        except (ValueError, TypeError) as error:
+            raise ConfigError("%s: %s" % (word, error)) from None
+    return values
 
 
 def build_train_config() -> TrainConfig:
-    """The TrainConfig of the parsed flags, preset applied first."""
-    preset = get_preset(FLAGS.preset) if FLAGS.preset else None
-    model, model_config = resolve_model(preset)
-    model_config = select_model_fields(model, model_config, preset)
-    values: Dict[str, Any] = {}
-    preset_train = preset["train_config"] if preset else {}
-    for name in _TRAIN_FLAGS:
-        if name in preset_train and not _present(name):
-            values[name] = preset_train[name]
-        else:
-            values[name] = FLAGS[name].value
-    for name in _CHECKPOINT_FLAGS:
-        if name in FLAGS:
-            values[name] = FLAGS[name].value
-    try:
-        values["length_buckets"] = tuple(int(x) for x in FLAGS.length_buckets)
-    except ValueError:
-        raise ConfigError("--length_buckets must be comma-separated integers, got %s"
-                          % ",".join(FLAGS.length_buckets)) from None
-    if FLAGS.lr_type is not None:
-        if _present("lr_schedule") and FLAGS.lr_schedule != FLAGS.lr_type:
-            raise ConfigError("--lr_type %s contradicts --lr_schedule %s" % (FLAGS.lr_type, FLAGS.lr_schedule))
-        values["lr_schedule"] = FLAGS.lr_type
-    try:
-        samples = tuple(int(x) for x in FLAGS.synthetic_samples)
-    except ValueError:
-        raise ConfigError("--synthetic_samples must be three integers train,validation,test") from None
-    if len(samples) != 3 or min(samples) < 1:
-        raise ConfigError("--synthetic_samples must be three positive integers train,validation,test")
-    return TrainConfig(model=model, model_config=model_config, synthetic_samples=samples, **values).validate()
+    """The TrainConfig of the parsed flags (``din_jax.config.resolve_config``)."""
+    return resolve_config(FLAGS.preset, explicit_overrides())
 
 
 def import_user_modules() -> None:

@@ -27,9 +27,9 @@ from absl import flags
 
 from din_jax import metrics as metrics_lib
 from din_jax.checkpoint import CheckpointError, read_metadata
-from din_jax.config import ConfigError, TrainConfig
+from din_jax.config import ConfigError, TrainConfig, config_from_checkpoint
 from din_jax.data.dataset import DatasetError
-from din_jax.inference import Predictor, read_rank_requests
+from din_jax.inference import Predictor, read_rank_requests, resolve_checkpoint_dir
 from din_jax.train.evaluation import predict_split
 from din_jax.train.observers import ProgressHook
 from din_jax.train.setup import load_source, load_variables_for_inference, vocabulary
@@ -54,65 +54,12 @@ flag_defs.define_aliases()
 FLAGS = flags.FLAGS
 
 
-def _checkpoint_dir(model_path: str, which: str) -> str:
-    candidate = os.path.join(model_path, which)
-    if os.path.isfile(os.path.join(candidate, "checkpoint.json")):
-        return candidate
-    if os.path.isfile(os.path.join(model_path, "checkpoint.json")):
-        return model_path
-    raise CheckpointError("no checkpoint in --model_path %s (looked for %s/checkpoint.json)" % (model_path, candidate))
-
-
-def _config_from_checkpoint(meta) -> TrainConfig:
-    """The run's settings: the checkpoint's, overridden by explicit flags."""
-    if FLAGS.preset:
-        raise ConfigError("--preset is for train.py: infer.py takes the model and its sizes from the checkpoint")
-    if (meta.get("use_synthetic_data") and FLAGS["max_seq_len"].present and not FLAGS["dataset"].present
-            and FLAGS.max_seq_len != meta.get("max_seq_len")):
-        raise ConfigError("--max_seq_len %d: the checkpoint was trained on synthetic data drawn with max_seq_len %s, "
-                          "and another value draws another test set" % (FLAGS.max_seq_len, meta.get("max_seq_len")))
-    model_config = dict(meta["model_config"])
-    if any(FLAGS[name].present for name in flag_defs._MODEL_FLAGS) or FLAGS["attention_size"].present:
-        _, flagged = flag_defs.resolve_model(None)
-        for name, (field, _) in flag_defs._MODEL_FLAGS.items():
-            if FLAGS[name].present:
-                model_config[field] = flagged[field]
-        if FLAGS["attention_size"].present:
-            model_config["item_dim"] = flagged["item_dim"]
-            model_config["category_dim"] = flagged["category_dim"]
-
-    def pick(name, stored):
-        return FLAGS[name].value if FLAGS[name].present or stored is None else stored
-
-    dataset = pick("dataset", meta.get("dataset"))
-    use_synthetic = FLAGS.use_synthetic_data or (not FLAGS["dataset"].present and meta.get("use_synthetic_data", False))
-    return TrainConfig(
-        model=FLAGS.model if FLAGS["model"].present else meta["model"],
-        model_config=model_config,
-        dataset=None if use_synthetic else dataset,
-        use_synthetic_data=use_synthetic,
-        synthetic_samples=tuple(int(x) for x in pick("synthetic_samples", meta.get("synthetic_samples"))),
-        max_seq_len=pick("max_seq_len", meta.get("max_seq_len")),
-        data_type=pick("data_type", meta.get("data_type")),
-        micro_batch_size=FLAGS.micro_batch_size,
-        eval_micro_batch_size=FLAGS.micro_batch_size,
-        device_iterations=FLAGS.device_iterations,
-        replicas=FLAGS.replicas,
-        seed=pick("seed", meta.get("seed")),
-        prefetch=FLAGS.prefetch,
-        length_buckets=_length_buckets(meta),
-    ).validate()
-
-
-def _length_buckets(meta) -> tuple:
-    """--length_buckets when given, else the buckets train.py evaluated with (the same programs, the same scores)."""
-    if not FLAGS["length_buckets"].present:
-        return tuple(int(x) for x in meta.get("length_buckets") or ())
-    try:
-        return tuple(int(x) for x in FLAGS.length_buckets)
-    except ValueError:
-        raise ConfigError("--length_buckets must be comma-separated integers, got %s"
-                          % ",".join(FLAGS.length_buckets)) from None
+def _config(meta) -> TrainConfig:
+    """The checkpoint's settings, the flags given explicitly winning; this command's batch settings always."""
+    overrides = dict(flag_defs.explicit_overrides(), preset=FLAGS.preset)
+    for name in ("micro_batch_size", "device_iterations", "replicas", "prefetch"):
+        overrides[name] = FLAGS[name].value
+    return config_from_checkpoint(meta, overrides).validate()
 
 
 def _write_predictions(path, out):
@@ -176,7 +123,7 @@ def main(argv):
         try:
             if not FLAGS.model_path:
                 raise ConfigError("--model_path is required (a run directory of train.py or a checkpoint directory)")
-            _rank_candidates(_checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint))
+            _rank_candidates(resolve_checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint))
         except (ConfigError, CheckpointError, ValueError, OSError) as error:
             flag_defs.fail("infer.py", error)
         return
@@ -185,9 +132,9 @@ def main(argv):
             raise ConfigError("--model_path is required (a run directory of train.py or a checkpoint directory)")
         if FLAGS.epochs < 1:
             raise ConfigError("--epochs must be >= 1")
-        path = _checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint)
+        path = resolve_checkpoint_dir(FLAGS.model_path, FLAGS.checkpoint)
         meta = read_metadata(path)
-        config = _config_from_checkpoint(meta)
+        config = _config(meta)
         source = load_source(config)
         vocab = vocabulary(source)
         trained = meta.get("vocabulary", vocab)

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from din_jax.config import get_preset
 from din_jax.data.synthetic import make_item_categories, make_synthetic_batch
-from din_jax.models import MODELS, build_model, get_preset, model_fields
+from din_jax.models import MODELS, build_model, model_fields
 from din_jax.models.deepfm import fm_second_order
 from din_jax.models.pnn import pairwise_inner_products
 from din_jax.models.wide_deep import cross_ids

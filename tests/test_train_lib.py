@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from din_jax import checkpoint as ckpt
-from din_jax.config import ConfigError, TrainConfig
+from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
 from din_jax.data.pipeline import plan_chunks
 from din_jax.data.synthetic import make_item_categories, make_synthetic_batch
 from din_jax.models import build_model
@@ -123,7 +123,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
     config = TrainConfig(use_synthetic_data=True, model_config=MODEL_CONFIG, max_seq_len=T)
     vocab = {"users": NUM_USERS, "items": NUM_ITEMS, "categories": NUM_CATEGORIES}
     path = str(tmp_path / "best")
-    ckpt.save_checkpoint(path, jax.device_get(variables), builders.checkpoint_metadata(config, vocab, 7))
+    ckpt.save_checkpoint(path, jax.device_get(variables), checkpoint_metadata(config, vocab, 7))
     restored_model, restored = builders.load_variables_for_inference(path, config, vocab)
     np.testing.assert_array_equal(np.asarray(restored_model.apply(restored, batch)), expected)
     assert ckpt.read_metadata(path)["step"] == 7
@@ -134,7 +134,7 @@ def test_checkpoint_errors(tmp_path):
     vocab = {"users": NUM_USERS, "items": NUM_ITEMS, "categories": NUM_CATEGORIES}
     variables = train_lib.init_variables(_model(axis_name=None), seed=0, max_seq_len=T)
     path = str(tmp_path / "ckpt")
-    ckpt.save_checkpoint(path, jax.device_get(variables), builders.checkpoint_metadata(config, vocab, 1))
+    ckpt.save_checkpoint(path, jax.device_get(variables), checkpoint_metadata(config, vocab, 1))
     other = TrainConfig(use_synthetic_data=True, model_config=dict(MODEL_CONFIG, item_dim=6), max_seq_len=T)
     with pytest.raises(ckpt.CheckpointError, match=r"'params/.*' has shape .* but the model expects"):
         builders.load_variables_for_inference(path, other, vocab)

@@ -1,4 +1,4 @@
-"""Models by name, and presets (named configurations of them)."""
+"""Models by name (presets, named configurations of them, are in din_jax.config)."""
 
 import dataclasses
 from typing import Any, Dict, Optional
@@ -10,7 +10,6 @@ from din_jax.models.deepfm import DeepFM
 from din_jax.models.din import DIN
 from din_jax.models.lr import LogisticRegression
 from din_jax.models.pnn import PNN
-from din_jax.models.presets import PRESETS, get_preset
 from din_jax.models.wide_deep import WideDeep
 from din_jax.registry import Registry
 
@@ -59,6 +58,6 @@ def build_model(name: str, num_users: int, num_items: int, num_categories: int,
 
 
 __all__ = [
-    "DIN", "MODELS", "PNN", "PRESETS", "BaseModel", "DeepFM", "LogisticRegression", "WideDeep", "build_model",
-    "get_preset", "model_fields", "register_model",
+    "DIN", "MODELS", "PNN", "BaseModel", "DeepFM", "LogisticRegression", "WideDeep", "build_model",
+    "model_fields", "register_model",
 ]

@@ -45,14 +45,15 @@ import numpy as np
 from absl import logging
 
 from din_jax import checkpoint as ckpt
-from din_jax.config import ConfigError, TrainConfig
+from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.fileio import json_default
 from din_jax.train.evaluation import evaluate_split
 from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import regularization_for
-from din_jax.train.setup import build_model_for, checkpoint_metadata, dataset_fingerprint, load_source, vocabulary
+from din_jax.train.setup import build_model_for, dataset_fingerprint, load_source, vocabulary
 from din_jax.train.step import (
     NonFiniteLossError,
     create_train_state,
@@ -117,7 +118,7 @@ def _is_better(metric: str, value: float, best: Optional[float]) -> bool:
 
 def _canonical(value: Any) -> Any:
     """JSON-normalised value (tuples as lists, numpy scalars as Python), for comparisons."""
-    return json.loads(json.dumps(value, default=ckpt._json_default))
+    return json.loads(json.dumps(value, default=json_default))
 
 
 class Trainer:
@@ -842,7 +843,7 @@ class Trainer:
             os.makedirs(config.model_path, exist_ok=True)
             path = os.path.join(config.model_path, SUMMARY_FILE)
             with open(path + ".tmp", "w") as handle:
-                json.dump(summary, handle, indent=2, default=ckpt._json_default)
+                json.dump(summary, handle, indent=2, default=json_default)
             os.replace(path + ".tmp", path)
         if self._stop_request is not None:
             # Only the summary was left to write: stopping now would make the

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 from absl import logging
 
+from din_jax.fileio import json_default
+
 try:
     from tqdm import tqdm as _tqdm
 except ImportError:  # the IPU lane has no tqdm
@@ -401,9 +403,8 @@ class TrainLogHook:
         self._open(trainer, None)
         if self._handle is None:
             return
-        from din_jax.checkpoint import _json_default
 
-        self._handle.write(json.dumps(row, default=_json_default) + "\n")
+        self._handle.write(json.dumps(row, default=json_default) + "\n")
         self._handle.flush()
 
     def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:

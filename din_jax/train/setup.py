@@ -2,11 +2,11 @@
 
 import hashlib
 import json
-import os
 from typing import Any, Dict, Optional
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
+from din_jax.fileio import json_default
 from din_jax.models import build_model
 from din_jax.train.step import AXIS_NAME, compute_dtype, init_variables
 
@@ -51,33 +51,8 @@ def dataset_fingerprint(source) -> Optional[str]:
     if isinstance(content.get("sources"), list):
         content["sources"] = [{k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
                               for entry in content["sources"]]
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=ckpt._json_default)
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int, extra: Optional[Dict[str, Any]] = None,
-                        data_fingerprint: Optional[str] = None):
-    meta = {
-        "model": config.model,
-        "model_config": config.model_config,
-        "data_type": config.data_type,
-        "max_seq_len": config.max_seq_len,
-        "vocabulary": vocab,
-        "dataset": os.path.abspath(config.dataset) if config.dataset else None,
-        "use_synthetic_data": config.use_synthetic_data,
-        # The synthetic splits are drawn one after the other from one seed, so
-        # the test set depends on every split's size.
-        "synthetic_samples": list(config.synthetic_samples) if config.use_synthetic_data else None,
-        "seed": config.seed,
-        # How train.py scored the splits, so that infer.py scores them the same way.
-        "eval_micro_batch_size": config.eval_micro_batch_size,
-        "length_buckets": list(getattr(config, "length_buckets", ())),
-        "step": int(step),
-    }
-    if data_fingerprint is not None:
-        meta["data_fingerprint"] = data_fingerprint  # what --resume checks the dataset against
-    meta.update(extra or {})
-    return meta
 
 
 def restore_variables(template: Dict[str, Any], flat: Dict[str, Any], meta: Dict[str, Any], directory: str):

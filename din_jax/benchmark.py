@@ -38,8 +38,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
+from din_jax.config import TrainConfig
 from din_jax.data.buckets import normalize_buckets, plan_bucketed_chunks
+from din_jax.data.dataset import load_dataset
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.data.synthetic import make_synthetic_dataset
+from din_jax.train.setup import create_programs, vocabulary
+from din_jax.train.step import replicate, resolve_devices
 
 MODES = ("train", "infer")
 RESULT_FILES = {"train": "results_train.csv", "infer": "results_infer.csv"}
@@ -148,13 +153,7 @@ def load_average() -> Optional[float]:
 def environment_info(devices: Optional[List[Any]] = None) -> Dict[str, Any]:
     """Platform, device, CPU and library versions."""
     devices = devices or jax.local_devices()
-    jaxlib_version = "n/a"
-    try:
-        import jaxlib
-
-        jaxlib_version = str(jaxlib.__version__)
-    except Exception:  # noqa: BLE001
-        pass
+    jaxlib_version = _version("jaxlib")
     return {
         "platform": devices[0].platform,
         "device_kind": str(getattr(devices[0], "device_kind", devices[0].platform)),
@@ -300,11 +299,7 @@ def measure_matmul_rates() -> List[Tuple[str, float]]:
 def make_source(config: BenchmarkConfig, num_samples: int):
     """The data pool: a dataset directory, or synthetic data with ``config.lengths``."""
     if config.dataset:
-        from din_jax.data.dataset import load_dataset
-
         return load_dataset(config.dataset)
-    from din_jax.data.synthetic import make_synthetic_dataset
-
     vocab = config.vocabulary
     train, test = (num_samples, 0) if config.mode == "train" else (0, num_samples)
     return make_synthetic_dataset(train, 0, test, max_seq_len=config.max_seq_len, num_users=vocab["users"],
@@ -345,8 +340,6 @@ def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, repli
 
 
 def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterations: int):
-    from din_jax.config import TrainConfig
-
     return TrainConfig(model=config.model, model_config=dict(config.model_config), use_synthetic_data=True,
                        max_seq_len=config.max_seq_len, micro_batch_size=micro_batch_size,
                        device_iterations=device_iterations, replicas=config.replicas, optimizer=config.optimizer,
@@ -356,35 +349,18 @@ def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterati
 
 
 def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: Dict[str, int]):
-    """``call(chunk) -> output``: the mode's program with a fresh state (the train state lives in a closure)."""
-    from din_jax.train import step as train_lib
-    from din_jax.train.optim import make_optimizer
-    from din_jax.train.setup import build_model_for
-
+    """``call(chunk) -> output``: the mode's program of ``create_programs``, as training runs it, on a fresh state."""
+    programs = create_programs(train_config, vocab, devices, devices)
     if config.mode == "train":
-        model = build_model_for(train_config, vocab)
-        if config.embedding_updates == "sparse":
-            from din_jax.train.sparse_step import make_sparse_optimizer
-
-            tx = make_sparse_optimizer(model, train_config)
-        else:
-            tx = make_optimizer(train_config)
-        holder = {"state": train_lib.replicate(
-            train_lib.create_train_state(model, tx, config.seed, config.max_seq_len), devices)}
-        p_train = train_lib.make_p_train_chunk(model, devices, donate=True,
-                                               embedding_updates=config.embedding_updates,
-                                               positions_per_pass=config.positions_per_pass,
-                                               loss_scale=train_config.effective_loss_scaling())
+        holder = {"state": replicate(programs.state, devices)}
 
         def call(chunk):
-            holder["state"], metrics = p_train(holder["state"], chunk)
+            holder["state"], metrics = programs.p_train(holder["state"], chunk)
             return metrics["loss"]
 
         return call
-    model = build_model_for(train_config, vocab, axis_name=None)
-    variables = train_lib.replicate(train_lib.init_variables(model, config.seed, config.max_seq_len), devices)
-    p_predict = train_lib.make_p_predict_chunk(model, devices, positions_per_pass=config.positions_per_pass)
-    return lambda chunk: p_predict(variables, chunk)
+    variables = replicate({"params": programs.state.params, "batch_stats": programs.state.batch_stats}, devices)
+    return lambda chunk: programs.p_predict(variables, chunk)
 
 
 def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source: Any = None,
@@ -395,8 +371,6 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
       source: the data pool (built from ``config`` when None).
       log: optional ``callable(str)`` for progress lines.
     """
-    from din_jax.train.step import resolve_devices
-
     devices = resolve_devices(config.replicas)
     replicas = len(devices)
     device_iterations = resolve_device_iterations(config, micro_batch_size, replicas)
@@ -410,8 +384,6 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         raise ValueError("the pool has %d samples, fewer than one call (%d x %d x %d)"
                          % (len(lengths), replicas, device_iterations, micro_batch_size))
     train_config = _train_config(config, micro_batch_size, device_iterations)
-    from din_jax.train.setup import vocabulary
-
     call = _programs(config, devices, train_config, vocabulary(source))
     plans = [plan_window(config, lengths, window, replicas, device_iterations, micro_batch_size)
              for window in range(config.windows)]
@@ -520,8 +492,6 @@ def run_benchmark(config: BenchmarkConfig, log: Any = None) -> List[Dict[str, An
     if config.dataset or config.samples:
         source = make_source(config, config.samples)
     else:
-        from din_jax.train.step import resolve_devices
-
         replicas = len(resolve_devices(config.replicas))
         sizes = [default_pool_size(config, replicas * b, resolve_device_iterations(config, b, replicas))
                  for b in config.micro_batch_sizes]

@@ -19,7 +19,6 @@ is no default user), and a repeated candidate is ranked once.
 Shape letters: B batch rows, C candidates, T history positions (max_seq_len).
 """
 
-import inspect
 import json
 import numbers
 import os
@@ -32,18 +31,11 @@ import numpy as np
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import config_from_checkpoint
+from din_jax.train.evaluation import model_returns_attention
 from din_jax.train.setup import build_model_for, restore_variables
 from din_jax.train.step import example_batch
 
 RANK_REQUEST_KEYS = ("history", "candidates", "user", "id")
-
-
-def model_returns_attention(model) -> bool:
-    """Whether a model's ``__call__`` takes ``return_attention`` (DIN does; the baselines do not)."""
-    try:
-        return "return_attention" in inspect.signature(type(model).__call__).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def resolve_checkpoint_dir(path: str, which: str = "best") -> str:

@@ -150,19 +150,19 @@ def main(argv):
         def p_predict(variables_, chunk):
             out_ = scored(variables_, chunk)
             if progress is not None:
-                progress.on_predict_call(None, {"split": FLAGS.split, "samples": int(np.size(chunk["label"]))})
+                progress.on_predict_call({"split": FLAGS.split, "samples": int(np.size(chunk["label"]))})
             return out_
 
         timing = {}
         for _ in range(FLAGS.epochs):
             if progress is not None:
-                progress.on_evaluation_begin(None, {"split": FLAGS.split, "samples": source.num_samples(FLAGS.split)})
+                progress.on_evaluation_begin({"split": FLAGS.split, "samples": source.num_samples(FLAGS.split)})
             out = predict_split(p_predict, variables, source, FLAGS.split, devices, config.micro_batch_size,
                                 config.device_iterations, config.max_seq_len, config.prefetch,
                                 timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0},
                                 length_buckets=config.length_buckets)
         if progress is not None:
-            progress.on_close(None, {})
+            progress.on_close({})
         result = metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
     except (ConfigError, DatasetError, CheckpointError, ValueError, OSError) as error:
         flag_defs.fail("infer.py", error)

@@ -13,6 +13,7 @@ from din_jax.train import optim
 from din_jax.train import step as train_lib
 from din_jax.train.evaluation import predict_split
 from din_jax.train.loop import Trainer
+from din_jax.train.setup import make_p_train
 
 MAX_LEN = 20
 BUCKETS = (4, 8, 12, 20)
@@ -144,7 +145,7 @@ def test_a_train_step_on_a_shorter_bucket_equals_the_padded_step():
     config = TrainConfig(use_synthetic_data=True, learning_rate=0.5, max_seq_len=MAX_LEN)
     plan = plan_split_chunks(source, "train", np.arange(600), MAX_LEN, BUCKETS, 1, 2, 16, drop_remainder=True)
     indices, seq_len = next((c, t) for c, t in zip(plan.calls, plan.seq_lens) if t < MAX_LEN)
-    p_train = train_lib.make_p_train_chunk(model, devices, donate=False)
+    p_train = make_p_train(model, devices, donate=False)
     results = []
     for length in (seq_len, MAX_LEN):
         state = train_lib.replicate(train_lib.create_train_state(model, optim.make_optimizer(config), 0, MAX_LEN),

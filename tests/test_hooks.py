@@ -94,15 +94,12 @@ def test_train_log_has_every_call_and_evaluation_and_resume_drops_the_replayed_r
     assert rows[-1]["event"] == "end" and rows[-1]["test"]["gauc"] == summary["test"]["gauc"]
 
     # On resume from step 20, the rows after it are trained again: dropped first.
-    class FakeTrainer:
-        is_chief = True
-
     log = os.path.join(path, "resumed_log.jsonl")
     with open(os.path.join(path, hooks.TRAIN_LOG_FILE)) as source, open(log, "w") as copy:
         copy.write(source.read() + '{"event": "train", "step": 4')  # a line cut short by kill -9
     again = hooks.TrainLogHook(log)
-    again.on_train_begin(FakeTrainer(), {"resumed": 20})
-    again.on_close(FakeTrainer(), {})
+    again.on_train_begin({"resumed": 20})
+    again.on_close({})
     assert hooks.read_train_log(log) == [r for r in rows if r["step"] <= 20]
 
     # A finished run trained further resumes from its last step: its end row
@@ -110,9 +107,9 @@ def test_train_log_has_every_call_and_evaluation_and_resume_drops_the_replayed_r
     with open(os.path.join(path, hooks.TRAIN_LOG_FILE)) as source, open(log, "w") as copy:
         copy.write(source.read())
     again = hooks.TrainLogHook(log)
-    again.on_train_begin(FakeTrainer(), {"resumed": summary["steps"]})
-    again.on_end(FakeTrainer(), dict(summary, steps=summary["steps"] + 40))
-    again.on_close(FakeTrainer(), {})
+    again.on_train_begin({"resumed": summary["steps"]})
+    again.on_end(dict(summary, steps=summary["steps"] + 40))
+    again.on_close({})
     extended = hooks.read_train_log(log)
     assert extended[:-1] == rows[:-1] and [r["event"] for r in extended].count("end") == 1
     assert extended[-1]["event"] == "end" and extended[-1]["step"] == summary["steps"] + 40
@@ -167,23 +164,23 @@ def test_evaluation_lines_are_throttled_and_need_no_trainer(monkeypatch, absl_me
     clock = _Clock()
     monkeypatch.setattr(hooks, "time", clock)
     progress = hooks.ProgressHook("log", seconds=10.0, stream=io.StringIO())
-    progress.on_evaluation_begin(None, {"split": "test", "samples": 1000})
+    progress.on_evaluation_begin({"split": "test", "samples": 1000})
     for _ in range(10):  # 100 samples a second
         clock.now += 1.0
-        progress.on_predict_call(None, {"split": "test", "samples": 100})
+        progress.on_predict_call({"split": "test", "samples": 100})
     clock.now += 1.0
-    progress.on_predict_call(None, {"split": "test", "samples": 100})  # padding: still 1000 of 1000
-    progress.on_close(None, {})
-    progress.on_predict_call(None, {"split": "test", "samples": 100})  # after the end: nothing
+    progress.on_predict_call({"split": "test", "samples": 100})  # padding: still 1000 of 1000
+    progress.on_close({})
+    progress.on_predict_call({"split": "test", "samples": 100})  # after the end: nothing
     assert [m for m in absl_messages if m.startswith("progress:")] == [
         "progress: test 100% (1000 of 1000 samples), ETA 0:00:00; 100 samples/s"]
 
     clock.now += 100.0
     quick = hooks.ProgressHook("log", seconds=10.0, stream=io.StringIO())
-    quick.on_evaluation_begin(None, {"split": "validation", "samples": 300, "step": 7})
+    quick.on_evaluation_begin({"split": "validation", "samples": 300, "step": 7})
     for _ in range(6):  # a line at 12 s (the first past 10), none 6 s after it
         clock.now += 3.0
-        quick.on_predict_call(None, {"split": "validation", "samples": 50})
+        quick.on_predict_call({"split": "validation", "samples": 50})
     assert [m for m in absl_messages if m.startswith("progress: validation")] == [
         "progress: validation (step 7) 66% (200 of 300 samples), ETA 0:00:06; 17 samples/s"]
 

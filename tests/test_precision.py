@@ -14,6 +14,7 @@ from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.models import build_model
 from din_jax.train import optim
 from din_jax.train import step as train_lib
+from din_jax.train.setup import make_p_train
 
 T = 20
 MODEL_CONFIG = {"item_dim": 8, "category_dim": 8, "user_dim": 4, "attention_hidden": (16, 8), "mlp_hidden": (16, 8),
@@ -32,7 +33,7 @@ def trained():
     config = TrainConfig(use_synthetic_data=True, optimizer="adam", learning_rate=0.01, max_seq_len=T)
     devices = jax.local_devices()[:1]
     state = train_lib.replicate(train_lib.create_train_state(model, optim.make_optimizer(config), 0, T), devices)
-    p_train = train_lib.make_p_train_chunk(model, devices, donate=False)
+    p_train = make_p_train(model, devices, donate=False)
     plan = plan_chunks(np.random.default_rng(0).permutation(2048), 1, 16, 32, drop_remainder=True)
     for _ in range(3):
         for indices in plan.calls:

@@ -18,6 +18,7 @@ from din_jax.train.regularization import (
     make_regularization,
     regularization_for,
 )
+from din_jax.train.setup import make_p_train
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, T = 5, 10, 4, 3
 LR, LAMBDA = 0.5, 0.3
@@ -165,7 +166,7 @@ def test_mba_presence_is_global_across_data_parallel_devices():
         (jax.local_devices()[:1], {k: v[None, None] for k, v in batch.items()}),
         (jax.local_devices()[:2], {k: np.stack([v[:2], v[2:]])[:, None] for k, v in batch.items()}),
     ):
-        p_train = train_lib.make_p_train_chunk(model, devices, donate=False, regularization=regularization)
+        p_train = make_p_train(model, devices, donate=False, regularization=regularization)
         state, _ = p_train(train_lib.replicate(host_state, devices), chunk)
         results.append(train_lib.unreplicate_to_host(state).params)
     for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):

@@ -30,17 +30,25 @@ CONFIG = dict(
 
 
 class _StopAt:
-    """Calls ``action(trainer)`` at the given on_train_call counts."""
+    """Calls ``action()`` at the given on_train_call counts."""
 
     def __init__(self, calls, action):
         self.calls = set(calls)
         self.seen = 0
         self.action = action
 
-    def on_train_call(self, trainer, record):
+    def on_train_call(self, record):
         self.seen += 1
         if self.seen in self.calls:
-            self.action(trainer)
+            self.action()
+
+
+def _train_and_stop(config, calls, source=None):
+    """Trains ``config``, asking the Trainer to stop at the given on_train_call counts."""
+    stopper = _StopAt(calls, None)
+    trainer = training.Trainer(config, source, hooks=[stopper])
+    stopper.action = lambda: trainer.request_stop("a test")
+    return trainer.train()
 
 
 def _flat(path):
@@ -77,7 +85,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(str
     #    next call boundary and raises.
     with pytest.raises(training.TrainingInterrupted, match=r"stopped by SIGINT at step \d+ \(epoch 1\)") as stop:
         training.train_and_evaluate(TrainConfig(model_path=path, **CONFIG),
-                                    hooks=[_StopAt([2], lambda t: os.kill(os.getpid(), signal.SIGINT))])
+                                    hooks=[_StopAt([2], lambda: os.kill(os.getpid(), signal.SIGINT))])
     assert stop.value.signum == signal.SIGINT and stop.value.step == 8
     assert signal.getsignal(signal.SIGINT) is previous_handler  # restored
     assert os.path.isfile(os.path.join(stop.value.checkpoint, ckpt.STATE_FILE))
@@ -86,12 +94,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(str
     #    on the last call of epoch 1: the stop waits for the epoch's end.
     resumed = TrainConfig(model_path=path, resume=True, **dict(CONFIG, prefetch=0))
     with pytest.raises(training.TrainingInterrupted, match=r"at step 20 \(epoch 1\)"):
-        training.train_and_evaluate(resumed, hooks=[_StopAt([3], lambda t: t.request_stop("a test"))])
+        _train_and_stop(resumed, [3])
 
     # 3. Resume, then simulate `kill -9` after two more checkpoints: drop the
     #    newest, so the next resume replays the steps after the one before.
     with pytest.raises(training.TrainingInterrupted):
-        training.train_and_evaluate(resumed, hooks=[_StopAt([3], lambda t: t.request_stop("a test"))])
+        _train_and_stop(resumed, [3])
     checkpoints = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))
     assert len(checkpoints) == 2  # --keep_checkpoints
     newest_step, newest = checkpoints[-1]
@@ -124,7 +132,7 @@ def test_checkpoints_are_kept_k_at_a_time_with_checksums(straight_run):
 def _interrupted_run(path, **overrides):
     config = TrainConfig(model_path=path, **dict(CONFIG, replicas=1, **overrides))
     with pytest.raises(training.TrainingInterrupted):
-        training.train_and_evaluate(config, hooks=[_StopAt([3], lambda t: t.request_stop("a test"))])
+        _train_and_stop(config, [3])
     return config
 
 
@@ -214,7 +222,7 @@ def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
     left = {}
 
     class Look:
-        def on_train_begin(self, trainer, record):
+        def on_train_begin(self, record):
             left.update({name: os.path.exists(os.path.join(path, name)) for name in previous})
 
     os.remove(os.path.join(path, "checkpoints", "step_40", ckpt.STATE_FILE))  # it is not even read
@@ -246,8 +254,7 @@ def test_resume_checks_the_dataset_and_warns_on_another_evaluation_batch(tmp_pat
         return source
 
     with pytest.raises(training.TrainingInterrupted):
-        training.train_and_evaluate(TrainConfig(model_path=path, **settings), source=data("aaa", "/raw/a"),
-                                    hooks=[_StopAt([1], lambda t: t.request_stop("a test"))])
+        _train_and_stop(TrainConfig(model_path=path, **settings), [1], source=data("aaa", "/raw/a"))
     resume = TrainConfig(model_path=path, resume=True, **settings)
     with pytest.raises(ckpt.CheckpointError, match="trained on another dataset .*meta.json fingerprint") as error:
         training.Trainer(resume, source=data("bbb", "/raw/a"))
@@ -273,8 +280,7 @@ def test_sparse_updates_resume_bit_for_bit(tmp_path, optimizer):
     straight_path, path = str(tmp_path / "straight"), str(tmp_path / "run")
     straight = training.train_and_evaluate(TrainConfig(model_path=straight_path, **settings))
     with pytest.raises(training.TrainingInterrupted, match="at step 8 "):
-        training.train_and_evaluate(TrainConfig(model_path=path, **settings),
-                                    hooks=[_StopAt([2], lambda t: t.request_stop("a test"))])
+        _train_and_stop(TrainConfig(model_path=path, **settings), [2])
     flat = _flat(ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))[-1][1])
     assert any("/tables/" in key and key.endswith("%2Fitem") for key in flat)
     summary = training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings))
@@ -286,7 +292,7 @@ def test_sparse_updates_resume_bit_for_bit(tmp_path, optimizer):
 
 def _signal_at_test_evaluation(signum, times):
     class Hook:
-        def on_evaluation_begin(self, trainer, record):
+        def on_evaluation_begin(self, record):
             if record["split"] == "test":
                 for _ in range(times):
                     os.kill(os.getpid(), signum)

@@ -14,6 +14,7 @@ from din_jax.train import optim
 from din_jax.train import sparse_step as sparse
 from din_jax.train import step as train_lib
 from din_jax.train.regularization import make_regularization
+from din_jax.train.setup import make_p_train
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, T = 40, 50, 6, 10
 MODEL_CONFIG = {"item_dim": 4, "category_dim": 4, "user_dim": 3, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),
@@ -59,7 +60,7 @@ def _run(model, config, batches, devices, embedding_updates, regularization=None
     else:
         tx = optim.make_optimizer(config)
     state = train_lib.replicate(train_lib.create_train_state(model, tx, seed=3, max_seq_len=T), devs)
-    p_train = train_lib.make_p_train_chunk(model, devs, donate=False, regularization=regularization,
+    p_train = make_p_train(model, devs, donate=False, regularization=regularization,
                                            embedding_updates=embedding_updates)
     state, metrics = p_train(state, _chunk(batches, devices))
     return train_lib.unreplicate_to_host(state), np.asarray(metrics["loss"])
@@ -169,7 +170,7 @@ def test_lazy_adam_touches_only_present_rows_and_follows_the_formula():
     host = train_lib.create_train_state(model, tx, seed=3, max_seq_len=T)
     initial_users = np.asarray(host.params["embedding"][USER_TABLE]).copy()
     state = train_lib.replicate(host, devs)
-    p_train = train_lib.make_p_train_chunk(model, devs, donate=False, embedding_updates="sparse")
+    p_train = make_p_train(model, devs, donate=False, embedding_updates="sparse")
 
     # Per step, the user-table gradient of the step's own parameters (users occur once per row).
     grads_per_step = []
@@ -273,7 +274,7 @@ def test_parts_of_a_micro_batch_give_the_same_update():
     for rows in (0, 4 * T):  # whole micro-batches, then 4 rows per pass
         state = train_lib.replicate(train_lib.create_train_state(
             model, sparse.make_sparse_optimizer(model, config), seed=3, max_seq_len=T), devs)
-        p_train = train_lib.make_p_train_chunk(model, devs, donate=False, embedding_updates="sparse",
+        p_train = make_p_train(model, devs, donate=False, embedding_updates="sparse",
                                                positions_per_pass=rows)
         state, metrics = p_train(state, _chunk(batches, 1))
         results.append((train_lib.unreplicate_to_host(state), np.asarray(metrics["loss"])))
@@ -287,7 +288,7 @@ def test_parts_of_a_micro_batch_refuse_batch_statistics():
     devs = jax.local_devices()[:1]
     state = train_lib.replicate(train_lib.create_train_state(
         model, sparse.make_sparse_optimizer(model, _config()), seed=3, max_seq_len=T), devs)
-    p_train = train_lib.make_p_train_chunk(model, devs, donate=False, embedding_updates="sparse", positions_per_pass=4)
+    p_train = make_p_train(model, devs, donate=False, embedding_updates="sparse", positions_per_pass=4)
     with pytest.raises(ValueError, match="batch statistics"):
         p_train(state, _chunk(_batches(1, 16), 1))
 

@@ -1,7 +1,8 @@
 """Scoring whole splits with a pmapped prediction program; metrics on the host."""
 
+import inspect
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -81,3 +82,25 @@ def evaluate_split(p_predict, variables, source, split, devices, config: TrainCo
                         config.device_iterations, config.max_seq_len, config.prefetch,
                         length_buckets=getattr(config, "length_buckets", ()))
     return metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
+
+
+def model_returns_attention(model) -> bool:
+    """Whether a model's ``__call__`` takes ``return_attention`` (DIN does; the baselines do not)."""
+    try:
+        return "return_attention" in inspect.signature(type(model).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class AttentionProbe:
+    """The attention weights of a fixed batch (the first ``samples`` of a split), for the observers' histograms."""
+
+    def __init__(self, model, source: Any, split: str, max_seq_len: int, samples: int = 256):
+        self.batch = source.gather(split, np.arange(min(samples, source.num_samples(split))), max_seq_len)
+        self._weights = jax.jit(lambda v, b: model.apply(v, b, train=False, return_attention=True)[1])
+
+    def __call__(self, variables: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+        """``(valid_BxT, weights_BxT)``: the real history positions, and the weights (zero elsewhere)."""
+        weights_BxT = np.asarray(self._weights(variables, self.batch), np.float32)
+        valid_BxT = np.arange(weights_BxT.shape[1])[None, :] < self.batch["hist_len"][:, None]
+        return valid_BxT, np.where(valid_BxT, weights_BxT, 0.0)

@@ -1,42 +1,25 @@
-"""The training loop: train, select the best step on validation, report test once.
+"""The training loop: train, select the best step on validation, score test once.
 
-``Trainer`` owns the state and the programs; ``hooks`` observe it (logging,
-TensorBoard, progress bars, ``din_jax.train.observers``): any object with some of the
-methods below, each called as ``method(trainer, record)``:
+``Trainer`` owns the state and the programs (``setup.create_programs``) and reads top to bottom: ``train`` runs
+epochs of host calls (``train_epoch``), evaluates, checkpoints, and ``finish`` scores test with the selected
+step. The run directory and resuming are ``run_dir``'s; stop requests and signals ``stopping``'s.
 
-- ``on_train_begin``: once, before the first call; ``record`` has ``step``,
-  ``epoch``, ``epochs``, ``steps_per_epoch`` and ``resumed`` (the step of the
-  checkpoint resumed from, or None).
-- ``on_epoch_begin``: ``epoch``, ``steps`` (in the epoch), ``done`` (steps of
-  it already trained, on resume), ``step``.
-- ``on_train_call``: after each host call, when its metrics are on the host:
-  ``epoch``, ``step``, ``loss``, ``losses`` (one per micro-batch),
-  ``accuracy``, ``learning_rate``, ``samples_per_s``, ``includes_compilation``.
-- ``on_evaluation_begin`` / ``on_predict_call``: ``split``, ``samples`` (the
-  split's size, then each call's share) for progress bars.
-- ``on_evaluation``: ``step``, ``epoch``, ``validation`` metrics; the
-  variables evaluated are ``trainer.latest_variables``.
-- ``on_checkpoint``: ``path``, ``step``, ``epoch``.
-- ``on_end(trainer, summary)``.
-- ``on_close``: ``step``; always last, also when training failed or was
-  interrupted (``Trainer.train``): release files, close progress bars.
+Observers (``din_jax.train.observers``) are objects with any of these methods, each called as
+``method(trainer, record)``: ``on_train_begin`` (step, epoch, epochs, steps_per_epoch, resumed),
+``on_epoch_begin`` (epoch, steps, done, step), ``on_train_call`` (epoch, step, loss, losses, accuracy,
+learning_rate, samples_per_s, includes_compilation), ``on_evaluation_begin`` / ``on_predict_call`` (split,
+samples), ``on_evaluation`` (step, epoch, validation), ``on_checkpoint`` (path, step, epoch), ``on_end(trainer,
+summary)``, and ``on_close`` (step), always last.
 
-Training checkpoints (``<model_path>/checkpoints/step_N``) hold the whole
-``TrainState`` (parameters, optimiser state, Dice statistics, dropout key,
-step), the best variables so far, and in their JSON the epoch, the position in
-it, the negative sampler's generator state, the evaluation history and the
-best-so-far, so that ``resume`` continues exactly: the epoch order is a
-function of ``(seed, epoch)``, the calls already done are skipped, and the
-result equals that of a run that was never interrupted, bit for bit on CPU.
+Resuming is exact: the epoch order is a function of (seed, epoch), a checkpoint records the position in the
+epoch and the negative sampler's state, and the calls already done are skipped: the result equals an
+uninterrupted run's, bit for bit on CPU.
 """
 
 import contextlib
 import json
 import math
 import os
-import shutil
-import signal
-import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -49,65 +32,12 @@ from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
 from din_jax.fileio import json_default
-from din_jax.train.evaluation import evaluate_split
-from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
-from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
+from din_jax.train import run_dir
+from din_jax.train.evaluation import AttentionProbe, evaluate_split, model_returns_attention
 from din_jax.train.regularization import regularization_for
-from din_jax.train.setup import build_model_for, dataset_fingerprint, load_source, vocabulary
-from din_jax.train.step import (
-    NonFiniteLossError,
-    create_train_state,
-    make_p_predict_chunk,
-    make_p_train_chunk,
-    replicate,
-    resolve_devices,
-    unreplicate_to_host,
-)
-
-CHECKPOINTS_DIR = "checkpoints"
-SUMMARY_FILE = "summary.json"
-
-# Settings that must equal the checkpoint's for a resumed run to continue the
-# same trajectory (the data order, the optimiser state's structure, ...).
-# positions_per_pass splits each micro-batch's gradient into parts: the same
-# sum in another order, so the parameters would differ in their last bits.
-_RESUME_MUST_MATCH = ("seed", "micro_batch_size", "device_iterations", "optimizer", "clip_norm",
-                      "resample_negatives", "select_metric", "use_synthetic_data", "mba_lambda", "l2",
-                      "embedding_updates", "length_buckets", "positions_per_pass")
-# Settings a resumed run may change, with a warning that it no longer
-# reproduces an uninterrupted run.
-# (--loss_scaling: lowering it is how a float16 run that overflowed goes on.)
-_RESUME_MAY_CHANGE = ("learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file",
-                      "loss_scaling")
-# Settings that never touch the training trajectory but may round validation
-# scores differently (another batch shape), and so perhaps pick another best
-# step: allowed with a warning, since a resumed job may have less memory.
-_RESUME_MAY_CHANGE_EVALUATION = ("eval_micro_batch_size",)
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped early on request (a signal or ``Trainer.request_stop``).
-
-    Attributes:
-      step: the last step trained.
-      checkpoint: the checkpoint holding it (None without ``model_path``).
-      signum: the signal that asked for the stop, or None.
-    """
-
-    def __init__(self, message: str, step: int, checkpoint: Optional[str], signum: Optional[int] = None):
-        super().__init__(message)
-        self.step = step
-        self.checkpoint = checkpoint
-        self.signum = signum
-
-
-class TrainingAborted(TrainingInterrupted, KeyboardInterrupt):
-    """A second signal stopped training at once, without a checkpoint.
-
-    A ``TrainingInterrupted`` (so that a program reports it in one line and
-    exits with 128 + the signal), and a ``KeyboardInterrupt`` as it was before,
-    so that no ``except Exception`` swallows it.
-    """
+from din_jax.train.setup import create_programs, dataset_fingerprint, load_source, vocabulary
+from din_jax.train.step import NonFiniteLossError, replicate, resolve_devices, unreplicate_to_host
+from din_jax.train.stopping import SignalHandlers, StopControl, TrainingAborted, TrainingInterrupted
 
 
 def _is_better(metric: str, value: float, best: Optional[float]) -> bool:
@@ -116,27 +46,11 @@ def _is_better(metric: str, value: float, best: Optional[float]) -> bool:
     return value < best if metric == "logloss" else value > best
 
 
-def _canonical(value: Any) -> Any:
-    """JSON-normalised value (tuples as lists, numpy scalars as Python), for comparisons."""
-    return json.loads(json.dumps(value, default=json_default))
-
-
 class Trainer:
-    """One training run of a TrainConfig on a data source.
+    """One training run of a config on a ``Dataset`` (loaded from the config when None), watched by ``hooks``.
 
-    Args:
-      config: the run's settings (validated here). With ``resume``, the state
-        is restored from the newest checkpoint under
-        ``<model_path>/checkpoints`` (a fresh start when there is none).
-      source: a ``Dataset`` or ``SyntheticDataset``; loaded from the config
-        when None.
-      hooks: observers (see the module docstring).
-
-    Raises:
-      ConfigError: invalid settings, or a fresh run in a ``model_path`` that
-        holds the checkpoints of an unfinished run.
-      CheckpointError: the checkpoint to resume from is corrupt or does not
-        match the model flags, the data or the training settings.
+    Raises ConfigError for invalid settings or a fresh run over an unfinished one, CheckpointError for a
+    checkpoint to resume from that is corrupt or does not match the settings or the data.
     """
 
     def __init__(self, config: TrainConfig, source: Any = None, hooks: Sequence[Any] = ()):
@@ -148,11 +62,9 @@ class Trainer:
         self.devices = resolve_devices(config.replicas)
         self.process_index = jax.process_index()
         self.process_count = jax.process_count()
-        self._p_stop_code = None  # see _stop_agreed
         if self.process_count > 1 and config.replicas:
             raise ConfigError("--replicas must be 0 (every device) in a multi-process run")
-        # Multi-process: the train program spans every process's devices
-        # (pmap's default); each process feeds its own slice of each step.
+        # Multi-process: the train program spans every process's devices; each feeds its slice of each step.
         self.train_devices = None if self.process_count > 1 else self.devices
         self.replicas = len(self.devices) * self.process_count
         self.global_batch = self.replicas * config.micro_batch_size
@@ -187,42 +99,30 @@ class Trainer:
         self._resume_call: Optional[int] = None
         self._next_eval = config.eval_every if config.eval_every > 0 else None
         self._next_checkpoint = config.checkpoint_every if config.checkpoint_every > 0 else None
-        self._stop_request: Optional[Dict[str, Any]] = None
+        self.stopper = StopControl(len(self.devices), self.process_index, self.process_count)
         self._began = False
         self._finishing = False
-        self._previous_run: List[str] = []
+        self._attention_probe = None
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
-        self.checkpoint_root = os.path.join(config.model_path, CHECKPOINTS_DIR) if config.model_path else None
+        self.checkpoint_root = os.path.join(config.model_path, run_dir.CHECKPOINTS_DIR) if config.model_path else None
 
         # Checked before anything is compiled, so that a bad checkpoint fails fast.
-        resume_from = self._prepare_run_directory()
-        checkpoint = self._load_resumable(resume_from) if resume_from is not None else None
+        resume_from, self._previous_run = run_dir.prepare(config, self.is_chief)
+        if resume_from is not None:
+            flat, meta = run_dir.load_resumable(resume_from, self.checkpoint_root)
+            run_dir.check_resumable(resume_from, meta, config, self.vocab, self.data_fingerprint, self.num_train,
+                                    self.replicas)
 
-        self.model = build_model_for(config, self.vocab)
-        self.eval_model = build_model_for(config, self.vocab, axis_name=None)
-        self.schedule = make_learning_rate_schedule(config)
-        host_state = create_train_state(self.model, self._make_optimizer(), config.seed, config.max_seq_len)
+        programs = create_programs(config, self.vocab, self.train_devices, self.devices,
+                                   regularization_for(config, self.source))
+        self.model, self.eval_model, host_state, self.p_train, self.p_predict, self.schedule = programs
         self.num_parameters = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(host_state.params))
-        if checkpoint is not None:
-            host_state = self._restore(resume_from, checkpoint, host_state)
+        if resume_from is not None:
+            host_state = self._restore(resume_from, flat, meta, host_state)
         self.state = replicate(host_state, self.train_devices)
-        self.p_train = make_p_train_chunk(self.model, self.train_devices, donate=config.donate,
-                                          regularization=regularization_for(config, self.source),
-                                          embedding_updates=config.embedding_updates,
-                                          positions_per_pass=config.positions_per_pass,
-                                          loss_scale=config.effective_loss_scaling())
-        self.p_predict = make_p_predict_chunk(self.eval_model, self.devices, positions_per_pass=config.positions_per_pass)
         logging.info("model %s %s, %d parameters, %d replica(s) on %s, train %d samples, global micro-batch %d",
                      config.model, json.dumps(config.model_config, default=str), self.num_parameters,
                      self.replicas, self.devices[0].platform, self.num_train, self.global_batch)
-
-    def _make_optimizer(self):
-        """The optax optimiser, or the sparse-update one (``--embedding_updates sparse``)."""
-        if self.config.embedding_updates == "sparse":
-            from din_jax.train.sparse_step import make_sparse_optimizer
-
-            return make_sparse_optimizer(self.model, self.config)
-        return make_optimizer(self.config)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -230,31 +130,21 @@ class Trainer:
         for hook in self.hooks:
             method = getattr(hook, event, None)
             if method is not None:
-                method(self, record)
+                method(record)
 
     @property
     def is_chief(self) -> bool:
         """Process 0 writes checkpoints and summaries."""
         return self.process_index == 0
 
-    @property
-    def item_category(self) -> Optional[np.ndarray]:
-        """The data's item -> category map (saved with every checkpoint, for ranking)."""
-        value = getattr(self.source, "item_category", None)
-        return None if value is None else np.asarray(value, dtype=np.int32)
-
     # -- stopping ------------------------------------------------------------
 
     def request_stop(self, reason: str = "a stop request", signum: Optional[int] = None) -> None:
-        """Asks the loop to save a checkpoint and raise ``TrainingInterrupted`` after the current call.
-
-        Safe to call from a signal handler or another thread: it only sets a flag.
-        """
-        if self._stop_request is None:
-            self._stop_request = {"reason": reason, "signum": signum}
+        """Asks the loop to save a checkpoint and raise ``TrainingInterrupted`` after the current call (thread-safe)."""
+        self.stopper.request_stop(reason, signum)
 
     def _stop(self, during: Optional[str] = None) -> None:
-        request = self._stop_request
+        request = self.stopper.request
         path = self.last_checkpoint if self._checkpointed_at_step() else self.save_train_checkpoint()
         if path:
             where = "checkpoint %s; continue with --resume" % path
@@ -279,55 +169,17 @@ class Trainer:
         return TrainingAborted("training stopped at once by a second %s near step %d (epoch %d): %s"
                                % (reason, self.step, self.epoch, where), self.step, self.last_checkpoint, signum)
 
-    def _stop_agreed(self) -> bool:
-        """Whether to stop at this call boundary: every process decides the same.
-
-        One process of a multi-process run may get a signal (Ctrl-C in its
-        terminal), or all may get one but at different calls; a process that
-        stopped alone would leave the others waiting in the next call's
-        gradient collective forever. So at each boundary the processes gather
-        their requests (one number per device, only when there are several processes)
-        and all stop if any asked, at the same step, with the chief writing
-        the checkpoint.
-        """
-        if self.process_count == 1:
-            return self._stop_request is not None
-        if self._p_stop_code is None:
-            # A pmapped max over every device of every process: the collective
-            # the train program itself uses, so it runs wherever training does.
-            self._p_stop_code = jax.pmap(lambda code: jax.lax.pmax(code, "processes"), axis_name="processes")
-        mine = self._stop_request
-        # The highest process that asked, with its signal: (process + 1) * 256 + signal number.
-        code = (self.process_index + 1) * 256 + (mine["signum"] or 0) if mine is not None else 0
-        local = np.zeros((len(self.devices),), np.int32)
-        local[0] = code
-        agreed = int(np.asarray(self._p_stop_code(local))[0])
-        if not agreed:
-            return False
-        if mine is None:
-            signum = agreed % 256 or None
-            name = signal.Signals(signum).name if signum else "a stop request"
-            self._stop_request = {"reason": "%s to process %d" % (name, agreed // 256 - 1), "signum": signum}
-        return True
-
     def _stop_if_requested(self, during: str) -> None:
         """Outside the training loop (``finish``): stops at once, the newest checkpoint being at this step."""
-        if self._stop_request is not None:
+        if self.stopper.request is not None:
             self._stop(during)
 
     def _checkpointed_at_step(self) -> bool:
         return self.last_checkpoint is not None and self._last_checkpoint_step == self.step
 
-    def handle_signals(self) -> "_SignalHandlers":
-        """A context manager under which SIGINT and SIGTERM call ``request_stop``.
-
-        A second signal raises ``TrainingAborted`` (a ``KeyboardInterrupt``) at
-        once (checkpoints are written atomically, so the previous one stays
-        good).
-        The previous handlers are restored on exit. Does nothing outside the
-        main thread, where Python cannot install handlers.
-        """
-        return _SignalHandlers(self)
+    def handle_signals(self) -> SignalHandlers:
+        """SIGINT and SIGTERM call ``request_stop``; a second one raises ``TrainingAborted`` at once."""
+        return SignalHandlers(self.stopper, self._abort)
 
     # -- training ------------------------------------------------------------
 
@@ -347,17 +199,12 @@ class Trainer:
         return plan
 
     def train(self, handle_signals: bool = True) -> Dict[str, Any]:
-        """Trains up to ``config.epochs`` epochs (from where a resumed run stopped), then ``finish``.
+        """Trains the remaining epochs, then ``finish``.
 
-        Raises:
-          TrainingInterrupted: after a signal or ``request_stop``, once the
-            checkpoint is written; also during ``finish``, before the summary.
-          TrainingAborted: a second signal, at once, without a checkpoint.
-          NonFiniteLossError: the loss became NaN or Inf (checkpoints written
-            before stay; none is written after).
+        Raises TrainingInterrupted after a stop request (checkpoint written), TrainingAborted on a second signal,
+        NonFiniteLossError when the loss became NaN or Inf (earlier checkpoints stay).
         """
-        # Around finish() and on_close too: the test evaluation may take
-        # minutes, and a signal there must stop as cleanly as one in training.
+        # Around finish() too: a signal during the test evaluation must stop as cleanly as one in training.
         with self.handle_signals() if handle_signals else contextlib.nullcontext():
             try:
                 self._begin()
@@ -371,18 +218,16 @@ class Trainer:
         if self._began:
             return
         self._began = True
-        self._clear_previous_run()
+        outputs, self._previous_run = self._previous_run, []
+        run_dir.clear_previous_run(self.config.model_path, outputs)
+        last = self.history[-1].get("validation") if self.history else None
         self._notify("on_train_begin", {
             "step": self.step, "epoch": self.epoch, "epochs": self.config.epochs,
-            "steps_per_epoch": self.steps_per_epoch,
-            "resumed": self.resumed_from[-1] if self.resumed_from else None,
-        })
+            "steps_per_epoch": self.steps_per_epoch, "resumed": self.resumed_from[-1] if self.resumed_from else None,
+            "chief": self.is_chief, "config": self.config.to_dict(), "validation": last})
 
     def train_epoch(self) -> None:
-        """One pass over the training split, evaluating every ``eval_every`` steps.
-
-        After a restore, the first call continues the interrupted epoch.
-        """
+        """One pass over the training split (after a restore, the rest of the interrupted one)."""
         self._begin()
         self.epoch += 1
         config = self.config
@@ -391,8 +236,7 @@ class Trainer:
         self._epoch_calls_total = len(plan.calls)
         self._epoch_calls_done = start_call
         remaining = plan.calls[start_call:]
-        # The generator state before this epoch's draw: a checkpoint taken
-        # inside the epoch restores it and draws the same negatives again.
+        # The generator state before this epoch's draw: a checkpoint inside the epoch draws the same negatives.
         self._epoch_rng_state = self._negatives_rng.bit_generator.state
         samples = None
         if config.resample_negatives and remaining:
@@ -407,8 +251,7 @@ class Trainer:
             for indices, seq_len in zip(remaining, seq_lens):  # seq_len: the call's length bucket
                 yield gather_chunk(self.source, "train", indices, seq_len, samples=samples)
 
-        # The call in flight: its metrics are fetched only after the next call
-        # is dispatched, so the host never stalls the device.
+        # A call's metrics are fetched only after the next call is dispatched: the host never stalls the device.
         pending: Optional[Dict[str, Any]] = None
         self._last_done = time.perf_counter()
         for call, (indices, chunk) in enumerate(zip(remaining, prefetch(chunks(), config.prefetch)), start_call):
@@ -433,7 +276,7 @@ class Trainer:
             if call + 1 == len(plan.calls):
                 break  # the end of the epoch checkpoints and stops below
             due = self._next_checkpoint is not None and self.step >= self._next_checkpoint
-            stop = self._stop_agreed()
+            stop = self.stopper.agreed()
             if due or stop:
                 if pending is not None:
                     self._drain(pending)  # never checkpoint a call whose loss was not checked
@@ -449,7 +292,7 @@ class Trainer:
             self.evaluate()
         if not self._checkpointed_at_step():
             self.save_train_checkpoint()
-        if self._stop_agreed():
+        if self.stopper.agreed():
             self._stop()
 
     def _drain(self, pending: Dict[str, Any]) -> None:
@@ -526,11 +369,12 @@ class Trainer:
         return evaluate_split(self._predict_program(split), variables, self.source, split, self.devices,
                               self.config)
 
-    def _save_variables(self, name: str, tree: Any, extra: Optional[Dict[str, Any]] = None) -> str:
-        arrays = {"item_category": self.item_category} if self.item_category is not None else None
-        return ckpt.save_checkpoint(os.path.join(self.config.model_path, name), tree,
-                                    checkpoint_metadata(self.config, self.vocab, self.step, extra,
-                                                        data_fingerprint=self.data_fingerprint), arrays=arrays)
+    def _save(self, directory: str, tree: Any, extra: Optional[Dict[str, Any]] = None) -> str:
+        """A checkpoint of ``tree`` with the run's metadata and the item -> category map (for ranking)."""
+        meta = checkpoint_metadata(self.config, self.vocab, self.step, extra, self.data_fingerprint)
+        item_category = getattr(self.source, "item_category", None)
+        arrays = None if item_category is None else {"item_category": np.asarray(item_category, np.int32)}
+        return ckpt.save_checkpoint(directory, tree, meta, arrays=arrays)
 
     def evaluate(self) -> Dict[str, Any]:
         """Scores the validation split and keeps the best step (and its checkpoint)."""
@@ -546,27 +390,31 @@ class Trainer:
                 self.best.update(value=result[self.config.select_metric], step=self.step, validation=result,
                                  variables=variables)
                 if self.config.model_path and self.is_chief:
-                    self._save_variables("best", variables, {"validation": result})
+                    self._save(os.path.join(self.config.model_path, "best"), variables, {"validation": result})
         else:
             self.best.update(step=self.step, variables=variables)
         self.history.append(record)
-        self._notify("on_evaluation", record)
+        self._notify("on_evaluation", dict(record, attention=self._attention(variables)))
         return record
+
+    def _attention(self, variables: Dict[str, Any]) -> Optional[Any]:
+        """The attention probe's weights when an observer wants them and the model has them (False: it has not)."""
+        wanting = [hook for hook in self.hooks if getattr(hook, "wants_attention", False)]
+        if self._attention_probe is None and wanting:
+            split = "validation" if self.has_validation else "train"
+            self._attention_probe = model_returns_attention(self.eval_model) and AttentionProbe(
+                self.eval_model, self.source, split, self.config.max_seq_len, wanting[0].attention_samples)
+            if not self._attention_probe:
+                logging.info("model %s returns no attention weights: no attention histograms", self.config.model)
+        return self._attention_probe(variables) if self._attention_probe else None
 
     # -- checkpoints and resuming --------------------------------------------
 
     def save_train_checkpoint(self) -> Optional[str]:
-        """Writes ``<model_path>/checkpoints/step_<step>`` and keeps the newest ``keep_checkpoints``.
+        """Writes ``checkpoints/step_<step>`` (between calls, once the last loss was checked); keeps the newest.
 
-        Call it between host calls, once the last call's loss was checked.
-
-        Returns:
-          The checkpoint directory, or None (no ``model_path``, or not the
-          chief process).
-
-        Raises:
-          NonFiniteLossError: a parameter is NaN or Inf (the last update
-            diverged); nothing is written, the previous checkpoints stay.
+        Returns the directory, or None without ``model_path`` or off the chief. Raises NonFiniteLossError, writing
+        nothing, when a parameter is NaN or Inf.
         """
         if not self.checkpoint_root or not self.is_chief:
             return None
@@ -584,8 +432,7 @@ class Trainer:
             "epoch": self.epoch,
             "epoch_calls_done": self._epoch_calls_done,
             "epoch_complete": bool(complete),
-            # Inside an epoch: the state before its negatives were drawn (drawn
-            # again on resume); at its end: the state after.
+            # Inside an epoch: the state before its negatives were drawn (drawn again on resume).
             "negatives_rng": self._negatives_rng.bit_generator.state if complete else self._epoch_rng_state,
             "history": self.history,
             "best": {"value": self.best["value"], "step": self.best["step"], "validation": self.best["validation"]},
@@ -596,11 +443,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "config": self.config.to_dict(),
         }
-        arrays = {"item_category": self.item_category} if self.item_category is not None else None
-        path = ckpt.save_checkpoint(ckpt.step_checkpoint_dir(self.checkpoint_root, self.step), tree,
-                                    checkpoint_metadata(self.config, self.vocab, self.step, {"train": train_meta},
-                                                        data_fingerprint=self.data_fingerprint),
-                                    arrays=arrays)
+        path = self._save(ckpt.step_checkpoint_dir(self.checkpoint_root, self.step), tree, {"train": train_meta})
         ckpt.prune_step_checkpoints(self.checkpoint_root, self.config.keep_checkpoints)
         self.last_checkpoint, self._last_checkpoint_step = path, self.step
         if self._next_checkpoint is not None:
@@ -610,114 +453,10 @@ class Trainer:
         self._notify("on_checkpoint", {"path": path, "step": self.step, "epoch": self.epoch})
         return path
 
-    def _prepare_run_directory(self) -> Optional[str]:
-        """The checkpoint to resume from, if any; notes what a fresh run replaces.
-
-        A fresh run replaces a finished run (its summary.json counts at least
-        the steps of its newest checkpoint), or outputs without checkpoints;
-        the checkpoints of an unfinished run are never removed. The removal
-        itself waits for ``_begin`` (``_clear_previous_run``), so that a
-        start refused for other reasons deletes nothing.
-        """
-        root = self.checkpoint_root
-        if root is None:
-            return None
-        if self.is_chief:
-            ckpt.remove_temporaries(root)
-            ckpt.remove_temporaries(self.config.model_path)
-        existing = ckpt.list_step_checkpoints(root)
-        if self.config.resume:
-            if existing:
-                return existing[-1][1]
-            where = root if os.path.isdir(self.config.model_path) else "%s (it does not exist)" % self.config.model_path
-            logging.warning("--resume: no checkpoint under %s; starting from scratch", where)
-            return None
-        if not self.is_chief:
-            return None  # the chief alone manages the directory (and would race with us)
-        if existing:
-            finished_steps = -1
-            try:
-                with open(os.path.join(self.config.model_path, SUMMARY_FILE)) as handle:
-                    finished_steps = int(json.load(handle).get("steps", -1))
-            except (OSError, ValueError, TypeError, AttributeError):
-                pass
-            if finished_steps < existing[-1][0]:
-                raise ConfigError("--model_path %s holds the checkpoints of an unfinished run (newest: step %d): "
-                                  "pass --resume to continue it, or delete %s to start again"
-                                  % (self.config.model_path, existing[-1][0], root))
-        self._previous_run = self._previous_run_outputs()
-        return None
-
-    def _previous_run_outputs(self) -> List[str]:
-        """What an earlier run left in ``model_path`` that a fresh run must not leave beside its own outputs.
-
-        A stale ``best/`` would be scored by infer.py and ``Predictor`` as if
-        it were this run's (this run writes one only when validation improves,
-        and none without a validation split); stale figures, events and log
-        lines would be mistaken for this run's too. ``plots/`` and the event
-        files go only when the directory holds a run's checkpoint or summary,
-        so that a directory of other files is never emptied.
-        """
-        model_path = self.config.model_path
-        outputs = []
-        for name in ("best", "last"):
-            if os.path.isfile(os.path.join(model_path, name, ckpt.META_FILE)):
-                outputs.append(os.path.join(model_path, name))
-        for name in (CHECKPOINTS_DIR, SUMMARY_FILE):
-            if os.path.exists(os.path.join(model_path, name)):
-                outputs.append(os.path.join(model_path, name))
-        if not outputs:
-            return []
-        for name in ("plots", TRAIN_LOG_FILE, TRAIN_LOG_FILE + ".tmp"):
-            if os.path.exists(os.path.join(model_path, name)):
-                outputs.append(os.path.join(model_path, name))
-        events = os.path.join(model_path, TENSORBOARD_DIR)
-        if os.path.isdir(events):
-            outputs.extend(os.path.join(events, name) for name in sorted(os.listdir(events))
-                           if name.startswith("events.out.tfevents"))
-        return outputs
-
-    def _clear_previous_run(self) -> None:
-        outputs, self._previous_run = self._previous_run, []
-        if not outputs:
-            return
-        logging.info("starting a new run in %s: removing the outputs of the run before it (%s)",
-                     self.config.model_path, ", ".join(os.path.relpath(p, self.config.model_path) for p in outputs))
-        # The summary goes first: without it a half-cleared directory never
-        # passes for a finished run.
-        for path in sorted(outputs, key=lambda p: os.path.basename(p) != SUMMARY_FILE):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.exists(path):
-                os.remove(path)
-
-    def _load_resumable(self, path: str):
-        """The verified arrays and metadata of the checkpoint to resume from, checked against this run."""
-        try:
-            flat, meta = ckpt.load_checkpoint(path)
-        except ckpt.CheckpointError as error:
-            older = [step for step, p in ckpt.list_step_checkpoints(self.checkpoint_root) if p != path]
-            hint = ("; delete it to resume from the previous one (step %d)" % older[-1]) if older else ""
-            raise ckpt.CheckpointError("%s%s" % (error, hint)) from None
-        train_meta = meta.get("train")
-        if not isinstance(train_meta, dict):
-            raise ckpt.CheckpointError("checkpoint %s is not a training checkpoint (no 'train' section)" % path)
-        self._check_resumable(path, meta, train_meta)
-        return flat, meta
-
-    def _restore(self, path: str, checkpoint, host_state: Any) -> Any:
-        """Restores the state and the loop's position from a training checkpoint."""
-        flat, meta = checkpoint
+    def _restore(self, path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], host_state: Any) -> Any:
+        """The checkpoint's state; the loop's position, history and best step from its metadata."""
+        state, self.best["variables"] = run_dir.restore_state(path, flat, meta, host_state)
         train_meta = meta["train"]
-        source = "checkpoint %s" % path
-        state = ckpt.restore_tree(host_state, flat, prefix="state", source=source)
-        if any(key.startswith("best/") for key in flat):
-            template = {"params": host_state.params, "batch_stats": host_state.batch_stats}
-            self.best["variables"] = {
-                "params": ckpt.restore_tree(template["params"], flat, prefix="best/params", source=source),
-                "batch_stats": ckpt.restore_tree(template["batch_stats"], flat, prefix="best/batch_stats",
-                                                 source=source),
-            }
         best = train_meta["best"]
         self.best.update(value=best["value"], step=best["step"], validation=best["validation"])
         self.history = list(train_meta["history"])
@@ -726,9 +465,6 @@ class Trainer:
                            "samples_all": int(stored.get("samples_all", 0)),
                            "seconds_all": float(stored.get("seconds_all", 0.0))}
         self.step = int(meta["step"])
-        if int(np.asarray(state.step)) != self.step:
-            raise ckpt.CheckpointError("checkpoint %s is inconsistent: its state is at step %d, its metadata says %d"
-                                       % (path, int(np.asarray(state.step)), self.step))
         self._negatives_rng.bit_generator.state = train_meta["negatives_rng"]
         epoch = int(train_meta["epoch"])
         if train_meta["epoch_complete"]:
@@ -747,67 +483,17 @@ class Trainer:
                      ", call %d" % int(train_meta["epoch_calls_done"]))
         return state
 
-    def _check_resumable(self, path: str, meta: Dict[str, Any], train_meta: Dict[str, Any]) -> None:
-        """Raises one CheckpointError naming every setting that differs from the checkpoint's."""
-        config = self.config
-        problems: List[str] = []
-        if _canonical(meta.get("vocabulary")) != _canonical(self.vocab):
-            problems.append("it was trained on data with vocabulary %s but this dataset has %s"
-                            % (meta.get("vocabulary"), self.vocab))
-        stored_fingerprint = meta.get("data_fingerprint")
-        if stored_fingerprint is not None and self.data_fingerprint is not None \
-                and stored_fingerprint != self.data_fingerprint:
-            problems.append("it was trained on another dataset (meta.json fingerprint %s, this one's %s: other "
-                            "source files, build settings or split sizes)"
-                            % (str(stored_fingerprint)[:12], self.data_fingerprint[:12]))
-        if int(train_meta.get("num_train", self.num_train)) != self.num_train:
-            problems.append("it was trained on %d training samples but this dataset has %d"
-                            % (int(train_meta["num_train"]), self.num_train))
-        mine = {"model": config.model, "max_seq_len": config.max_seq_len, "data_type": config.data_type}
-        for name, value in mine.items():
-            if _canonical(meta.get(name)) != _canonical(value):
-                problems.append("--%s is %r here but %r in the checkpoint" % (name, value, meta.get(name)))
-        stored_model = _canonical(meta.get("model_config") or {})
-        here_model = _canonical(config.model_config)
-        for name in sorted(set(stored_model) | set(here_model)):
-            if stored_model.get(name) != here_model.get(name):
-                problems.append("model setting %s is %r here but %r in the checkpoint"
-                                % (name, here_model.get(name), stored_model.get(name)))
-        stored = train_meta.get("config", {})
-        names = list(_RESUME_MUST_MATCH) + (["synthetic_samples"] if config.use_synthetic_data else [])
-        for name in names:
-            here = _canonical(getattr(config, name, None))
-            if name in stored and _canonical(stored[name]) != here:
-                problems.append("--%s is %r here but %r in the checkpoint" % (name, here, stored[name]))
-        if int(train_meta.get("replicas", self.replicas)) != self.replicas:
-            problems.append("%d replica(s) here but %d in the checkpoint (the global batch would change)"
-                            % (self.replicas, int(train_meta["replicas"])))
-        if problems:
-            raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings and data: %s"
-                                       % (path, "; ".join(problems)))
-        for names, consequence in ((_RESUME_MAY_CHANGE, "the run will differ from an uninterrupted one"),
-                                   (_RESUME_MAY_CHANGE_EVALUATION,
-                                    "training is unchanged, but validation scores may differ in their last digits "
-                                    "from an uninterrupted run (and so, rarely, the best step)")):
-            for name in names:
-                if name in stored and _canonical(stored[name]) != _canonical(getattr(config, name)):
-                    logging.warning("resuming with --%s %r instead of the checkpoint's %r: %s",
-                                    name, getattr(config, name), stored[name], consequence)
-
     # -- the end -------------------------------------------------------------
 
     def finish(self) -> Dict[str, Any]:
         """Saves the last state, scores test once with the selected step, writes the summary.
 
-        Raises:
-          TrainingInterrupted: a stop was requested before the summary was
-            written (no summary: ``--resume`` runs ``finish`` again; a
-            fresh run refuses to replace the unfinished one).
+        A stop requested before the summary is written raises TrainingInterrupted (``--resume`` finishes).
         """
         config = self.config
         self._finishing = True
         if config.model_path and self.is_chief:
-            self._save_variables("last", unreplicate_to_host(self.state))
+            self._save(os.path.join(config.model_path, "last"), unreplicate_to_host(self.state))
         self._stop_if_requested("before the final test evaluation")
         test_metrics = None
         if self.has_test:
@@ -841,66 +527,28 @@ class Trainer:
         }
         if config.model_path and self.is_chief:
             os.makedirs(config.model_path, exist_ok=True)
-            path = os.path.join(config.model_path, SUMMARY_FILE)
+            path = os.path.join(config.model_path, run_dir.SUMMARY_FILE)
             with open(path + ".tmp", "w") as handle:
                 json.dump(summary, handle, indent=2, default=json_default)
             os.replace(path + ".tmp", path)
-        if self._stop_request is not None:
-            # Only the summary was left to write: stopping now would make the
-            # finished run look unfinished.
+        if self.stopper.request is not None:
+            # Only the summary was left: stopping now would make the finished run look unfinished.
             logging.warning("%s arrived after the test evaluation: the run is complete",
-                            self._stop_request["reason"])
+                            self.stopper.request["reason"])
         self._notify("on_end", summary)
         return summary
 
 
-class _SignalHandlers:
-    """Installs SIGINT/SIGTERM handlers that ask a Trainer to stop; restores the old ones on exit."""
-
-    SIGNALS = ("SIGINT", "SIGTERM")
-
-    def __init__(self, trainer: Trainer):
-        self._trainer = trainer
-        self._previous: Dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        del frame
-        name = signal.Signals(signum).name
-        if self._trainer._stop_request is not None:
-            raise self._trainer._abort(name, signum)
-        logging.warning("%s received: stopping after the current call and saving a checkpoint "
-                        "(send it again to stop at once)", name)
-        self._trainer.request_stop(name, signum)
-
-    def __enter__(self) -> "_SignalHandlers":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        for name in self.SIGNALS:
-            signum = getattr(signal, name)
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        self._previous = {}
-
-
 def train_and_evaluate(config: TrainConfig, source: Any = None, hooks: Sequence[Any] = (),
                        handle_signals: bool = True) -> Dict[str, Any]:
-    """Trains for ``config.epochs``, selects the best step on validation, reports test once.
+    """Trains for ``config.epochs``, selects the best step on validation, scores test once: config in, summary out.
 
-    Writes ``<model_path>/best`` (the selected checkpoint), ``<model_path>/last``,
-    ``<model_path>/summary.json`` and the training checkpoints
-    ``<model_path>/checkpoints/step_N`` when ``model_path`` is set; with
-    ``config.resume`` it continues from the newest of those.
-
-    Args:
-      handle_signals: SIGINT/SIGTERM save a checkpoint and raise
-        ``TrainingInterrupted`` (main thread only).
+    With ``model_path`` writes ``best/`` (the selected checkpoint), ``last/``, ``summary.json`` and training
+    checkpoints ``checkpoints/step_N``; ``config.resume`` continues from the newest. ``handle_signals``:
+    SIGINT/SIGTERM save a checkpoint and raise ``TrainingInterrupted``.
 
     Returns:
-      The summary: ``validation`` and ``test`` metrics of the best step,
-      ``best_step``, ``samples_per_s``, ``history`` of evaluations, ``flags``.
+      The summary: ``validation`` and ``test`` metrics of the best step, ``best_step``, ``steps``,
+      ``samples_per_s``, ``history`` of evaluations, ``flags`` (the resolved config).
     """
     return Trainer(config, source, hooks).train(handle_signals=handle_signals)

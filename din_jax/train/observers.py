@@ -1,9 +1,8 @@
 """Observers of a training run: progress display, TensorBoard events, a JSON-lines log of every call.
 
-Hooks receive the ``Trainer``'s events (listed in ``din_jax.train.loop``); a
-hook implements the ones it needs. ``make_hooks`` builds the usual set for a
-run. Optional packages stay optional: without tqdm the progress display is
-log lines, without tensorboardX there are no events (a warning says so).
+Observers receive records of the loop's events (listed in ``din_jax.train.loop``), never the loop itself; each
+implements the events it needs. Optional packages stay optional: without tqdm the progress display is log lines,
+without tensorboardX there are no events.
 """
 
 import json
@@ -13,7 +12,6 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 from absl import logging
 
 from din_jax.fileio import json_default
@@ -79,9 +77,8 @@ class ProgressHook:
     validation GAUC while training, and the samples scored, throughput and
     ETA while evaluating.
 
-    The evaluation events use no ``trainer``: scoring outside a ``Trainer``
-    (``experiments/infer.py``) can call ``on_evaluation_begin``,
-    ``on_predict_call`` and ``on_close`` with ``None`` for it.
+    Scoring outside training (``experiments/infer.py``) calls ``on_evaluation_begin``, ``on_predict_call`` and
+    ``on_close`` alone.
 
     Args:
       mode: ``bar``, ``log``, ``none``, or ``auto`` (bar when ``stream`` is a
@@ -133,14 +130,14 @@ class ProgressHook:
             parts.append("val gauc %.4f" % self._validation)
         return ", ".join(parts)
 
-    def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:
+    def on_train_begin(self, record: Dict[str, Any]) -> None:
         self._epochs = record["epochs"]
         self._steps_per_epoch = record["steps_per_epoch"]
         self._start_time = time.perf_counter()
         self._start_step = record["step"]
         self._last_line = self._start_time
-        if trainer.history and "validation" in trainer.history[-1]:
-            self._validation = trainer.history[-1]["validation"]["gauc"]
+        if record.get("validation"):
+            self._validation = record["validation"]["gauc"]
         if self.mode == "bar" and self.stream is sys.stderr and self._saved_streams is None:
             # absl's handler keeps its own reference to stderr: route both.
             handler = getattr(logging.get_absl_handler(), "python_handler", None)
@@ -149,7 +146,7 @@ class ProgressHook:
             if handler is not None and self._saved_streams["handler"] is self.stream:
                 handler.stream = sys.stderr
 
-    def on_epoch_begin(self, trainer, record: Dict[str, Any]) -> None:
+    def on_epoch_begin(self, record: Dict[str, Any]) -> None:
         self._epoch_first_step = record["step"] - record["done"]
         self._epoch_steps = record["steps"]
         if self.mode != "bar":
@@ -160,7 +157,7 @@ class ProgressHook:
                                 leave=True, smoothing=0.1)
         self._epoch_bar.set_postfix_str(self._postfix(), refresh=False)
 
-    def on_train_call(self, trainer, record: Dict[str, Any]) -> None:
+    def on_train_call(self, record: Dict[str, Any]) -> None:
         self._loss = record["loss"]
         if not record["includes_compilation"]:
             self._samples_per_s = record["samples_per_s"]
@@ -168,9 +165,9 @@ class ProgressHook:
             self._epoch_bar.set_postfix_str(self._postfix(), refresh=False)
             self._epoch_bar.update(len(record["losses"]))
         elif self.mode == "log":
-            self._maybe_log_line(trainer, record["step"], record["epoch"])
+            self._maybe_log_line(record["step"], record["epoch"])
 
-    def _maybe_log_line(self, trainer, step: int, epoch: int, force: bool = False) -> None:
+    def _maybe_log_line(self, step: int, epoch: int, force: bool = False) -> None:
         now = time.perf_counter()
         if not force and now - self._last_line < self.seconds:
             return
@@ -184,7 +181,7 @@ class ProgressHook:
                      int(100 * in_epoch / max(self._epoch_steps, 1)), step, total, _format_duration(eta),
                      self._postfix() or "starting")
 
-    def on_evaluation_begin(self, trainer, record: Dict[str, Any]) -> None:
+    def on_evaluation_begin(self, record: Dict[str, Any]) -> None:
         if self.mode == "log":
             now = time.perf_counter()
             self._evaluation = {"split": record["split"], "total": int(record["samples"]), "done": 0, "start": now,
@@ -200,7 +197,7 @@ class ProgressHook:
         self._eval_bar = _tqdm(total=record["samples"], unit="sample", file=self.stream, desc=record["split"],
                                dynamic_ncols=True, leave=False, position=1 if self._epoch_bar is not None else 0)
 
-    def on_predict_call(self, trainer, record: Dict[str, Any]) -> None:
+    def on_predict_call(self, record: Dict[str, Any]) -> None:
         bar = self._eval_bar
         if bar is not None:
             bar.update(max(0, min(record["samples"], bar.total - bar.n)))
@@ -224,7 +221,7 @@ class ProgressHook:
         logging.info("progress: %s%s %d%% (%d of %d samples), ETA %s; %.0f samples/s", evaluation["split"], at_step,
                      int(100 * done / max(total, 1)), done, total, _format_duration(eta), rate)
 
-    def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
+    def on_evaluation(self, record: Dict[str, Any]) -> None:
         self._evaluation = None
         self._close_bar("_eval_bar")
         if "validation" in record:
@@ -232,7 +229,7 @@ class ProgressHook:
         if self._epoch_bar is not None:
             self._epoch_bar.set_postfix_str(self._postfix())
 
-    def on_end(self, trainer, summary: Dict[str, Any]) -> None:
+    def on_end(self, summary: Dict[str, Any]) -> None:
         self._evaluation = None
         self._close_bar("_eval_bar")
 
@@ -242,7 +239,7 @@ class ProgressHook:
             bar.close()
             setattr(self, name, None)
 
-    def on_close(self, trainer, record: Dict[str, Any]) -> None:
+    def on_close(self, record: Dict[str, Any]) -> None:
         self._evaluation = None
         self._close_bar("_eval_bar")
         self._close_bar("_epoch_bar")
@@ -271,14 +268,15 @@ class TensorBoardHook:
         if _SummaryWriter is None:
             raise ImportError("TensorBoard events need tensorboardX (pip install tensorboardX)")
         self.logdir = logdir
-        self.attention_histograms = attention_histograms
+        # The loop then adds the weights of the first attention_samples samples to evaluation records.
+        self.wants_attention = attention_histograms
         self.attention_samples = attention_samples
         self.writer = None
-        self._attention_fn = None
-        self._attention_batch = None
+        self._chief = True
+        self._config: Optional[Dict[str, Any]] = None
 
-    def _open(self, trainer, resumed: Optional[int]) -> None:
-        if self.writer is not None or not trainer.is_chief:
+    def _open(self, resumed: Optional[int]) -> None:
+        if self.writer is not None or not self._chief:
             return
         os.makedirs(self.logdir, exist_ok=True)
         if resumed is None:
@@ -286,15 +284,16 @@ class TensorBoardHook:
                 if name.startswith("events.out.tfevents."):
                     os.remove(os.path.join(self.logdir, name))
         self.writer = _SummaryWriter(self.logdir, purge_step=(resumed + 1) if resumed else None, flush_secs=30)
-        if resumed is None:
-            text = json.dumps(trainer.config.to_dict(), indent=2, sort_keys=True, default=str)
+        if resumed is None and self._config is not None:
+            text = json.dumps(self._config, indent=2, sort_keys=True, default=str)
             self.writer.add_text("config", "    " + text.replace("\n", "\n    "), 0)
 
-    def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:
-        self._open(trainer, record["resumed"])
+    def on_train_begin(self, record: Dict[str, Any]) -> None:
+        self._chief, self._config = record.get("chief", True), record.get("config")
+        self._open(record["resumed"])
 
-    def on_train_call(self, trainer, record: Dict[str, Any]) -> None:
-        self._open(trainer, None)
+    def on_train_call(self, record: Dict[str, Any]) -> None:
+        self._open(None)
         if self.writer is None:
             return
         step = record["step"]
@@ -304,47 +303,25 @@ class TensorBoardHook:
         if not record["includes_compilation"] and math.isfinite(record["samples_per_s"]):
             self.writer.add_scalar("train/samples_per_s", record["samples_per_s"], step)
 
-    def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
-        self._open(trainer, None)
+    def on_evaluation(self, record: Dict[str, Any]) -> None:
+        self._open(None)
         if self.writer is None:
             return
         for name in _METRICS:
             value = (record.get("validation") or {}).get(name)
             if value is not None:
                 self.writer.add_scalar("validation/" + name, value, record["step"])
-        if self.attention_histograms and trainer.latest_variables is not None:
-            weights = self._attention_weights(trainer)
-            if weights is not None:
-                valid_BxT, weights_BxT = weights
-                self.writer.add_histogram("attention/weights", weights_BxT[valid_BxT], record["step"])
-                self.writer.add_histogram("attention/weight_sum", weights_BxT.sum(axis=1), record["step"])
+        if record.get("attention") is not None:
+            valid_BxT, weights_BxT = record["attention"]
+            self.writer.add_histogram("attention/weights", weights_BxT[valid_BxT], record["step"])
+            self.writer.add_histogram("attention/weight_sum", weights_BxT.sum(axis=1), record["step"])
 
-    def _attention_weights(self, trainer):
-        if self._attention_fn is None:
-            import jax
-
-            from din_jax.inference import model_returns_attention
-
-            model = trainer.eval_model
-            if not model_returns_attention(model):
-                logging.info("model %s returns no attention weights: no attention histograms", trainer.config.model)
-                self.attention_histograms = False
-                return None
-            split = "validation" if trainer.has_validation else "train"
-            count = min(self.attention_samples, trainer.source.num_samples(split))
-            self._attention_batch = trainer.source.gather(split, np.arange(count), trainer.config.max_seq_len)
-            self._attention_fn = jax.jit(lambda v, b: model.apply(v, b, train=False, return_attention=True)[1])
-        weights_BxT = np.asarray(self._attention_fn(trainer.latest_variables, self._attention_batch), np.float32)
-        batch = self._attention_batch
-        valid_BxT = np.arange(weights_BxT.shape[1])[None, :] < batch["hist_len"][:, None]
-        return valid_BxT, np.where(valid_BxT, weights_BxT, 0.0)
-
-    def on_checkpoint(self, trainer, record: Dict[str, Any]) -> None:
+    def on_checkpoint(self, record: Dict[str, Any]) -> None:
         if self.writer is not None:
             self.writer.flush()
 
-    def on_end(self, trainer, summary: Dict[str, Any]) -> None:
-        self._open(trainer, None)
+    def on_end(self, summary: Dict[str, Any]) -> None:
+        self._open(None)
         if self.writer is None:
             return
         for split in ("test",):
@@ -355,7 +332,7 @@ class TensorBoardHook:
         self.writer.add_scalar("best/step", summary["best_step"], summary["steps"])
         self.writer.flush()
 
-    def on_close(self, trainer, record: Dict[str, Any]) -> None:
+    def on_close(self, record: Dict[str, Any]) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -378,9 +355,10 @@ class TrainLogHook:
     def __init__(self, path: str):
         self.path = path
         self._handle = None
+        self._chief = True
 
-    def _open(self, trainer, resumed: Optional[int]) -> None:
-        if self._handle is not None or not trainer.is_chief:
+    def _open(self, resumed: Optional[int]) -> None:
+        if self._handle is not None or not self._chief:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         kept: List[str] = []
@@ -399,36 +377,37 @@ class TrainLogHook:
         os.replace(self.path + ".tmp", self.path)
         self._handle = open(self.path, "a")
 
-    def _write(self, trainer, row: Dict[str, Any]) -> None:
-        self._open(trainer, None)
+    def _write(self, row: Dict[str, Any]) -> None:
+        self._open(None)
         if self._handle is None:
             return
-
         self._handle.write(json.dumps(row, default=json_default) + "\n")
         self._handle.flush()
 
-    def on_train_begin(self, trainer, record: Dict[str, Any]) -> None:
-        self._open(trainer, record["resumed"])
+    def on_train_begin(self, record: Dict[str, Any]) -> None:
+        self._chief = record.get("chief", True)
+        self._open(record["resumed"])
 
-    def on_train_call(self, trainer, record: Dict[str, Any]) -> None:
+    def on_train_call(self, record: Dict[str, Any]) -> None:
         row = {key: record[key] for key in ("step", "epoch", "loss", "accuracy", "learning_rate", "samples_per_s",
                                             "includes_compilation")}
         row["steps"] = len(record["losses"])
         row["time"] = time.time()
-        self._write(trainer, dict(event="train", **row))
+        self._write(dict(event="train", **row))
 
-    def on_evaluation(self, trainer, record: Dict[str, Any]) -> None:
-        self._write(trainer, dict(event="evaluation", time=time.time(), **record))
+    def on_evaluation(self, record: Dict[str, Any]) -> None:
+        row = {key: value for key, value in record.items() if key != "attention"}
+        self._write(dict(event="evaluation", time=time.time(), **row))
 
-    def on_checkpoint(self, trainer, record: Dict[str, Any]) -> None:
-        self._write(trainer, {"event": "checkpoint", "step": record["step"], "epoch": record["epoch"],
+    def on_checkpoint(self, record: Dict[str, Any]) -> None:
+        self._write({"event": "checkpoint", "step": record["step"], "epoch": record["epoch"],
                               "path": record["path"]})
 
-    def on_end(self, trainer, summary: Dict[str, Any]) -> None:
-        self._write(trainer, {"event": "end", "step": summary["steps"], "best_step": summary["best_step"],
+    def on_end(self, summary: Dict[str, Any]) -> None:
+        self._write({"event": "end", "step": summary["steps"], "best_step": summary["best_step"],
                               "validation": summary["validation"], "test": summary["test"]})
 
-    def on_close(self, trainer, record: Dict[str, Any]) -> None:
+    def on_close(self, record: Dict[str, Any]) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None

@@ -1,14 +1,31 @@
-"""Builds the parts of a run from a TrainConfig: data source, model, restored variables."""
+"""Builds the parts of a run from a TrainConfig: data source, model, optimiser, state and compiled programs.
+
+``create_programs`` is what training and the benchmark both run, so that a measured program is the trained one.
+"""
 
 import hashlib
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
+
+import optax
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.fileio import json_default
 from din_jax.models import build_model
-from din_jax.train.step import AXIS_NAME, compute_dtype, init_variables
+from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
+from din_jax.train.regularization import Regularization
+from din_jax.train.sparse_step import make_sparse_optimizer, make_sparse_train_step
+from din_jax.train.step import (
+    AXIS_NAME,
+    TrainState,
+    compute_dtype,
+    create_train_state,
+    init_variables,
+    make_p_predict_chunk,
+    make_p_train_chunk,
+    make_train_step,
+)
 
 
 def load_source(config: TrainConfig):
@@ -73,3 +90,53 @@ def load_variables_for_inference(path: str, config: TrainConfig, vocab: Dict[str
     return model, restore_variables(template, flat, meta, path)
 
 
+
+
+def make_optimizer_for(config: TrainConfig, model) -> optax.GradientTransformation:
+    """The optax optimiser, or the sparse-update one (``--embedding_updates sparse``)."""
+    return make_sparse_optimizer(model, config) if config.embedding_updates == "sparse" else make_optimizer(config)
+
+
+def make_p_train(model, devices: Optional[List[Any]], donate: bool = True,
+                 regularization: Optional[Regularization] = None, embedding_updates: str = "dense",
+                 positions_per_pass: int = 0, loss_scale: float = 1.0) -> Callable:
+    """The pmapped train program of ``step.make_p_train_chunk`` with the dense or the sparse step.
+
+    ``embedding_updates="sparse"`` needs a state made with ``make_sparse_optimizer``; ``positions_per_pass``
+    applies to it (see ``make_sparse_train_step``); ``loss_scale``: see ``step.make_train_step``.
+    """
+    if embedding_updates == "sparse":
+        train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
+                                            positions_per_pass=positions_per_pass, loss_scale=loss_scale)
+    else:
+        train_step = make_train_step(model, AXIS_NAME, regularization=regularization, loss_scale=loss_scale)
+    return make_p_train_chunk(train_step, devices, donate)
+
+
+class Programs(NamedTuple):
+    """A run's models, its fresh (host, unreplicated) state and its compiled programs."""
+
+    model: Any
+    eval_model: Any
+    state: TrainState
+    p_train: Callable
+    p_predict: Callable
+    schedule: Callable
+
+
+def create_programs(config: TrainConfig, vocab: Dict[str, int], train_devices: Optional[List[Any]],
+                    predict_devices: List[Any], regularization: Optional[Regularization] = None) -> Programs:
+    """The model, a fresh state and the train and predict programs of a config.
+
+    Args:
+      train_devices: the train program's devices; None for every device of every process (multi-process).
+      regularization: MBA and/or L2 (``regularization.regularization_for(config, source)``).
+    """
+    model = build_model_for(config, vocab)
+    eval_model = build_model_for(config, vocab, axis_name=None)
+    state = create_train_state(model, make_optimizer_for(config, model), config.seed, config.max_seq_len)
+    p_train = make_p_train(model, train_devices, donate=config.donate, regularization=regularization,
+                           embedding_updates=config.embedding_updates, positions_per_pass=config.positions_per_pass,
+                           loss_scale=config.effective_loss_scaling())
+    p_predict = make_p_predict_chunk(eval_model, predict_devices, positions_per_pass=config.positions_per_pass)
+    return Programs(model, eval_model, state, p_train, p_predict, make_learning_rate_schedule(config))

@@ -56,7 +56,9 @@ from flax import traverse_util
 
 from din_jax.config import ConfigError
 from din_jax.layers.embedding import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
+from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import Regularization, find_embedding_tables
+from din_jax.train.step import compute_loss, example_batch, rows_per_pass, value_and_scaled_grad
 
 SPARSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
@@ -80,7 +82,6 @@ def embedding_lookup_paths(model, max_seq_len: int) -> List[Path]:
 
     Found by tracing the model once (shapes only) with the lookup recorder on.
     """
-    from din_jax.train.step import example_batch
 
     batch = example_batch(2, max_seq_len)
     shapes = jax.eval_shape(lambda rng: model.init(rng, batch, train=False), jax.random.PRNGKey(0))
@@ -163,7 +164,6 @@ def make_sparse_optimizer(model, config: Any) -> SparseEmbeddingOptimizer:
       ConfigError: plain L2 (``--l2``), which touches every row, or a model
         without embedding lookups.
     """
-    from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 
     if config.optimizer not in SPARSE_OPTIMIZERS:
         raise ConfigError("--embedding_updates sparse supports --optimizer %s, got %r"
@@ -272,7 +272,7 @@ def _mba_tables(params: Any, regularization: Optional[Regularization], table_pat
 
 
 def make_sparse_train_step(model, axis_name: Optional[str], regularization: Optional[Regularization] = None,
-                           compute_loss: Optional[Callable] = None, positions_per_pass: int = 0,
+                           loss_fn: Optional[Callable] = None, positions_per_pass: int = 0,
                            loss_scale: float = 1.0) -> Callable:
     """``(state, batch) -> (state, metrics)``, updating the embedding tables sparsely.
 
@@ -284,7 +284,7 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
       axis_name: the pmap axis, or None.
       regularization: MBA (``mba_lambda``) is applied to the present rows;
         ``l2 > 0`` raises.
-      compute_loss: ``(logits, labels) -> loss``; ``train_lib.compute_loss``
+      loss_fn: ``(logits, labels) -> loss``; ``step.compute_loss``
         by default.
       positions_per_pass: when > 0, the gradient is computed in parts of
         ``train_lib.rows_per_pass(B, T, positions_per_pass)`` rows (a loop
@@ -296,10 +296,8 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
     """
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
-    from din_jax.train.step import value_and_scaled_grad
 
-    if compute_loss is None:
-        from din_jax.train.step import compute_loss
+    loss_of = compute_loss if loss_fn is None else loss_fn
 
     def train_step(state, batch):
         opt: SparseEmbeddingOptimizer = state.tx
@@ -308,10 +306,6 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
         rest, tables = opt.split(state.params)
         mba = _mba_tables(state.params, regularization, opt.table_paths)
-        if mba:
-            from din_jax.train.step import TRACE_COUNTS
-
-            TRACE_COUNTS["regularized"] += 1  # what din_jax.ablation checks, as for the dense step
 
         def forward(rest, deltas, part, mutable, rng):
             params = traverse_util.flatten_dict(flax.core.unfreeze(rest))
@@ -331,15 +325,13 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
 
             def loss_fn(rest, deltas):
                 logits, updates = forward(rest, deltas, part, ["batch_stats", EMBEDDING_LOOKUPS], rng)
-                return compute_loss(logits, part["label"]), (logits, updates)
+                return loss_of(logits, part["label"]), (logits, updates)
 
             (loss, (logits, updates)), (grads, delta_grads) = value_and_scaled_grad(
                 loss_fn, loss_scale, argnums=(0, 1))(rest, deltas)
             updates = flax.core.unfreeze(updates)
             lookups = _flatten_lookups(updates.pop(EMBEDDING_LOOKUPS))
             return loss, logits, updates, lookups, grads, delta_grads
-
-        from din_jax.train.step import rows_per_pass
 
         rows = batch["label"].shape[0]
         part_rows = rows_per_pass(rows, batch["hist_item"].shape[-1], positions_per_pass)

@@ -24,11 +24,6 @@ from din_jax.train.regularization import Regularization, add_regularization_grad
 AXIS_NAME = "batch"
 BATCH_KEYS = ("user", "item", "category", "hist_item", "hist_category", "hist_len", "label")
 
-# Incremented when a program is traced (a Python side effect runs only then):
-# the recompilation guard in the tests reads it.
-# "regularized" counts traces of train steps that add a regularisation term,
-# so a caller can check that the regularisation it asked for was applied.
-TRACE_COUNTS: Dict[str, int] = {"train": 0, "predict": 0, "regularized": 0}
 
 
 class TrainState(train_state.TrainState):
@@ -148,7 +143,6 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
             loss = jax.lax.pmean(loss, axis_name)
             correct = jax.lax.pmean(correct, axis_name)
         if regularization is not None:
-            TRACE_COUNTS["regularized"] += 1
             grads = add_regularization_gradients(grads, state.params, batch, regularization, axis_name)
         new_stats = flax.core.unfreeze(updates).get("batch_stats", state.batch_stats)
         new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
@@ -157,33 +151,15 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
     return train_step
 
 
-def make_p_train_chunk(model, devices: Optional[List[Any]], donate: bool = True,
-                       regularization: Optional[Regularization] = None,
-                       embedding_updates: str = "dense", positions_per_pass: int = 0,
-                       loss_scale: float = 1.0) -> Callable:
-    """The pmapped program: scan ``train_step`` over a chunk's device iterations.
+def make_p_train_chunk(train_step: Callable, devices: Optional[List[Any]], donate: bool = True) -> Callable:
+    """The pmapped program of one host call: ``train_step`` scanned over a chunk's device iterations.
 
-    Call it with a replicated state and a chunk of shape ``(R, K, B, ...)``;
-    it returns the new state and per-micro-batch metrics of shape ``(R, K)``.
-    ``regularization`` is handed to ``make_train_step`` (build it with
-    ``din_jax.train.regularization.regularization_for(config, source)``).
-    ``embedding_updates="sparse"`` updates only the embedding rows each
-    micro-batch looks up (``din_jax.train.sparse_step``; the state must be created with
-    ``din_jax.train.sparse_step.make_sparse_optimizer``); with it, ``positions_per_pass``
-    computes each micro-batch's gradient in parts of at most that many history
-    positions (see ``make_sparse_train_step``). ``loss_scale``: see
-    ``make_train_step``.
+    Called with a replicated state and a chunk ``(R, K, B, ...)``, it returns the new state and per-micro-batch
+    metrics ``(R, K)``. ``train_step`` is ``make_train_step``'s or ``sparse_step.make_sparse_train_step``'s
+    (``din_jax.train.setup.make_p_train`` picks it from the config).
     """
-    if embedding_updates == "sparse":
-        from din_jax.train.sparse_step import make_sparse_train_step
-
-        train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
-                                            positions_per_pass=positions_per_pass, loss_scale=loss_scale)
-    else:
-        train_step = make_train_step(model, AXIS_NAME, regularization=regularization, loss_scale=loss_scale)
 
     def train_chunk(state, chunk):
-        TRACE_COUNTS["train"] += 1
         return jax.lax.scan(train_step, state, chunk)
 
     return jax.pmap(train_chunk, axis_name=AXIS_NAME, devices=devices, donate_argnums=(0,) if donate else ())
@@ -217,7 +193,6 @@ def make_p_predict_chunk(model, devices: List[Any], positions_per_pass: int = 0)
     """
 
     def predict_chunk(variables, chunk):
-        TRACE_COUNTS["predict"] += 1
         k, b = chunk["label"].shape[:2]
         part = rows_per_pass(b, chunk["hist_item"].shape[-1], positions_per_pass)
         if part < b:

@@ -1,0 +1,183 @@
+"""The run directory: what a fresh run replaces, and what a resumed run must find and match.
+
+``<model_path>`` holds ``checkpoints/step_N`` (the whole TrainState and the loop's position), ``best/``,
+``last/``, ``summary.json`` and the observers' files. A fresh run never deletes the checkpoints of an
+unfinished run; a resumed one refuses, in one line naming every difference, a checkpoint of other data or
+other settings that would change its trajectory.
+"""
+
+import json
+import os
+import shutil
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from absl import logging
+
+from din_jax import checkpoint as ckpt
+from din_jax.config import ConfigError, TrainConfig
+from din_jax.fileio import json_default
+from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
+
+CHECKPOINTS_DIR = "checkpoints"
+SUMMARY_FILE = "summary.json"
+
+# Settings that must equal the checkpoint's for a resumed run to continue the same trajectory.
+# positions_per_pass sums each micro-batch's gradient in another order: other last bits.
+RESUME_MUST_MATCH = ("seed", "micro_batch_size", "device_iterations", "optimizer", "clip_norm",
+                     "resample_negatives", "select_metric", "use_synthetic_data", "mba_lambda", "l2",
+                     "embedding_updates", "length_buckets", "positions_per_pass")
+# May change, with a warning that the run no longer reproduces an uninterrupted one (--loss_scaling: lowering
+# it is how a float16 run that overflowed goes on).
+RESUME_MAY_CHANGE = ("learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file", "loss_scaling")
+# Never touch training, but may round validation scores differently (another batch shape).
+RESUME_MAY_CHANGE_EVALUATION = ("eval_micro_batch_size",)
+
+
+def canonical(value: Any) -> Any:
+    """JSON-normalised value (tuples as lists, numpy scalars as Python), for comparisons."""
+    return json.loads(json.dumps(value, default=json_default))
+
+
+def prepare(config: TrainConfig, is_chief: bool) -> Tuple[Optional[str], List[str]]:
+    """The checkpoint to resume from (or None), and the outputs of an earlier run that a fresh one replaces.
+
+    Nothing is deleted here (``clear_previous_run`` does it once training begins), so that a start refused for
+    another reason deletes nothing.
+
+    Raises:
+      ConfigError: a fresh run in a ``model_path`` that holds the checkpoints of an unfinished run.
+    """
+    if not config.model_path:
+        return None, []
+    root = os.path.join(config.model_path, CHECKPOINTS_DIR)
+    if is_chief:
+        ckpt.remove_temporaries(root)
+        ckpt.remove_temporaries(config.model_path)
+    existing = ckpt.list_step_checkpoints(root)
+    if config.resume:
+        if existing:
+            return existing[-1][1], []
+        where = root if os.path.isdir(config.model_path) else "%s (it does not exist)" % config.model_path
+        logging.warning("--resume: no checkpoint under %s; starting from scratch", where)
+        return None, []
+    if not is_chief:
+        return None, []  # the chief alone manages the directory (and would race with us)
+    if existing:
+        finished_steps = -1
+        try:
+            with open(os.path.join(config.model_path, SUMMARY_FILE)) as handle:
+                finished_steps = int(json.load(handle).get("steps", -1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            pass
+        if finished_steps < existing[-1][0]:
+            raise ConfigError("--model_path %s holds the checkpoints of an unfinished run (newest: step %d): "
+                              "pass --resume to continue it, or delete %s to start again"
+                              % (config.model_path, existing[-1][0], root))
+    return None, previous_run_outputs(config.model_path)
+
+
+def previous_run_outputs(model_path: str) -> List[str]:
+    """What an earlier run left that a fresh run must not leave beside its own outputs.
+
+    A stale ``best/`` would be scored as this run's; stale figures, events and log lines would be mistaken for
+    its own. ``plots/`` and event files go only when the directory holds a run's checkpoint or summary, so that
+    a directory of other files is never emptied.
+    """
+    outputs = [os.path.join(model_path, name) for name in ("best", "last")
+               if os.path.isfile(os.path.join(model_path, name, ckpt.META_FILE))]
+    outputs += [os.path.join(model_path, name) for name in (CHECKPOINTS_DIR, SUMMARY_FILE)
+                if os.path.exists(os.path.join(model_path, name))]
+    if not outputs:
+        return []
+    outputs += [os.path.join(model_path, name) for name in ("plots", TRAIN_LOG_FILE, TRAIN_LOG_FILE + ".tmp")
+                if os.path.exists(os.path.join(model_path, name))]
+    events = os.path.join(model_path, TENSORBOARD_DIR)
+    if os.path.isdir(events):
+        outputs.extend(os.path.join(events, name) for name in sorted(os.listdir(events))
+                       if name.startswith("events.out.tfevents"))
+    return outputs
+
+
+def clear_previous_run(model_path: str, outputs: List[str]) -> None:
+    if not outputs:
+        return
+    logging.info("starting a new run in %s: removing the outputs of the run before it (%s)",
+                 model_path, ", ".join(os.path.relpath(p, model_path) for p in outputs))
+    # The summary goes first: without it a half-cleared directory never passes for a finished run.
+    for path in sorted(outputs, key=lambda p: os.path.basename(p) != SUMMARY_FILE):
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def load_resumable(path: str, root: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """The verified arrays and metadata of a training checkpoint; a corrupt one names the older to fall back to."""
+    try:
+        flat, meta = ckpt.load_checkpoint(path)
+    except ckpt.CheckpointError as error:
+        older = [step for step, p in ckpt.list_step_checkpoints(root) if p != path]
+        hint = ("; delete it to resume from the previous one (step %d)" % older[-1]) if older else ""
+        raise ckpt.CheckpointError("%s%s" % (error, hint)) from None
+    if not isinstance(meta.get("train"), dict):
+        raise ckpt.CheckpointError("checkpoint %s is not a training checkpoint (no 'train' section)" % path)
+    return flat, meta
+
+
+def check_resumable(path: str, meta: Dict[str, Any], config: TrainConfig, vocab: Dict[str, int],
+                    fingerprint: Optional[str], num_train: int, replicas: int) -> None:
+    """Raises one CheckpointError naming every setting that differs from the checkpoint's; warns of the rest."""
+    train_meta = meta["train"]
+    problems: List[str] = []
+    if canonical(meta.get("vocabulary")) != canonical(vocab):
+        problems.append("it was trained on data with vocabulary %s but this dataset has %s"
+                        % (meta.get("vocabulary"), vocab))
+    stored_fingerprint = meta.get("data_fingerprint")
+    if stored_fingerprint is not None and fingerprint is not None and stored_fingerprint != fingerprint:
+        problems.append("it was trained on another dataset (meta.json fingerprint %s, this one's %s: other "
+                        "source files, build settings or split sizes)" % (str(stored_fingerprint)[:12], fingerprint[:12]))
+    if int(train_meta.get("num_train", num_train)) != num_train:
+        problems.append("it was trained on %d training samples but this dataset has %d"
+                        % (int(train_meta["num_train"]), num_train))
+    for name, value in (("model", config.model), ("max_seq_len", config.max_seq_len), ("data_type", config.data_type)):
+        if canonical(meta.get(name)) != canonical(value):
+            problems.append("--%s is %r here but %r in the checkpoint" % (name, value, meta.get(name)))
+    stored_model, here_model = canonical(meta.get("model_config") or {}), canonical(config.model_config)
+    for name in sorted(set(stored_model) | set(here_model)):
+        if stored_model.get(name) != here_model.get(name):
+            problems.append("model setting %s is %r here but %r in the checkpoint"
+                            % (name, here_model.get(name), stored_model.get(name)))
+    stored = train_meta.get("config", {})
+    for name in RESUME_MUST_MATCH + (("synthetic_samples",) if config.use_synthetic_data else ()):
+        here = canonical(getattr(config, name, None))
+        if name in stored and canonical(stored[name]) != here:
+            problems.append("--%s is %r here but %r in the checkpoint" % (name, here, stored[name]))
+    if int(train_meta.get("replicas", replicas)) != replicas:
+        problems.append("%d replica(s) here but %d in the checkpoint (the global batch would change)"
+                        % (replicas, int(train_meta["replicas"])))
+    if problems:
+        raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings and data: %s"
+                                   % (path, "; ".join(problems)))
+    for names, consequence in ((RESUME_MAY_CHANGE, "the run will differ from an uninterrupted one"),
+                               (RESUME_MAY_CHANGE_EVALUATION,
+                                "training is unchanged, but validation scores may differ in their last digits "
+                                "from an uninterrupted run (and so, rarely, the best step)")):
+        for name in names:
+            if name in stored and canonical(stored[name]) != canonical(getattr(config, name)):
+                logging.warning("resuming with --%s %r instead of the checkpoint's %r: %s",
+                                name, getattr(config, name), stored[name], consequence)
+
+
+def restore_state(path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], host_state: Any):
+    """The TrainState and the best variables (or None) of a training checkpoint, shaped like ``host_state``."""
+    source = "checkpoint %s" % path
+    state = ckpt.restore_tree(host_state, flat, prefix="state", source=source)
+    if int(np.asarray(state.step)) != int(meta["step"]):
+        raise ckpt.CheckpointError("checkpoint %s is inconsistent: its state is at step %d, its metadata says %d"
+                                   % (path, int(np.asarray(state.step)), int(meta["step"])))
+    best = None
+    if any(key.startswith("best/") for key in flat):
+        best = {name: ckpt.restore_tree(getattr(host_state, name), flat, prefix="best/" + name, source=source)
+                for name in ("params", "batch_stats")}
+    return state, best

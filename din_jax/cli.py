@@ -4,6 +4,8 @@ import os
 import sys
 from typing import Any, Callable, List, Optional
 
+from absl import app, flags
+
 
 def run_main(main: Callable[[List[str]], Any], fail: Callable[[str, str], None],
              check: Optional[Callable[[], Optional[str]]] = None) -> None:
@@ -15,8 +17,6 @@ def run_main(main: Callable[[List[str]], Any], fail: Callable[[str, str], None],
     all go to ``fail(program, message)``, which prints ``PROGRAM: error:
     ...`` and exits with status 2, as every other error of the entry points.
     """
-    from absl import app, flags
-
     program = os.path.basename(sys.argv[0]) or "din_jax"
 
     def parse(argv: List[str]) -> List[str]:

@@ -9,6 +9,8 @@ gradient ``pmean`` spans all of them.
 import os
 from typing import Optional
 
+import jax
+
 
 def cpu_collectives_supported() -> bool:
     """Whether this jax can run cross-process collectives on the CPU backend.
@@ -17,8 +19,6 @@ def cpu_collectives_supported() -> bool:
     ``jax_cpu_collectives_implementation``; older ones (0.4.13, the IPU-proxy
     lane) run multi-process CPU programs without collectives and fail.
     """
-    import jax
-
     return hasattr(jax.config, "jax_cpu_collectives_implementation") or \
         "jax_cpu_collectives_implementation" in getattr(jax.config, "values", {})
 
@@ -33,8 +33,6 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int,
       process_id: this process's index, ``0 <= process_id < num_processes``.
       local_device_ids: restrict this process to some local accelerators.
     """
-    import jax
-
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms in ("", "cpu") and cpu_collectives_supported():
         # CPU collectives across processes need an explicit implementation.

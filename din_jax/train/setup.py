@@ -11,6 +11,8 @@ import optax
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
+from din_jax.data.dataset import load_dataset
+from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.fileio import json_default
 from din_jax.models import build_model
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
@@ -31,12 +33,8 @@ from din_jax.train.step import (
 def load_source(config: TrainConfig):
     """The dataset (or synthetic data) a config names."""
     if config.use_synthetic_data:
-        from din_jax.data.synthetic import make_synthetic_dataset
-
         train, validation, test = config.synthetic_samples
         return make_synthetic_dataset(train, validation, test, max_seq_len=config.max_seq_len, seed=config.seed)
-    from din_jax.data.dataset import load_dataset
-
     return load_dataset(config.dataset)
 
 

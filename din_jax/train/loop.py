@@ -1,37 +1,26 @@
 """The training loop: train, select the best step on validation, score test once.
 
-``Trainer`` owns the state and the programs (``setup.create_programs``) and reads top to bottom: ``train`` runs
-epochs of host calls (``train_epoch``), evaluates, checkpoints, and ``finish`` scores test with the selected
-step. The run directory and resuming are ``run_dir``'s; stop requests and signals ``stopping``'s.
-
-Observers (``din_jax.train.observers``) are objects with any of these methods, each called as
-``method(trainer, record)``: ``on_train_begin`` (step, epoch, epochs, steps_per_epoch, resumed),
-``on_epoch_begin`` (epoch, steps, done, step), ``on_train_call`` (epoch, step, loss, losses, accuracy,
-learning_rate, samples_per_s, includes_compilation), ``on_evaluation_begin`` / ``on_predict_call`` (split,
-samples), ``on_evaluation`` (step, epoch, validation), ``on_checkpoint`` (path, step, epoch), ``on_end(trainer,
-summary)``, and ``on_close`` (step), always last.
-
-Resuming is exact: the epoch order is a function of (seed, epoch), a checkpoint records the position in the
-epoch and the negative sampler's state, and the calls already done are skipped: the result equals an
-uninterrupted run's, bit for bit on CPU.
+``Trainer.train`` runs epochs of host calls (``train_epoch``), evaluates, checkpoints, and ``finish`` scores test
+with the selected step. Observers get ``method(record)`` for any of: ``on_train_begin``, ``on_epoch_begin``,
+``on_train_call``, ``on_evaluation_begin``, ``on_predict_call``, ``on_evaluation``, ``on_checkpoint``,
+``on_end(summary)``, ``on_close`` (always last); docs/WATCHING.md lists the records' fields. Resuming is exact:
+the epoch order is a function of (seed, epoch) and a checkpoint records the position in the epoch.
 """
 
 import contextlib
 import json
 import math
-import os
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from din_jax import checkpoint as ckpt
-from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
+from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
-from din_jax.fileio import json_default
 from din_jax.train import run_dir
 from din_jax.train.evaluation import AttentionProbe, evaluate_split, model_returns_attention
 from din_jax.train.regularization import regularization_for
@@ -78,8 +67,8 @@ class Trainer:
             logging.warning("the dataset has no validation split: the last step is kept (no model selection)")
         self.num_train = self.source.num_samples("train")
         if self.num_train < self.global_batch:
-            raise ConfigError("the training split has %d samples, fewer than one global micro-batch (%d replicas x %d)"
-                              % (self.num_train, self.replicas, config.micro_batch_size))
+            message = "the training split has %d samples, fewer than one global micro-batch (%d replicas x %d)"
+            raise ConfigError(message % (self.num_train, self.replicas, config.micro_batch_size))
 
         self.step = 0
         self.epoch = 0
@@ -87,8 +76,6 @@ class Trainer:
         self.best: Dict[str, Any] = {"value": None, "step": 0, "validation": None, "variables": None}
         self.throughput = {"samples": 0, "seconds": 0.0, "samples_all": 0, "seconds_all": 0.0}
         self.latest_variables: Optional[Dict[str, Any]] = None
-        self.last_checkpoint: Optional[str] = None
-        self._last_checkpoint_step: Optional[int] = None
         self.resumed_from: List[int] = []
         self.steps_per_epoch = (self.num_train // self.global_batch)
         self._compiled_shapes = set()
@@ -104,12 +91,13 @@ class Trainer:
         self._finishing = False
         self._attention_probe = None
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
-        self.checkpoint_root = os.path.join(config.model_path, run_dir.CHECKPOINTS_DIR) if config.model_path else None
+        item_category = getattr(self.source, "item_category", None)
+        self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, item_category)
 
         # Checked before anything is compiled, so that a bad checkpoint fails fast.
         resume_from, self._previous_run = run_dir.prepare(config, self.is_chief)
         if resume_from is not None:
-            flat, meta = run_dir.load_resumable(resume_from, self.checkpoint_root)
+            flat, meta = run_dir.load_resumable(resume_from, self.checkpoints.root)
             run_dir.check_resumable(resume_from, meta, config, self.vocab, self.data_fingerprint, self.num_train,
                                     self.replicas)
 
@@ -120,9 +108,10 @@ class Trainer:
         if resume_from is not None:
             host_state = self._restore(resume_from, flat, meta, host_state)
         self.state = replicate(host_state, self.train_devices)
-        logging.info("model %s %s, %d parameters, %d replica(s) on %s, train %d samples, global micro-batch %d",
-                     config.model, json.dumps(config.model_config, default=str), self.num_parameters,
-                     self.replicas, self.devices[0].platform, self.num_train, self.global_batch)
+        message = "model %s %s, %d parameters, %d replica(s) on %s, train %d samples, global micro-batch %d"
+        fields = json.dumps(config.model_config, default=str)
+        logging.info(message, config.model, fields, self.num_parameters, self.replicas, self.devices[0].platform,
+                     self.num_train, self.global_batch)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -145,37 +134,32 @@ class Trainer:
 
     def _stop(self, during: Optional[str] = None) -> None:
         request = self.stopper.request
-        path = self.last_checkpoint if self._checkpointed_at_step() else self.save_train_checkpoint()
-        if path:
-            where = "checkpoint %s; continue with --resume" % path
-        elif self.checkpoint_root and not self.is_chief:
-            where = "process 0 writes checkpoint %s; continue with --resume" % ckpt.step_checkpoint_dir(
-                self.checkpoint_root, self.step)
-        else:
-            where = "nothing saved (no --model_path)"
-        raise TrainingInterrupted("training stopped by %s at step %d (epoch %d%s): %s"
-                                  % (request["reason"], self.step, self.epoch, ", " + during if during else "", where),
+        path = self.checkpoints.last if self.checkpoints.at(self.step) else self.save_train_checkpoint()
+        where = "nothing saved (no --model_path)"
+        if path or self.checkpoints.root:
+            written = path or ckpt.step_checkpoint_dir(self.checkpoints.root, self.step)
+            where = "%scheckpoint %s; continue with --resume" % ("" if path else "process 0 writes ", written)
+        during = ", " + during if during else ""
+        message = "training stopped by %s at step %d (epoch %d%s): %s"
+        raise TrainingInterrupted(message % (request["reason"], self.step, self.epoch, during, where),
                                   self.step, path, request["signum"])
 
     def _abort(self, reason: str, signum: Optional[int]) -> TrainingAborted:
         """The exception a second stop request raises at once (from a signal handler)."""
-        if self.last_checkpoint:
-            where = ("nothing saved after checkpoint %s (step %d); continue with --resume"
-                     % (self.last_checkpoint, self._last_checkpoint_step))
-        elif self.checkpoint_root:
+        last = self.checkpoints.last
+        where = "nothing saved (no --model_path)"
+        if last:
+            where = "nothing saved after checkpoint %s (step %d); continue with --resume" % (
+                last, self.checkpoints.last_step)
+        elif self.checkpoints.root:
             where = "no checkpoint was written"
-        else:
-            where = "nothing saved (no --model_path)"
-        return TrainingAborted("training stopped at once by a second %s near step %d (epoch %d): %s"
-                               % (reason, self.step, self.epoch, where), self.step, self.last_checkpoint, signum)
+        message = "training stopped at once by a second %s near step %d (epoch %d): %s"
+        return TrainingAborted(message % (reason, self.step, self.epoch, where), self.step, last, signum)
 
     def _stop_if_requested(self, during: str) -> None:
         """Outside the training loop (``finish``): stops at once, the newest checkpoint being at this step."""
         if self.stopper.request is not None:
             self._stop(during)
-
-    def _checkpointed_at_step(self) -> bool:
-        return self.last_checkpoint is not None and self._last_checkpoint_step == self.step
 
     def handle_signals(self) -> SignalHandlers:
         """SIGINT and SIGTERM call ``request_stop``; a second one raises ``TrainingAborted`` at once."""
@@ -257,14 +241,15 @@ class Trainer:
         for call, (indices, chunk) in enumerate(zip(remaining, prefetch(chunks(), config.prefetch)), start_call):
             k = indices.shape[1]
             shape = (k, int(chunk["hist_item"].shape[-1]))
-            self.state, chunk_metrics = self.p_train(self.state, chunk)
+            self.state, metrics = self.p_train(self.state, chunk)
             self.step += k
             self._epoch_calls_done = call + 1
             if pending is not None:
                 self._drain(pending)
             # The first call of each shape compiles: keep it out of the throughput.
-            pending = {"metrics": chunk_metrics, "step": self.step, "samples": k * self.global_batch,
-                       "call": call, "compiles": shape not in self._compiled_shapes, "epoch": self.epoch}
+            compiles = shape not in self._compiled_shapes
+            pending = dict(metrics=metrics, step=self.step, samples=k * self.global_batch, call=call, epoch=self.epoch)
+            pending["compiles"] = compiles
             self._compiled_shapes.add(shape)
             if self._next_eval is not None and self.step >= self._next_eval:
                 self._drain(pending)
@@ -290,7 +275,7 @@ class Trainer:
             self._drain(pending)
         if not self.history or self.history[-1]["step"] != self.step:
             self.evaluate()
-        if not self._checkpointed_at_step():
+        if not self.checkpoints.at(self.step):
             self.save_train_checkpoint()
         if self.stopper.agreed():
             self._stop()
@@ -307,11 +292,10 @@ class Trainer:
         self.throughput["seconds_all"] += elapsed
         losses = np.asarray(metrics_host["loss"])[0]
         if not np.all(np.isfinite(losses)):
-            first_bad = int(np.argmax(~np.isfinite(losses)))
-            raise NonFiniteLossError(
-                "training loss became %s at step %d (epoch %d); lower --learning_rate or set --clip_norm%s; %s"
-                % (losses[first_bad], pending["step"] - len(losses) + first_bad + 1, pending["epoch"],
-                   self._loss_scaling_hint(", or "), self._last_good_checkpoint_text()))
+            bad = int(np.argmax(~np.isfinite(losses)))
+            step, hint = pending["step"] - len(losses) + bad + 1, self._loss_scaling_hint(", or ")
+            message = "training loss became %s at step %d (epoch %d); lower --learning_rate or set --clip_norm%s; %s"
+            raise NonFiniteLossError(message % (losses[bad], step, pending["epoch"], hint, self.checkpoints.last_good()))
         record = {
             "epoch": pending["epoch"],
             "step": pending["step"],
@@ -324,10 +308,9 @@ class Trainer:
             "includes_compilation": pending["compiles"],
         }
         if pending["call"] % self.config.log_every == 0 and not self._quiet_calls:
-            logging.info("epoch %d step %d loss %.5f accuracy %.4f lr %.4g samples/s %.0f%s",
-                         record["epoch"], record["step"], record["loss"], record["accuracy"],
-                         record["learning_rate"], record["samples_per_s"],
-                         " (includes compilation)" if record["includes_compilation"] else "")
+            values = [record[key] for key in ("epoch", "step", "loss", "accuracy", "learning_rate", "samples_per_s")]
+            compiled = " (includes compilation)" if record["includes_compilation"] else ""
+            logging.info("epoch %d step %d loss %.5f accuracy %.4f lr %.4g samples/s %.0f%s", *values, compiled)
         self._notify("on_train_call", record)
 
     def _loss_scaling_hint(self, before: str) -> str:
@@ -337,22 +320,13 @@ class Trainer:
             return ""
         return "%slower --loss_scaling (now %g; float16 overflows above 65504)" % (before, scale)
 
-    def _last_good_checkpoint_text(self) -> str:
-        if self.last_checkpoint:
-            return "the last good checkpoint is %s (step %d)" % (self.last_checkpoint, self._last_checkpoint_step)
-        if self.checkpoint_root:
-            return "no checkpoint was written before"
-        return "no checkpoints (no --model_path)"
-
-    # -- evaluation and selection --------------------------------------------
-
     def host_variables(self) -> Dict[str, Any]:
         """The current ``params`` and ``batch_stats`` as host arrays."""
         host_state = unreplicate_to_host(self.state)
         return {"params": host_state.params, "batch_stats": host_state.batch_stats}
 
-    def _predict_program(self, split: str) -> Callable:
-        """``p_predict`` that also tells the hooks about each call (for progress bars)."""
+    def _evaluate_split(self, variables: Dict[str, Any], split: str) -> Dict[str, Any]:
+        """Metrics of a split, telling the observers of each call (for progress bars)."""
 
         def p_predict(variables, chunk):
             if self._finishing:
@@ -361,20 +335,9 @@ class Trainer:
             self._notify("on_predict_call", {"split": split, "samples": int(np.size(chunk["label"]))})
             return out
 
-        return p_predict
-
-    def _evaluate_split(self, variables: Dict[str, Any], split: str) -> Dict[str, Any]:
-        self._notify("on_evaluation_begin", {"split": split, "samples": self.source.num_samples(split),
-                                             "step": self.step})
-        return evaluate_split(self._predict_program(split), variables, self.source, split, self.devices,
-                              self.config)
-
-    def _save(self, directory: str, tree: Any, extra: Optional[Dict[str, Any]] = None) -> str:
-        """A checkpoint of ``tree`` with the run's metadata and the item -> category map (for ranking)."""
-        meta = checkpoint_metadata(self.config, self.vocab, self.step, extra, self.data_fingerprint)
-        item_category = getattr(self.source, "item_category", None)
-        arrays = None if item_category is None else {"item_category": np.asarray(item_category, np.int32)}
-        return ckpt.save_checkpoint(directory, tree, meta, arrays=arrays)
+        samples = self.source.num_samples(split)
+        self._notify("on_evaluation_begin", {"split": split, "samples": samples, "step": self.step})
+        return evaluate_split(p_predict, variables, self.source, split, self.devices, self.config)
 
     def evaluate(self) -> Dict[str, Any]:
         """Scores the validation split and keeps the best step (and its checkpoint)."""
@@ -384,13 +347,13 @@ class Trainer:
         if self.has_validation:
             result = self._evaluate_split(variables, "validation")
             record["validation"] = result
-            logging.info("epoch %d step %d validation gauc %.5f auc %.5f logloss %.5f",
-                         self.epoch, self.step, result["gauc"], result["auc"], result["logloss"])
+            scores = [result[name] for name in ("gauc", "auc", "logloss")]
+            logging.info("epoch %d step %d validation gauc %.5f auc %.5f logloss %.5f", self.epoch, self.step, *scores)
             if _is_better(self.config.select_metric, result[self.config.select_metric], self.best["value"]):
                 self.best.update(value=result[self.config.select_metric], step=self.step, validation=result,
                                  variables=variables)
                 if self.config.model_path and self.is_chief:
-                    self._save(os.path.join(self.config.model_path, "best"), variables, {"validation": result})
+                    self.checkpoints.save("best", variables, self.step, {"validation": result})
         else:
             self.best.update(step=self.step, variables=variables)
         self.history.append(record)
@@ -416,14 +379,14 @@ class Trainer:
         Returns the directory, or None without ``model_path`` or off the chief. Raises NonFiniteLossError, writing
         nothing, when a parameter is NaN or Inf.
         """
-        if not self.checkpoint_root or not self.is_chief:
+        if not self.checkpoints.root or not self.is_chief:
             return None
         host_state = unreplicate_to_host(self.state)
         for leaf in jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats)):
             if not np.all(np.isfinite(np.asarray(leaf))):
-                raise NonFiniteLossError("the parameters became non-finite by step %d (epoch %d)%s; %s"
-                                         % (self.step, self.epoch, self._loss_scaling_hint("; "),
-                                            self._last_good_checkpoint_text()))
+                message = "the parameters became non-finite by step %d (epoch %d)%s; %s"
+                hint = self._loss_scaling_hint("; ")
+                raise NonFiniteLossError(message % (self.step, self.epoch, hint, self.checkpoints.last_good()))
         tree: Dict[str, Any] = {"state": host_state}
         if self.best["variables"] is not None:
             tree["best"] = self.best["variables"]
@@ -443,9 +406,7 @@ class Trainer:
             "resumed_from": self.resumed_from,
             "config": self.config.to_dict(),
         }
-        path = self._save(ckpt.step_checkpoint_dir(self.checkpoint_root, self.step), tree, {"train": train_meta})
-        ckpt.prune_step_checkpoints(self.checkpoint_root, self.config.keep_checkpoints)
-        self.last_checkpoint, self._last_checkpoint_step = path, self.step
+        path = self.checkpoints.save_step(tree, self.step, train_meta)
         if self._next_checkpoint is not None:
             every = self.config.checkpoint_every
             self._next_checkpoint = (self.step // every + 1) * every
@@ -476,7 +437,7 @@ class Trainer:
             self._next_eval = (self.step // self.config.eval_every + 1) * self.config.eval_every
         if self.config.checkpoint_every > 0:
             self._next_checkpoint = (self.step // self.config.checkpoint_every + 1) * self.config.checkpoint_every
-        self.last_checkpoint, self._last_checkpoint_step = path, self.step
+        self.checkpoints.last, self.checkpoints.last_step = path, self.step
         self.resumed_from = list(train_meta.get("resumed_from", [])) + [self.step]
         logging.info("resuming from %s: step %d, epoch %d%s", path, self.step, epoch,
                      " (complete)" if train_meta["epoch_complete"] else
@@ -493,44 +454,29 @@ class Trainer:
         config = self.config
         self._finishing = True
         if config.model_path and self.is_chief:
-            self._save(os.path.join(config.model_path, "last"), unreplicate_to_host(self.state))
+            self.checkpoints.save("last", unreplicate_to_host(self.state), self.step)
         self._stop_if_requested("before the final test evaluation")
         test_metrics = None
         if self.has_test:
             if self.best["variables"] is None:  # no epoch was trained
                 self.best["variables"] = self.host_variables()
             test_metrics = self._evaluate_split(self.best["variables"], "test")
-            logging.info("test (step %d, selected on validation %s): gauc %.5f auc %.5f logloss %.5f",
-                         self.best["step"], config.select_metric, test_metrics["gauc"], test_metrics["auc"],
-                         test_metrics["logloss"])
+            scores = [test_metrics[name] for name in ("gauc", "auc", "logloss")]
+            message = "test (step %d, selected on validation %s): gauc %.5f auc %.5f logloss %.5f"
+            logging.info(message, self.best["step"], config.select_metric, *scores)
         seconds = self.throughput["seconds"]
         with_compilation = seconds <= 0 < self.throughput["seconds_all"]
         if with_compilation:
             rate = self.throughput["samples_all"] / self.throughput["seconds_all"]
         else:
             rate = self.throughput["samples"] / seconds if seconds > 0 else None
-        summary = {
-            "validation": self.best["validation"],
-            "test": test_metrics,
-            "best_step": self.best["step"],
-            "steps": self.step,
-            "samples_per_s": rate,
-            "samples_per_s_includes_compilation": with_compilation,
-            "replicas": self.replicas,
-            "processes": self.process_count,
-            "platform": self.devices[0].platform,
-            "num_parameters": self.num_parameters,
-            "history": self.history,
-            "flags": config.to_dict(),
-            "vocabulary": self.vocab,
-            "resumed_from": self.resumed_from,
-        }
+        summary = dict(validation=self.best["validation"], test=test_metrics, best_step=self.best["step"])
+        summary.update(steps=self.step, samples_per_s=rate, samples_per_s_includes_compilation=with_compilation)
+        summary.update(replicas=self.replicas, processes=self.process_count, platform=self.devices[0].platform)
+        summary.update(num_parameters=self.num_parameters, history=self.history, flags=config.to_dict())
+        summary.update(vocabulary=self.vocab, resumed_from=self.resumed_from)
         if config.model_path and self.is_chief:
-            os.makedirs(config.model_path, exist_ok=True)
-            path = os.path.join(config.model_path, run_dir.SUMMARY_FILE)
-            with open(path + ".tmp", "w") as handle:
-                json.dump(summary, handle, indent=2, default=json_default)
-            os.replace(path + ".tmp", path)
+            run_dir.write_summary(config.model_path, summary)
         if self.stopper.request is not None:
             # Only the summary was left: stopping now would make the finished run look unfinished.
             logging.warning("%s arrived after the test evaluation: the run is complete",

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 
 from din_jax import checkpoint as ckpt
-from din_jax.config import ConfigError, TrainConfig
+from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
 from din_jax.fileio import json_default
 from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
@@ -110,6 +110,53 @@ def clear_previous_run(model_path: str, outputs: List[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.exists(path):
             os.remove(path)
+
+
+class Checkpoints:
+    """Writes a run's checkpoints (``checkpoints/step_N``, ``best``, ``last``) and remembers the newest step one.
+
+    Each holds the run's metadata (``config.checkpoint_metadata``) and the item -> category map (for ranking).
+    """
+
+    def __init__(self, config: TrainConfig, vocab: Dict[str, int], fingerprint: Optional[str],
+                 item_category: Optional[np.ndarray]):
+        self.config, self.vocab, self.fingerprint = config, vocab, fingerprint
+        self.arrays = None if item_category is None else {"item_category": np.asarray(item_category, np.int32)}
+        self.root = os.path.join(config.model_path, CHECKPOINTS_DIR) if config.model_path else None
+        self.last: Optional[str] = None
+        self.last_step: Optional[int] = None
+
+    def save(self, name: str, tree: Any, step: int, extra: Optional[Dict[str, Any]] = None) -> str:
+        """``<model_path>/<name>``, replaced atomically."""
+        meta = checkpoint_metadata(self.config, self.vocab, step, extra, self.fingerprint)
+        return ckpt.save_checkpoint(os.path.join(self.config.model_path, name), tree, meta, arrays=self.arrays)
+
+    def save_step(self, tree: Any, step: int, train_meta: Dict[str, Any]) -> str:
+        """A training checkpoint ``checkpoints/step_<step>``; keeps the newest ``keep_checkpoints``."""
+        directory = os.path.relpath(ckpt.step_checkpoint_dir(self.root, step), self.config.model_path)
+        path = self.save(directory, tree, step, {"train": train_meta})
+        ckpt.prune_step_checkpoints(self.root, self.config.keep_checkpoints)
+        self.last, self.last_step = path, step
+        return path
+
+    def at(self, step: int) -> bool:
+        """Whether the newest training checkpoint holds ``step``."""
+        return self.last is not None and self.last_step == step
+
+    def last_good(self) -> str:
+        """Where a failed run can go on from, in words."""
+        if self.last:
+            return "the last good checkpoint is %s (step %d)" % (self.last, self.last_step)
+        return "no checkpoint was written before" if self.root else "no checkpoints (no --model_path)"
+
+
+def write_summary(model_path: str, summary: Dict[str, Any]) -> None:
+    """``summary.json``, replaced atomically: its presence marks a finished run."""
+    os.makedirs(model_path, exist_ok=True)
+    path = os.path.join(model_path, SUMMARY_FILE)
+    with open(path + ".tmp", "w") as handle:
+        json.dump(summary, handle, indent=2, default=json_default)
+    os.replace(path + ".tmp", path)
 
 
 def load_resumable(path: str, root: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:

@@ -42,7 +42,7 @@ from din_jax.config import (  # noqa: E402
     ConfigError,
     TrainConfig,
 )
-from din_jax.layers.attention import NORMALIZATIONS  # noqa: E402
+from din_jax.layers import NORMALIZATIONS  # noqa: E402
 from din_jax.models import PRESETS, get_preset, model_fields  # noqa: E402
 from din_jax.models.pnn import PRODUCTS  # noqa: E402
 

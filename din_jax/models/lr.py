@@ -25,7 +25,7 @@ from typing import Dict, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.embedding import FeatureEmbedding, history_mask
+from din_jax.layers import FeatureEmbedding, history_mask
 
 # Columns of the width-2 weight tables.
 _AS_CANDIDATE, _IN_HISTORY = 0, 1

@@ -31,7 +31,7 @@ from typing import Dict
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.embedding import lookup
+from din_jax.layers import lookup
 from din_jax.models.base import BaseModel, add_item_bias, deep_logits, embed_and_pool
 from din_jax.models.lr import LinearTerms, bag_of, pool_bag
 

@@ -55,7 +55,7 @@ import optax
 from flax import traverse_util
 
 from din_jax.config import ConfigError
-from din_jax.layers.embedding import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
+from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
 from din_jax.train.regularization import Regularization, find_embedding_tables
 
 SPARSE_OPTIMIZERS = ("sgd", "adam", "adagrad")

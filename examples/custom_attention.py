@@ -20,7 +20,7 @@ their defaults.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.attention import register_attention
+from din_jax.layers import register_attention
 
 
 class BilinearAttention(nn.Module):

@@ -88,7 +88,7 @@ def build_config() -> benchmark.BenchmarkConfig:
     if not FLAGS.fold_query and model_config.get("attention") in ("din", "din_softmax"):
         import functools
 
-        from din_jax.layers.attention import ATTENTIONS
+        from din_jax.layers import ATTENTIONS
 
         model_config["attention"] = functools.partial(ATTENTIONS.get(model_config["attention"]), fold_query=False)
     learning_rate = FLAGS.learning_rate

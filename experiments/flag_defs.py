@@ -46,7 +46,7 @@ from din_jax.config import (  # noqa: E402
     TrainConfig,
     resolve_config,
 )
-from din_jax.layers.attention import NORMALIZATIONS  # noqa: E402
+from din_jax.layers import NORMALIZATIONS  # noqa: E402
 from din_jax.models.pnn import PRODUCTS  # noqa: E402
 
 FLAGS = flags.FLAGS

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from din_jax.layers import activations
-from din_jax.layers.activations import Dice, PReLU
+from din_jax import layers
+from din_jax.layers import Dice, PReLU
 
 
 def _dice_by_hand(x, mean, var, alpha, eps=1e-8):
@@ -66,9 +66,9 @@ def test_prelu_per_channel():
 
 
 def test_registry():
-    assert {"sigmoid", "relu", "prelu", "dice"} <= set(activations.ACTIVATIONS.names())
+    assert {"sigmoid", "relu", "prelu", "dice"} <= set(layers.ACTIVATIONS.names())
     with pytest.raises(ValueError, match=r"unknown activation 'swishy'; choose from \["):
-        activations.make_activation("swishy")
+        layers.make_activation("swishy")
     # axis_name reaches only the activations that have the field.
-    assert activations.make_activation("dice", axis_name="batch").axis_name == "batch"
-    assert isinstance(activations.make_activation("relu", axis_name="batch"), activations.ReLU)
+    assert layers.make_activation("dice", axis_name="batch").axis_name == "batch"
+    assert isinstance(layers.make_activation("relu", axis_name="batch"), layers.ReLU)

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from din_jax.layers import attention as attention_lib
-from din_jax.layers.attention import DinAttention, DotAttention, MeanPooling, SumPooling, masked_softmax
+from din_jax import layers
+from din_jax.layers import DinAttention, DotAttention, MeanPooling, SumPooling, masked_softmax
 
 B, T, D = 4, 6, 8
 LENGTHS = np.array([0, 1, 3, 6], np.int32)
@@ -84,7 +84,7 @@ class _FixedScores(nn.Module):
             weights = masked_softmax(scores / jnp.sqrt(jnp.float32(keys.shape[-1])), mask)
         else:
             weights = jnp.where(mask, scores, 0.0)
-        return attention_lib._weighted_sum(weights, keys), weights
+        return layers._weighted_sum(weights, keys), weights
 
 
 def test_masked_softmax_by_hand():
@@ -144,14 +144,14 @@ def test_split_first_layer_equals_concatenation(activation):
 
 
 def test_registry_names_and_errors():
-    assert {"din", "din_softmax", "dot", "mean", "sum"} <= set(attention_lib.ATTENTIONS.names())
+    assert {"din", "din_softmax", "dot", "mean", "sum"} <= set(layers.ATTENTIONS.names())
     with pytest.raises(ValueError, match=r"unknown attention 'nope'; choose from \["):
-        attention_lib.make_attention("nope")
+        layers.make_attention("nope")
     # A preset's bound normalisation wins over the model's default.
-    module = attention_lib.make_attention("din_softmax", normalization="none", hidden=(4,))
+    module = layers.make_attention("din_softmax", normalization="none", hidden=(4,))
     assert module.normalization == "softmax" and tuple(module.hidden) == (4,)
     # Poolers without those fields just ignore them.
-    assert isinstance(attention_lib.make_attention("mean", hidden=(4,), normalization="none"), MeanPooling)
+    assert isinstance(layers.make_attention("mean", hidden=(4,), normalization="none"), MeanPooling)
 
 
 def test_user_registered_attention_is_usable_by_name():
@@ -162,13 +162,13 @@ def test_user_registered_attention_is_usable_by_name():
             pooled = jnp.where(jnp.any(mask, axis=1)[:, None], jnp.max(filled, axis=1), 0.0)
             return pooled, mask.astype(jnp.float32)
 
-    attention_lib.register_attention("test_max", MaxPooling)
+    layers.register_attention("test_max", MaxPooling)
     try:
         with pytest.raises(ValueError, match="already registered"):
-            attention_lib.register_attention("test_max", MaxPooling)
+            layers.register_attention("test_max", MaxPooling)
         query, keys, mask = _inputs()
-        pool = attention_lib.make_attention("test_max", hidden=(3,))
+        pool = layers.make_attention("test_max", hidden=(3,))
         pooled, _ = pool.apply({}, query, keys, mask)
         np.testing.assert_allclose(np.asarray(pooled)[2], np.asarray(keys)[2, :3].max(axis=0))
     finally:
-        attention_lib.ATTENTIONS._entries.pop("test_max", None)
+        layers.ATTENTIONS._entries.pop("test_max", None)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from din_jax.layers.attention import DinAttention
+from din_jax.layers import DinAttention
 
 B, T, D = 5, 7, 6
 

@@ -187,7 +187,7 @@ CUSTOM_ATTENTION_EXAMPLE = '''
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.attention import masked_softmax, register_attention
+from din_jax.layers import masked_softmax, register_attention
 
 
 class CosineAttention(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.synthetic import make_item_categories, make_synthetic_batch
-from din_jax.layers.embedding import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
+from din_jax.layers import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
 from din_jax.models import build_model
 from din_jax.train import optim
 from din_jax.train import sparse_step as sparse

@@ -5,13 +5,13 @@ from typing import Any, Dict, Optional
 
 import flax.linen as nn
 
+from din_jax.layers import Registry
 from din_jax.models.base import BaseModel
 from din_jax.models.deepfm import DeepFM
 from din_jax.models.din import DIN
 from din_jax.models.lr import LogisticRegression
 from din_jax.models.pnn import PNN
 from din_jax.models.wide_deep import WideDeep
-from din_jax.registry import Registry
 
 MODELS = Registry("model")
 MODELS.register("din", DIN)

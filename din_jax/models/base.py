@@ -1,26 +1,13 @@
-"""BaseModel (Embedding&MLP) of the DIN paper, and the parts its extensions share.
+"""BaseModel (Embedding&MLP) of the DIN paper, and the parts its extensions (Wide&Deep, PNN, DeepFM) share.
 
-Follows the paper (section 4.2, "Base Model") and the authors' Amazon code
-(github zhougr1993/DeepInterestNetwork, ``base_model/model.py``): the history
-is pooled without looking at the candidate (masked mean there; a sum here
-on request) and an MLP scores ``[pooled history, candidate]``, plus a
-per-item bias on the logit.
+Follows the paper (section 4.2) and the authors' Amazon code (github zhougr1993/DeepInterestNetwork,
+``base_model/model.py``): the history is pooled without looking at the candidate, an MLP scores
+``[pooled history, candidate]``, a per-item bias joins the logit. Deliberately differs: no batch normalisation
+and no extra dense layer on the pooled history (a linear map before the MLP adds nothing); sizes (theirs: item
+64 + category 64, MLP 80-40 sigmoid), activation and pooler (any of ``ATTENTIONS``: ``din`` gives DIN without
+the interest-candidate product) are fields, shared by every model of the comparison.
 
-Deliberate differences from the authors' code:
-- no batch normalisation of the pooled history and the MLP input, and no
-  extra dense layer on the pooled history (a linear map straight before the
-  MLP's first dense layer adds nothing the MLP cannot learn);
-- the sizes and the activation are fields (their code: item 64 + category
-  64, MLP 80-40 sigmoid), so every model of the comparison can share them;
-- the pooling is any pooler of ``din_jax.layers.ATTENTIONS`` by name, so
-  ``pooling='din'`` gives DIN without the interest-candidate product.
-
-Wide&Deep, PNN and DeepFM (the other modules of this package) are this model
-plus one more part; ``embed_and_pool``, ``field_vectors`` and ``deep_logits``
-are the pieces they share, called inside their own compact ``__call__``.
-
-Shape letters: B batch, T history positions, D item-vector width
-(item_dim + category_dim), F fields, E field width.
+Shape letters: B batch, T history positions, D item-vector width, F fields, E field width.
 """
 
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
@@ -28,84 +15,42 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.activations import ActivationFactory
-from din_jax.layers.attention import AttentionFactory, make_attention
-from din_jax.layers.embedding import EmbeddingFields, FeatureEmbedding, history_mask
-from din_jax.layers.mlp import MLP
+from din_jax.layers import (
+    AttentionFactory,
+    EmbeddingMLPModel,
+    feature_embedding,
+    history_mask,
+    make_attention,
+    prediction_mlp,
+)
 
 
 class EmbeddedBatch(NamedTuple):
     """What the shared embedding layer and the history pooling give a model."""
 
     candidate_BxD: jnp.ndarray
-    history_BxTxD: jnp.ndarray
     mask_BxT: jnp.ndarray
     pooled_BxD: jnp.ndarray
     user_BxU: Optional[jnp.ndarray]
     item_bias_B: Optional[jnp.ndarray]
 
 
-class EmbeddingMLPModel(EmbeddingFields):
-    """The fields every model of the comparison shares: the embedding layer and the prediction MLP.
-
-    Subclasses add their own parts as fields of their own (flax modules are
-    dataclasses, so the fields are inherited) and write their own compact
-    ``__call__``, building the shared parts with ``feature_embedding`` and
-    ``prediction_mlp``.
-
-    Attributes (besides the embedding's, see ``EmbeddingFields``):
-      mlp_hidden, activation, dropout_rate: the prediction MLP.
-      axis_name: pmap axis for cross-device batch statistics (Dice).
-    """
-
-    mlp_hidden: Sequence[int] = (80, 40)
-    activation: Union[str, ActivationFactory] = "prelu"
-    dropout_rate: float = 0.0
-    axis_name: Optional[str] = None
-
-
-def feature_embedding(model: EmbeddingMLPModel) -> FeatureEmbedding:
-    """The model's embedding layer (submodule ``embedding``); call it inside a compact ``__call__``."""
-    return FeatureEmbedding(name="embedding", **model.embedding_fields())
-
-
-def prediction_mlp(model: EmbeddingMLPModel) -> MLP:
-    """The model's prediction MLP (submodule ``mlp``); call it inside a compact ``__call__``."""
-    return MLP(
-        hidden=tuple(model.mlp_hidden),
-        activation=model.activation,
-        dropout_rate=model.dropout_rate,
-        dtype=model.dtype,
-        axis_name=model.axis_name,
-        name="mlp",
-    )
-
-
 def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool) -> EmbeddedBatch:
-    """Embeds a batch with the model's ``FeatureEmbedding`` and pools its history.
-
-    Call it inside the model's compact ``__call__``: it creates the submodules
-    ``embedding`` and ``history_pooling`` there. ``model`` must have the
-    fields of ``BaseModel`` (vocabulary sizes, widths, ``pooling``, ``dtype``,
-    ``axis_name``).
-    """
+    """Embeds a batch and pools its history (submodules ``embedding``, ``history_pooling`` of a ``BaseModel``)."""
     embedded = feature_embedding(model)(batch)
     history_BxTxD = embedded["history"]
     mask_BxT = history_mask(batch["hist_len"], history_BxTxD.shape[1])
     pool = make_attention(model.pooling, dtype=model.dtype, axis_name=model.axis_name, name="history_pooling")
     pooled_BxD, _ = pool(embedded["candidate"], history_BxTxD, mask_BxT, train=train)
-    return EmbeddedBatch(embedded["candidate"], history_BxTxD, mask_BxT, pooled_BxD.astype(model.dtype),
-                         embedded["user"], embedded["item_bias"])
+    return EmbeddedBatch(embedded["candidate"], mask_BxT, pooled_BxD.astype(model.dtype), embedded["user"],
+                         embedded["item_bias"])
 
 
 def field_vectors(model: nn.Module, inputs: EmbeddedBatch) -> jnp.ndarray:
-    """The per-field vectors of PNN's product layer and DeepFM's FM part, ``[B, F, E]``.
+    """The field vectors of PNN's product layer and DeepFM's FM part, ``[B, F, E]``.
 
-    Fields: candidate item, candidate category, pooled history items, pooled
-    history categories, and the user when the model has one. When the widths
-    differ (item_dim != category_dim, or a user width of its own) every field
-    is mapped to ``item_dim`` by a bias-free dense layer of its own, so that
-    inner products between fields are defined.
+    Fields: candidate item, candidate category, pooled history items, pooled history categories, user if any.
+    Unequal widths are each mapped to ``item_dim`` by a bias-free dense layer, so inner products are defined.
     """
     item_dim = model.item_dim
     fields: List[jnp.ndarray] = [
@@ -138,12 +83,7 @@ def add_item_bias(logits_B: jnp.ndarray, inputs: EmbeddedBatch) -> jnp.ndarray:
 
 
 class BaseModel(EmbeddingMLPModel):
-    """Embedding&MLP: candidate-blind pooling of the history, then an MLP.
-
-    Attributes (besides those of ``EmbeddingMLPModel``):
-      pooling: pooler name in ``ATTENTIONS`` (``mean``, the paper's and the
-        authors' choice, or ``sum``) or a module factory.
-    """
+    """Embedding&MLP; ``pooling``: a name in ``ATTENTIONS`` (``mean``, the paper's and the authors', or ``sum``)."""
 
     pooling: Union[str, AttentionFactory] = "mean"
 

@@ -1,19 +1,10 @@
 """DeepFM (Guo et al., IJCAI 2017) as the DIN paper's competitor: BaseModel plus an FM part.
 
-The logit is the deep part (``BaseModel``'s MLP) plus a factorisation machine
-over the same embeddings:
-- first order: ``LinearTerms``, a scalar weight per active id (candidate
-  item and category, the history bag, the user), as LR;
-- second order: ``sum_{i<j} <v_i, v_j>`` over the field vectors (candidate
-  item, candidate category, pooled history items, pooled history
-  categories, user), computed as ``(|sum v|^2 - sum |v|^2) / 2``.
-The FM and the deep part share the embedding layer, as in the DeepFM paper.
-
-Deliberate difference from the authors' code (``deepFM/model.py``): there
-the "FM part" is a dense layer over two numbers, the inner product of the
-pooled history and the candidate and the sum of their first coordinates; and
-the FM logit is added in training but left out of the scores they evaluate.
-Here the FM part is the FM of the fields and is always part of the logit.
+The logit is ``BaseModel``'s MLP plus a factorisation machine sharing its embeddings, as in the DeepFM paper:
+first order ``LinearTerms`` (as LR), second order ``sum_{i<j} <v_i, v_j>`` over ``field_vectors``.
+Deliberately differs from the authors' code (``deepFM/model.py``), whose "FM part" is a dense layer over two
+numbers (pooled history . candidate, the sum of their first coordinates), added in training but left out of
+the scores they evaluate: here it is the FM of the fields, always in the logit.
 
 Shape letters: B batch, F fields, E field width.
 """
@@ -35,11 +26,8 @@ def fm_second_order(fields_BxFxE):
 
 
 class DeepFM(BaseModel):
-    """DeepFM: ``BaseModel``'s MLP plus first- and second-order FM terms.
-
-    The fields are ``BaseModel``'s; the first-order history bag is summed
-    for ``pooling='sum'`` and averaged otherwise.
-    """
+    """DeepFM: ``BaseModel``'s MLP plus FM terms; the first-order history bag is summed for ``pooling='sum'``,
+    averaged otherwise."""
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:

@@ -1,22 +1,12 @@
 """Deep Interest Network (Zhou et al., KDD 2018).
 
-Follows the paper and the authors' Amazon code
-(github zhougr1993/DeepInterestNetwork, ``din/model.py``): item ⊕ category
-vectors, the local activation unit over the history, a prediction MLP over
-``[interest, candidate, interest * candidate]``, a per-item bias on the logit.
-
-Deliberate differences from the authors' code:
-- no batch normalisation on the MLP input (the authors' BatchNorm was not
-  shared between the positive and the negative branch, so its statistics
-  told the two apart: a label leak that inflated their published GAUC);
-- the negative is scored with its own attention (the authors' code once
-  scored it with the user vector attended on the positive item, another
-  leak); every sample is scored independently;
-- Dice uses batch statistics in training and moving averages at inference.
-
-``use_history_sum`` and ``user_dim`` give the DIEN/Graphcore variant, whose
-MLP also sees the user embedding, the sum-pooled history and its product with
-the candidate.
+Follows the paper and the authors' Amazon code (github zhougr1993/DeepInterestNetwork, ``din/model.py``): item ⊕
+category vectors, the local activation unit over the history, an MLP over ``[interest, candidate, interest *
+candidate]``, a per-item bias on the logit. Deliberately differs from their code: no batch normalisation on the
+MLP input (theirs was not shared between the positive and the negative branch: a label leak that inflated their
+GAUC); every sample, the negative too, is scored with its own attention (their code once scored the negative
+with the user vector attended on the positive, another leak); Dice uses moving averages at inference.
+``use_history_sum`` and ``user_dim`` give the DIEN/Graphcore variant.
 """
 
 from typing import Dict, Sequence, Union
@@ -24,22 +14,24 @@ from typing import Dict, Sequence, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.activations import ActivationFactory
-from din_jax.layers.attention import AttentionFactory, make_attention
-from din_jax.layers.embedding import history_mask
-from din_jax.models.base import EmbeddingMLPModel, feature_embedding, prediction_mlp
+from din_jax.layers import (
+    ActivationFactory,
+    AttentionFactory,
+    EmbeddingMLPModel,
+    feature_embedding,
+    history_mask,
+    make_attention,
+    prediction_mlp,
+)
 
 
 class DIN(EmbeddingMLPModel):
     """DIN; every size and swappable part is a field (presets are configurations).
 
     Attributes (besides the embedding and MLP fields of ``EmbeddingMLPModel``):
-      attention: pooler name in ``ATTENTIONS`` or a module factory.
-      attention_hidden, attention_activation, attention_normalization: handed
-        to poolers that have those fields (``din``).
-      split_attention: evaluate the first attention layer in split form.
-      use_history_sum: add the sum-pooled history and its product with the
-        candidate to the MLP input (DIEN/Graphcore variant).
+      attention: pooler name in ``ATTENTIONS`` or a module factory; ``attention_hidden``, ``_activation`` and
+        ``_normalization`` go to poolers with those fields (``din``), ``split_attention`` to ``split_first_layer``.
+      use_history_sum: the MLP also sees the sum-pooled history and its product with the candidate.
     """
 
     attention: Union[str, AttentionFactory] = "din"
@@ -51,12 +43,8 @@ class DIN(EmbeddingMLPModel):
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False, return_attention: bool = False):
-        """Scores a batch dict (docs/DATASET_FORMAT.md).
-
-        Returns:
-          float32 logits ``[B]``; with ``return_attention`` also the attention
-          weights ``[B, T]`` (zero on padding).
-        """
+        """Scores a batch dict (docs/DATASET_FORMAT.md): float32 logits ``[B]``, with ``return_attention`` also
+        the attention weights ``[B, T]`` (zero on padding)."""
         embedded = feature_embedding(self)(batch)
         candidate_BxD = embedded["candidate"]
         history_BxTxD = embedded["history"]

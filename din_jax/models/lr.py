@@ -1,21 +1,12 @@
-"""Logistic regression over the sparse features: the paper's weakest baseline.
+"""Logistic regression over the sparse features: the DIN paper's shallow baseline (section 6.4; the authors'
+code has none).
 
-The DIN paper (section 6.4) runs LR as a shallow baseline; the authors' code
-has no LR. Here LR is a linear model over the one-hot and multi-hot id
-features every other model sees: the candidate item and its category, the
-history items and their categories (a multi-hot bag, normalised by the
-pooling: mean by default, as the other models' bag features) and optionally
-the user, with no feature crosses.
-
-It shares the embedding layer: the weights live in ``FeatureEmbedding``
-tables of width 2 per item and per category, column 0 being the id's weight
-as the candidate and column 1 its weight in the history. The two fields are
-distinct features in LR, so their weights are not tied, and the tables are
-still where mini-batch aware regularisation finds embedding rows. The user
-weight has width 1.
-
-``LinearTerms`` is also the first-order part of DeepFM and the raw-feature
-half of Wide&Deep's wide part.
+A linear model, no crosses, over the ids every other model sees: candidate item and category, the history items
+and categories (a multi-hot bag, mean by default like the other models' pooling, or sum) and optionally the
+user. The weights live in ``FeatureEmbedding`` tables (so mini-batch aware regularisation finds them) of width 2
+per item and category: column 0 the id's weight as the candidate, column 1 in the history (distinct features,
+untied weights); the user's has width 1. ``LinearTerms`` is also DeepFM's first order and half of Wide&Deep's
+wide part.
 
 Shape letters: B batch, T history positions.
 """
@@ -25,7 +16,7 @@ from typing import Dict, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.embedding import FeatureEmbedding, history_mask
+from din_jax.layers import FeatureEmbedding, history_mask
 
 # Columns of the width-2 weight tables.
 _AS_CANDIDATE, _IN_HISTORY = 0, 1
@@ -48,14 +39,8 @@ def pool_bag(values_BxTxK, mask_BxT, bag: str):
 
 
 class LinearTerms(nn.Module):
-    """``sum`` of the weights of the active sparse features (no bias), float32 ``[B]``.
-
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      use_user: add a weight per user id.
-      bag: how the history bag is normalised: ``mean`` (weights averaged
-        over the valid positions) or ``sum``.
-    """
+    """The sum of the active sparse features' weights (no bias), float32 ``[B]``; ``use_user``: a weight per user
+    id too; ``bag``: the history bag's weights averaged over the valid positions (``mean``) or summed."""
 
     num_items: int
     num_categories: int
@@ -91,14 +76,9 @@ class LinearTerms(nn.Module):
 class LogisticRegression(nn.Module):
     """LR: a bias plus ``LinearTerms`` (submodule ``linear``).
 
-    Attributes:
-      num_items, num_categories, num_users: vocabulary sizes.
-      user_dim: > 0 adds the user id as a feature. LR's weights are scalars,
-        so only whether it is positive matters (it is the same flag as the
-        other models' user embedding width).
-      pooling: normalisation of the history bag, ``mean`` or ``sum``.
-      dtype: unused (LR computes in float32); accepted like every model's.
-      axis_name: unused (no cross-device statistics); accepted likewise.
+    ``user_dim`` > 0 adds the user id (only its sign matters: the other models' user width as a flag);
+    ``pooling``: the history bag's normalisation, ``mean`` or ``sum``; ``dtype`` and ``axis_name`` are accepted
+    like every model's and unused (float32, no cross-device statistics).
     """
 
     num_items: int

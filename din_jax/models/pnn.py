@@ -1,18 +1,12 @@
 """Product-based Neural Network (Qu et al., ICDM 2016) as the DIN paper's competitor.
 
-BaseModel plus a product layer: the inner products between every pair of
-field vectors (candidate item, candidate category, pooled history items,
-pooled history categories, and the user when there is one) join the MLP's
-input, as in IPNN and FuxiCTR's PNN (the embeddings themselves are the
-product layer's "linear signal").
+BaseModel plus a product layer: the inner products of every pair of field vectors (``field_vectors``) join the
+MLP's input, as in IPNN and FuxiCTR's PNN (the embeddings are the product layer's "linear signal").
+Deliberately differs from the authors' code (``pnn/model.py``), whose "PNN" is the base model whose MLP also sees
+pooled history * candidate (DIN's MLP input with mean pooling), no inner products: ``product='elementwise'``
+gives that, ``'both'`` the two together.
 
-Deliberate difference from the authors' code (``pnn/model.py``): their "PNN"
-is the base model whose MLP also sees the element-wise product of the
-pooled history and the candidate (exactly DIN's MLP input with mean pooling
-instead of attention), with no inner products. ``product='elementwise'``
-gives that, ``product='both'`` the two together.
-
-Shape letters: B batch, F fields, E field width, D item-vector width.
+Shape letters: B batch, F fields, E field width.
 """
 
 from typing import Dict
@@ -35,13 +29,7 @@ def pairwise_inner_products(fields_BxFxE):
 
 
 class PNN(BaseModel):
-    """PNN: ``BaseModel`` whose MLP also sees products of the field vectors.
-
-    Attributes (besides those of ``BaseModel``):
-      product: ``inner`` (pairwise inner products of the field vectors, the
-        default), ``elementwise`` (pooled history * candidate, the authors'
-        code) or ``both``.
-    """
+    """PNN: ``BaseModel`` whose MLP also sees products: ``product`` ``inner``, ``elementwise`` or ``both``."""
 
     product: str = "inner"
 

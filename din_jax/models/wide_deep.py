@@ -1,27 +1,15 @@
 """Wide&Deep (Cheng et al., 2016) as the DIN paper's competitor: BaseModel plus a wide linear part.
 
-Follows the paper's description (section 6.4: the wide part is a linear
-model over "cross-product" features) and, for the deep part, the authors'
-base model (``base_model/model.py``, see ``din_jax.models.base``).
+Follows the DIN paper (section 6.4: a linear model over "cross-product" features) and, for the deep part, the
+authors' base model. The wide part is linear over the raw sparse features (``LinearTerms``) and two crosses of
+candidate × history, (category, history category) and (item, history category), one learnt scalar per cross
+id, pooled over the valid history positions like the history bag. Cross ids are exact (``cand * C + hist``)
+when they fit in ``wide_buckets`` rows, else hashed into them; mini-batch aware regularisation leaves these
+weights alone (plain ``--l2`` does not).
 
-The wide part is a linear model over
-- the raw sparse features (``LinearTerms``: candidate item and category,
-  the history bag, the user), and
-- two crossed features, candidate × history: (candidate category, history
-  category) and (candidate item, history category) for every valid history
-  position, each cross id with a learnt scalar weight, pooled over the
-  history like the history bag (mean by default).
-
-Deliberate difference from the authors' code (``wide_deep/model.py``): there
-the "wide" part is a dense layer over the products of three fixed
-coordinates of the pooled-history vector and the candidate vector
-(coordinates 0, 64 and 127), which is neither sparse nor a cross of
-features. Crossing ids is what Wide&Deep means by its wide part.
-
-Cross ids are exact (``cand * C + hist``) when the cross fits in
-``wide_buckets`` rows, else hashed into ``wide_buckets`` rows (uint32
-wrap-around, then modulo). The wide weights are not embedding rows, so
-mini-batch aware regularisation leaves them alone (plain ``--l2`` does not).
+Deliberately differs from the authors' code (``wide_deep/model.py``), whose "wide" part is a dense layer over
+the products of three fixed coordinates (0, 64, 127) of the pooled history and the candidate: neither sparse
+nor a cross of features, which is what Wide&Deep means.
 
 Shape letters: B batch, T history positions.
 """
@@ -31,18 +19,14 @@ from typing import Dict
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers.embedding import lookup
+from din_jax.layers import lookup
 from din_jax.models.base import BaseModel, add_item_bias, deep_logits, embed_and_pool
 from din_jax.models.lr import LinearTerms, bag_of, pool_bag
 
 
 def cross_ids(left_B, right_BxT, right_vocab: int, rows: int):
-    """Row of each (left, right) pair in a table of ``rows`` rows, int32 ``[B, T]``.
-
-    Exact (``left * right_vocab + right``) when every pair has its own row;
-    otherwise the same number in uint32 (wrapping around on overflow) taken
-    modulo ``rows``: a hash, deterministic on every backend.
-    """
+    """Row of each (left, right) pair in a table of ``rows`` rows, int32 ``[B, T]``: ``left * right_vocab + right``
+    in uint32 (wrapping around) modulo ``rows``, exact when every pair has its own row, else a deterministic hash."""
     pair_BxT = (left_B.astype(jnp.uint32)[:, None] * jnp.uint32(right_vocab)
                 + right_BxT.astype(jnp.uint32))
     return (pair_BxT % jnp.uint32(rows)).astype(jnp.int32)
@@ -51,10 +35,8 @@ def cross_ids(left_B, right_BxT, right_vocab: int, rows: int):
 class WideDeep(BaseModel):
     """Wide&Deep: ``BaseModel``'s MLP plus a linear model over raw and crossed ids.
 
-    Attributes (besides those of ``BaseModel``, whose ``pooling`` pools the
-    deep part's history; the wide part's history bags are summed for ``sum``
-    and averaged otherwise):
-      wide_buckets: rows of each cross table (hashing beyond that).
+    ``wide_buckets``: rows of each cross table (hashing beyond). The wide part's bags are summed for
+    ``pooling='sum'`` and averaged otherwise.
     """
 
     wide_buckets: int = 2 ** 18

@@ -44,7 +44,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from din_jax.layers.embedding import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
+from din_jax.layers import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
 
 MBA_TABLES = (ITEM_TABLE, CATEGORY_TABLE, USER_TABLE)
 

@@ -55,7 +55,7 @@ import optax
 from flax import traverse_util
 
 from din_jax.config import ConfigError
-from din_jax.layers.embedding import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
+from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import Regularization, find_embedding_tables
 from din_jax.train.step import compute_loss, example_batch, rows_per_pass, value_and_scaled_grad

@@ -1,0 +1,477 @@
+"""The building blocks of every model: embeddings, activations, the MLP and the history poolers, with registries.
+
+Shape letters: B batch, T history positions, D item-vector width (item_dim + category_dim), U user width,
+H hidden units. Activations are called as ``act(x_XxH, train=..., mask=...)`` (``mask``: the real, not padded,
+rows, for Dice's statistics); poolers as ``pool(query_BxD, keys_BxTxD, mask_BxT, train=...)``, returning
+``(pooled_BxD, weights_BxT)``.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Registry:
+    """Factories (module classes or partials) by name; ``make`` passes only the keyword arguments they accept."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: Dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str, factory: Callable[..., Any], overwrite: bool = False) -> Callable[..., Any]:
+        if not isinstance(name, str) or not name:
+            raise ValueError("%s names must be non-empty strings, got %r" % (self.kind, name))
+        if name in self._entries and not overwrite:
+            raise ValueError("%s %r is already registered; pass overwrite=True to replace it" % (self.kind, name))
+        self._entries[name] = factory
+        return factory
+
+    def names(self) -> List[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def get(self, name_or_factory: Union[str, Callable[..., Any]]) -> Callable[..., Any]:
+        """Returns the factory registered under a name; a factory passes through."""
+        if not isinstance(name_or_factory, str):
+            return name_or_factory
+        try:
+            return self._entries[name_or_factory]
+        except KeyError:
+            raise ValueError("unknown %s %r; choose from %s" % (self.kind, name_or_factory, self.names())) from None
+
+    def make(self, name_or_factory: Union[str, Callable[..., Any]], **kwargs: Any) -> Any:
+        """Instantiates an entry, dropping keyword arguments it has no field for."""
+        factory = self.get(name_or_factory)
+        return factory(**accepted_kwargs(factory, kwargs))
+
+
+def accepted_kwargs(factory: Callable[..., Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``kwargs`` a dataclass factory has fields for (all of them for a plain function).
+
+    Values bound by a ``functools.partial`` win: ``din_softmax`` keeps its normalisation whatever the model's is.
+    """
+    target = factory
+    bound = set()
+    while isinstance(target, functools.partial):
+        bound.update(target.keywords or {})
+        target = target.func
+    if not dataclasses.is_dataclass(target):
+        return {key: value for key, value in kwargs.items() if key not in bound}
+    names = {field.name for field in dataclasses.fields(target) if field.init}
+    return {key: value for key, value in kwargs.items() if key in names and key not in bound}
+
+
+# Parameter names of the tables, used by the train step to find embedding rows (sparse updates, MBA).
+ITEM_TABLE = "item"
+CATEGORY_TABLE = "category"
+USER_TABLE = "user"
+ITEM_BIAS_TABLE = "item_bias"
+
+# Collections of the sparse embedding updates (din_jax/train/sparse_step.py): per table, zero rows ``[N, E]``
+# added to the gathered rows (their gradient is the per-lookup row gradient), and the ids looked up with a 0/1
+# validity weight (0 at padded history positions). Absent or immutable, they change nothing.
+EMBEDDING_DELTA = "embedding_delta"
+EMBEDDING_LOOKUPS = "embedding_lookups"
+
+
+def lookup(table_VxE, ids):
+    """Rows of ``table`` for ids of any shape, gathered 1-D (the fast path on IPU, never slower elsewhere)."""
+    flat = jnp.take(table_VxE, ids.reshape(-1).astype(jnp.int32), axis=0)
+    return flat.reshape(ids.shape + table_VxE.shape[1:])
+
+
+def history_mask(hist_len_B, max_len: int):
+    """Boolean ``[B, T]`` mask of the valid (left-aligned) history positions."""
+    return jnp.arange(max_len, dtype=jnp.int32)[None, :] < hist_len_B.astype(jnp.int32)[:, None]
+
+
+class EmbeddingFields(nn.Module):
+    """The embedding layer's fields, shared with every model that owns one: vocabulary sizes, widths (the item
+    vector is item ⊕ category; ``user_dim`` 0: no user vector, as in the authors' Amazon model), a learnt
+    per-item logit bias as in the authors' code, ``dtype`` of the vectors (tables stay float32)."""
+
+    num_items: int
+    num_categories: int
+    num_users: int = 0
+    item_dim: int = 64
+    category_dim: int = 64
+    user_dim: int = 0
+    use_item_bias: bool = True
+    dtype: jnp.dtype = jnp.float32
+
+    def embedding_fields(self) -> Dict[str, Any]:
+        """This module's values of the ``EmbeddingFields`` fields, to build a ``FeatureEmbedding`` from."""
+        names = [field.name for field in dataclasses.fields(EmbeddingFields) if field.name not in ("parent", "name")]
+        return {name: getattr(self, name) for name in names}
+
+
+class FeatureEmbedding(EmbeddingFields):
+    """Item ⊕ category vectors of the candidate and the history (same tables), user vector, per-item bias."""
+
+    @nn.compact
+    def __call__(self, batch: Dict[str, jnp.ndarray]) -> Dict[str, Optional[jnp.ndarray]]:
+        """Embeds a batch dict (docs/DATASET_FORMAT.md): ``candidate`` [B, D], ``history`` [B, T, D],
+        ``user`` [B, U] or None, ``item_bias`` [B] or None."""
+        # Glorot-uniform over the whole table, the TensorFlow default the authors' code relied on.
+        init = nn.initializers.glorot_uniform()
+        item_table = self.param(ITEM_TABLE, init, (self.num_items, self.item_dim), jnp.float32)
+        category_table = self.param(CATEGORY_TABLE, init, (self.num_categories, self.category_dim), jnp.float32)
+
+        ones_B = jnp.ones(batch["item"].shape, jnp.float32)
+        valid_BxT = history_mask(batch["hist_len"], batch["hist_item"].shape[1]).astype(jnp.float32)
+        item_B, hist_item_BxT = self._lookup_rows(ITEM_TABLE, item_table, [batch["item"], batch["hist_item"]],
+                                                  [ones_B, valid_BxT])
+        category_B, hist_category_BxT = self._lookup_rows(
+            CATEGORY_TABLE, category_table, [batch["category"], batch["hist_category"]], [ones_B, valid_BxT])
+        candidate_BxD = jnp.concatenate([item_B, category_B], axis=-1).astype(self.dtype)
+        history_BxTxD = jnp.concatenate([hist_item_BxT, hist_category_BxT], axis=-1).astype(self.dtype)
+        user_BxU = None
+        if self.user_dim > 0:
+            if self.num_users <= 0:
+                raise ValueError("user_dim > 0 needs num_users > 0")
+            user_table = self.param(USER_TABLE, init, (self.num_users, self.user_dim), jnp.float32)
+            user_BxU = self._lookup_rows(USER_TABLE, user_table, [batch["user"]], [ones_B])[0].astype(self.dtype)
+        item_bias_B = None
+        if self.use_item_bias:
+            bias_table = self.param(ITEM_BIAS_TABLE, nn.initializers.zeros, (self.num_items, 1), jnp.float32)
+            item_bias_B = self._lookup_rows(ITEM_BIAS_TABLE, bias_table, [batch["item"]], [ones_B])[0][..., 0]
+        return {"candidate": candidate_BxD, "history": history_BxTxD, "user": user_BxU, "item_bias": item_bias_B}
+
+    def _lookup_rows(self, name: str, table_VxE, ids_list, valid_list) -> List[jnp.ndarray]:
+        """One ``lookup`` per id array, or, with the sparse-update collections, one gather of all the ids
+        (the order of the delta rows and recorded ids), recording them with ``valid_list`` and adding the delta."""
+        record = self.is_mutable_collection(EMBEDDING_LOOKUPS) and not self.is_initializing()
+        delta = self.get_variable(EMBEDDING_DELTA, name) if self.has_variable(EMBEDDING_DELTA, name) else None
+        if not record and delta is None:
+            return [lookup(table_VxE, ids) for ids in ids_list]
+        flat_ids = jnp.concatenate([ids.reshape(-1).astype(jnp.int32) for ids in ids_list])
+        rows_NxE = jnp.take(table_VxE, flat_ids, axis=0)
+        if record:
+            valid = jnp.concatenate([v.reshape(-1).astype(jnp.float32) for v in valid_list])
+            if self.has_variable(EMBEDDING_LOOKUPS, name):
+                raise ValueError("sparse embedding updates need one FeatureEmbedding call per forward pass")
+            # put_variable, not sow: flax 0.6.0 reserves sown names, which clash with the table's.
+            self.put_variable(EMBEDDING_LOOKUPS, name, (flat_ids, valid))
+        if delta is not None:
+            # The table gets no gradient: the optimiser updates the looked-up rows from the delta's gradient.
+            rows_NxE = jax.lax.stop_gradient(rows_NxE) + delta.astype(rows_NxE.dtype)
+        out, start = [], 0
+        for ids in ids_list:
+            size = int(np.prod(ids.shape))
+            out.append(rows_NxE[start:start + size].reshape(ids.shape + table_VxE.shape[1:]))
+            start += size
+        return out
+
+
+class Sigmoid(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        return jax.nn.sigmoid(x)
+
+
+class ReLU(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        return jax.nn.relu(x)
+
+
+class Identity(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        return x
+
+
+class PReLU(nn.Module):
+    """Parametric ReLU, one learnt slope per channel (He et al., 2015); ``alpha_init`` 0 as in the DIN authors'
+    code (a ReLU at initialisation)."""
+
+    alpha_init: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        del train, mask
+        alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), (x.shape[-1],), jnp.float32)
+        return jnp.where(x >= 0, x, alpha.astype(x.dtype) * x)
+
+
+class Dice(nn.Module):
+    """Dice (Zhou et al., KDD 2018, eq. 7): ``p s + (1 - p) alpha s``, ``p = sigmoid((s - E s) / sqrt(Var s + eps))``.
+
+    Training uses the mini-batch statistics (over every leading axis, real rows only with ``mask``, across
+    devices with ``axis_name``) and keeps moving averages (``batch_stats``) for inference. Differs from the public
+    originals, which get this wrong: the authors' code never updates its statistics, DIEN/Graphcore's uses batch
+    statistics at inference. ``epsilon`` 1e-8 as in the paper, ``momentum`` 0.99 (the authors' batch norm).
+    """
+
+    epsilon: float = 1e-8
+    momentum: float = 0.99
+    alpha_init: float = 0.0
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, mask=None):
+        channels = x.shape[-1]
+        alpha = self.param("alpha", nn.initializers.constant(self.alpha_init), (channels,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((channels,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((channels,), jnp.float32))
+
+        x32 = x.astype(jnp.float32)
+        if train:
+            mean, var = _masked_moments(x32, mask, self.axis_name)
+            if not self.is_initializing():
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * var
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        # A constant channel gives 1e4 * 0 with eps = 1e-8: finite, no guard needed.
+        p = jax.nn.sigmoid((x32 - mean) * jax.lax.rsqrt(var + self.epsilon))
+        out = p * x32 + (1.0 - p) * alpha * x32
+        return out.astype(x.dtype)
+
+
+def _masked_moments(x, mask, axis_name):
+    """Mean and biased variance over every axis but the last, as E[x] and E[x^2] - E[x]^2 so that a ``psum``
+    of each gives exactly the global batch's statistics."""
+    reduce_axes = tuple(range(x.ndim - 1))
+    if mask is None:
+        weight = jnp.ones(x.shape[:-1] + (1,), jnp.float32)
+    else:
+        weight = jnp.broadcast_to(mask.astype(jnp.float32).reshape(mask.shape + (1,) * (x.ndim - mask.ndim)),
+                                  x.shape[:-1] + (1,))
+    count = jnp.sum(weight)
+    sum_x = jnp.sum(weight * x, axis=reduce_axes)
+    sum_x2 = jnp.sum(weight * x * x, axis=reduce_axes)
+    if axis_name is not None:
+        count, sum_x, sum_x2 = jax.lax.psum((count, sum_x, sum_x2), axis_name)
+    count = jnp.maximum(count, 1.0)
+    mean = sum_x / count
+    var = jnp.maximum(sum_x2 / count - mean * mean, 0.0)
+    return mean, var
+
+
+ActivationFactory = Callable[..., nn.Module]
+
+ACTIVATIONS = Registry("activation")
+ACTIVATIONS.register("sigmoid", Sigmoid)
+ACTIVATIONS.register("relu", ReLU)
+ACTIVATIONS.register("prelu", PReLU)
+ACTIVATIONS.register("dice", Dice)
+ACTIVATIONS.register("identity", Identity)
+
+
+def register_activation(name: str, factory: ActivationFactory, overwrite: bool = False) -> ActivationFactory:
+    """Adds an activation (a module class or partial, called as ``act(x, train=..., mask=...)``) for
+    ``--activation`` and model fields; returns the factory."""
+    return ACTIVATIONS.register(name, factory, overwrite)
+
+
+def make_activation(name_or_factory: Union[str, ActivationFactory], axis_name: Optional[str] = None) -> nn.Module:
+    """Instantiates an activation (inside a parent's compact ``__call__``), with ``axis_name`` if it takes one."""
+    return ACTIVATIONS.make(name_or_factory, axis_name=axis_name)
+
+
+class MLP(nn.Module):
+    """Dense layers with a named activation (and dropout in training), then a linear layer to a float32 logit ``[B]``.
+
+    ``hidden``: 80-40 in the authors' Amazon code, 200-80 in the paper and Graphcore's.
+    """
+
+    hidden: Sequence[int] = (80, 40)
+    activation: Union[str, ActivationFactory] = "prelu"
+    dropout_rate: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x_BxF, train: bool = False):
+        h = x_BxF.astype(self.dtype)
+        for width in self.hidden:
+            h = nn.Dense(width, dtype=self.dtype)(h)
+            h = make_activation(self.activation, self.axis_name)(h, train=train)
+            if self.dropout_rate > 0:
+                h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+        return nn.Dense(1, dtype=self.dtype)(h)[..., 0].astype(jnp.float32)
+
+
+NORMALIZATIONS = ("none", "softmax")
+
+# Finite: -inf would give NaN (inf - inf) for an empty history, and exp of this underflows to 0 in float16 too.
+_MASK_FILL = -1e9
+
+
+def masked_softmax(scores_BxT, mask_BxT):
+    """Softmax over the valid positions, all zeros for an empty history, zero gradient to masked scores.
+
+    Written by hand (no ``jax.nn.softmax(where=...)``) for the IPU stack.
+    """
+    scores_BxT = scores_BxT.astype(jnp.float32)
+    filled_BxT = jnp.where(mask_BxT, scores_BxT, _MASK_FILL)
+    shifted_BxT = filled_BxT - jax.lax.stop_gradient(jnp.max(filled_BxT, axis=-1, keepdims=True))
+    exp_BxT = jnp.where(mask_BxT, jnp.exp(shifted_BxT), 0.0)
+    denom_Bx1 = jnp.sum(exp_BxT, axis=-1, keepdims=True)
+    return exp_BxT / jnp.where(denom_Bx1 > 0, denom_Bx1, 1.0)
+
+
+def _weighted_sum(weights_BxT, keys_BxTxD):
+    return jnp.einsum("bt,btd->bd", weights_BxT.astype(keys_BxTxD.dtype), keys_BxTxD)
+
+
+class DinAttention(nn.Module):
+    """DIN's local activation unit (Zhou et al., KDD 2018, section 4.3): an MLP (``hidden``, ``activation``: 80-40
+    sigmoid in the authors' code) scores ``[q, k_j, q - k_j, q * k_j]``; the pooled history is ``sum_j w_j k_j``.
+    ``normalization``: ``none`` (the paper: raw scores, whose sum keeps the interest's intensity) or ``softmax``
+    (the authors' code: masked softmax of ``score / sqrt(D)``).
+
+    The first layer is evaluated in the equal split form ``(W_q + W_d) q + (W_k - W_d) k + W_p (q * k)`` (query
+    part once per sample; ``split_first_layer`` False: the concatenation, same parameters), and with ``fold_query``
+    from ``fold_min_length`` positions on as ``k (W_k - W_d + diag(q) W_p)``: one ``D x H`` product per position.
+    """
+
+    hidden: Sequence[int] = (80, 40)
+    activation: Union[str, ActivationFactory] = "sigmoid"
+    normalization: str = "none"
+    split_first_layer: bool = True
+    fold_query: bool = True
+    fold_min_length: int = 32
+    dtype: jnp.dtype = jnp.float32
+    axis_name: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError("unknown attention normalization %r; choose from %s"
+                             % (self.normalization, list(NORMALIZATIONS)))
+        if not self.hidden:
+            raise ValueError("DinAttention needs at least one hidden layer")
+        dim = keys_BxTxD.shape[-1]
+        query_BxD = query_BxD.astype(self.dtype)
+        keys_BxTxD = keys_BxTxD.astype(self.dtype)
+
+        first = self.hidden[0]
+        # One kernel for the four blocks, so that the split and unsplit forms share parameters (and checkpoints).
+        kernel = self.param("first_kernel", nn.initializers.lecun_normal(), (4 * dim, first), jnp.float32)
+        bias = self.param("first_bias", nn.initializers.zeros, (first,), jnp.float32)
+        kernel = kernel.astype(self.dtype)
+        bias = bias.astype(self.dtype)
+        w_q, w_k, w_d, w_p = (kernel[i * dim:(i + 1) * dim] for i in range(4))
+        if self.split_first_layer:
+            per_query_BxH = query_BxD @ (w_q + w_d) + bias
+            if self.fold_query and keys_BxTxD.shape[1] >= self.fold_min_length:
+                # Building the per-sample D x H matrix costs D x H per sample: it pays only from a few dozen
+                # positions on (measured on CPU: docs/PERFORMANCE.md).
+                per_sample_BxDxH = (w_k - w_d)[None] + query_BxD[:, :, None] * w_p[None]
+                hidden_BxTxH = jnp.einsum("btd,bdh->bth", keys_BxTxD, per_sample_BxDxH)
+            else:
+                hidden_BxTxH = keys_BxTxD @ (w_k - w_d) + (query_BxD[:, None, :] * keys_BxTxD) @ w_p
+            hidden_BxTxH = hidden_BxTxH + per_query_BxH[:, None, :]
+        else:
+            query_BxTxD = jnp.broadcast_to(query_BxD[:, None, :], keys_BxTxD.shape)
+            features_BxTx4D = jnp.concatenate(
+                [query_BxTxD, keys_BxTxD, query_BxTxD - keys_BxTxD, query_BxTxD * keys_BxTxD], axis=-1)
+            hidden_BxTxH = features_BxTx4D @ kernel + bias
+        hidden_BxTxH = make_activation(self.activation, self.axis_name)(hidden_BxTxH, train=train, mask=mask_BxT)
+        for width in self.hidden[1:]:
+            hidden_BxTxH = nn.Dense(width, dtype=self.dtype)(hidden_BxTxH)
+            hidden_BxTxH = make_activation(self.activation, self.axis_name)(hidden_BxTxH, train=train, mask=mask_BxT)
+        scores_BxT = nn.Dense(1, dtype=self.dtype)(hidden_BxTxH)[..., 0].astype(jnp.float32)
+
+        if self.normalization == "softmax":
+            weights_BxT = masked_softmax(scores_BxT / jnp.sqrt(jnp.float32(dim)), mask_BxT)
+        else:
+            weights_BxT = jnp.where(mask_BxT, scores_BxT, 0.0)
+        return _weighted_sum(weights_BxT, keys_BxTxD), weights_BxT
+
+
+class DotAttention(nn.Module):
+    """Scaled dot-product attention, ``masked_softmax(q . k_j / sqrt(D))``: no parameters, the cheapest pooler
+    that still depends on the candidate."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False):
+        del train
+        keys_BxTxD = keys_BxTxD.astype(self.dtype)
+        scores_BxT = jnp.einsum("bd,btd->bt", query_BxD.astype(self.dtype), keys_BxTxD).astype(jnp.float32)
+        weights_BxT = masked_softmax(scores_BxT / jnp.sqrt(jnp.float32(keys_BxTxD.shape[-1])), mask_BxT)
+        return _weighted_sum(weights_BxT, keys_BxTxD), weights_BxT
+
+
+class MeanPooling(nn.Module):
+    """Masked mean of the history (BaseModel's pooling); empty histories give zeros."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False):
+        del query_BxD, train
+        mask_BxT = mask_BxT.astype(jnp.float32)
+        count_Bx1 = jnp.maximum(jnp.sum(mask_BxT, axis=-1, keepdims=True), 1.0)
+        weights_BxT = mask_BxT / count_Bx1
+        return _weighted_sum(weights_BxT, keys_BxTxD.astype(self.dtype)), weights_BxT
+
+
+class SumPooling(nn.Module):
+    """Masked sum of the history."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False):
+        del query_BxD, train
+        weights_BxT = mask_BxT.astype(jnp.float32)
+        return _weighted_sum(weights_BxT, keys_BxTxD.astype(self.dtype)), weights_BxT
+
+
+AttentionFactory = Callable[..., nn.Module]
+
+ATTENTIONS = Registry("attention")
+ATTENTIONS.register("din", DinAttention)
+ATTENTIONS.register("din_softmax", functools.partial(DinAttention, normalization="softmax"))
+ATTENTIONS.register("dot", DotAttention)
+ATTENTIONS.register("mean", MeanPooling)
+ATTENTIONS.register("sum", SumPooling)
+
+
+def register_attention(name: str, factory: AttentionFactory, overwrite: bool = False) -> AttentionFactory:
+    """Adds a pooler (a module class or partial, called like the others) for ``--attention NAME``.
+
+    Fields named ``hidden``, ``activation``, ``normalization``, ``dtype`` or ``axis_name`` receive the model's
+    attention settings; other fields keep their defaults.
+    """
+    return ATTENTIONS.register(name, factory, overwrite)
+
+
+def make_attention(name_or_factory: Union[str, AttentionFactory], **config) -> nn.Module:
+    """Instantiates a registered pooler with the config keys it has fields for."""
+    return ATTENTIONS.make(name_or_factory, **config)
+
+
+class EmbeddingMLPModel(EmbeddingFields):
+    """The fields every model of the comparison shares: the embedding layer and the prediction MLP.
+
+    Subclasses add fields and write their own compact ``__call__``, building the shared parts with
+    ``feature_embedding`` and ``prediction_mlp``. ``axis_name``: pmap axis for cross-device statistics (Dice).
+    """
+
+    mlp_hidden: Sequence[int] = (80, 40)
+    activation: Union[str, ActivationFactory] = "prelu"
+    dropout_rate: float = 0.0
+    axis_name: Optional[str] = None
+
+
+def feature_embedding(model: EmbeddingMLPModel) -> FeatureEmbedding:
+    """The model's embedding layer (submodule ``embedding``), inside its compact ``__call__``."""
+    return FeatureEmbedding(name="embedding", **model.embedding_fields())
+
+
+def prediction_mlp(model: EmbeddingMLPModel) -> MLP:
+    """The model's prediction MLP (submodule ``mlp``), inside its compact ``__call__``."""
+    return MLP(tuple(model.mlp_hidden), model.activation, model.dropout_rate, model.dtype, model.axis_name, name="mlp")

@@ -38,8 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from din_jax.data.buckets import normalize_buckets, plan_bucketed_chunks
-from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.data.batching import gather_chunk, normalize_buckets, plan_bucketed_chunks, plan_chunks, prefetch
 
 MODES = ("train", "infer")
 RESULT_FILES = {"train": "results_train.csv", "infer": "results_infer.csv"}

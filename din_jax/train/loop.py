@@ -46,8 +46,7 @@ from absl import logging
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.data.buckets import normalize_buckets, plan_split_chunks
-from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.data.batching import gather_chunk, normalize_buckets, plan_chunks, plan_split_chunks, prefetch
 from din_jax.train.evaluation import evaluate_split
 from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer

@@ -126,7 +126,7 @@ class Trainer:
       config: the run's settings (validated here). With ``resume``, the state
         is restored from the newest checkpoint under
         ``<model_path>/checkpoints`` (a fresh start when there is none).
-      source: a ``Dataset`` or ``SyntheticDataset``; loaded from the config
+      source: a ``Dataset``; loaded from the config
         when None.
       hooks: observers (see the module docstring).
 
@@ -157,7 +157,7 @@ class Trainer:
 
         splits = self.source.split_names()
         if "train" not in splits:
-            raise ConfigError("dataset %s has no training samples" % getattr(self.source, "path", "(synthetic)"))
+            raise ConfigError("dataset %s has no training samples" % (self.source.path or "(in memory)"))
         self.has_validation = "validation" in splits
         self.has_test = "test" in splits
         if not self.has_validation:
@@ -236,10 +236,9 @@ class Trainer:
         return self.process_index == 0
 
     @property
-    def item_category(self) -> Optional[np.ndarray]:
+    def item_category(self) -> np.ndarray:
         """The data's item -> category map (saved with every checkpoint, for ranking)."""
-        value = getattr(self.source, "item_category", None)
-        return None if value is None else np.asarray(value, dtype=np.int32)
+        return np.asarray(self.source.item_category, dtype=np.int32)
 
     # -- stopping ------------------------------------------------------------
 

@@ -435,16 +435,12 @@ def read_metadata(path: str, report: BuildReport, position: int = 0) -> Metadata
     return Metadata(items, categories)
 
 
-def _read_metadata_job(path: str, strict: bool) -> Tuple[Metadata, BuildReport]:
-    report = BuildReport(strict=strict)
-    return read_metadata(path, report, position=1), report
-
-
 def _metadata_worker(connection, path: str, strict: bool) -> None:
     """Runs in the second process: sends ``("ok", (metadata, report))`` or ``("error", exception)``."""
     try:
         try:
-            result = ("ok", _read_metadata_job(path, strict))
+            report = BuildReport(strict=strict)
+            result = ("ok", (read_metadata(path, report, position=1), report))
         except KeyboardInterrupt:
             result = ("error", DataPrepError("interrupted"))
         except Exception as error:  # re-raised in the parent, which owns the error reporting
@@ -458,11 +454,7 @@ def _metadata_worker(connection, path: str, strict: bool) -> None:
 
 
 def read_amazon_files(reviews_path: str, meta_path: str, report: BuildReport, workers: int = 2):
-    """Reads both files; with ``workers > 1`` the metadata is parsed in a second process meanwhile.
-
-    Returns:
-      ``(Reviews, Metadata)``.
-    """
+    """``(Reviews, Metadata)`` of both files; with ``workers > 1`` the metadata is parsed in a second process."""
     if workers <= 1:
         return read_reviews(reviews_path, report), read_metadata(meta_path, report)
     # spawn, not fork: a forked child of a threaded process (the hashing thread) can inherit a held lock.

@@ -274,9 +274,7 @@ def _generate_split(rng: np.random.Generator, num_rows: int, first_sequence: int
     length_chunks = [np.zeros(0, dtype=np.int64)]
     for chunk_start in range(0, num_rows, _GENERATION_CHUNK_ROWS):
         chunk_rows = min(_GENERATION_CHUNK_ROWS, num_rows - chunk_start)
-        batch = make_synthetic_batch(rng, chunk_rows, config["max_seq_len"], config["num_users"],
-                                     config["num_items"], config["num_categories"], item_category=item_category,
-                                     length_spec=lengths)
+        batch = make_synthetic_batch(rng, chunk_rows, item_category=item_category, length_spec=lengths, **config)
         sequence_ids = first_sequence + chunk_start + np.arange(chunk_rows)
         columns = [batch["user"], sequence_ids, batch["hist_len"], batch["item"], batch["label"]]
         row_chunks.append(np.stack(columns, axis=1).astype(np.int32))

@@ -25,7 +25,8 @@ from data_prep.importers import interactions
 from data_prep.remap import clean_and_remap, write_remapped
 from data_prep.report import BuildReport, DataPrepError
 from data_prep.tables import read_table
-from din_jax.data.dataset import DatasetError, load_dataset, write_dataset
+from din_jax.data.dataset import DatasetError, load_dataset
+from din_jax.data.writer import write_dataset
 
 
 def _run(script, *args, env=None):

@@ -126,8 +126,7 @@ class Trainer:
       config: the run's settings (validated here). With ``resume``, the state
         is restored from the newest checkpoint under
         ``<model_path>/checkpoints`` (a fresh start when there is none).
-      source: a ``Dataset``; loaded from the config
-        when None.
+      source: a ``Dataset``; loaded from the config when None.
       hooks: observers (see the module docstring).
 
     Raises:

@@ -103,8 +103,7 @@ def regularization_for(config: Any, source: Any) -> Optional[Regularization]:
 
     Args:
       config: has ``mba_lambda`` and ``l2``.
-      source: a ``Dataset`` (``item_frequencies()``,
-        ``category_frequencies()``, ``user_frequencies()``).
+      source: a ``Dataset`` (``item_frequencies()``, ``category_frequencies()``, ``user_frequencies()``).
     """
     mba_lambda = float(getattr(config, "mba_lambda", 0.0))
     l2 = float(getattr(config, "l2", 0.0))

@@ -16,6 +16,7 @@ import ast
 import gzip
 import io
 import json
+import multiprocessing
 import os
 import re
 import zlib
@@ -432,3 +433,56 @@ def read_metadata(path: str, report: BuildReport, position: int = 0) -> Metadata
             items.append(asin)
             categories.append(category or None)
     return Metadata(items, categories)
+
+
+def _metadata_worker(connection, path: str, strict: bool) -> None:
+    """Runs in the second process: sends ``("ok", (metadata, report))`` or ``("error", exception)``."""
+    try:
+        try:
+            report = BuildReport(strict=strict)
+            result = ("ok", (read_metadata(path, report, position=1), report))
+        except KeyboardInterrupt:
+            result = ("error", DataPrepError("interrupted"))
+        except Exception as error:  # re-raised in the parent, which owns the error reporting
+            result = ("error", error)
+        try:
+            connection.send(result)
+        except Exception as error:  # e.g. an exception that does not pickle
+            connection.send(("error", DataPrepError(f"{path}: {type(error).__name__}: {error}")))
+    finally:
+        connection.close()
+
+
+def read_amazon_files(reviews_path: str, meta_path: str, report: BuildReport, workers: int = 2):
+    """``(Reviews, Metadata)`` of both files; with ``workers > 1`` the metadata is parsed in a second process."""
+    if workers <= 1:
+        return read_reviews(reviews_path, report), read_metadata(meta_path, report)
+    # spawn, not fork: a forked child of a threaded process (the hashing thread) can inherit a held lock.
+    # A bare Process and a Pipe, not a Pool, whose semaphores the resource tracker reported as leaked
+    # when a --strict error terminated it.
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_metadata_worker, args=(sender, meta_path, report.strict),
+                              name="read-metadata", daemon=True)
+    process.start()
+    sender.close()
+    try:
+        reviews = read_reviews(reviews_path, report)
+        try:
+            status, payload = receiver.recv()
+        except EOFError:
+            process.join()
+            raise DataPrepError(f"{meta_path}: the process reading it stopped without a result (exit code "
+                                f"{process.exitcode}); try --workers 1") from None
+        process.join()
+    finally:
+        if process.is_alive():
+            # Do not wait for the other file after a failure (e.g. --strict).
+            process.terminate()
+            process.join()
+        receiver.close()
+    if status == "error":
+        raise payload
+    metadata, meta_report = payload
+    report.merge(meta_report)
+    return reviews, metadata

@@ -17,7 +17,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_prep.builder import build_dataset, summarize  # noqa: E402
-from data_prep.cli import require_flags, run_safely  # noqa: E402
+from data_prep.cli import require_flags, run_app, run_safely  # noqa: E402
 from data_prep.importers.common import BuildOptions  # noqa: E402
 from data_prep.report import BuildReport  # noqa: E402
 
@@ -67,6 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from data_prep.cli import run_app
-
     run_app(main)

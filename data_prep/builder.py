@@ -14,7 +14,8 @@ from data_prep.importers.registry import get_importer
 from data_prep.progress import stage
 from data_prep.report import BuildReport
 from data_prep.sources import SourceHasher
-from din_jax.data.dataset import META_FILE, check_output_path, write_dataset
+from din_jax.data.dataset import META_FILE
+from din_jax.data.writer import check_output_path, write_dataset
 
 
 def build_dataset(options: BuildOptions, output: str, *, overwrite: bool = False, strict: bool = False,

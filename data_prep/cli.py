@@ -6,6 +6,7 @@ import traceback
 from typing import Any, Callable, List, Optional
 
 from data_prep.report import DataPrepError
+from din_jax.cli import run_main
 from din_jax.data.dataset import DatasetError
 
 DEBUG_VARIABLE = "DATA_PREP_DEBUG"
@@ -44,8 +45,6 @@ def run_safely(program: str, work: Callable[[], None]) -> None:
 
 def run_app(main: Callable[[List[str]], Any]) -> None:
     """``absl.app.run(main)`` with bad flags and stray arguments told in one line (exit 2), like every other error."""
-    from din_jax.cli import run_main
-
     run_main(main, lambda program, message: _fail(program, message, None))
 
 

@@ -16,11 +16,15 @@ import sys
 from typing import List, Tuple
 
 import pandas as pd
+from absl import flags
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_prep.amazon import read_amazon_files  # noqa: E402
+from data_prep.cli import require_flags, run_app, run_safely  # noqa: E402
 from data_prep.report import BuildReport, DataPrepError, reading  # noqa: E402
+from data_prep.sources import SourceHasher  # noqa: E402
 from data_prep.tables import TABLE_FORMATS, read_table, table_path, write_table  # noqa: E402
 
 CONVERT_REPORT = "convert.json"
@@ -29,9 +33,6 @@ CONVERT_REPORT = "convert.json"
 def convert_amazon(reviews_path: str, meta_path: str, output_dir: str, report: BuildReport,
                    table_format: str = "npz", workers: int = 2) -> List[str]:
     """Parses both Amazon files and writes the reviews and items tables; returns the written paths."""
-    from data_prep.importers.amazon import read_amazon_files
-    from data_prep.sources import SourceHasher
-
     for path in (reviews_path, meta_path):
         if not path or not os.path.isfile(path):
             raise DataPrepError(f"{path}: no such file")
@@ -83,10 +84,6 @@ def read_converted(directory: str, report: BuildReport) -> Tuple[pd.DataFrame, p
 
 def main(argv):
     """Entry point (flags defined below, only when run as a script)."""
-    from absl import flags
-
-    from data_prep.cli import require_flags, run_safely
-
     del argv
     flags_ = flags.FLAGS
 
@@ -102,14 +99,10 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
     flags.DEFINE_string("input", None, "Review file (.json or .json.gz, 2014 or 2018).")
     flags.DEFINE_string("meta", None, "Metadata file (.json or .json.gz, 2014 literal or 2018 JSON lines).")
     flags.DEFINE_string("output_dir", None, "Directory for the tables.")
     flags.DEFINE_enum("table_format", "npz", list(TABLE_FORMATS), "npz (numpy only) or parquet (needs pyarrow).")
     flags.DEFINE_bool("strict", False, "Fail at the first malformed line.")
     flags.DEFINE_integer("workers", 2, "Processes reading the two files.")
-    from data_prep.cli import run_app
-
     run_app(main)

@@ -19,9 +19,12 @@ import urllib.parse
 import urllib.request
 from typing import Dict, List, Optional
 
+from absl import flags
+
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_prep.cli import require_flags, run_app, run_safely  # noqa: E402
 from data_prep.progress import progress  # noqa: E402
 from data_prep.report import DataPrepError  # noqa: E402
 
@@ -199,10 +202,6 @@ def download_amazon(category: str, release: str, output_dir: str, timeout: float
 
 def main(argv):
     """Entry point (flags defined below, only when run as a script)."""
-    from absl import flags
-
-    from data_prep.cli import require_flags, run_safely
-
     del argv
     flags_ = flags.FLAGS
 
@@ -218,12 +217,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
     flags.DEFINE_string("output_dir", None, "Where to put the files.")
     flags.DEFINE_string("category", "Electronics", "Amazon category (file name part), e.g. Electronics, Books.")
     flags.DEFINE_enum("release", "2014", sorted(URL_TEMPLATES), "Dataset release (2014 = the DIN paper's).")
     flags.DEFINE_float("timeout", 10.0, "Seconds to wait for the server before giving up.")
-    from data_prep.cli import run_app
-
     run_app(main)

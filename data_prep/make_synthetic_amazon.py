@@ -33,6 +33,7 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_prep.cli import run_app  # noqa: E402
 from data_prep.progress import progress  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -249,6 +250,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from data_prep.cli import run_app
-
     run_app(main)

@@ -20,10 +20,13 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from absl import flags
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from data_prep import convert  # noqa: E402
+from data_prep.cli import require_flags, run_app, run_safely  # noqa: E402
 from data_prep.progress import stage, stages  # noqa: E402
 from data_prep.report import BuildReport, DataPrepError  # noqa: E402
 
@@ -239,11 +242,6 @@ def _read_remapped(directory: str, report: BuildReport, step):
 
 def main(argv):
     """Entry point: converted tables (convert.py output) -> remapped directory."""
-    from absl import flags
-
-    from data_prep import convert
-    from data_prep.cli import require_flags, run_safely
-
     del argv
     flags_ = flags.FLAGS
 
@@ -267,10 +265,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
     flags.DEFINE_string("input", None, "Directory written by convert.py (reviews + items tables).")
     flags.DEFINE_string("output_dir", None, "Directory for the remapped log and id maps.")
-    from data_prep.cli import run_app
-
     run_app(main)

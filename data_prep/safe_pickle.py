@@ -8,6 +8,8 @@ every other name, so a dataset file can describe data but not execute it.
 
 import _compat_pickle
 import builtins
+import codecs
+import collections
 import importlib
 import io
 import pickle
@@ -39,13 +41,9 @@ def _allowed(module: str, name: str):
     if module in ("builtins", "__builtin__") and name in _BUILTINS:
         return getattr(builtins, name)
     if module == "collections" and name == "OrderedDict":
-        import collections
-
         return collections.OrderedDict
     # Protocol-2 pickles written by Python 3 encode bytes as _codecs.encode(text, "latin1").
     if module == "_codecs" and name == "encode":
-        import codecs
-
         return codecs.encode
     if module == "numpy" and name in ("ndarray", "dtype"):
         return getattr(np, name)

@@ -39,9 +39,8 @@ import jax
 import numpy as np
 
 from din_jax.config import TrainConfig
-from din_jax.data.buckets import normalize_buckets, plan_bucketed_chunks
+from din_jax.data.batching import gather_chunk, normalize_buckets, plan_bucketed_chunks, plan_chunks, prefetch
 from din_jax.data.dataset import load_dataset
-from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
 from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.train.setup import create_programs, vocabulary
 from din_jax.train.step import replicate, resolve_devices

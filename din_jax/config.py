@@ -79,7 +79,7 @@ class TrainConfig:
     # rows each micro-batch looks up (din_jax/train/sparse_step.py; lazy Adam); "dense"
     # updates whole tables.
     embedding_updates: str = "dense"
-    # History-length buckets (din_jax/data/buckets.py), e.g. (8, 16, 32, 64,
+    # History-length buckets (din_jax/data/batching.py), e.g. (8, 16, 32, 64,
     # 100); () or just max_seq_len: one bucket, every batch padded to
     # max_seq_len (the IPU's single program).
     length_buckets: Tuple[int, ...] = ()

@@ -18,7 +18,7 @@ from absl import flags
 
 from din_jax import benchmark
 from din_jax.config import DATA_TYPES, EMBEDDING_UPDATES, OPTIMIZERS, ConfigError, resolve_model
-from din_jax.data.buckets import parse_length_buckets
+from din_jax.data.batching import parse_length_buckets
 from din_jax.data.dataset import DatasetError
 
 flag_defs.define_model_flags()

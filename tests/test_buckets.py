@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.data.buckets import normalize_buckets, parse_length_buckets, plan_bucketed_chunks, plan_split_chunks
-from din_jax.data.pipeline import gather_chunk, plan_chunks
+from din_jax.data.batching import (
+    gather_chunk,
+    normalize_buckets,
+    parse_length_buckets,
+    plan_bucketed_chunks,
+    plan_chunks,
+    plan_split_chunks,
+)
 from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.models import build_model
 from din_jax.train import optim

@@ -9,7 +9,7 @@ from flax import traverse_util
 
 from din_jax import metrics
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.data.pipeline import gather_chunk, plan_chunks
+from din_jax.data.batching import gather_chunk, plan_chunks
 from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.models import build_model
 from din_jax.train import optim

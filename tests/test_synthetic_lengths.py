@@ -7,8 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from din_jax.data.electronics_lengths import ELECTRONICS_HISTORY_LENGTH_COUNTS, ELECTRONICS_SAMPLE_FILE
-from din_jax.data.synthetic import make_synthetic_dataset, parse_length_spec, sample_lengths
+from din_jax.data.synthetic import (
+    ELECTRONICS_HISTORY_LENGTH_COUNTS,
+    ELECTRONICS_SAMPLE_FILE,
+    make_synthetic_dataset,
+    parse_length_spec,
+    sample_lengths,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,7 +9,7 @@ import pytest
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
-from din_jax.data.pipeline import plan_chunks
+from din_jax.data.batching import plan_chunks
 from din_jax.data.synthetic import make_item_categories, make_synthetic_batch
 from din_jax.models import build_model
 from din_jax.train import loop as training

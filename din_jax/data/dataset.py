@@ -1,23 +1,18 @@
-"""The din_jax dataset directory: writing it atomically, loading it memory-mapped, batching it.
+"""The din_jax dataset (docs/DATASET_FORMAT.md): loading a directory memory-mapped, or holding arrays in memory.
 
-The format is specified in docs/DATASET_FORMAT.md. In short: every behaviour
-sequence is stored once (``sequences.npy`` + ``sequence_offsets.npy``) and a
-sample is a row ``(user, sequence, position, item, label)`` whose history is
-the prefix of length ``position`` of its sequence. Batches are gathered with
-numpy fancy indexing, never a Python loop per sample.
+Every behaviour sequence is stored once (``sequences`` + ``offsets``) and a sample is a row
+``(user, sequence, position, item, label)`` whose history is the sequence's prefix of length ``position``.
+Batches are gathered with numpy fancy indexing, never a Python loop per sample. ``din_jax.data.writer``
+writes the directory.
 """
 
-import datetime
 import json
 import os
-import shutil
-import tempfile
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from din_jax.data.negatives import make_user_item_keys, sample_negatives
-from din_jax.fileio import flush_to_disk, fsync_path, save_array
 
 FORMAT_NAME = "din_jax.dataset"
 FORMAT_VERSION = 1
@@ -35,32 +30,28 @@ _VOCAB_KEYS = {"user": "users", "item": "items", "category": "categories"}
 
 _USER, _SEQUENCE, _POSITION, _ITEM, _LABEL = range(5)
 
-
-class DatasetError(Exception):
-    """A dataset directory that cannot be written or read; the message names the directory and file."""
-
-
-def _split_file(split: str) -> str:
-    return split + ".npy"
+# (rng, negative train rows [n, 5]) -> [n] new candidate items.
+NegativeSampler = Callable[[np.random.Generator, np.ndarray], np.ndarray]
 
 
-# ----------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------
+class DatasetError(ValueError):
+    """A dataset that cannot be written or read; the message names the directory and file."""
 
 
 class Dataset:
-    """A loaded dataset directory. Large arrays stay memory-mapped.
+    """A dataset: a loaded directory (large arrays memory-mapped; ``path`` set) or arrays in memory (``path`` None).
 
     Attributes:
-      path: the directory.
+      path: the directory, None in memory.
       meta: the parsed meta.json.
       num_users, num_items, num_categories: vocabulary sizes (ids are ``0..n-1``).
+      sequences, offsets: the behaviour sequences, concatenated, and where each starts (then the end).
       item_category: int32 ``[num_items]``, the category of each item.
     """
 
-    def __init__(self, path: str, meta: dict, sequences: np.ndarray, offsets: np.ndarray,
-                 item_category: np.ndarray, splits: Dict[str, np.ndarray]):
+    def __init__(self, path: Optional[str], meta: dict, sequences: np.ndarray, offsets: np.ndarray,
+                 item_category: np.ndarray, splits: Dict[str, np.ndarray],
+                 draw_negatives: Optional[NegativeSampler] = None):
         self.path = path
         self.meta = meta
         self.num_users = int(meta["users"])
@@ -70,48 +61,65 @@ class Dataset:
         self.offsets = offsets
         self.item_category = item_category
         self._splits = splits
+        self._draw_negatives = draw_negatives
         self._user_item_keys: Optional[np.ndarray] = None
         self._gather_tables: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self._frequencies: Optional[Dict[str, np.ndarray]] = None  # in memory: counted on first use
+        self._counted_with = int(meta.get("max_seq_len", DEFAULT_MAX_SEQ_LEN))
+
+    @classmethod
+    def from_arrays(cls, meta: dict, sequences, offsets, item_category, splits: Mapping[str, np.ndarray],
+                    draw_negatives: Optional[NegativeSampler] = None) -> "Dataset":
+        """A dataset held in memory (e.g. ``din_jax.data.synthetic``'s), its arrays made read-only.
+
+        ``meta`` is as meta.json (``users``, ``items``, ``categories``; ``max_seq_len``: the history length the
+        training frequencies are counted with); the arrays are a directory's, a missing standard split empty.
+        ``draw_negatives`` replaces ``resample_negatives``' draw. DatasetError for arrays that break the format.
+        """
+        sequences = np.ascontiguousarray(sequences, dtype=np.int32).reshape(-1)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
+        item_category = np.ascontiguousarray(item_category, dtype=np.int32).reshape(-1)
+        empty = np.zeros((0, len(SAMPLE_COLUMNS)), dtype=np.int32)
+        names = list(SPLITS) + sorted(set(splits) - set(SPLITS))
+        all_splits = {name: np.ascontiguousarray(splits.get(name, empty), dtype=np.int32) for name in names}
+        problem = find_value_problem(meta, sequences, offsets, item_category, all_splits)
+        if problem is not None:
+            raise DatasetError("in-memory dataset: invalid {}: {}".format(*problem))
+        for array in [sequences, offsets, item_category] + list(all_splits.values()):
+            array.setflags(write=False)
+        return cls(None, meta, sequences, offsets, item_category, all_splits, draw_negatives)
 
     def __repr__(self) -> str:
         rows = ", ".join(f"{name}={len(rows)}" for name, rows in self._splits.items())
-        return f"Dataset({self.path!r}, users={self.num_users}, items={self.num_items}, categories={self.num_categories}, {rows})"
+        return (f"Dataset({self.path!r}, users={self.num_users}, items={self.num_items}, "
+                f"categories={self.num_categories}, {rows})")
 
     def split_names(self) -> List[str]:
-        """Returns the names of the splits that have at least one sample, train first."""
+        """The names of the splits that have at least one sample, train first."""
         return [name for name, rows in self._splits.items() if len(rows)]
 
     def samples(self, split: str) -> np.ndarray:
-        """Returns the int32 ``[N, 5]`` sample rows of a split (memory-mapped, read-only)."""
+        """The read-only int32 ``[N, 5]`` sample rows of a split."""
         try:
             return self._splits[split]
         except KeyError:
             raise DatasetError(f"{self.path}: unknown split {split!r}; choose from {sorted(self._splits)}") from None
 
     def num_samples(self, split: str) -> int:
-        """Returns the number of sample rows of a split (0 for an empty one)."""
+        """The number of sample rows of a split (0 for an empty one)."""
         return int(len(self.samples(split)))
 
     def history_lengths(self, split: str, max_seq_len: int) -> np.ndarray:
-        """Returns int32 ``[N]``: the history length each sample of the split gets in a batch."""
+        """int32 ``[N]``: the history length each sample of the split gets in a batch."""
         positions = self.samples(split)[:, _POSITION]
         return np.minimum(positions, max_seq_len).astype(np.int32)
 
     def gather(self, split: str, indices: np.ndarray, max_seq_len: int,
                samples: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
-        """Builds the batch dict (docs/DATASET_FORMAT.md) for some rows of a split.
+        """The batch dict (docs/DATASET_FORMAT.md) of rows ``indices`` ``[B]`` of a split.
 
-        Args:
-          split: the split whose rows ``indices`` address (ignored when
-            ``samples`` is given, except in error messages).
-          indices: int array ``[B]`` of row numbers.
-          max_seq_len: ``T``; the history is the last ``T`` items of the
-            sample's prefix, left-aligned and zero padded.
-          samples: optional ``[N, 5]`` rows to use instead of the split's
-            stored ones (e.g. the output of ``resample_negatives``).
-
-        Returns:
-          ``user, item, category, hist_item, hist_category, hist_len, label``.
+        The history is the last ``max_seq_len`` items of the sample's prefix, left-aligned and zero padded.
+        ``samples`` replaces the split's stored rows (e.g. the output of ``resample_negatives``).
         """
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -123,70 +131,78 @@ class Dataset:
         return gather_rows(rows, self.sequences, self.offsets, self.item_category, max_seq_len, self._gather_tables)
 
     def resample_negatives(self, rng: np.random.Generator) -> np.ndarray:
-        """Returns a copy of the train rows whose label-0 rows get fresh uniform negatives.
+        """A copy of the train rows whose label-0 rows get fresh negatives.
 
-        A negative is never one of the items in any sequence of the row's user
-        (for protocol-built data: anything the user ever reviewed, including
-        the validation and test targets).
+        By default a negative is uniform and never an item of any sequence of the row's user (for
+        protocol-built data: anything the user reviewed, validation and test targets included); a
+        dataset made with ``draw_negatives`` draws its own.
 
         Raises:
-          DatasetError: if the dataset's negatives cannot be resampled (meta
-            ``negatives.resampleable`` is false, e.g. the authors' fixed data).
+          DatasetError: the negatives are fixed (meta ``negatives.resampleable`` false, e.g. the authors' data).
         """
         negatives = self.meta.get("negatives") or {}
-        if not negatives.get("resampleable", False):
-            raise DatasetError("{}: {}: negatives of this dataset ({} source) are fixed and cannot be "
-                               "resampled".format(self.path, META_FILE, self.meta.get("source_format")))
+        if self._draw_negatives is None and not negatives.get("resampleable", False):
+            raise DatasetError(f"{self.path}: {META_FILE}: negatives of this dataset ({self.meta.get('source_format')}"
+                               " source) are fixed and cannot be resampled")
         train = np.array(self.samples("train"), dtype=np.int32, copy=True)
         negative_rows = np.flatnonzero(train[:, _LABEL] == 0)
+        if self._draw_negatives is not None:
+            train[negative_rows, _ITEM] = self._draw_negatives(rng, train[negative_rows])
+            return train
         try:
-            train[negative_rows, _ITEM] = sample_negatives(
-                rng, train[negative_rows, _USER], self.num_items, self.user_item_keys())
+            train[negative_rows, _ITEM] = sample_negatives(rng, train[negative_rows, _USER], self.num_items,
+                                                           self.user_item_keys())
         except ValueError as error:
             raise DatasetError(f"{self.path}: {error}") from None
         return train
 
     def user_item_keys(self) -> np.ndarray:
-        """Returns the sorted ``user * num_items + item`` keys of every (user, item in their sequences) pair."""
+        """The sorted ``user * num_items + item`` keys of every (user, item in their sequences) pair."""
         if self._user_item_keys is None:
             sequence_user = np.full(len(self.offsets) - 1, -1, dtype=np.int64)
             for rows in self._splits.values():
                 sequence_user[rows[:, _SEQUENCE]] = rows[:, _USER]
-            lengths = np.diff(self.offsets)
-            event_user = np.repeat(sequence_user, lengths)
+            event_user = np.repeat(sequence_user, np.diff(self.offsets))
             known = event_user >= 0
-            self._user_item_keys = make_user_item_keys(
-                event_user[known], np.asarray(self.sequences)[known], self.num_items)
+            self._user_item_keys = make_user_item_keys(event_user[known], np.asarray(self.sequences)[known],
+                                                       self.num_items)
         return self._user_item_keys
 
     def _load_frequencies(self, kind: str) -> np.ndarray:
-        vocab = getattr(self, "num_" + _VOCAB_KEYS[kind])
-        return _load_array(self.path, FREQ_FILES[kind], np.int64, (vocab,))
+        if self.path is not None:
+            vocab = getattr(self, "num_" + _VOCAB_KEYS[kind])
+            return _load_array(self.path, FREQ_FILES[kind], np.int64, (vocab,))
+        if self._frequencies is None:  # counted as the writer counts them
+            self._frequencies = count_training_frequencies(self.samples("train"), self.sequences, self.offsets,
+                                                           self.item_category, self.num_users, self.num_categories,
+                                                           self._counted_with)
+        return self._frequencies[kind]
 
     def item_frequencies(self) -> np.ndarray:
-        """Returns int64 ``[num_items]``: each item's occurrences in the training samples (MBA's n_j)."""
+        """int64 ``[num_items]``: each item's occurrences in the training samples (MBA's n_j)."""
         return self._load_frequencies("item")
 
     def category_frequencies(self) -> np.ndarray:
-        """Returns int64 ``[num_categories]``: each category's occurrences in the training samples."""
+        """int64 ``[num_categories]``: each category's occurrences in the training samples."""
         return self._load_frequencies("category")
 
     def user_frequencies(self) -> np.ndarray:
-        """Returns int64 ``[num_users]``: training samples per user."""
+        """int64 ``[num_users]``: training samples per user."""
         return self._load_frequencies("user")
 
     def id_map(self, kind: str) -> List[str]:
-        """Returns the raw keys of ``user``, ``item`` or ``category`` ids (line i = id i)."""
+        """The raw keys of ``user``, ``item`` or ``category`` ids (line i = id i); none in memory."""
         if kind not in ID_MAP_FILES:
             raise DatasetError(f"{self.path}: unknown id map {kind!r}; choose from {sorted(ID_MAP_FILES)}")
+        if self.path is None:
+            raise DatasetError("an in-memory dataset has no id maps")
         return _read_id_map(self.path, ID_MAP_FILES[kind])
 
 
 def make_gather_tables(sequences: np.ndarray, item_category: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Returns in-memory int32 copies of the events' items and categories, each with a trailing 0.
+    """In-memory int32 copies of the events' items and categories, each with a trailing 0.
 
-    Padded history slots index that trailing sentinel, so one fancy-index
-    gather per array fills a batch, padding included (no masking passes).
+    Padded history slots index that sentinel, so one fancy-index gather per array fills a batch.
     """
     items = np.zeros(len(sequences) + 1, dtype=np.int32)
     items[:-1] = sequences
@@ -197,11 +213,7 @@ def make_gather_tables(sequences: np.ndarray, item_category: np.ndarray) -> Tupl
 
 def gather_rows(rows: np.ndarray, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray,
                 max_seq_len: int, tables: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, np.ndarray]:
-    """Builds the batch dict for sample rows ``[B, 5]`` (vectorised; see ``Dataset.gather``).
-
-    ``tables`` is ``make_gather_tables(sequences, item_category)``, computed
-    here when not given (a Dataset caches it).
-    """
+    """The batch dict of sample rows ``[B, 5]`` (see ``Dataset.gather``); ``tables``: ``make_gather_tables``'."""
     event_items, event_categories = tables if tables is not None else make_gather_tables(sequences, item_category)
     rows = np.asarray(rows, dtype=np.int32).reshape(-1, len(SAMPLE_COLUMNS))
     position = rows[:, _POSITION].astype(np.int64)
@@ -223,174 +235,14 @@ def gather_rows(rows: np.ndarray, sequences: np.ndarray, offsets: np.ndarray, it
     }
 
 
-def _fail(path: str, file: str, message: str) -> DatasetError:
-    return DatasetError(f"dataset {path}: {file}: {message}")
-
-
-def _load_array(path: str, file: str, dtype, shape: tuple, mmap: bool = True) -> np.ndarray:
-    full = os.path.join(path, file)
-    if not os.path.isfile(full):
-        raise _fail(path, file, "missing file")
-    try:
-        array = np.load(full, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise _fail(path, file, f"truncated or corrupt .npy ({error})") from None
-    if array.dtype != np.dtype(dtype):
-        raise _fail(path, file, f"dtype {array.dtype} but the format requires {np.dtype(dtype)}")
-    if tuple(array.shape) != tuple(shape):
-        raise _fail(path, file, f"shape {tuple(array.shape)} but meta.json implies {tuple(shape)}")
-    return array
-
-
-def _read_id_map(path: str, file: str) -> List[str]:
-    full = os.path.join(path, file)
-    try:
-        with open(full, encoding="utf-8", newline="\n") as handle:
-            text = handle.read()
-    except OSError as error:
-        raise _fail(path, file, f"cannot read ({error.strerror or error})") from None
-    return text.split("\n")[:-1] if text else []
-
-
-def _count_lines(path: str, file: str) -> int:
-    full = os.path.join(path, file)
-    try:
-        with open(full, "rb") as handle:
-            return handle.read().count(b"\n")
-    except OSError as error:
-        raise _fail(path, file, f"missing or unreadable ({error.strerror or error})") from None
-
-
-def _read_meta(path: str) -> dict:
-    if not os.path.isdir(path):
-        raise DatasetError(f"dataset {path}: no such directory")
-    full = os.path.join(path, META_FILE)
-    if not os.path.isfile(full):
-        raise _fail(path, META_FILE, "missing file (not a din_jax dataset directory?)")
-    try:
-        with open(full, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise _fail(path, META_FILE, f"unreadable or not JSON ({error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise _fail(path, META_FILE, f"not a {FORMAT_NAME} file")
-    if meta.get("version") != FORMAT_VERSION:
-        raise _fail(path, META_FILE, "format version {!r}, this code reads version {}; rebuild the dataset "
-                    "with data_prep/build.py".format(meta.get("version"), FORMAT_VERSION))
-    for key in ("users", "items", "categories", "sequences", "splits"):
-        if key not in meta:
-            raise _fail(path, META_FILE, f"missing field {key!r}")
-    return meta
-
-
-def _check_values(path: str, meta: dict, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray,
-                  splits: Mapping[str, np.ndarray]) -> None:
-    """Raises DatasetError when array contents break the format's invariants."""
-    problem = _find_value_problem(meta, sequences, offsets, item_category, splits)
-    if problem is not None:
-        file, message = problem
-        raise _fail(path, file, message)
-
-
-def _find_value_problem(meta: dict, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray,
-                        splits: Mapping[str, np.ndarray]):
-    users, items, categories = int(meta["users"]), int(meta["items"]), int(meta["categories"])
-    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(sequences):
-        return OFFSETS_FILE, f"offsets must start at 0 and end at len(sequences) = {len(sequences)}"
-    lengths = np.diff(offsets)
-    if len(lengths) and lengths.min() < 0:
-        return OFFSETS_FILE, "offsets decrease"
-    if len(sequences) and (sequences.min() < 0 or sequences.max() >= items):
-        return SEQUENCES_FILE, f"item ids outside [0, {items})"
-    if len(item_category) and (item_category.min() < 0 or item_category.max() >= categories):
-        return ITEM_CATEGORY_FILE, f"category ids outside [0, {categories})"
-    sequence_user = np.full(len(lengths), -1, dtype=np.int64)
-    for name, rows in splits.items():
-        file = _split_file(name)
-        if len(rows) == 0:
-            continue
-        columns = [np.asarray(rows[:, c]) for c in range(len(SAMPLE_COLUMNS))]
-        user, sequence, position, item, label = columns
-        if user.min() < 0 or user.max() >= users:
-            return file, f"user ids outside [0, {users})"
-        if sequence.min() < 0 or sequence.max() >= len(lengths):
-            return file, f"sequence ids outside [0, {len(lengths)})"
-        if position.min() < 1:
-            return file, "position < 1 (every sample needs a non-empty history)"
-        if (position > lengths[sequence]).any():
-            return file, "position beyond the end of its sequence"
-        if item.min() < 0 or item.max() >= items:
-            return file, f"item ids outside [0, {items})"
-        if not np.isin(label, (0, 1)).all():
-            return file, "labels other than 0 and 1"
-        owner = sequence_user[sequence]
-        if ((owner >= 0) & (owner != user)).any():
-            return file, "a sequence is shared by two users"
-        sequence_user[sequence] = user
-        if (sequence_user[sequence] != user).any():
-            return file, "a sequence is shared by two users"
-    return None
-
-
-def load_dataset(path: str, check_values: bool = True) -> Dataset:
-    """Opens a dataset directory written by ``write_dataset`` (arrays memory-mapped).
-
-    Args:
-      path: the directory.
-      check_values: also scan the arrays for out-of-range ids and positions
-        (one vectorised pass; cheap next to training).
-
-    Raises:
-      DatasetError: naming the directory and file, for another format version,
-        a missing file, a truncated or corrupt ``.npy``, or arrays that do not
-        match meta.json.
-    """
-    meta = _read_meta(path)
-    items = int(meta["items"])
-    num_sequences = int(meta["sequences"])
-    offsets = np.array(_load_array(path, OFFSETS_FILE, np.int64, (num_sequences + 1,)))
-    total_events = int(offsets[-1]) if len(offsets) else 0
-    if "events" in meta and int(meta["events"]) != total_events:
-        raise _fail(path, OFFSETS_FILE, "ends at {} but meta.json has {} events".format(total_events, meta["events"]))
-    sequences = _load_array(path, SEQUENCES_FILE, np.int32, (total_events,))
-    item_category = np.array(_load_array(path, ITEM_CATEGORY_FILE, np.int32, (items,)))
-    splits = {}
-    split_rows = meta["splits"]
-    if not isinstance(split_rows, dict):
-        raise _fail(path, META_FILE, "'splits' must map split names to row counts")
-    for name in list(SPLITS) + sorted(set(split_rows) - set(SPLITS)):
-        if name not in split_rows:
-            continue
-        splits[name] = _load_array(path, _split_file(name), np.int32, (int(split_rows[name]), len(SAMPLE_COLUMNS)))
-    for kind, file in FREQ_FILES.items():
-        _load_array(path, file, np.int64, (int(meta[_VOCAB_KEYS[kind]]),))
-    for kind, file in ID_MAP_FILES.items():
-        lines = _count_lines(path, file)
-        expected = int(meta[_VOCAB_KEYS[kind]])
-        if lines != expected:
-            raise _fail(path, file, f"{lines} lines but meta.json has {expected} {_VOCAB_KEYS[kind]}")
-    if check_values:
-        _check_values(path, meta, sequences, offsets, item_category, splits)
-    return Dataset(path, meta, sequences, offsets, item_category, splits)
-
-
-# ----------------------------------------------------------------------------
-# Writing
-# ----------------------------------------------------------------------------
-
-
 def count_training_frequencies(train: np.ndarray, sequences: np.ndarray, offsets: np.ndarray,
                                item_category: np.ndarray, num_users: int, num_categories: int,
                                max_seq_len: int) -> Dict[str, np.ndarray]:
-    """Counts each id's occurrences in the training samples' features.
+    """``{"item", "category", "user"}`` -> int64 counts of each id in the training samples' features.
 
-    A sample contributes its candidate item (and category), the last
-    ``max_seq_len`` items of its history (the ones a batch feeds the model)
-    and its user once. These are the ``n_j`` of mini-batch aware
-    regularisation (DIN paper, section 4.3.1).
-
-    Returns:
-      ``{"item", "category", "user"}`` -> int64 arrays of vocabulary length.
+    A sample counts its candidate item (and category), the last ``max_seq_len`` items of its history (what
+    a batch feeds the model) and its user once: the ``n_j`` of mini-batch aware regularisation (DIN
+    paper, section 4.3.1).
     """
     train = np.asarray(train, dtype=np.int64).reshape(-1, len(SAMPLE_COLUMNS))
     num_items = len(item_category)
@@ -412,183 +264,132 @@ def count_training_frequencies(train: np.ndarray, sequences: np.ndarray, offsets
     return {"item": item[:num_items], "category": category[:num_categories], "user": user[:num_users]}
 
 
-def _is_dataset_dir(path: str) -> bool:
+def find_value_problem(meta: dict, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray,
+                       splits: Mapping[str, np.ndarray]) -> Optional[Tuple[str, str]]:
+    """``(file, message)`` of the first array content that breaks the format's invariants, or None."""
+    users, items, categories = int(meta["users"]), int(meta["items"]), int(meta["categories"])
+    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(sequences):
+        return OFFSETS_FILE, f"offsets must start at 0 and end at len(sequences) = {len(sequences)}"
+    lengths = np.diff(offsets)
+    if len(lengths) and lengths.min() < 0:
+        return OFFSETS_FILE, "offsets decrease"
+    if len(sequences) and (sequences.min() < 0 or sequences.max() >= items):
+        return SEQUENCES_FILE, f"item ids outside [0, {items})"
+    if len(item_category) and (item_category.min() < 0 or item_category.max() >= categories):
+        return ITEM_CATEGORY_FILE, f"category ids outside [0, {categories})"
+    sequence_user = np.full(len(lengths), -1, dtype=np.int64)
+    for name, rows in splits.items():
+        file = name + ".npy"
+        if len(rows) == 0:
+            continue
+        user, sequence, position, item, label = (np.asarray(rows[:, c]) for c in range(len(SAMPLE_COLUMNS)))
+        if user.min() < 0 or user.max() >= users:
+            return file, f"user ids outside [0, {users})"
+        if sequence.min() < 0 or sequence.max() >= len(lengths):
+            return file, f"sequence ids outside [0, {len(lengths)})"
+        if position.min() < 1:
+            return file, "position < 1 (every sample needs a non-empty history)"
+        if (position > lengths[sequence]).any():
+            return file, "position beyond the end of its sequence"
+        if item.min() < 0 or item.max() >= items:
+            return file, f"item ids outside [0, {items})"
+        if not np.isin(label, (0, 1)).all():
+            return file, "labels other than 0 and 1"
+        owner = sequence_user[sequence]
+        if ((owner >= 0) & (owner != user)).any():
+            return file, "a sequence is shared by two users"
+        sequence_user[sequence] = user
+        if (sequence_user[sequence] != user).any():
+            return file, "a sequence is shared by two users"
+    return None
+
+
+def _fail(path: str, file: str, message: str) -> DatasetError:
+    return DatasetError(f"dataset {path}: {file}: {message}")
+
+
+def _load_array(path: str, file: str, dtype, shape: tuple) -> np.ndarray:
+    full = os.path.join(path, file)
+    if not os.path.isfile(full):
+        raise _fail(path, file, "missing file")
     try:
-        with open(os.path.join(path, META_FILE), encoding="utf-8") as handle:
-            return json.load(handle).get("format") == FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
+        array = np.load(full, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise _fail(path, file, f"truncated or corrupt .npy ({error})") from None
+    if array.dtype != np.dtype(dtype):
+        raise _fail(path, file, f"dtype {array.dtype} but the format requires {np.dtype(dtype)}")
+    if tuple(array.shape) != tuple(shape):
+        raise _fail(path, file, f"shape {tuple(array.shape)} but meta.json implies {tuple(shape)}")
+    return array
 
 
-def check_output_path(path: str, overwrite: bool) -> None:
-    """Raises DatasetError unless ``path`` may receive a new dataset.
-
-    A new dataset may go where nothing exists, or, with ``overwrite``, replace
-    an earlier din_jax dataset directory or an empty directory (never any other
-    directory: a mistyped ``--output`` must not delete unrelated files).
-    """
-    if not os.path.lexists(path):
-        return
-    if not overwrite:
-        raise DatasetError(f"{path}: output already exists; pass --overwrite to replace it")
-    if not os.path.isdir(path) or os.path.islink(path):
-        raise DatasetError(f"{path}: exists and is not a directory; refusing to replace it")
-    if os.listdir(path) and not _is_dataset_dir(path):
-        raise DatasetError(f"{path}: exists and is not a din_jax dataset directory; refusing to replace it")
+def _read_id_map(path: str, file: str) -> List[str]:
+    try:
+        with open(os.path.join(path, file), encoding="utf-8", newline="\n") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise _fail(path, file, f"cannot read ({error.strerror or error})") from None
+    return text.split("\n")[:-1] if text else []
 
 
-def _escape_key(key) -> str:
-    # One key per line: a line break inside a raw key would shift every later id.
-    text = str(key)
-    if "\n" in text or "\r" in text:
-        text = text.replace("\r", "\\r").replace("\n", "\\n")
-    return text
+def _count_lines(path: str, file: str) -> int:
+    try:
+        with open(os.path.join(path, file), "rb") as handle:
+            return handle.read().count(b"\n")
+    except OSError as error:
+        raise _fail(path, file, f"missing or unreadable ({error.strerror or error})") from None
 
 
-def _write_id_map(path: str, keys: Sequence) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write("".join(_escape_key(key) + "\n" for key in keys))
-        flush_to_disk(handle)
+def _read_meta(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise DatasetError(f"dataset {path}: no such directory")
+    full = os.path.join(path, META_FILE)
+    if not os.path.isfile(full):
+        raise _fail(path, META_FILE, "missing file (not a din_jax dataset directory?)")
+    try:
+        with open(full, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise _fail(path, META_FILE, f"unreadable or not JSON ({error})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise _fail(path, META_FILE, f"not a {FORMAT_NAME} file")
+    if meta.get("version") != FORMAT_VERSION:
+        message = f"format version {meta.get('version')!r}, this code reads version {FORMAT_VERSION}"
+        raise _fail(path, META_FILE, message + "; rebuild the dataset with data_prep/build.py")
+    for key in ("users", "items", "categories", "sequences", "splits"):
+        if key not in meta:
+            raise _fail(path, META_FILE, f"missing field {key!r}")
+    return meta
 
 
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)!r}")
-
-
-def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[str, np.ndarray], meta: dict,
-                  id_maps: Dict[str, Sequence[str]], overwrite: bool = False,
-                  before_meta: Optional[Callable[[dict], None]] = None) -> None:
-    """Validates and writes a dataset directory atomically.
-
-    The files go to a temporary directory next to ``path`` that is renamed into
-    place when complete; an existing dataset is only replaced with
-    ``overwrite`` (renamed aside, the new one renamed in, the old deleted), so a
-    failure at any point leaves either the old dataset or nothing.
-
-    Args:
-      path: the output directory.
-      sequences: int ``[events]`` item ids of all sequences, concatenated.
-      offsets: int ``[sequences + 1]`` start of each sequence, then the end.
-      item_category: int ``[items]`` category of each item.
-      splits: split name -> int ``[rows, 5]`` samples; missing standard splits
-        are written empty.
-      meta: descriptive fields (name, source_format, negatives, sources,
-        build, dropped, max_seq_len, ...); counts and format fields are
-        filled in here.
-      id_maps: ``user``, ``item``, ``category`` -> raw keys, index = id; their
-        lengths are the vocabulary sizes.
-      overwrite: replace an existing dataset directory.
-      before_meta: called with the complete meta dict once every array is
-        written, just before meta.json; it may change the dict (e.g. record how
-        long the write took).
+def load_dataset(path: str, check_values: bool = True) -> Dataset:
+    """Opens a dataset directory, arrays memory-mapped; ``check_values``: scan them for out-of-range ids.
 
     Raises:
-      DatasetError: on invalid arrays or an output that may not be replaced.
+      DatasetError: naming the directory and file, for another format version, a missing file, a truncated
+        or corrupt ``.npy``, or arrays that do not match meta.json.
     """
-    check_output_path(path, overwrite)
-    for kind in ID_MAP_FILES:
-        if kind not in id_maps:
-            raise DatasetError(f"{path}: id_maps lacks {kind!r}")
-    sequences = np.ascontiguousarray(sequences, dtype=np.int32).reshape(-1)
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
-    item_category = np.ascontiguousarray(item_category, dtype=np.int32).reshape(-1)
-    num_users, num_items, num_categories = (len(id_maps[k]) for k in ("user", "item", "category"))
-    if len(item_category) != num_items:
-        raise DatasetError(f"{path}: item_category has {len(item_category)} entries but the item id map {num_items}")
-    all_splits = {name: np.zeros((0, len(SAMPLE_COLUMNS)), dtype=np.int32) for name in SPLITS}
-    for name, rows in splits.items():
-        if not name or os.sep in name or name.startswith("."):
-            raise DatasetError(f"{path}: invalid split name {name!r}")
-        rows = np.ascontiguousarray(rows, dtype=np.int32)
-        if rows.ndim != 2 or rows.shape[1] != len(SAMPLE_COLUMNS):
-            raise DatasetError(f"{path}: split {name!r} must have shape [rows, {len(SAMPLE_COLUMNS)}], got {rows.shape}")
-        all_splits[name] = rows
-    full_meta = dict(meta)
-    full_meta.update({
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "users": num_users,
-        "items": num_items,
-        "categories": num_categories,
-        "sequences": int(len(offsets) - 1),
-        "events": int(len(sequences)),
-        "splits": {name: int(len(rows)) for name, rows in all_splits.items()},
-        "sample_columns": list(SAMPLE_COLUMNS),
-    })
-    full_meta.setdefault("max_seq_len", DEFAULT_MAX_SEQ_LEN)
-    full_meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat())
-    max_seq_len = full_meta["max_seq_len"]
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 1:
-        raise DatasetError(f"{path}: invalid {META_FILE}: max_seq_len must be an integer >= 1, got {max_seq_len!r}")
-    problem = _find_value_problem(full_meta, sequences, offsets, item_category, all_splits)
-    if problem is not None:
-        raise DatasetError(f"{path}: invalid {problem[0]}: {problem[1]}")
-    frequencies = count_training_frequencies(all_splits["train"], sequences, offsets, item_category, num_users,
-                                             num_categories, int(full_meta["max_seq_len"]))
-
-    absolute = os.path.abspath(path)
-    parent = os.path.dirname(absolute)
-    os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix="." + os.path.basename(absolute) + ".tmp-", dir=parent)
-    try:
-        # mkdtemp makes the folder private (0700); a dataset gets the mode any new folder would.
-        os.chmod(temporary, 0o777 & ~_current_umask())
-        save_array(os.path.join(temporary, SEQUENCES_FILE), sequences)
-        save_array(os.path.join(temporary, OFFSETS_FILE), offsets)
-        save_array(os.path.join(temporary, ITEM_CATEGORY_FILE), item_category)
-        for name, rows in all_splits.items():
-            save_array(os.path.join(temporary, _split_file(name)), rows)
-        for kind, counts in frequencies.items():
-            save_array(os.path.join(temporary, FREQ_FILES[kind]), counts)
-        for kind, file in ID_MAP_FILES.items():
-            _write_id_map(os.path.join(temporary, file), id_maps[kind])
-        if before_meta is not None:
-            before_meta(full_meta)
-        # meta.json last: a directory with a meta.json is complete.
-        with open(os.path.join(temporary, META_FILE), "w", encoding="utf-8") as handle:
-            json.dump(full_meta, handle, indent=2, sort_keys=False, default=_json_default)
-            handle.write("\n")
-            flush_to_disk(handle)
-        # The rename must not reach the disk before the files it publishes.
-        fsync_path(temporary)
-        _move_into_place(temporary, absolute, overwrite)
-        fsync_path(parent)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-
-
-def _current_umask() -> int:
-    """The process umask, read without changing it where the OS allows (os.umask is process-wide)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _move_into_place(temporary: str, path: str, overwrite: bool) -> None:
-    if not os.path.lexists(path):
-        os.rename(temporary, path)
-        return
-    check_output_path(path, overwrite)
-    aside = tempfile.mkdtemp(prefix="." + os.path.basename(path) + ".old-", dir=os.path.dirname(path))
-    os.rmdir(aside)
-    os.rename(path, aside)
-    try:
-        os.rename(temporary, path)
-    except BaseException:
-        os.rename(aside, path)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+    meta = _read_meta(path)
+    offsets = np.array(_load_array(path, OFFSETS_FILE, np.int64, (int(meta["sequences"]) + 1,)))
+    total_events = int(offsets[-1]) if len(offsets) else 0
+    if "events" in meta and int(meta["events"]) != total_events:
+        raise _fail(path, OFFSETS_FILE, "ends at {} but meta.json has {} events".format(total_events, meta["events"]))
+    sequences = _load_array(path, SEQUENCES_FILE, np.int32, (total_events,))
+    item_category = np.array(_load_array(path, ITEM_CATEGORY_FILE, np.int32, (int(meta["items"]),)))
+    split_rows = meta["splits"]
+    if not isinstance(split_rows, dict):
+        raise _fail(path, META_FILE, "'splits' must map split names to row counts")
+    names = [name for name in list(SPLITS) + sorted(set(split_rows) - set(SPLITS)) if name in split_rows]
+    splits = {name: _load_array(path, name + ".npy", np.int32, (int(split_rows[name]), len(SAMPLE_COLUMNS)))
+              for name in names}
+    for kind, file in FREQ_FILES.items():
+        _load_array(path, file, np.int64, (int(meta[_VOCAB_KEYS[kind]]),))
+    for kind, file in ID_MAP_FILES.items():
+        lines, expected = _count_lines(path, file), int(meta[_VOCAB_KEYS[kind]])
+        if lines != expected:
+            raise _fail(path, file, f"{lines} lines but meta.json has {expected} {_VOCAB_KEYS[kind]}")
+    if check_values:
+        problem = find_value_problem(meta, sequences, offsets, item_category, splits)
+        if problem is not None:
+            raise _fail(path, *problem)
+    return Dataset(path, meta, sequences, offsets, item_category, splits)

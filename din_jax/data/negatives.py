@@ -1,27 +1,15 @@
 """Uniform negative sampling that never returns an item the user interacted with.
 
-Shared by the dataset build (negatives drawn once, seeded) and the trainer
-(``Dataset.resample_negatives``, fresh negatives every epoch). Rejection
-sampling is vectorised: draw uniform items for every row at once, look the
-``user * num_items + item`` keys up in the sorted array of the users' own
-pairs with ``np.searchsorted``, and redraw only the rejected rows.
+Shared by the dataset build (negatives drawn once, seeded) and ``Dataset.resample_negatives`` (every epoch).
+Vectorised rejection: draw every row's item at once, look ``user * num_items + item`` up in the sorted keys
+of the users' own pairs (``np.searchsorted``), redraw only the rejected rows.
 """
 
 import numpy as np
 
 
 def make_user_item_keys(users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
-    """Returns the sorted, unique int64 keys ``user * num_items + item`` of the given pairs.
-
-    Args:
-      users: int array of user ids, one per interaction.
-      items: int array of item ids, same length.
-      num_items: the item vocabulary size (keys must not collide across users).
-
-    Returns:
-      int64 ``[unique pairs]``, sorted ascending: the exclusion set for
-      ``sample_negatives``.
-    """
+    """The sorted unique int64 keys ``user * num_items + item`` of (user, item) pairs (``sample_negatives``')."""
     users = np.asarray(users, dtype=np.int64)
     items = np.asarray(items, dtype=np.int64)
     if users.shape != items.shape:
@@ -30,7 +18,7 @@ def make_user_item_keys(users: np.ndarray, items: np.ndarray, num_items: int) ->
 
 
 def contains_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Returns a bool mask: which ``keys`` occur in the sorted array ``sorted_keys``."""
+    """A bool mask: which ``keys`` occur in the sorted array ``sorted_keys``."""
     keys = np.asarray(keys, dtype=np.int64)
     if len(sorted_keys) == 0:
         return np.zeros(keys.shape, dtype=bool)
@@ -42,21 +30,9 @@ def contains_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 def sample_negatives(rng: np.random.Generator, users: np.ndarray, num_items: int,
                      user_item_keys: np.ndarray) -> np.ndarray:
-    """Draws one uniform negative item per row, never one of the row's user's items.
+    """int32 ``[N]``: a uniform item in ``[0, num_items)`` for each row's user, never one of its ``user_item_keys``.
 
-    Args:
-      rng: the random generator; the result depends only on its state, so a
-        seeded generator gives reproducible negatives.
-      users: int array ``[N]``: the user of each row needing a negative.
-      num_items: item vocabulary size; candidates are uniform on ``[0, num_items)``.
-      user_item_keys: sorted unique int64 keys from ``make_user_item_keys``
-        (every item each user must not get).
-
-    Returns:
-      int32 ``[N]`` negative item ids.
-
-    Raises:
-      ValueError: if some user has interacted with every item (no negative exists).
+    The result depends only on ``rng``'s state. ValueError if a user has every item (no negative exists).
     """
     users = np.asarray(users, dtype=np.int64)
     if len(users) == 0:

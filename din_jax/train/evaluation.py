@@ -9,8 +9,7 @@ import numpy as np
 
 from din_jax import metrics as metrics_lib
 from din_jax.config import TrainConfig
-from din_jax.data.buckets import normalize_buckets, plan_split_chunks
-from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.data.batching import gather_chunk, normalize_buckets, plan_chunks, plan_split_chunks, prefetch
 from din_jax.train.step import replicate
 
 
@@ -22,7 +21,7 @@ def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, s
 
     Args:
       variables: ``{'params', 'batch_stats'}`` on the host.
-      length_buckets: history-length buckets (``din_jax.data.buckets``): the
+      length_buckets: history-length buckets (``din_jax.data.batching``): the
         samples are scored grouped by length, one program per bucket, and
         put back in their stored order.
       timing: if given, every program shape is compiled first (its seconds

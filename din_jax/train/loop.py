@@ -19,8 +19,7 @@ from absl import logging
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.data.buckets import normalize_buckets, plan_split_chunks
-from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
+from din_jax.data.batching import ChunkPlan, gather_chunk, plan_epoch, prefetch
 from din_jax.train import run_dir
 from din_jax.train.evaluation import AttentionProbe, evaluate_split, model_returns_attention
 from din_jax.train.regularization import regularization_for
@@ -60,7 +59,7 @@ class Trainer:
 
         splits = self.source.split_names()
         if "train" not in splits:
-            raise ConfigError("dataset %s has no training samples" % getattr(self.source, "path", "(synthetic)"))
+            raise ConfigError("dataset %s has no training samples" % (self.source.path or "(in memory)"))
         self.has_validation = "validation" in splits
         self.has_test = "test" in splits
         if not self.has_validation:
@@ -91,8 +90,7 @@ class Trainer:
         self._finishing = False
         self._attention_probe = None
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
-        item_category = getattr(self.source, "item_category", None)
-        self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, item_category)
+        self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, self.source.item_category)
 
         # Checked before anything is compiled, so that a bad checkpoint fails fast.
         resume_from, self._previous_run = run_dir.prepare(config, self.is_chief)
@@ -167,19 +165,11 @@ class Trainer:
 
     # -- training ------------------------------------------------------------
 
-    def _epoch_plan(self, epoch: int):
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(self.num_train)
-        if len(normalize_buckets(self.config.length_buckets, self.config.max_seq_len)) > 1:
-            plan = plan_split_chunks(self.source, "train", order, self.config.max_seq_len, self.config.length_buckets,
-                                     self.replicas, self.config.device_iterations, self.config.micro_batch_size,
-                                     drop_remainder=True, shuffle_seed=[self.config.seed, epoch])
-        else:
-            plan = plan_chunks(order, self.replicas, self.config.device_iterations, self.config.micro_batch_size,
-                               drop_remainder=True)
-        if self.process_count > 1:
-            local = len(self.devices)
-            lo = self.process_index * local
-            plan = plan._replace(calls=[c[lo:lo + local] for c in plan.calls])
+    def _epoch_plan(self, epoch: int) -> ChunkPlan:
+        plan = plan_epoch(self.source, self.config, epoch, self.replicas)
+        if self.process_count > 1:  # this process's slice of every call
+            lo = self.process_index * len(self.devices)
+            plan = plan._replace(calls=[c[lo:lo + len(self.devices)] for c in plan.calls])
         return plan
 
     def train(self, handle_signals: bool = True) -> Dict[str, Any]:

@@ -103,14 +103,13 @@ def regularization_for(config: Any, source: Any) -> Optional[Regularization]:
 
     Args:
       config: has ``mba_lambda`` and ``l2``.
-      source: a ``Dataset`` or ``SyntheticDataset`` (``item_frequencies()``,
-        ``category_frequencies()``, ``user_frequencies()``).
+      source: a ``Dataset`` (``item_frequencies()``, ``category_frequencies()``, ``user_frequencies()``).
     """
     mba_lambda = float(getattr(config, "mba_lambda", 0.0))
     l2 = float(getattr(config, "l2", 0.0))
     frequencies = None
     if mba_lambda > 0:
-        counted_with = (getattr(source, "meta", None) or {}).get("max_seq_len")
+        counted_with = source.meta.get("max_seq_len")
         if counted_with is not None and int(counted_with) != int(config.max_seq_len):
             # n_j counts history occurrences cut at the build's length: a
             # longer or shorter cut here sees other counts than the penalty assumes.

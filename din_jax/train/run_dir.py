@@ -118,10 +118,9 @@ class Checkpoints:
     Each holds the run's metadata (``config.checkpoint_metadata``) and the item -> category map (for ranking).
     """
 
-    def __init__(self, config: TrainConfig, vocab: Dict[str, int], fingerprint: Optional[str],
-                 item_category: Optional[np.ndarray]):
+    def __init__(self, config: TrainConfig, vocab: Dict[str, int], fingerprint: Optional[str], item_category):
         self.config, self.vocab, self.fingerprint = config, vocab, fingerprint
-        self.arrays = None if item_category is None else {"item_category": np.asarray(item_category, np.int32)}
+        self.arrays = {"item_category": np.asarray(item_category, np.int32)}
         self.root = os.path.join(config.model_path, CHECKPOINTS_DIR) if config.model_path else None
         self.last: Optional[str] = None
         self.last_step: Optional[int] = None

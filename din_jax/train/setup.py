@@ -51,18 +51,15 @@ def build_model_for(config: TrainConfig, vocab: Dict[str, int], axis_name: Optio
         raise ConfigError(str(error)) from None
 
 
-def dataset_fingerprint(source) -> Optional[str]:
-    """A sha256 naming a built dataset's content (its ``meta.json``), or None for other sources.
+def dataset_fingerprint(source) -> str:
+    """A sha256 naming a dataset's content (its ``meta.json``).
 
     ``created`` and the raw files' paths are left out: rebuilding the same
     files with the same parameters, or moving them, keeps the fingerprint;
     other raw files (their sha256), other build parameters or other split
     sizes change it.
     """
-    meta = getattr(source, "meta", None)
-    if not isinstance(meta, dict):
-        return None
-    content = {key: value for key, value in meta.items() if key != "created"}
+    content = {key: value for key, value in source.meta.items() if key != "created"}
     if isinstance(content.get("sources"), list):
         content["sources"] = [{k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
                               for entry in content["sources"]]

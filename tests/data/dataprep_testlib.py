@@ -6,7 +6,8 @@ import numpy as np
 
 from data_prep.builder import build_dataset
 from data_prep.importers.common import BuildOptions
-from din_jax.data.dataset import load_dataset, write_dataset
+from din_jax.data.dataset import load_dataset
+from din_jax.data.writer import write_dataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")

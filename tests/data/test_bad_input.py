@@ -18,15 +18,15 @@ import pytest
 from dataprep_testlib import REPO_ROOT, build, fixture
 
 from data_prep import download, progress
-from data_prep.amazon import parse_meta_line, read_metadata, read_reviews
+from data_prep.amazon import parse_meta_line, read_amazon_files, read_metadata, read_reviews
 from data_prep.cli import run_safely
 from data_prep.convert import convert_amazon, read_converted
 from data_prep.importers import interactions
-from data_prep.importers.amazon import read_amazon_files
 from data_prep.remap import clean_and_remap, write_remapped
 from data_prep.report import BuildReport, DataPrepError
 from data_prep.tables import read_table
-from din_jax.data.dataset import DatasetError, load_dataset, write_dataset
+from din_jax.data.dataset import DatasetError, load_dataset
+from din_jax.data.writer import write_dataset
 
 
 def _run(script, *args, env=None):

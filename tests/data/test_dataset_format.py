@@ -9,7 +9,8 @@ from dataprep_testlib import build, fixture, write_random_dataset
 
 from data_prep.report import DataPrepError
 from din_jax.data import dataset as dataset_lib
-from din_jax.data.dataset import DatasetError, load_dataset, write_dataset
+from din_jax.data.dataset import DatasetError, load_dataset
+from din_jax.data.writer import write_dataset
 
 
 def _slow_gather(rows, sequences, offsets, item_category, max_seq_len):

@@ -1,0 +1,256 @@
+"""Host-side batching: epoch plans, chunk gathering, prefetch and length buckets.
+
+One chunk, shaped ``(replicas R, device_iterations K, micro_batch B, ...)``, feeds one call of the pmapped
+program; step ``k``'s global batch is ``R * B`` consecutive samples of the epoch's order, so ``R`` devices
+with micro-batch ``B`` compute the update of one device with ``R * B``. Length buckets group samples of
+similar history length into calls compiled for that length, so short histories are not padded to
+``max_seq_len`` (real ones are short: Amazon Electronics' median is 4) and shapes stay static.
+"""
+
+import queue
+import threading
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class ChunkPlan(NamedTuple):
+    """Which samples each call of an epoch sees.
+
+    ``calls[i]``: int64 ``[R, K_i, B]`` sample indices (only the last call of a bucket may have a smaller
+    ``K``). ``valid[i]``: the real samples in call ``i``, the rest being padding (evaluation only).
+    ``seq_lens[i]``: the history length ``T`` call ``i`` is gathered with; None: ``max_seq_len``.
+    """
+
+    calls: List[np.ndarray]
+    valid: List[int]
+    seq_lens: Optional[List[int]] = None
+
+
+def _check_sizes(replicas: int, device_iterations: int, micro_batch_size: int) -> None:
+    if replicas < 1 or device_iterations < 1 or micro_batch_size < 1:
+        raise ValueError("replicas, device_iterations and micro_batch_size must be >= 1")
+
+
+def plan_chunks(order: np.ndarray, replicas: int, device_iterations: int, micro_batch_size: int,
+                drop_remainder: bool) -> ChunkPlan:
+    """Cuts an ordering of sample indices into per-call index arrays.
+
+    Args:
+      order: the epoch's sample indices, in the order they are to be seen.
+      replicas: devices per step.
+      device_iterations: micro-batches per call; the epoch's tail gets one shorter call.
+      micro_batch_size: samples per device per micro-batch.
+      drop_remainder: drop the last incomplete global micro-batch (training), or pad it with copies of the
+        first index, marked invalid (evaluation).
+    """
+    _check_sizes(replicas, device_iterations, micro_batch_size)
+    order = np.asarray(order, dtype=np.int64)
+    global_batch = replicas * micro_batch_size
+    steps, remainder = divmod(len(order), global_batch)
+    valid_total = len(order)
+    if remainder and not drop_remainder:
+        pad = np.full(global_batch - remainder, order[0] if len(order) else 0, dtype=np.int64)
+        order = np.concatenate([order, pad])
+        steps += 1
+    elif remainder:
+        order = order[: steps * global_batch]
+        valid_total = len(order)
+    calls, valid = [], []
+    seen = 0
+    for start in range(0, steps, device_iterations):
+        k = min(device_iterations, steps - start)
+        idx = order[start * global_batch:(start + k) * global_batch]
+        # (K, R, B) -> (R, K, B): step k's global batch is contiguous in `order`.
+        calls.append(idx.reshape(k, replicas, micro_batch_size).transpose(1, 0, 2))
+        n = k * global_batch
+        valid.append(int(min(n, valid_total - seen)))
+        seen += n
+    return ChunkPlan(calls, valid)
+
+
+def gather_chunk(source: Any, split: str, indices_RxKxB: np.ndarray, max_seq_len: int,
+                 samples: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Gathers the batch dict for an index array of any shape (leaves get that leading shape)."""
+    flat = indices_RxKxB.reshape(-1)
+    batch = source.gather(split, flat, max_seq_len, samples=samples)
+    return {key: value.reshape(indices_RxKxB.shape + value.shape[1:]) for key, value in batch.items()}
+
+
+def prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
+    """Runs ``iterable`` in a background thread, ``depth`` items ahead (0: in the caller's thread).
+
+    numpy gathers release the GIL, so the next chunk is prepared while the device computes. The
+    producer's exceptions are re-raised in the consumer.
+    """
+    if depth <= 0:
+        yield from iterable
+        return
+    items: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterable:
+                while not stop.is_set():
+                    try:
+                        items.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put((None, done))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            items.put((error, None))
+
+    thread = threading.Thread(target=produce, name="din_jax-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            error, item = items.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def normalize_buckets(buckets: Optional[Sequence[int]], max_seq_len: int) -> Tuple[int, ...]:
+    """The bucket lengths to use: increasing, in ``[1, max_seq_len]``, with ``max_seq_len`` last.
+
+    Raises:
+      ValueError: a length outside ``[1, max_seq_len]`` or not increasing.
+    """
+    values = [int(b) for b in (buckets or ())]
+    for value in values:
+        if not 1 <= value <= max_seq_len:
+            raise ValueError("length bucket %d is outside [1, max_seq_len=%d]" % (value, max_seq_len))
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ValueError("length buckets must increase, got %s" % values)
+    if not values or values[-1] < max_seq_len:
+        values.append(max_seq_len)
+    return tuple(values)
+
+
+def parse_length_buckets(text: str) -> Tuple[int, ...]:
+    """``"8,16,32,64,100"`` -> ``(8, 16, 32, 64, 100)``; ``""`` -> ``()``; ValueError for a non-integer."""
+    fields = [field.strip() for field in str(text).split(",") if field.strip()]
+    try:
+        return tuple(int(field) for field in fields)
+    except ValueError:
+        raise ValueError("length buckets must be comma-separated integers, got %r" % text) from None
+
+
+def _binary_parts(steps: int, device_iterations: int) -> List[int]:
+    """``steps`` as full calls of ``device_iterations`` then decreasing powers of two."""
+    parts = [device_iterations] * (steps // device_iterations)
+    rest = steps % device_iterations
+    power = 1
+    while power * 2 <= rest:
+        power *= 2
+    while rest:
+        if power <= rest:
+            parts.append(power)
+            rest -= power
+        power //= 2
+    return parts
+
+
+def plan_bucketed_chunks(order: np.ndarray, lengths: Optional[np.ndarray], buckets: Sequence[int], replicas: int,
+                         device_iterations: int, micro_batch_size: int, drop_remainder: bool = True,
+                         shuffle_seed: Optional[Sequence[int]] = None) -> ChunkPlan:
+    """Cuts an ordering of sample indices into per-call index arrays, one bucket length per call.
+
+    Bucket by bucket from the shortest, a bucket's samples (in the order's order) fill full calls and
+    the rest (less than one call) spills into the next bucket. The largest bucket cuts its rest into
+    calls of power-of-two lengths (a handful of compiled programs whatever the remainder) and drops or
+    pads the final partial global micro-batch as ``plan_chunks`` does. So every sample is seen once,
+    but that remainder; at most ``(buckets - 1) * device_iterations * R * B`` samples per epoch run at a
+    longer length. One bucket is exactly ``plan_chunks``. The plan is a pure function of its arguments
+    (resuming relies on it).
+
+    Args:
+      order: the epoch's sample indices.
+      lengths: int ``[num_samples]`` history length of every sample (cut to ``max_seq_len``); unused for
+        one bucket.
+      buckets: increasing lengths, the last at least every length (``normalize_buckets``).
+      replicas, device_iterations, micro_batch_size, drop_remainder: as ``plan_chunks``.
+      shuffle_seed: seed of the calls' order; None keeps them by bucket, shortest first.
+
+    Returns:
+      A ``ChunkPlan`` with ``seq_lens``.
+    """
+    _check_sizes(replicas, device_iterations, micro_batch_size)
+    buckets = [int(b) for b in buckets]
+    if not buckets or any(b <= a for a, b in zip(buckets, buckets[1:])):
+        raise ValueError("buckets must be a non-empty increasing sequence, got %s" % (buckets,))
+    order = np.asarray(order, dtype=np.int64)
+    if len(buckets) == 1:
+        plan = plan_chunks(order, replicas, device_iterations, micro_batch_size, drop_remainder)
+        return plan._replace(seq_lens=[buckets[0]] * len(plan.calls))
+    order_lengths = np.asarray(lengths)[order]
+    if order_lengths.size and int(order_lengths.max()) > buckets[-1]:
+        raise ValueError("a history of length %d exceeds the largest bucket %d" % (int(order_lengths.max()),
+                                                                                  buckets[-1]))
+    bucket_of = np.searchsorted(np.asarray(buckets), order_lengths, side="left")
+    global_batch = replicas * micro_batch_size
+    per_call = device_iterations * global_batch
+    calls: List[np.ndarray] = []
+    seq_lens: List[int] = []
+    valid: List[int] = []
+
+    def emit(indices: np.ndarray, seq_len: int, real: int) -> None:
+        k = len(indices) // global_batch
+        calls.append(indices.reshape(k, replicas, micro_batch_size).transpose(1, 0, 2))
+        seq_lens.append(seq_len)
+        valid.append(real)
+
+    carry = np.zeros((0,), np.int64)
+    for index, seq_len in enumerate(buckets):
+        pool = np.concatenate([carry, order[bucket_of == index]])
+        full = len(pool) // per_call
+        for call in range(full):
+            emit(pool[call * per_call:(call + 1) * per_call], seq_len, per_call)
+        carry = pool[full * per_call:]
+        if index < len(buckets) - 1:
+            continue
+        real = len(carry)
+        steps, remainder = divmod(real, global_batch)
+        if remainder and not drop_remainder:
+            carry = np.concatenate([carry, np.full(global_batch - remainder, carry[0], dtype=np.int64)])
+            steps += 1
+        start = 0
+        for k in _binary_parts(steps, device_iterations):
+            emit(carry[start:start + k * global_batch], seq_len, int(np.clip(real - start, 0, k * global_batch)))
+            start += k * global_batch
+    if shuffle_seed is not None and calls:
+        # valid[i] counts the real samples at the start of call i, wherever it goes.
+        permutation = np.random.default_rng(list(shuffle_seed) + [len(calls)]).permutation(len(calls))
+        calls = [calls[i] for i in permutation]
+        seq_lens = [seq_lens[i] for i in permutation]
+        valid = [valid[i] for i in permutation]
+    return ChunkPlan(calls, valid, seq_lens)
+
+
+def plan_split_chunks(source, split: str, order: np.ndarray, max_seq_len: int, length_buckets: Sequence[int],
+                      replicas: int, device_iterations: int, micro_batch_size: int, drop_remainder: bool,
+                      shuffle_seed: Optional[Sequence[int]] = None) -> ChunkPlan:
+    """``plan_bucketed_chunks`` with the split's history lengths (read only for more than one bucket)."""
+    buckets = normalize_buckets(length_buckets, max_seq_len)
+    lengths = source.history_lengths(split, max_seq_len) if len(buckets) > 1 else None
+    return plan_bucketed_chunks(order, lengths, buckets, replicas, device_iterations, micro_batch_size,
+                                drop_remainder, shuffle_seed)
+
+
+def plan_epoch(source, config, epoch: int, replicas: int) -> ChunkPlan:
+    """The calls of a training epoch: its shuffled order (a function of seed and epoch), the remainder dropped."""
+    order = np.random.default_rng([config.seed, epoch]).permutation(source.num_samples("train"))
+    shape = (replicas, config.device_iterations, config.micro_batch_size)
+    if len(normalize_buckets(config.length_buckets, config.max_seq_len)) > 1:
+        return plan_split_chunks(source, "train", order, config.max_seq_len, config.length_buckets, *shape,
+                                 drop_remainder=True, shuffle_seed=[config.seed, epoch])
+    return plan_chunks(order, *shape, drop_remainder=True)

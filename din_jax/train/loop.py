@@ -106,10 +106,10 @@ class Trainer:
         if resume_from is not None:
             host_state = self._restore(resume_from, flat, meta, host_state)
         self.state = replicate(host_state, self.train_devices)
-        message = "model %s %s, %d parameters, %d replica(s) on %s, train %d samples, global micro-batch %d"
         fields = json.dumps(config.model_config, default=str)
-        logging.info(message, config.model, fields, self.num_parameters, self.replicas, self.devices[0].platform,
-                     self.num_train, self.global_batch)
+        logging.info("model %s %s, %d parameters", config.model, fields, self.num_parameters)
+        logging.info("%d replica(s) on %s, train %d samples, global micro-batch %d", self.replicas,
+                     self.devices[0].platform, self.num_train, self.global_batch)
 
     # -- hooks ---------------------------------------------------------------
 
@@ -194,11 +194,10 @@ class Trainer:
         self._began = True
         outputs, self._previous_run = self._previous_run, []
         run_dir.clear_previous_run(self.config.model_path, outputs)
-        last = self.history[-1].get("validation") if self.history else None
-        self._notify("on_train_begin", {
-            "step": self.step, "epoch": self.epoch, "epochs": self.config.epochs,
-            "steps_per_epoch": self.steps_per_epoch, "resumed": self.resumed_from[-1] if self.resumed_from else None,
-            "chief": self.is_chief, "config": self.config.to_dict(), "validation": last})
+        record = dict(step=self.step, epoch=self.epoch, epochs=self.config.epochs, chief=self.is_chief)
+        record.update(steps_per_epoch=self.steps_per_epoch, resumed=(self.resumed_from or [None])[-1])
+        record.update(config=self.config.to_dict(), validation=self.history[-1].get("validation") if self.history else None)
+        self._notify("on_train_begin", record)
 
     def train_epoch(self) -> None:
         """One pass over the training split (after a restore, the rest of the interrupted one)."""
@@ -381,21 +380,13 @@ class Trainer:
         if self.best["variables"] is not None:
             tree["best"] = self.best["variables"]
         complete = self._epoch_calls_done >= self._epoch_calls_total
-        train_meta = {
-            "epoch": self.epoch,
-            "epoch_calls_done": self._epoch_calls_done,
-            "epoch_complete": bool(complete),
-            # Inside an epoch: the state before its negatives were drawn (drawn again on resume).
-            "negatives_rng": self._negatives_rng.bit_generator.state if complete else self._epoch_rng_state,
-            "history": self.history,
-            "best": {"value": self.best["value"], "step": self.best["step"], "validation": self.best["validation"]},
-            "next_eval": self._next_eval,
-            "throughput": self.throughput,
-            "replicas": self.replicas,
-            "num_train": self.num_train,
-            "resumed_from": self.resumed_from,
-            "config": self.config.to_dict(),
-        }
+        best = {key: self.best[key] for key in ("value", "step", "validation")}
+        train_meta = dict(epoch=self.epoch, epoch_calls_done=self._epoch_calls_done, epoch_complete=bool(complete))
+        # Inside an epoch: the state before its negatives were drawn (drawn again on resume).
+        train_meta["negatives_rng"] = self._negatives_rng.bit_generator.state if complete else self._epoch_rng_state
+        train_meta.update(history=self.history, best=best, next_eval=self._next_eval, throughput=self.throughput)
+        train_meta.update(replicas=self.replicas, num_train=self.num_train, resumed_from=self.resumed_from)
+        train_meta["config"] = self.config.to_dict()
         path = self.checkpoints.save_step(tree, self.step, train_meta)
         if self._next_checkpoint is not None:
             every = self.config.checkpoint_every
@@ -412,26 +403,20 @@ class Trainer:
         self.best.update(value=best["value"], step=best["step"], validation=best["validation"])
         self.history = list(train_meta["history"])
         stored = train_meta["throughput"]
-        self.throughput = {"samples": int(stored["samples"]), "seconds": float(stored["seconds"]),
-                           "samples_all": int(stored.get("samples_all", 0)),
-                           "seconds_all": float(stored.get("seconds_all", 0.0))}
+        self.throughput = {key: kind(stored.get(key, 0)) for key, kind in
+                           (("samples", int), ("seconds", float), ("samples_all", int), ("seconds_all", float))}
         self.step = int(meta["step"])
         self._negatives_rng.bit_generator.state = train_meta["negatives_rng"]
-        epoch = int(train_meta["epoch"])
-        if train_meta["epoch_complete"]:
-            self.epoch = epoch
-        else:
-            self.epoch = epoch - 1  # train_epoch counts it again and skips the calls done
-            self._resume_call = int(train_meta["epoch_calls_done"])
-        if self.config.eval_every > 0:
-            self._next_eval = (self.step // self.config.eval_every + 1) * self.config.eval_every
-        if self.config.checkpoint_every > 0:
-            self._next_checkpoint = (self.step // self.config.checkpoint_every + 1) * self.config.checkpoint_every
+        epoch, calls_done = int(train_meta["epoch"]), int(train_meta["epoch_calls_done"])
+        # An unfinished epoch is counted again by train_epoch, which skips the calls done.
+        self.epoch, self._resume_call = (epoch, None) if train_meta["epoch_complete"] else (epoch - 1, calls_done)
+        every = self.config.eval_every, self.config.checkpoint_every
+        self._next_eval = (self.step // every[0] + 1) * every[0] if every[0] > 0 else None
+        self._next_checkpoint = (self.step // every[1] + 1) * every[1] if every[1] > 0 else None
         self.checkpoints.last, self.checkpoints.last_step = path, self.step
         self.resumed_from = list(train_meta.get("resumed_from", [])) + [self.step]
-        logging.info("resuming from %s: step %d, epoch %d%s", path, self.step, epoch,
-                     " (complete)" if train_meta["epoch_complete"] else
-                     ", call %d" % int(train_meta["epoch_calls_done"]))
+        where = " (complete)" if train_meta["epoch_complete"] else ", call %d" % calls_done
+        logging.info("resuming from %s: step %d, epoch %d%s", path, self.step, epoch, where)
         return state
 
     # -- the end -------------------------------------------------------------

@@ -32,7 +32,6 @@ result equals that of a run that was never interrupted, bit for bit on CPU.
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -49,6 +48,7 @@ from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
 from din_jax.data.buckets import normalize_buckets, plan_split_chunks
 from din_jax.data.pipeline import gather_chunk, plan_chunks, prefetch
 from din_jax.fileio import json_default
+from din_jax.metrics import is_better
 from din_jax.train.evaluation import evaluate_split
 from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
@@ -108,12 +108,6 @@ class TrainingAborted(TrainingInterrupted, KeyboardInterrupt):
     exits with 128 + the signal), and a ``KeyboardInterrupt`` as it was before,
     so that no ``except Exception`` swallows it.
     """
-
-
-def _is_better(metric: str, value: float, best: Optional[float]) -> bool:
-    if best is None or not math.isfinite(best):
-        return math.isfinite(value)
-    return value < best if metric == "logloss" else value > best
 
 
 def _canonical(value: Any) -> Any:
@@ -542,7 +536,7 @@ class Trainer:
             record["validation"] = result
             logging.info("epoch %d step %d validation gauc %.5f auc %.5f logloss %.5f",
                          self.epoch, self.step, result["gauc"], result["auc"], result["logloss"])
-            if _is_better(self.config.select_metric, result[self.config.select_metric], self.best["value"]):
+            if is_better(self.config.select_metric, result[self.config.select_metric], self.best["value"]):
                 self.best.update(value=result[self.config.select_metric], step=self.step, validation=result,
                                  variables=variables)
                 if self.config.model_path and self.is_chief:

@@ -365,34 +365,20 @@ def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None
     from absl import logging
 
     from din_jax.checkpoint import CheckpointError
-    from din_jax.config import TrainConfig
-    from din_jax.inference import Predictor
+    from din_jax.config import config_from_checkpoint
+    from din_jax.inference import Predictor, resolve_checkpoint_dir
     from din_jax.train.setup import load_source
 
     try:
-        predictor = Predictor.from_checkpoint(run_dir)
+        predictor = Predictor.from_checkpoint(resolve_checkpoint_dir(run_dir))
     except CheckpointError as error:
         logging.warning("no attention figure: %s", error)
         return None
     if not predictor.returns_attention:
         logging.info("no attention figure: model %s has no attention weights", predictor.metadata.get("model"))
         return None
-    summary_path = os.path.join(run_dir, "summary.json")
-    flags: Dict[str, Any] = {}
-    if os.path.isfile(summary_path):
-        with open(summary_path) as handle:
-            flags = json.load(handle).get("flags", {})
-    known = set(TrainConfig.__dataclass_fields__)
-    config = TrainConfig(**{k: v for k, v in flags.items() if k in known})
-    if not flags:
-        meta = predictor.metadata
-        config = TrainConfig(use_synthetic_data=bool(meta.get("use_synthetic_data")), dataset=meta.get("dataset"),
-                             seed=int(meta.get("seed", 0)), max_seq_len=predictor.max_seq_len,
-                             synthetic_samples=(1, 1, 200))
-    if isinstance(config.synthetic_samples, list):
-        config.synthetic_samples = tuple(config.synthetic_samples)
-    try:
-        source = load_source(config)
+    try:  # the run's data: its dataset or synthetic sizes, seed and max_seq_len
+        source = load_source(config_from_checkpoint(predictor.metadata))
     except Exception as error:  # noqa: BLE001 - a figure is never worth failing a run
         logging.warning("no attention figure: cannot load the run's data: %s", error)
         return None

@@ -24,7 +24,6 @@ import numbers
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +32,7 @@ from din_jax import checkpoint as ckpt
 from din_jax.config import config_from_checkpoint
 from din_jax.train.evaluation import model_returns_attention
 from din_jax.train.setup import build_model_for, restore_variables
-from din_jax.train.step import example_batch
+from din_jax.train.step import init_variables
 
 RANK_REQUEST_KEYS = ("history", "candidates", "user", "id")
 
@@ -401,12 +400,9 @@ def _as_user(where: str, user: Any) -> Optional[int]:
 
 
 def _variable_template(model, max_seq_len: int) -> Dict[str, Any]:
-    """Zero arrays shaped like the model's variables, from ``jax.eval_shape`` (nothing is compiled)."""
-    batch = example_batch(2, max_seq_len)
-    shapes = jax.eval_shape(lambda rng: model.init(rng, batch, train=False), jax.random.PRNGKey(0))
-    shapes = flax.core.unfreeze(shapes)
-    zeros = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-    return {"params": zeros["params"], "batch_stats": zeros.get("batch_stats", {})}
+    """Zero arrays shaped like ``init_variables``'s, from ``jax.eval_shape`` (nothing is compiled)."""
+    shapes = jax.eval_shape(lambda: init_variables(model, 0, max_seq_len))
+    return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
 def _item_category_of_data(directory: str, meta: Dict[str, Any]) -> np.ndarray:

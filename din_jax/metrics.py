@@ -354,3 +354,15 @@ def evaluate_predictions(users: np.ndarray, labels: np.ndarray, logits: np.ndarr
         "samples": float(values.shape[0]),
         "gauc_users": float(gauc.users_counted),
     }
+
+
+LOWER_IS_BETTER = frozenset({"logloss"})
+
+
+def is_better(metric: str, value: Optional[float], best: Optional[float]) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (None or not finite: anything finite does)."""
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best

@@ -109,7 +109,9 @@ def main(argv):
 
 
 def _train(config):
-    summary = ablation.train_and_check(config)
+    from din_jax.train.loop import train_and_evaluate
+
+    summary = train_and_evaluate(config)
     clear = getattr(__import__("jax"), "clear_caches", None)
     if clear is not None:
         clear()  # one compiled program per run: do not let them pile up over a long grid

@@ -19,6 +19,8 @@ import os
 import flag_defs  # noqa: F401 - puts the library on sys.path
 from absl import app, flags
 
+from din_jax.ablation import load_records
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run directories of train.py (summary.json, train_log.jsonl, best/).")
 flags.DEFINE_list("labels", [], "Legend labels of --runs (default: their directory names).")
@@ -60,8 +62,8 @@ def main(argv):
             if path:
                 written.append(path)
         if FLAGS.ablation_results:
-            rows = plots.load_ablation_results(FLAGS.ablation_results)
-            written.append(plots.plot_ablation(rows, os.path.join(out_dir, "ablation.png"),
+            records = load_records(FLAGS.ablation_results, strict=True)
+            written.append(plots.plot_ablation(records, os.path.join(out_dir, "ablation.png"),
                                                metric=FLAGS.ablation_metric, split=FLAGS.ablation_split))
     except plots.SampleOutOfRangeError as error:
         flag_defs.fail("plot.py", "--attention_sample %d is out of range: the %s split of %s has samples 0 to %d"

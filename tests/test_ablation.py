@@ -19,14 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUALITY = {"lr": 0.60, "base": 0.70, "din": 0.75}
 
 
-def make_config(overrides):
-    """Flags -> TrainConfig, as experiments/ablate.py does with absl (here: --name=value only)."""
-    values = {"model": "base", "learning_rate": 0.001, "seed": 0}
+def make_config(overrides, **base):
+    """Flags -> TrainConfig on ``base`` fields, as experiments/ablate.py does with absl (here: --name=value only)."""
+    values = dict({"model": "base", "learning_rate": 0.001, "seed": 0}, **base)
     for word in overrides:
         name, _, value = word[2:].partition("=")
         if name == "activation":
             values.setdefault("model_config", {})["activation"] = value
-        elif name in ("learning_rate", "mba_lambda"):
+        elif name in ("learning_rate", "mba_lambda", "l2"):
             values[name] = float(value)
         elif name == "seed":
             values[name] = int(value)
@@ -235,21 +235,31 @@ def test_summary_mean_std_relaimpr_and_tables(tmp_path):
 
 def test_chart_needs_matplotlib(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed in this environment (the IPU lane)")
-    rows = [{"label": "a", "test_gauc": (0.7, 0.01)}, {"label": "b", "test_gauc": (0.75, 0.0)},
-            {"label": "c", "test_gauc": (None, None)}]
-    assert ablation.plot_chart(rows, str(tmp_path / "c.png"), "title")
+    from din_jax import plots
+
+    records = [{"cell": "a", "seed": 1, "test": {"gauc": 0.69}}, {"cell": "a", "seed": 2, "test": {"gauc": 0.71}},
+               {"cell": "b", "seed": 1, "test": {"gauc": 0.75}}, {"cell": "c", "seed": 1, "test": {}}]
+    assert plots.plot_ablation(records, str(tmp_path / "c.png"), title="title")
     assert os.path.getsize(str(tmp_path / "c.png")) > 1000
 
 
-def test_requested_regularization_that_is_not_applied_fails_the_run():
-    def unregularized_trainer(config, hooks=()):
-        for hook in hooks:
-            hook.on_train_call(None, {})  # the first host call of a Trainer that never traced a regularised step
-        return {}
+def test_a_grid_applies_the_regularizers(tmp_path):
+    """--mba_lambda and --l2 reach the train step: each regulariser trains to other metrics than none."""
+    from din_jax.train.loop import train_and_evaluate
 
-    with pytest.raises(ablation.RegularizationNotApplied, match="make_p_train_chunk"):
-        ablation.train_and_check(TrainConfig(use_synthetic_data=True, mba_lambda=0.01), unregularized_trainer)
-    assert ablation.train_and_check(TrainConfig(use_synthetic_data=True), lambda config: {"ok": 1}) == {"ok": 1}
+    small = dict(synthetic_samples=(320, 64, 64), max_seq_len=8, epochs=1, micro_batch_size=32, eval_micro_batch_size=32,
+                 device_iterations=5, replicas=1, checkpoint_every=0, model="din", learning_rate=0.05,
+                 select_metric="logloss", model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (4,),
+                                                        "mlp_hidden": (4,)})
+    cells = ablation.expand_grid(regularizers=["none", "mba=0.5", "l2=0.01"])
+    outcome = ablation.run_grid(cells, [1], str(tmp_path / "r.jsonl"), lambda words: make_config(words, **small),
+                                train_and_evaluate)
+    loglosses = []
+    for cell in cells:
+        (record,) = [outcome.records[key] for key in outcome.final_keys[cell.label]]
+        assert record["status"] == "ok", record.get("error")
+        loglosses.append(record["validation"]["logloss"])
+    assert len(set(loglosses)) == 3, loglosses
 
 
 def test_ablate_entry_point_dry_run(tmp_path):

@@ -336,3 +336,10 @@ def test_bad_weights_and_users_raise():
 def test_string_labels_raise():
     with pytest.raises(ValueError, match="numeric"):
         metrics.compute_auc(["1", "0"], [0.1, 0.2])
+
+
+def test_is_better_compares_by_the_metrics_direction():
+    is_better = metrics.is_better
+    assert is_better("gauc", 0.7, 0.6) and not is_better("gauc", 0.6, 0.7) and is_better("logloss", 0.4, 0.5)
+    assert is_better("gauc", 0.5, None) and is_better("gauc", 0.5, float("nan"))
+    assert not is_better("gauc", float("nan"), None) and not is_better("gauc", None, 0.5)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="matplotlib is not installed (the IPU lane has none)")
 
-from din_jax import plots
+from din_jax import ablation, plots  # noqa: E402
 from din_jax.config import TrainConfig  # noqa: E402
 from din_jax.train import loop as training  # noqa: E402
 from din_jax.train.observers import TrainLogHook  # noqa: E402
@@ -164,9 +164,16 @@ def _ablation_rows():
     return rows
 
 
+def _summary_by_dataset(rows):
+    summary = {}
+    for row in ablation.summarize(rows):
+        summary.setdefault(row["dataset"], []).append(row)
+    return summary
+
+
 def test_ablation_chart_means_and_stds_over_seeds(tmp_path):
     rows = _ablation_rows()
-    summary = plots.summarize_ablation(rows)
+    summary = _summary_by_dataset(rows)
     assert list(summary) == ["electronics", "books"]
     entry = summary["electronics"][3]
     assert entry["config"] == {"model": "din", "attention": "din", "activation": "dice", "regularizer": "mba"}
@@ -175,10 +182,10 @@ def test_ablation_chart_means_and_stds_over_seeds(tmp_path):
     assert entry["std"] == pytest.approx(np.std(values, ddof=1))
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert _is_png(plots.plot_ablation(plots.load_ablation_results(str(results)), str(tmp_path / "ablation.png")))
+    assert _is_png(plots.plot_ablation(ablation.load_records(str(results), strict=True), str(tmp_path / "ablation.png")))
     results.write_text(json.dumps(rows[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match="results.jsonl:2: not valid JSON"):
-        plots.load_ablation_results(str(results))
+        ablation.load_records(str(results), strict=True)
     with pytest.raises(ValueError, match="no row has test.gauc"):
         plots.plot_ablation([{"model": "din"}], str(tmp_path / "none.png"))
 
@@ -195,7 +202,7 @@ def test_ablation_chart_reads_the_ablate_py_records():
             record("b", "started", "final", "din", 0), record("b", "ok", "final", "din", 0, 0.70),
             record("c", "ok", "final", "din", 1, 0.72), record("c", "ok", "final", "din", 1, 0.74),  # rerun: last
             record("d", "failed", "final", "base", 0), record("e", "ok", "final", "base", 0, 0.68)]
-    summary = plots.summarize_ablation(rows)
+    summary = _summary_by_dataset(rows)
     assert list(summary) == ["grocery"]
     din, base = summary["grocery"]
     assert din["config"] == {"configuration": "din"} and din["values"] == [0.70, 0.74]

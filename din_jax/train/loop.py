@@ -9,7 +9,6 @@ the epoch order is a function of (seed, epoch) and a checkpoint records the posi
 
 import contextlib
 import json
-import math
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -20,18 +19,13 @@ from absl import logging
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.batching import ChunkPlan, gather_chunk, plan_epoch, prefetch
+from din_jax.metrics import is_better
 from din_jax.train import run_dir
 from din_jax.train.evaluation import AttentionProbe, evaluate_split, model_returns_attention
 from din_jax.train.regularization import regularization_for
 from din_jax.train.setup import create_programs, dataset_fingerprint, load_source, vocabulary
 from din_jax.train.step import NonFiniteLossError, replicate, resolve_devices, unreplicate_to_host
 from din_jax.train.stopping import SignalHandlers, StopControl, TrainingAborted, TrainingInterrupted
-
-
-def _is_better(metric: str, value: float, best: Optional[float]) -> bool:
-    if best is None or not math.isfinite(best):
-        return math.isfinite(value)
-    return value < best if metric == "logloss" else value > best
 
 
 class Trainer:
@@ -338,7 +332,7 @@ class Trainer:
             record["validation"] = result
             scores = [result[name] for name in ("gauc", "auc", "logloss")]
             logging.info("epoch %d step %d validation gauc %.5f auc %.5f logloss %.5f", self.epoch, self.step, *scores)
-            if _is_better(self.config.select_metric, result[self.config.select_metric], self.best["value"]):
+            if is_better(self.config.select_metric, result[self.config.select_metric], self.best["value"]):
                 self.best.update(value=result[self.config.select_metric], step=self.step, validation=result,
                                  variables=variables)
                 if self.config.model_path and self.is_chief:

@@ -1,28 +1,18 @@
 """Scoring with a trained checkpoint: click probabilities of batches, and ranking candidates for one user.
 
     predictor = Predictor.from_checkpoint("runs/synthetic")      # its best/ checkpoint
-    predictor.rank(history=[3, 81, 5], candidate_items=[12, 7, 99, 4], k=2)
-    # -> [(7, 0.93), (12, 0.41)]
+    predictor.rank(history=[3, 81, 5], candidate_items=[12, 7, 99, 4], k=2)   # -> [(7, 0.93), (12, 0.41)]
 
-``rank`` is the authors' multi-item scoring done right: one batch of C rows
-that share the user's history, each row with its own candidate, so every
-candidate gets its own attention over the history, i.e. its own user vector
-(scoring every candidate with one user vector was a defect of the original
-inference code). In inference mode DIN scores
-rows independently (Dice uses its moving averages), so a candidate's score
-does not depend on the others in the call.
-
-Inputs are checked, never coerced: ids must be integers (``12.9`` is an
-error, not item 12), a model with a user embedding needs the user id (there
-is no default user), and a repeated candidate is ranked once.
-
-Shape letters: B batch rows, C candidates, T history positions (max_seq_len).
+``rank`` scores one batch of C rows sharing the user's history, each with its own candidate and so its own
+attention over the history (the original inference code scored every candidate with one user vector). In
+inference DIN scores rows independently, so a candidate's score does not depend on the others. Inputs are
+checked, never coerced: ids must be integers (``12.9`` is an error), a model with a user embedding needs the
+user id, and a repeated candidate is ranked once.
 """
 
-import json
 import numbers
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +20,11 @@ import numpy as np
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import config_from_checkpoint
+from din_jax.data.dataset import DatasetError, load_dataset
+from din_jax.data.synthetic import make_item_categories
 from din_jax.train.evaluation import model_returns_attention
 from din_jax.train.setup import build_model_for, restore_variables
 from din_jax.train.step import init_variables
-
-RANK_REQUEST_KEYS = ("history", "candidates", "user", "id")
 
 
 def resolve_checkpoint_dir(path: str, which: str = "best") -> str:
@@ -409,13 +399,9 @@ def _item_category_of_data(directory: str, meta: Dict[str, Any]) -> np.ndarray:
     """The item -> category map of the data a checkpoint was trained on (checkpoints without their own)."""
     vocab = meta["vocabulary"]
     if meta.get("use_synthetic_data"):
-        from din_jax.data.synthetic import make_item_categories
-
         return make_item_categories(int(vocab["items"]), int(vocab["categories"]), int(meta.get("seed", 0)))
     dataset = meta.get("dataset")
     if dataset and os.path.isdir(dataset):
-        from din_jax.data.dataset import DatasetError, load_dataset
-
         try:
             return np.asarray(load_dataset(dataset, check_values=False).item_category)
         except DatasetError as error:
@@ -423,84 +409,3 @@ def _item_category_of_data(directory: str, meta: Dict[str, Any]) -> np.ndarray:
                                        % (directory, error)) from None
     raise ckpt.CheckpointError("checkpoint %s has no item -> category map and its dataset %s is not there; pass "
                                "item_category" % (directory, dataset))
-
-
-class RankRequest(NamedTuple):
-    """One line of a ``--rank_candidates`` file."""
-
-    line: int
-    history: List[int]
-    candidates: List[int]
-    user: Optional[int]
-    id: Any
-
-
-def _id_list(where: str, name: str, value: Any, allow_empty: bool) -> List[int]:
-    if not isinstance(value, list):
-        raise ValueError("%s: %r must be a list of item ids, got %s" % (where, name, type(value).__name__))
-    if not value and not allow_empty:
-        raise ValueError("%s: %r is empty" % (where, name))
-    for x in value:
-        # bool is an int in Python; an id never is one.
-        if isinstance(x, bool) or not isinstance(x, int):
-            raise ValueError("%s: %r holds %r, not an integer item id" % (where, name, x))
-    return list(value)
-
-
-def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List[RankRequest]:
-    """Reads and checks a rank-candidates file (JSON lines, docs/WATCHING.md).
-
-    Each non-blank line is an object ``{"history": [item, ...], "candidates":
-    [item, ...], "user": id, "id": any}``: ``history`` (oldest first, may be
-    empty) and ``candidates`` (at least one) are required, ``user`` is needed
-    by models with a user embedding (and ignored, unchecked, by the others),
-    ``id`` is echoed in the output.
-
-    Args:
-      predictor: when given, ids are checked against its vocabulary.
-
-    Raises:
-      ValueError: ``FILE:LINE: what is wrong``, for the first bad line.
-    """
-    try:
-        with open(path) as handle:
-            lines = handle.readlines()
-    except OSError as error:
-        raise ValueError("%s: %s" % (path, error.strerror or error)) from None
-    requests = []
-    for number, text in enumerate(lines, 1):
-        if not text.strip():
-            continue
-        where = "%s:%d" % (path, number)
-        try:
-            row = json.loads(text)
-        except ValueError as error:
-            raise ValueError("%s: not valid JSON (%s)" % (where, error)) from None
-        if not isinstance(row, dict):
-            raise ValueError("%s: expected a JSON object {\"history\": [...], \"candidates\": [...]}" % where)
-        unknown = sorted(set(row) - set(RANK_REQUEST_KEYS))
-        if unknown:
-            raise ValueError("%s: unknown key(s) %s; the keys are %s" % (where, unknown, list(RANK_REQUEST_KEYS)))
-        for key in ("history", "candidates"):
-            if key not in row:
-                raise ValueError("%s: missing %r" % (where, key))
-        history = _id_list(where, "history", row["history"], allow_empty=True)
-        candidates = _id_list(where, "candidates", row["candidates"], allow_empty=False)
-        user = row.get("user")
-        if user is not None and (isinstance(user, bool) or not isinstance(user, int)):
-            raise ValueError("%s: 'user' must be an integer id, got %r" % (where, user))
-        if predictor is not None:
-            if user is None and predictor.uses_user:
-                raise ValueError("%s: the model has a user embedding: give 'user'" % where)
-            for name, ids, size in (("history", history, predictor.num_items),
-                                    ("candidates", candidates, predictor.num_items),
-                                    # Models without a user embedding never read the id.
-                                    ("user", [] if user is None or not predictor.uses_user else [user],
-                                     max(predictor.num_users, 1))):
-                bad = [x for x in ids if not 0 <= x < size]
-                if bad:
-                    raise ValueError("%s: %r id %d is out of range [0, %d)" % (where, name, bad[0], size))
-        requests.append(RankRequest(number, history, candidates, user, row.get("id")))
-    if not requests:
-        raise ValueError("%s: no requests (the file is empty)" % path)
-    return requests

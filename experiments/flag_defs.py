@@ -284,6 +284,19 @@ def check_output_dir(flag: str, path: Optional[str]) -> None:
         raise ConfigError("--%s %s: %s is not writable" % (flag, path, existing))
 
 
+def check_output_file(flag: str, path: Optional[str]) -> None:
+    """Fails before any work when file ``path``'s folder cannot take it."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError("--%s %s is a directory; give a file name" % (flag, path))
+    if not os.path.isdir(folder):
+        raise ConfigError("--%s %s: the folder %s does not exist" % (flag, path, folder))
+    if not os.access(folder, os.W_OK):
+        raise ConfigError("--%s %s: the folder %s is not writable" % (flag, path, folder))
+
+
 def fail(program: str, error: Any) -> None:
     """Prints a one-line error (no traceback) and exits with status 2.
 

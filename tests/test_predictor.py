@@ -13,7 +13,8 @@ import pytest
 from din_jax import checkpoint as ckpt
 from din_jax.config import TrainConfig
 from din_jax.data.synthetic import make_synthetic_dataset
-from din_jax.inference import Predictor, read_rank_requests
+from din_jax.inference import Predictor
+from din_jax.rank_requests import read_rank_requests
 from din_jax.train import loop as training
 from din_jax.train.setup import load_variables_for_inference
 

@@ -29,7 +29,7 @@ from din_jax.data.dataset import (
     count_training_frequencies,
     find_value_problem,
 )
-from din_jax.fileio import flush_to_disk, fsync_path, save_array
+from din_jax.fileio import flush_to_disk, fsync_path, json_default, save_array
 
 
 def _is_dataset_dir(path: str) -> bool:
@@ -68,16 +68,6 @@ def _write_id_map(path: str, keys: Sequence) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
         handle.write("".join(_escape_key(key) + "\n" for key in keys))
         flush_to_disk(handle)
-
-
-def _json_default(value):
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)!r}")
 
 
 def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[str, np.ndarray], meta: dict,
@@ -161,7 +151,7 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
             before_meta(full_meta)
         # meta.json last: a directory with a meta.json is complete.
         with open(os.path.join(temporary, META_FILE), "w", encoding="utf-8") as handle:
-            json.dump(full_meta, handle, indent=2, sort_keys=False, default=_json_default)
+            json.dump(full_meta, handle, indent=2, sort_keys=False, default=json_default)
             handle.write("\n")
             flush_to_disk(handle)
         # The rename must not reach the disk before the files it publishes.

@@ -1,6 +1,8 @@
 """Scoring whole splits with a pmapped prediction program; metrics on the host."""
 
+import csv
 import inspect
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -8,9 +10,11 @@ import jax
 import numpy as np
 
 from din_jax import metrics as metrics_lib
-from din_jax.config import TrainConfig
+from din_jax.checkpoint import CheckpointError
+from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.batching import gather_chunk, normalize_buckets, plan_chunks, plan_split_chunks, prefetch
-from din_jax.train.step import replicate
+from din_jax.train.setup import load_source, load_variables_for_inference, vocabulary
+from din_jax.train.step import make_p_predict_chunk, replicate, resolve_devices
 
 
 def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, split: str, devices: List[Any],
@@ -103,3 +107,58 @@ class AttentionProbe:
         weights_BxT = np.asarray(self._weights(variables, self.batch), np.float32)
         valid_BxT = np.arange(weights_BxT.shape[1])[None, :] < self.batch["hist_len"][:, None]
         return valid_BxT, np.where(valid_BxT, weights_BxT, 0.0)
+
+
+def score_checkpoint(path: str, meta: Dict[str, Any], config: TrainConfig, split: str, passes: int = 1,
+                     progress: Any = None) -> Dict[str, Any]:
+    """Scores a split with a checkpoint as training did (``config_from_checkpoint``): predictions and timing.
+
+    Args:
+      passes: times the split is scored (throughput over several passes; compilation only in the first).
+      progress: an observer told ``on_evaluation_begin``, ``on_predict_call`` and ``on_close``.
+
+    Returns:
+      ``out`` (user, label, logits), ``metrics``, ``timing`` (``compile_s``, ``calls``) and ``devices``.
+    """
+    source = load_source(config)
+    vocab = vocabulary(source)
+    trained = meta.get("vocabulary", vocab)
+    if trained != vocab:
+        raise CheckpointError("checkpoint %s was trained with vocabulary %s but the dataset has %s"
+                              % (path, trained, vocab))
+    if split not in source.split_names():
+        raise ConfigError("--split %s: the dataset has splits %s" % (split, source.split_names()))
+    model, variables = load_variables_for_inference(path, config, vocab)
+    devices = resolve_devices(config.replicas)
+    scored = make_p_predict_chunk(model, devices)
+
+    def p_predict(variables_, chunk):
+        out_ = scored(variables_, chunk)
+        if progress is not None:
+            progress.on_predict_call({"split": split, "samples": int(np.size(chunk["label"]))})
+        return out_
+
+    timing: Dict[str, Any] = {}
+    for _ in range(passes):
+        if progress is not None:
+            progress.on_evaluation_begin({"split": split, "samples": source.num_samples(split)})
+        out = predict_split(p_predict, variables, source, split, devices, config.micro_batch_size,
+                            config.device_iterations, config.max_seq_len, config.prefetch,
+                            timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0},
+                            length_buckets=config.length_buckets)
+    if progress is not None:
+        progress.on_close({})
+    metrics = metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
+    return {"out": out, "metrics": metrics, "timing": timing, "devices": devices}
+
+
+def write_predictions(path: str, out: Dict[str, np.ndarray]) -> None:
+    """One CSV row per sample (index, user, label, logit, probability), replaced atomically."""
+    probabilities = 1.0 / (1.0 + np.exp(-out["logits"].astype(np.float64)))
+    with open(path + ".tmp", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "user", "label", "logit", "probability"])
+        for i in range(len(out["logits"])):
+            writer.writerow([i, int(out["user"][i]), int(out["label"][i]), "%.7g" % out["logits"][i],
+                             "%.7g" % probabilities[i]])
+    os.replace(path + ".tmp", path)

@@ -12,6 +12,7 @@ PYTHON38 ?= $(shell for c in $$(command -v python3.8 2>/dev/null) $$HOME/.pyenv/
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 8)' >/dev/null 2>&1 && { echo "$$c"; break; }; done)
 PROXY_VENV ?= .venv-ipu-proxy
 SAMPLE_DATA := build/amazon_electronics_sample
+SOURCES := din_jax experiments data_prep tests examples
 PYTEST_ARGS ?=
 # Test files are spread over one worker per core (pytest-xdist); a file stays
 # on one worker, so its module fixtures are built once. PYTEST_WORKERS=0 runs
@@ -19,7 +20,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadfile)
 
-.PHONY: setup train test test-ipu-proxy lint data figures clean
+.PHONY: setup train test test-ipu-proxy lint format data figures clean
 
 setup: $(VENV)/.installed
 
@@ -56,8 +57,13 @@ test-ipu-proxy: $(PROXY_VENV)/.installed
 figures: setup
 	PYTHON=$(BIN)/python experiments/make_figures.sh
 
+# The linter, and the formatter's check (ruff format: make format rewrites the files).
 lint: setup
-	$(BIN)/ruff check din_jax experiments data_prep tests
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+format: setup
+	$(BIN)/ruff format $(SOURCES)
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -11,14 +11,19 @@ import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+from absl import logging
 from matplotlib import colors as mcolors
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from din_jax.ablation.report import Runs, summarize
+from din_jax.checkpoint import CheckpointError
+from din_jax.config import config_from_checkpoint
+from din_jax.inference import Predictor, resolve_checkpoint_dir
 from din_jax.metrics import LOWER_IS_BETTER
 from din_jax.train.observers import TRAIN_LOG_FILE, read_train_log
+from din_jax.train.setup import load_source
 
 _DPI = 150
 _PALETTE = "#1f77b4 #d62728 #2ca02c #ff7f0e #9467bd #8c564b #e377c2 #17becf".split()
@@ -362,12 +367,6 @@ def write_run_figures(run_dir: str, out_dir: Optional[str] = None, attention_sam
 def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None, split: str = "test",
                            scale: str = "auto") -> Optional[str]:
     """The attention figure of a run's best checkpoint on one sample of its data; None when not possible."""
-    from absl import logging
-
-    from din_jax.checkpoint import CheckpointError
-    from din_jax.config import config_from_checkpoint
-    from din_jax.inference import Predictor, resolve_checkpoint_dir
-    from din_jax.train.setup import load_source
 
     try:
         predictor = Predictor.from_checkpoint(resolve_checkpoint_dir(run_dir))

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 
 from absl import logging
 
+from din_jax.config import TrainConfig
 from din_jax.fileio import json_default
 from din_jax.metrics import is_better
 
@@ -116,8 +117,6 @@ def expand_grid(variants: Sequence[Cell] = (), models: Sequence[str] = (), atten
 
 def default_config_dict() -> Dict[str, Any]:
     """``TrainConfig``'s defaults, as JSON values (what ``compute_run_key`` compares against)."""
-    from din_jax.config import TrainConfig
-
     return _config_dict(TrainConfig())
 
 

@@ -239,10 +239,7 @@ def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[st
 
 
 def load_array(directory: str, name: str, meta: Optional[Dict[str, Any]] = None) -> Optional[np.ndarray]:
-    """A named array saved with ``save_checkpoint(..., arrays=...)``, verified; None when there is none of that name.
-
-    CheckpointError when the file is missing, corrupt or unreadable.
-    """
+    """A named array of ``save_checkpoint(..., arrays=...)``, verified (CheckpointError); None if there is none."""
     meta = read_metadata(directory) if meta is None else meta
     digest = (meta.get("arrays") or {}).get(name)
     if digest is None:

@@ -22,11 +22,7 @@ def cpu_collectives_supported() -> bool:
 
 def initialize(coordinator_address: str, num_processes: int, process_id: int,
                local_device_ids: Optional[list] = None) -> None:
-    """Connects this process to the others (call before any other jax use).
-
-    ``coordinator_address`` is ``host:port`` where process 0 listens; ``local_device_ids`` restricts this process to
-    some local accelerators.
-    """
+    """Connects this process to the others (before any other jax use); process 0 listens at ``coordinator_address``."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms in ("", "cpu") and cpu_collectives_supported():
         # CPU collectives across processes need an explicit implementation.

@@ -87,26 +87,16 @@ class ProgressHook:
             mode = "log"
         self.mode = mode
         self.seconds = float(seconds)
-        self._epoch_bar = None
-        self._eval_bar = None
+        self._epoch_bar = self._eval_bar = None
         self._saved_streams: Optional[Dict[str, Any]] = None
-        self._epochs = 0
-        self._steps_per_epoch = 0
-        self._epoch_first_step = 0
-        self._epoch_steps = 0
-        self._start_time = None
-        self._start_step = 0
+        self._epochs = self._steps_per_epoch = self._epoch_first_step = self._epoch_steps = self._start_step = 0
+        self._start_time = self._loss = self._samples_per_s = self._validation = None
         self._last_line = 0.0
-        self._loss = None
-        self._samples_per_s = None
-        self._validation = None
         self._evaluation: Optional[Dict[str, Any]] = None
 
     @property
     def replaces_call_log(self) -> bool:
         return self.mode == "bar"
-
-    # -- shared state --------------------------------------------------------
 
     def _postfix(self) -> str:
         parts = []
@@ -306,11 +296,10 @@ class TensorBoardHook:
         self._open(None)
         if self.writer is None:
             return
-        for split in ("test",):
-            for name in _METRICS:
-                value = (summary.get(split) or {}).get(name)
-                if value is not None:
-                    self.writer.add_scalar("%s/%s" % (split, name), value, summary["steps"])
+        for name in _METRICS:
+            value = (summary.get("test") or {}).get(name)
+            if value is not None:
+                self.writer.add_scalar("test/" + name, value, summary["steps"])
         self.writer.add_scalar("best/step", summary["best_step"], summary["steps"])
         self.writer.flush()
 
@@ -403,10 +392,7 @@ def read_train_log(path: str) -> List[Dict[str, Any]]:
 def make_hooks(
     config, progress="auto", progress_seconds=30.0, tensorboard=True, attention_histograms=True, train_log=True
 ) -> List[Any]:
-    """The usual hooks of a run: progress display, and with ``config.model_path`` TensorBoard and the train log.
-
-    A missing optional package (tqdm, tensorboardX) costs its feature and a warning, never the run.
-    """
+    """The usual hooks of a run: progress display, and with ``config.model_path`` TensorBoard and the train log."""
     hooks: List[Any] = []
     if progress != "none":
         hooks.append(ProgressHook(progress, progress_seconds))

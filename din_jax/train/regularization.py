@@ -141,10 +141,7 @@ def table_inverse_frequencies(regularization: Regularization, path: Tuple[str, .
 def add_regularization_gradients(
     grads: Any, params: Any, batch: Mapping[str, jnp.ndarray], regularization: Regularization, axis_name=None
 ) -> Any:
-    """``grads`` plus the MBA term on the embedding tables and ``l2 * w`` on every parameter.
-
-    Call it after the gradients are averaged over devices; the result is then identical on every device.
-    """
+    """``grads`` + the MBA term on the embedding tables + ``l2 * w``; for gradients already averaged over devices."""
     frozen = isinstance(grads, flax.core.FrozenDict)
     flat_grads = traverse_util.flatten_dict(flax.core.unfreeze(grads))
     flat_params = traverse_util.flatten_dict(flax.core.unfreeze(params))

@@ -66,13 +66,8 @@ def init_variables(model, seed: int, max_seq_len: int) -> Dict[str, Any]:
 def create_train_state(model, tx: optax.GradientTransformation, seed: int, max_seq_len: int) -> TrainState:
     """A fresh (unreplicated) TrainState."""
     variables = init_variables(model, seed, max_seq_len)
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables["batch_stats"],
-        dropout_rng=jax.random.PRNGKey(seed + 1),
-    )
+    params, stats, rng = variables["params"], variables["batch_stats"], jax.random.PRNGKey(seed + 1)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats, dropout_rng=rng)
 
 
 def value_and_scaled_grad(loss_fn: Callable, loss_scale: float, argnums: Any = 0) -> Callable:
@@ -111,13 +106,9 @@ def make_train_step(
         dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
 
         def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_rng},
-            )
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            rngs = {"dropout": dropout_rng}
+            logits, updates = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs=rngs)
             return compute_loss(logits, batch["label"]), (logits, updates)
 
         (loss, (logits, updates)), grads = value_and_scaled_grad(loss_fn, loss_scale)(state.params)

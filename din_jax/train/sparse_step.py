@@ -99,7 +99,10 @@ class SparseEmbeddingOptimizer:
         return {"dense": self.dense_tx.init(rest), "tables": moments}
 
     def update(self, updates, state, params=None):
-        raise TypeError("a SparseEmbeddingOptimizer is applied by make_sparse_train_step, not apply_gradients")
+        raise TypeError(
+            "a SparseEmbeddingOptimizer is applied by din_jax.train.sparse_step.make_sparse_train_step, "
+            "not through TrainState.apply_gradients"
+        )
 
 
 def make_sparse_optimizer(model, config: Any) -> SparseEmbeddingOptimizer:

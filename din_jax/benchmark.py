@@ -1,28 +1,10 @@
 """Throughput benchmark: the real train and predict programs, timed in windows.
 
-``run_benchmark`` measures, for each micro-batch size, what training (or
-inference) runs: the pmapped ``train_chunk`` of ``din_jax.train.step`` (device
-iterations, donated state, sparse embedding updates, length buckets) fed by
-the same host pipeline as ``Trainer`` (chunks gathered by a background thread,
-metrics fetched one call late). Method:
-
-1. A pool of samples (synthetic with a chosen history-length distribution, or
-   a split of a dataset directory) is planned into windows: each window is one
-   pass over the pool in a fresh shuffled order, cut into calls exactly as an
-   epoch is (``plan_chunks`` / ``plan_bucketed_chunks``), so a window holds
-   every length bucket in its true proportion.
-2. Warm-up: one call of every program shape any window uses (this is where
-   XLA compiles); its wall time is reported as ``compile_s``, not timed.
-3. The windows are run back to back; the device is synchronised at each
-   window's end only. ``samples_per_s`` is the median over the windows,
-   with the minimum, maximum and relative spread.
-
-Also recorded: milliseconds per micro-batch, the process's peak resident
-memory (``resource.getrusage``) and the device's peak memory where the
-backend reports it, the analytic FLOPs per sample, and the platform, device,
-CPU and library versions.
-
-Shape letters: R replicas, K device iterations, B micro-batch, T history.
+``run_benchmark`` times, per micro-batch size, what training (or inference) runs: the pmapped programs of
+``din_jax.train.setup.create_programs``, fed by the Trainer's host pipeline (background prefetch, metrics fetched
+one call late). Each window is one shuffled pass over a pool of samples, cut into calls as an epoch is; every
+program shape is compiled first (``compile_s``, not timed), and the median samples/s over the windows is reported.
+Method and columns: docs/PERFORMANCE.md.
 """
 
 import csv
@@ -48,52 +30,39 @@ from din_jax.train.step import replicate, resolve_devices
 MODES = ("train", "infer")
 RESULT_FILES = {"train": "results_train.csv", "infer": "results_infer.csv"}
 
-# The Amazon Electronics vocabulary (the DIN paper's data).
 ELECTRONICS_VOCABULARY = {"users": 192403, "items": 63001, "categories": 801}
 
 # The configuration the throughput targets are stated for (docs/PERFORMANCE.md).
 BENCHMARK_MODEL_CONFIG = {
-    "item_dim": 32, "category_dim": 32, "user_dim": 32, "use_item_bias": True,
-    "attention": "din", "attention_hidden": (80, 40), "attention_activation": "sigmoid",
-    "attention_normalization": "none", "mlp_hidden": (200, 80), "activation": "prelu",
+    "item_dim": 32,
+    "category_dim": 32,
+    "user_dim": 32,
+    "use_item_bias": True,
+    "attention": "din",
+    "attention_hidden": (80, 40),
+    "attention_activation": "sigmoid",
+    "attention_normalization": "none",
+    "mlp_hidden": (200, 80),
+    "activation": "prelu",
 }
 
-CSV_COLUMNS = (
-    "mode", "micro_batch_size", "samples_per_s", "samples_per_s_min", "samples_per_s_max", "spread_pct",
-    "ms_per_micro_batch", "cpu_us_per_sample", "windows", "samples_per_window", "replicas", "device_iterations", "global_batch",
-    "compile_s", "programs", "peak_rss_mb", "device_peak_mb", "mean_history_length", "mean_padded_length",
-    "flops_per_sample", "gflops_per_s", "lengths", "length_buckets", "embedding_updates", "optimizer",
-    "data_type", "positions_per_pass", "prefetch", "model", "model_config", "platform", "device_kind", "devices",
-    "cpu_model", "cpu_count", "python", "jax", "jaxlib", "flax", "optax", "numpy", "load_before", "load_after",
-    "date",
+CSV_COLUMNS = tuple(
+    """mode micro_batch_size samples_per_s samples_per_s_min samples_per_s_max spread_pct ms_per_micro_batch
+    cpu_us_per_sample windows samples_per_window replicas device_iterations global_batch compile_s programs
+    peak_rss_mb device_peak_mb mean_history_length mean_padded_length flops_per_sample gflops_per_s lengths
+    length_buckets embedding_updates optimizer data_type positions_per_pass prefetch model model_config platform
+    device_kind devices cpu_model cpu_count python jax jaxlib flax optax numpy load_before load_after date""".split()
 )
 
 
 @dataclasses.dataclass
 class BenchmarkConfig:
-    """What to measure.
+    """What to measure (the flags of experiments/benchmark.py).
 
-    Attributes:
-      mode: ``train`` or ``infer``.
-      micro_batch_sizes: one row per size (samples per device per micro-batch).
-      device_iterations: micro-batches per host call; 0 picks about 2,048
-        samples per call (at least 1 micro-batch).
-      replicas: devices (0: every local device).
-      model, model_config: the model; the vocabulary is ``vocabulary``.
-      optimizer, learning_rate, embedding_updates: training only.
-      data_type: compute dtype (``float32``, ``float16``, ``bfloat16``).
-      lengths: history-length spec of the synthetic data (``uniform:1:100``,
-        ``full:100``, ``electronics``); ignored with ``dataset``.
-      dataset, split: a dataset directory and the split to use instead.
-      samples: size of the synthetic pool (one window is one pass over it);
-        0 picks a size that makes every window at least 16 calls.
-      max_seq_len, length_buckets: as ``TrainConfig``.
-      windows: timed windows (the median is reported).
-      positions_per_pass: history positions (rows x T) computed per pass
-        inside a micro-batch (0: the whole micro-batch at once); training:
-        sparse updates only.
-      prefetch: chunks prepared ahead by the background thread.
-      seed: data, order and initialisation.
+    ``device_iterations`` 0 picks about 2,048 samples per call; ``replicas`` 0 takes every local device;
+    ``lengths`` (``uniform:1:100``, ``full:100``, ``electronics``) shapes the synthetic pool unless ``dataset``
+    (and ``split``) is given; ``samples`` 0 sizes the pool so that every window holds at least 16 calls per bucket.
+    The training fields (``optimizer``, ``embedding_updates``, ...) are ignored when inferring.
     """
 
     mode: str = "train"
@@ -117,10 +86,6 @@ class BenchmarkConfig:
     positions_per_pass: int = 0
     prefetch: int = 2
     seed: int = 0
-
-
-# ----------------------------------------------------------------------------
-# Environment, memory, statistics
 
 
 def _cpu_model() -> str:
@@ -152,20 +117,11 @@ def load_average() -> Optional[float]:
 def environment_info(devices: Optional[List[Any]] = None) -> Dict[str, Any]:
     """Platform, device, CPU and library versions."""
     devices = devices or jax.local_devices()
-    jaxlib_version = _version("jaxlib")
-    return {
-        "platform": devices[0].platform,
-        "device_kind": str(getattr(devices[0], "device_kind", devices[0].platform)),
-        "devices": len(devices),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib_version,
-        "flax": _version("flax"),
-        "optax": _version("optax"),
-        "numpy": np.__version__,
-    }
+    kind = str(getattr(devices[0], "device_kind", devices[0].platform))
+    info = dict(platform=devices[0].platform, device_kind=kind, devices=len(devices), cpu_model=_cpu_model())
+    info.update(cpu_count=os.cpu_count(), python=platform.python_version(), jax=jax.__version__, numpy=np.__version__)
+    info.update({name: _version(name) for name in ("jaxlib", "flax", "optax")})
+    return info
 
 
 def peak_rss_mb() -> float:
@@ -188,7 +144,7 @@ def device_peak_mb(devices: Sequence[Any]) -> Optional[float]:
 
 
 def _describe(value: Any) -> Any:
-    """JSON for model fields: tuples as lists, factories by name and bound arguments."""
+    # JSON of model fields: tuples as lists, factories (functools.partial) by name and bound arguments.
     if isinstance(value, (tuple, list)):
         return list(value)
     keywords = getattr(value, "keywords", None)
@@ -201,35 +157,21 @@ def summarize(rates: Sequence[float]) -> Dict[str, float]:
     """Median, minimum, maximum and spread (``100 * (max - min) / median``) of per-window rates."""
     values = np.asarray(rates, dtype=np.float64)
     median = float(np.median(values))
-    return {"median": median, "min": float(values.min()), "max": float(values.max()),
-            "spread_pct": float(100.0 * (values.max() - values.min()) / median) if median > 0 else float("nan")}
-
-
-# ----------------------------------------------------------------------------
-# FLOPs
+    spread = float(100.0 * (values.max() - values.min()) / median) if median > 0 else float("nan")
+    return {"median": median, "min": float(values.min()), "max": float(values.max()), "spread_pct": spread}
 
 
 def _dense_flops(widths: Sequence[int]) -> int:
     return sum(2 * a * b for a, b in zip(widths, widths[1:]))
 
 
-def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, form: str = "split",
-                         train: bool = False) -> float:
-    """FLOPs (2 per multiply-add) of DIN's matrix products for one sample.
+def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, form="split", train=False) -> float:
+    """FLOPs (2 per multiply-add) of DIN's matrix products for one sample at a padded history length.
 
-    Counts the matrix products only (attention MLP per history position,
-    the weighted sum, the prediction MLP); element-wise work, gathers and the
-    optimiser are left out. Training is counted as 3x the forward pass (the
-    backward pass computes two products per forward product).
-
-    Args:
-      model_config: DIN fields (``item_dim``, ``category_dim``, ``user_dim``,
-        ``attention_hidden``, ``mlp_hidden``, ``use_history_sum``).
-      history_length: positions computed per sample (the padded length).
-      form: the first attention layer as evaluated: ``concat`` (``8 D H``
-        per position, the textbook form), ``split`` (``4 D H`` per position +
-        ``2 D H`` per sample) or ``fold`` (``2 D H`` per position + ``3 D H``
-        per sample, the per-sample matrix included).
+    Element-wise work, gathers and the optimiser are left out; training is 3x the forward pass (the backward
+    pass computes two products per forward one). ``form`` is the attention's first layer as evaluated: ``concat``
+    (``8 D H`` per position), ``split`` (``4 D H`` per position + ``2 D H`` per sample) or ``fold`` (``2 D H``
+    per position + ``3 D H`` per sample, the per-sample matrix included).
     """
     d = int(model_config.get("item_dim", 64)) + int(model_config.get("category_dim", 64))
     hidden = [int(h) for h in model_config.get("attention_hidden", (80, 40))]
@@ -257,11 +199,7 @@ def attention_form(model_config: Dict[str, Any], history_length: int) -> str:
 
 
 def measure_matmul_gflops(m: int = 4096, k: int = 128, n: int = 80, repeats: int = 20, batch: int = 0) -> float:
-    """The backend's float32 matrix-multiply rate (GFLOP/s) on a jitted ``[m, k] @ [k, n]``.
-
-    With ``batch`` > 0, a batched product ``[batch, m, k] @ [batch, k, n]``
-    (the folded attention's shape).
-    """
+    """The backend's float32 rate (GFLOP/s) on a jitted ``[m, k] @ [k, n]`` (``[batch, m, k] @ [batch, k, n]``)."""
     lead = (batch,) if batch else ()
     a = jax.numpy.ones(lead + (m, k), jax.numpy.float32)
     b = jax.numpy.ones(lead + (k, n), jax.numpy.float32)
@@ -274,9 +212,7 @@ def measure_matmul_gflops(m: int = 4096, k: int = 128, n: int = 80, repeats: int
     return 2.0 * max(batch, 1) * m * k * n * repeats / (time.perf_counter() - start) / 1e9
 
 
-# Shapes of DIN's products at micro-batch 4096 (256 rows per pass, 64 positions):
-# the attention's first layer per position (split form), its folded per-sample
-# form, the second layer, the prediction MLP's first layer; and a large square one.
+# DIN's products at micro-batch 4096 (256 rows per pass, 64 positions), and a large square one.
 MATMUL_SHAPES = (
     ("attention layer 1 (split): [16384,64]@[64,80]", dict(m=16384, k=64, n=80)),
     ("attention layer 1 (fold): [256x64,64]@[256x64,80]", dict(m=64, k=64, n=80, batch=256)),
@@ -291,19 +227,16 @@ def measure_matmul_rates() -> List[Tuple[str, float]]:
     return [(name, measure_matmul_gflops(**shape)) for name, shape in MATMUL_SHAPES]
 
 
-# ----------------------------------------------------------------------------
-# Data and plans
-
-
 def make_source(config: BenchmarkConfig, num_samples: int):
     """The data pool: a dataset directory, or synthetic data with ``config.lengths``."""
     if config.dataset:
         return load_dataset(config.dataset)
     vocab = config.vocabulary
     train, test = (num_samples, 0) if config.mode == "train" else (0, num_samples)
-    return make_synthetic_dataset(train, 0, test, max_seq_len=config.max_seq_len, num_users=vocab["users"],
-                                  num_items=vocab["items"], num_categories=vocab["categories"], seed=config.seed,
-                                  length_spec=config.lengths)
+    sizes = dict(num_users=vocab["users"], num_items=vocab["items"], num_categories=vocab["categories"])
+    return make_synthetic_dataset(
+        train, 0, test, max_seq_len=config.max_seq_len, seed=config.seed, length_spec=config.lengths, **sizes
+    )
 
 
 def source_split(config: BenchmarkConfig) -> str:
@@ -322,29 +255,24 @@ def default_pool_size(config: BenchmarkConfig, global_batch: int, device_iterati
     return max(65536, 16 * buckets * device_iterations * global_batch)
 
 
-def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, replicas: int, device_iterations: int,
-                micro_batch_size: int):
+def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, replicas: int, iterations: int, batch: int):
     """The calls of one window: a pass over the pool in the window's own shuffled order."""
     order = np.random.default_rng([config.seed, window]).permutation(len(lengths))
     buckets = normalize_buckets(config.length_buckets, config.max_seq_len)
     if len(buckets) > 1:
-        return plan_bucketed_chunks(order, lengths, buckets, replicas, device_iterations, micro_batch_size,
-                                    drop_remainder=True, shuffle_seed=[config.seed, window])
-    plan = plan_chunks(order, replicas, device_iterations, micro_batch_size, drop_remainder=True)
+        options = dict(drop_remainder=True, shuffle_seed=[config.seed, window])
+        return plan_bucketed_chunks(order, lengths, buckets, replicas, iterations, batch, **options)
+    plan = plan_chunks(order, replicas, iterations, batch, drop_remainder=True)
     return plan._replace(seq_lens=[config.max_seq_len] * len(plan.calls))
 
 
-# ----------------------------------------------------------------------------
-# The measurement
-
-
 def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterations: int):
-    return TrainConfig(model=config.model, model_config=dict(config.model_config), use_synthetic_data=True,
-                       max_seq_len=config.max_seq_len, micro_batch_size=micro_batch_size,
-                       device_iterations=device_iterations, replicas=config.replicas, optimizer=config.optimizer,
-                       learning_rate=config.learning_rate, data_type=config.data_type, seed=config.seed,
-                       embedding_updates=config.embedding_updates, positions_per_pass=config.positions_per_pass,
-                       length_buckets=tuple(config.length_buckets)).validate()
+    shared = "model max_seq_len replicas optimizer learning_rate data_type seed embedding_updates positions_per_pass"
+    fields = {name: getattr(config, name) for name in shared.split()}
+    fields.update(model_config=dict(config.model_config), length_buckets=tuple(config.length_buckets))
+    return TrainConfig(
+        use_synthetic_data=True, micro_batch_size=micro_batch_size, device_iterations=device_iterations, **fields
+    ).validate()
 
 
 def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: Dict[str, int]):
@@ -362,13 +290,10 @@ def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: 
     return lambda chunk: programs.p_predict(variables, chunk)
 
 
-def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source: Any = None,
-                          log: Any = None) -> Dict[str, Any]:
-    """One result row: the throughput of ``config.mode`` at one micro-batch size.
+def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source=None, log=None) -> Dict[str, Any]:
+    """One result row (``CSV_COLUMNS``) at one micro-batch size.
 
-    Args:
-      source: the data pool (built from ``config`` when None).
-      log: optional ``callable(str)`` for progress lines.
+    ``source`` is the pool (built from ``config`` when None); ``log`` an optional ``callable(str)`` for progress.
     """
     devices = resolve_devices(config.replicas)
     replicas = len(devices)
@@ -380,12 +305,12 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         source = make_source(config, samples)
     lengths = source.history_lengths(split, config.max_seq_len)
     if len(lengths) < global_batch * device_iterations:
-        raise ValueError("the pool has %d samples, fewer than one call (%d x %d x %d)"
-                         % (len(lengths), replicas, device_iterations, micro_batch_size))
+        call_shape = (replicas, device_iterations, micro_batch_size)
+        raise ValueError("the pool has %d samples, fewer than one call (%d x %d x %d)" % ((len(lengths),) + call_shape))
     train_config = _train_config(config, micro_batch_size, device_iterations)
     call = _programs(config, devices, train_config, vocabulary(source))
-    plans = [plan_window(config, lengths, window, replicas, device_iterations, micro_batch_size)
-             for window in range(config.windows)]
+    windows = range(config.windows)
+    plans = [plan_window(config, lengths, w, replicas, device_iterations, micro_batch_size) for w in windows]
     load_before = load_average()
 
     # Warm-up: compile every program shape the windows use.
@@ -398,9 +323,10 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len)))
     compile_s = time.perf_counter() - start
     if log:
-        log("%s micro-batch %d: %d program(s) compiled in %.1f s" % (config.mode, micro_batch_size, len(shapes),
-                                                                   compile_s))
+        compiled = (config.mode, micro_batch_size, len(shapes), compile_s)
+        log("%s micro-batch %d: %d program(s) compiled in %.1f s" % compiled)
 
+    train = config.mode == "train"
     rates, window_seconds, window_steps, window_samples, window_cpu = [], [], [], [], []
     padded, real, flops = 0.0, 0.0, 0.0
     for window, plan in enumerate(plans):
@@ -414,9 +340,8 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
             padded += indices.size * seq_len
             real += float(np.sum(lengths[indices]))
             if config.model == "din":
-                flops += indices.size * din_flops_per_sample(
-                    config.model_config, seq_len, attention_form(config.model_config, seq_len),
-                    train=config.mode == "train")
+                form = attention_form(config.model_config, seq_len)
+                flops += indices.size * din_flops_per_sample(config.model_config, seq_len, form, train=train)
         pending = None
         start, cpu_start = time.perf_counter(), time.process_time()
         for chunk in prefetch(chunks(), config.prefetch):
@@ -435,56 +360,33 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
             log("  window %d: %d samples in %.2f s, %.0f samples/s" % (window + 1, count, seconds, count / seconds))
 
     stats = summarize(rates)
-    median_window = int(np.argsort(rates)[len(rates) // 2])
-    mean_padded = padded / sum(window_samples)
-    flops = flops / sum(window_samples) if config.model == "din" else float("nan")
-    env = environment_info(devices)
+    median = int(np.argsort(rates)[len(rates) // 2])
+    total = sum(window_samples)
+    flops = flops / total if config.model == "din" else float("nan")
     buckets = normalize_buckets(config.length_buckets, config.max_seq_len)
-    row = {
-        "mode": config.mode,
-        "micro_batch_size": micro_batch_size,
-        "samples_per_s": round(stats["median"], 1),
-        "samples_per_s_min": round(stats["min"], 1),
-        "samples_per_s_max": round(stats["max"], 1),
-        "spread_pct": round(stats["spread_pct"], 1),
-        "ms_per_micro_batch": round(1000.0 * window_seconds[median_window] / window_steps[median_window], 4),
-        # Process CPU time (all threads) per sample: less sensitive to other load than the wall clock.
-        "cpu_us_per_sample": round(1e6 * window_cpu[median_window] / window_samples[median_window], 2),
-        "windows": config.windows,
-        "samples_per_window": window_samples[0],
-        "replicas": replicas,
-        "device_iterations": device_iterations,
-        "global_batch": global_batch,
-        "compile_s": round(compile_s, 2),
-        "programs": len(shapes),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "device_peak_mb": device_peak_mb(devices),
-        "mean_history_length": round(real / sum(window_samples), 2),
-        "mean_padded_length": round(mean_padded, 2),
-        "flops_per_sample": round(flops),
-        "gflops_per_s": round(flops * stats["median"] / 1e9, 2),
-        "lengths": "dataset:%s/%s" % (config.dataset, split) if config.dataset else config.lengths,
-        "length_buckets": ",".join(str(b) for b in buckets),
-        "embedding_updates": config.embedding_updates if config.mode == "train" else "",
-        "optimizer": config.optimizer if config.mode == "train" else "",
-        "data_type": config.data_type,
-        "positions_per_pass": config.positions_per_pass,
-        "prefetch": config.prefetch,
-        "model": config.model,
-        "model_config": json.dumps(config.model_config, sort_keys=True, default=_describe),
-        "load_before": load_before,
-        "load_after": load_average(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    row.update(env)
+    row = dict(mode=config.mode, micro_batch_size=micro_batch_size, samples_per_s=round(stats["median"], 1))
+    row.update(samples_per_s_min=round(stats["min"], 1), samples_per_s_max=round(stats["max"], 1))
+    row.update(spread_pct=round(stats["spread_pct"], 1))
+    row["ms_per_micro_batch"] = round(1000.0 * window_seconds[median] / window_steps[median], 4)
+    # Process CPU time (all threads) per sample: less sensitive to other load than the wall clock.
+    row["cpu_us_per_sample"] = round(1e6 * window_cpu[median] / window_samples[median], 2)
+    row.update(windows=config.windows, samples_per_window=window_samples[0], replicas=replicas)
+    row.update(device_iterations=device_iterations, global_batch=global_batch, compile_s=round(compile_s, 2))
+    row.update(programs=len(shapes), peak_rss_mb=round(peak_rss_mb(), 1), device_peak_mb=device_peak_mb(devices))
+    row.update(mean_history_length=round(real / total, 2), mean_padded_length=round(padded / total, 2))
+    row.update(flops_per_sample=round(flops), gflops_per_s=round(flops * stats["median"] / 1e9, 2))
+    row["lengths"] = "dataset:%s/%s" % (config.dataset, split) if config.dataset else config.lengths
+    row["length_buckets"] = ",".join(str(b) for b in buckets)
+    row.update(embedding_updates=config.embedding_updates if train else "", optimizer=config.optimizer if train else "")
+    row.update(data_type=config.data_type, positions_per_pass=config.positions_per_pass, prefetch=config.prefetch)
+    row.update(model=config.model, model_config=json.dumps(config.model_config, sort_keys=True, default=_describe))
+    row.update(load_before=load_before, load_after=load_average(), date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    row.update(environment_info(devices))
     return row
 
 
 def run_benchmark(config: BenchmarkConfig, log: Any = None) -> List[Dict[str, Any]]:
-    """One row per micro-batch size (see ``benchmark_micro_batch``).
-
-    A synthetic pool is generated once for the largest size and shared.
-    """
+    """One row per micro-batch size (``benchmark_micro_batch``); a synthetic pool is built once, for the largest."""
     if config.mode not in MODES:
         raise ValueError("mode must be one of %s, got %r" % (list(MODES), config.mode))
     source = None
@@ -513,18 +415,16 @@ def write_results(rows: Sequence[Dict[str, Any]], output_dir: str, mode: str) ->
 
 def format_table(rows: Sequence[Dict[str, Any]]) -> str:
     """A plain-text table of the headline columns."""
-    header = ("mode", "micro_batch", "samples/s", "min", "max", "spread%", "ms/micro-batch", "compile_s",
-              "peak_rss_MB", "padded_T")
+    header = "mode micro_batch samples/s min max spread% ms/micro-batch compile_s peak_rss_MB padded_T".split()
     lines = ["  ".join("%14s" % h for h in header)]
     for row in rows:
-        values = (row["mode"], row["micro_batch_size"], "%.0f" % row["samples_per_s"],
-                  "%.0f" % row["samples_per_s_min"], "%.0f" % row["samples_per_s_max"], "%.1f" % row["spread_pct"],
-                  "%.3f" % row["ms_per_micro_batch"], "%.1f" % row["compile_s"], "%.0f" % row["peak_rss_mb"],
-                  "%.1f" % row["mean_padded_length"])
-        lines.append("  ".join("%14s" % v for v in values))
-    env = rows[0] if rows else {}
-    if env:
-        lines.append("%s (%s x%s), %s, %s cores; jax %s jaxlib %s flax %s optax %s numpy %s python %s" % (
-            env["platform"], env["device_kind"], env["devices"], env["cpu_model"], env["cpu_count"], env["jax"],
-            env["jaxlib"], env["flax"], env["optax"], env["numpy"], env["python"]))
+        rates = ["%.0f" % row[key] for key in ("samples_per_s", "samples_per_s_min", "samples_per_s_max")]
+        values = [row["mode"], row["micro_batch_size"]] + rates + ["%.1f" % row["spread_pct"]]
+        values += ["%.3f" % row["ms_per_micro_batch"], "%.1f" % row["compile_s"], "%.0f" % row["peak_rss_mb"]]
+        lines.append("  ".join("%14s" % v for v in values + ["%.1f" % row["mean_padded_length"]]))
+    if rows:
+        env = rows[0]
+        machine = tuple(env[k] for k in ("platform", "device_kind", "devices", "cpu_model", "cpu_count"))
+        versions = " ".join("%s %s" % (k, env[k]) for k in ("jax", "jaxlib", "flax", "optax", "numpy", "python"))
+        lines.append("%s (%s x%s), %s, %s cores; " % machine + versions)
     return "\n".join(lines)

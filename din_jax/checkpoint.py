@@ -1,22 +1,8 @@
-"""Checkpoints as ``.npz`` of flattened state leaves plus a JSON of metadata.
+"""Checkpoints: a directory of ``state.npz`` (the flattened state), named ``<name>.npy`` arrays and a checksummed JSON.
 
-Readable by every supported stack: the IPU one (flax 0.6.0) has no orbax and
-its ``serialization.to_bytes`` fails under jax 0.4.13. A checkpoint is a
-directory holding ``state.npz`` and ``checkpoint.json``; the JSON records the
-npz's sha256 and its own (``metadata_sha256``, over the rest of the JSON),
-both checked on load. Directories are written to a temporary name, synced to
-disk and renamed, so a crash or a power cut never leaves a half-written one.
-
-Keys of ``state.npz`` are the tree paths joined with ``/``; a ``/`` or ``%``
-inside one path component (the sparse optimiser's moments are keyed by table
-paths such as ``embedding/item``) is written ``%2F`` / ``%25``, so that every
-key maps back to exactly one path.
-
-A checkpoint may also hold named arrays outside the state (``<name>.npy``,
-e.g. the item -> category map a ``Predictor`` needs), each with its sha256 in
-the JSON, and training checkpoints live in numbered directories
-``<root>/step_<N>`` of which the last few are kept (``list_step_checkpoints``,
-``prune_step_checkpoints``).
+Plain npz + JSON because every supported stack reads it: the IPU one (flax 0.6.0) has no orbax and its
+``serialization.to_bytes`` fails under jax 0.4.13. Directories are written to a temporary name, synced to disk and
+renamed, so a crash or a power cut never leaves a half-written one. The format: docs/WATCHING.md.
 """
 
 import glob
@@ -34,9 +20,7 @@ from flax import serialization, traverse_util
 
 from din_jax.fileio import flush_to_disk, fsync_path, json_default, save_array
 
-# Version 2 added metadata_sha256 and escaped key components. Version 1
-# checkpoints (no metadata checksum; a '/' inside a component written as is)
-# stay readable: their keys are matched in their unescaped form.
+# Version 2 added metadata_sha256 and escaped key components; version 1 keys are matched unescaped.
 CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_CHECKSUM = "metadata_sha256"
@@ -46,6 +30,7 @@ STEP_PREFIX = "step_"
 _SEP = "/"
 _ARRAY_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _STEP_DIR = re.compile(r"^" + STEP_PREFIX + r"(\d+)$")
+_FLAGS_MATCH = "do the model flags match the checkpoint?"
 
 
 class CheckpointError(Exception):
@@ -65,8 +50,16 @@ def _escape(component: Any) -> str:
 
 
 def path_key(path: Tuple[Any, ...]) -> str:
-    """The ``state.npz`` key of a tree path: ``('params', 'embedding', 'item')`` -> ``'params/embedding/item'``."""
+    """The ``state.npz`` key of a tree path: ``('params', 'embedding', 'item')`` -> ``'params/embedding/item'``.
+
+    A ``/`` or ``%`` inside one component (the sparse optimiser's moments are keyed ``embedding/item``) is written
+    ``%2F`` / ``%25``, so that every key maps back to exactly one path.
+    """
     return _SEP.join(_escape(component) for component in path)
+
+
+def _checksum_error(directory: str, name: str) -> CheckpointError:
+    return CheckpointError("checkpoint %s is corrupt: %s checksum does not match its metadata" % (directory, name))
 
 
 def _legacy_key(path: Tuple[Any, ...]) -> str:
@@ -87,8 +80,7 @@ def _canonical_json(meta: Dict[str, Any]) -> str:
 def metadata_checksum(meta: Dict[str, Any]) -> str:
     """The sha256 of the metadata without its own ``metadata_sha256``, over a canonical JSON text.
 
-    Computed on what JSON gives back (tuples as lists, numpy scalars as
-    Python numbers), so the value is the same before saving and after loading.
+    Computed on what JSON gives back (tuples as lists, numpy scalars as numbers): the same before saving and after.
     """
     body = {key: value for key, value in meta.items() if key != META_CHECKSUM}
     return hashlib.sha256(_canonical_json(json.loads(_canonical_json(body))).encode("utf-8")).hexdigest()
@@ -96,17 +88,10 @@ def metadata_checksum(meta: Dict[str, Any]) -> str:
 
 def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
                     arrays: Optional[Dict[str, np.ndarray]] = None) -> str:
-    """Writes ``tree`` (host arrays, e.g. after ``jax.device_get``) atomically.
+    """Writes ``tree`` (host arrays) atomically to ``directory`` and returns it.
 
-    An existing checkpoint at ``directory`` is replaced only once the new one
-    is complete and on disk.
-
-    Args:
-      arrays: named arrays stored beside the state as ``<name>.npy`` (read
-        them with ``load_array``); names are lower-case identifiers.
-
-    Returns:
-      ``directory``.
+    An existing checkpoint there is replaced only once the new one is complete and on disk. ``arrays`` are stored
+    beside the state as ``<name>.npy`` (names: lower-case identifiers; read them with ``load_array``).
     """
     directory = os.path.abspath(directory)
     parent = os.path.dirname(directory)
@@ -133,8 +118,7 @@ def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
         with open(os.path.join(tmp, META_FILE), "w") as handle:
             json.dump(meta, handle, indent=2, sort_keys=True, default=json_default)
             flush_to_disk(handle)
-        # Without these a power cut after the rename could leave a directory
-        # whose entries or contents never reached the disk.
+        # Without these a power cut after the rename could leave a directory whose entries never reached the disk.
         fsync_path(tmp)
         old = None
         if os.path.exists(directory):
@@ -157,8 +141,10 @@ def read_metadata(directory: str) -> Dict[str, Any]:
     path = os.path.join(directory, META_FILE)
     if not os.path.isdir(directory):
         if os.path.isdir(directory.rstrip(os.sep) + ".old"):
-            raise CheckpointError("no checkpoint at %s (directory not found; %s.old holds the previous one: the "
-                                  "process died while replacing it)" % (directory, directory.rstrip(os.sep)))
+            raise CheckpointError(
+                "no checkpoint at %s (directory not found; %s.old holds the previous one: the "
+                "process died while replacing it)" % (directory, directory.rstrip(os.sep))
+            )
         raise CheckpointError("no checkpoint at %s (directory not found)" % directory)
     if not os.path.isfile(path):
         raise CheckpointError("no checkpoint at %s (%s missing)" % (directory, META_FILE))
@@ -171,32 +157,28 @@ def read_metadata(directory: str) -> Dict[str, Any]:
         raise CheckpointError("checkpoint metadata %s is not a JSON object" % path)
     version = meta.get("version")
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
-        raise CheckpointError("checkpoint %s has version %r; this din_jax reads versions %s"
-                              % (directory, version, ", ".join(str(v) for v in READABLE_VERSIONS)))
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise CheckpointError(
+            "checkpoint %s has version %r; this din_jax reads versions %s" % (directory, version, readable)
+        )
     stored = meta.get(META_CHECKSUM)
     # Version 1 never had the field; a version 1 with it is a flipped version number.
     if (version >= 2 or stored is not None) and stored != metadata_checksum(meta):
-        raise CheckpointError("checkpoint %s is corrupt: %s does not match its %s (an edited or damaged file)"
-                              % (directory, META_FILE, META_CHECKSUM))
+        raise CheckpointError(
+            "checkpoint %s is corrupt: %s does not match its %s (an edited or damaged file)"
+            % (directory, META_FILE, META_CHECKSUM)
+        )
     return meta
 
 
 def load_checkpoint(directory: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    """Loads and verifies a checkpoint.
-
-    Returns:
-      (flat arrays keyed by path, metadata).
-
-    Raises:
-      CheckpointError: missing files, checksum mismatch, unreadable npz.
-    """
+    """``(flat arrays keyed by path, metadata)``, verified; CheckpointError for missing, corrupt or unreadable files."""
     meta = read_metadata(directory)
     state_path = os.path.join(directory, STATE_FILE)
     if not os.path.isfile(state_path):
         raise CheckpointError("checkpoint %s is incomplete (%s missing)" % (directory, STATE_FILE))
-    digest = _sha256(state_path)
-    if digest != meta.get("sha256"):
-        raise CheckpointError("checkpoint %s is corrupt: %s checksum does not match its metadata" % (directory, STATE_FILE))
+    if _sha256(state_path) != meta.get("sha256"):
+        raise _checksum_error(directory, STATE_FILE)
     try:
         with np.load(state_path, allow_pickle=False) as data:
             flat = {key: data[key] for key in data.files}
@@ -208,29 +190,20 @@ def load_checkpoint(directory: str) -> Tuple[Dict[str, np.ndarray], Dict[str, An
 def variables_prefix(meta: Dict[str, Any], flat: Dict[str, np.ndarray]) -> str:
     """Where a checkpoint keeps the model's variables: ``''`` (``best``/``last``) or ``'state/'``.
 
-    Training checkpoints (``checkpoints/step_N``, metadata with a ``train``
-    section) hold the whole TrainState under ``state/``.
+    Training checkpoints (``checkpoints/step_N``, metadata with a ``train`` section) hold the whole TrainState.
     """
     if isinstance(meta.get("train"), dict):
         return "state" + _SEP
-    if not any(key.startswith("params" + _SEP) for key in flat) and \
-            any(key.startswith("state" + _SEP + "params" + _SEP) for key in flat):
+    has_params = any(key.startswith("params" + _SEP) for key in flat)
+    if not has_params and any(key.startswith("state" + _SEP + "params" + _SEP) for key in flat):
         return "state" + _SEP
     return ""
 
 
-def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[str] = None, source: str = "checkpoint") -> Any:
-    """Fills ``template``'s structure with arrays from ``flat``.
+def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[str] = None, source="checkpoint") -> Any:
+    """Fills ``template``'s structure (shapes, dtypes) with the arrays of ``flat`` under ``prefix`` (e.g. ``params``).
 
-    Args:
-      template: a pytree with the expected structure, shapes and dtypes.
-      flat: arrays keyed by ``flatten_state`` paths.
-      prefix: read ``prefix/...`` keys of ``flat`` (e.g. only ``params``);
-        ``/``-separated, components escaped as in ``path_key``.
-      source: named in error messages.
-
-    Raises:
-      CheckpointError: a missing, extra or differently shaped entry, naming it.
+    CheckpointError names a missing, extra or differently shaped entry; ``source`` names the checkpoint in it.
     """
     template_dict = serialization.to_state_dict(template)
     expected = traverse_util.flatten_dict(template_dict, keep_empty_nodes=True)
@@ -246,23 +219,18 @@ def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[st
         if key not in available and _legacy_key(path) in available:
             key = _legacy_key(path)  # a version 1 checkpoint
         if key not in available:
-            raise CheckpointError("%s has no entry %r that the model needs; do the model flags match the checkpoint?"
-                                  % (source, lead + key))
+            raise CheckpointError("%s has no entry %r that the model needs; %s" % (source, lead + key, _FLAGS_MATCH))
         got = available[key]
         used.add(key)
         want_shape = tuple(np.shape(want))
         if tuple(got.shape) != want_shape:
-            raise CheckpointError(
-                "%s entry %r has shape %s but the model expects %s; do the model flags match the checkpoint?"
-                % (source, lead + key, tuple(got.shape), want_shape)
-            )
+            shapes = (source, lead + key, tuple(got.shape), want_shape, _FLAGS_MATCH)
+            raise CheckpointError("%s entry %r has shape %s but the model expects %s; %s" % shapes)
         restored[path] = got.astype(np.asarray(want).dtype, copy=False)
     extra = sorted(set(available) - used)
     if extra:
-        raise CheckpointError(
-            "%s has entries the model does not have (%s%s); do the model flags match the checkpoint?"
-            % (source, ", ".join(lead + key for key in extra[:3]), ", ..." if len(extra) > 3 else "")
-        )
+        names = ", ".join(lead + key for key in extra[:3]) + (", ..." if len(extra) > 3 else "")
+        raise CheckpointError("%s has entries the model does not have (%s); %s" % (source, names, _FLAGS_MATCH))
     try:
         return serialization.from_state_dict(template, traverse_util.unflatten_dict(restored))
     except (ValueError, KeyError, TypeError) as error:
@@ -271,14 +239,7 @@ def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[st
 
 
 def load_array(directory: str, name: str, meta: Optional[Dict[str, Any]] = None) -> Optional[np.ndarray]:
-    """A named array saved with ``save_checkpoint(..., arrays=...)``, checksum verified.
-
-    Returns:
-      The array, or None when the checkpoint has no array of that name.
-
-    Raises:
-      CheckpointError: the file is missing, corrupt or unreadable.
-    """
+    """A named array of ``save_checkpoint(..., arrays=...)``, verified (CheckpointError); None if there is none."""
     meta = read_metadata(directory) if meta is None else meta
     digest = (meta.get("arrays") or {}).get(name)
     if digest is None:
@@ -287,7 +248,7 @@ def load_array(directory: str, name: str, meta: Optional[Dict[str, Any]] = None)
     if not os.path.isfile(path):
         raise CheckpointError("checkpoint %s is incomplete (%s.npy missing)" % (directory, name))
     if _sha256(path) != digest:
-        raise CheckpointError("checkpoint %s is corrupt: %s.npy checksum does not match its metadata" % (directory, name))
+        raise _checksum_error(directory, name + ".npy")
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -300,18 +261,14 @@ def step_checkpoint_dir(root: str, step: int) -> str:
 
 
 def list_step_checkpoints(root: str) -> List[Tuple[int, str]]:
-    """``(step, directory)`` of the ``step_<N>`` checkpoints under ``root``, oldest first.
-
-    Only complete directories count (a ``checkpoint.json`` is written last, in
-    the temporary directory, before the rename); an absent root gives [].
-    """
+    """``(step, directory)`` of the complete ``step_<N>`` checkpoints under ``root``, oldest first ([] if absent)."""
     if not os.path.isdir(root):
         return []
     found = []
     for name in os.listdir(root):
         match = _STEP_DIR.match(name)
         path = os.path.join(root, name)
-        if match and os.path.isfile(os.path.join(path, META_FILE)):
+        if match and os.path.isfile(os.path.join(path, META_FILE)):  # written last: complete
             found.append((int(match.group(1)), path))
     return sorted(found)
 
@@ -327,13 +284,10 @@ def prune_step_checkpoints(root: str, keep: int) -> List[str]:
 
 
 def remove_temporaries(root: str) -> List[str]:
-    """Deletes what an interrupted ``save_checkpoint`` leaves in ``root``: ``.<name>.tmp-*`` directories.
+    """Deletes what an interrupted ``save_checkpoint`` leaves in ``root``; returns the paths deleted or restored.
 
-    A ``<name>.old`` whose ``<name>`` exists is deleted too; one without
-    (the process died between the two renames) is renamed back to ``<name>``.
-
-    Returns:
-      The paths deleted or restored.
+    That is ``.<name>.tmp-*`` directories, and a ``<name>.old`` whose ``<name>`` exists; one without (the process
+    died between the two renames) is renamed back to ``<name>``.
     """
     if not os.path.isdir(root):
         return []

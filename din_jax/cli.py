@@ -11,11 +11,9 @@ def run_main(main: Callable[[List[str]], Any], fail: Callable[[str, str], None],
              check: Optional[Callable[[], Optional[str]]] = None) -> None:
     """``absl.app.run(main)`` with the errors of the command line told in one line.
 
-    absl reports a bad flag in two lines and exits with 1, and a stray
-    positional argument would print the module docstring; here a bad flag, a
-    stray argument, a problem ``check()`` returns and an ``app.UsageError``
-    all go to ``fail(program, message)``, which prints ``PROGRAM: error:
-    ...`` and exits with status 2, as every other error of the entry points.
+    absl reports a bad flag in two lines and exits with 1, and a stray argument would print the module docstring;
+    here a bad flag, a stray argument, a problem ``check()`` returns and an ``app.UsageError`` all go to
+    ``fail(program, message)``, which prints ``PROGRAM: error: ...`` and exits with status 2 like every other error.
     """
     program = os.path.basename(sys.argv[0]) or "din_jax"
 

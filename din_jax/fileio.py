@@ -20,12 +20,10 @@ def save_array(path: str, array: np.ndarray) -> None:
 
 
 def fsync_path(path: str) -> None:
-    """Flushes a file, or a directory's entries, to disk.
+    """Flushes a file, or a directory's entries, to disk (a no-op where directories cannot be opened: Windows).
 
-    After writing into a temporary directory and renaming it, the renamed
-    directory's entries and its parent's must reach the disk too, or a power
-    cut can leave a directory that exists but is empty. A no-op where
-    directories cannot be opened (Windows).
+    After renaming a directory into place its entries and its parent's must reach the disk too, or a power cut can
+    leave a directory that exists but is empty.
     """
     try:
         descriptor = os.open(path, os.O_RDONLY)

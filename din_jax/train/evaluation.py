@@ -21,29 +21,21 @@ def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, s
                   micro_batch_size: int, device_iterations: int, max_seq_len: int,
                   prefetch_depth: int = 2, timing: Optional[Dict[str, Any]] = None,
                   length_buckets: Sequence[int] = ()) -> Dict[str, np.ndarray]:
-    """Scores every sample of a split in its stored order.
+    """``user``, ``label`` and float32 ``logits`` of every sample of a split, in its stored order.
 
-    Args:
-      variables: ``{'params', 'batch_stats'}`` on the host.
-      length_buckets: history-length buckets (``din_jax.data.batching``): the
-        samples are scored grouped by length, one program per bucket, and
-        put back in their stored order.
-      timing: if given, every program shape is compiled first (its seconds
-        go to ``timing['compile_s']``) and the wall time of each call, from
-        dispatch to results on the host, is appended to ``timing['calls']``
-        as ``(seconds, micro_batches)``.
-
-    Returns:
-      ``user``, ``label``, ``logits`` (float32) arrays, one entry per sample.
+    ``variables`` (``{'params', 'batch_stats'}``) are on the host. With ``length_buckets`` the samples are scored
+    grouped by length, one program per bucket. With a ``timing`` dict every program shape is compiled first (adding
+    to ``timing['compile_s']``) and each call's wall time, from dispatch to results on the host, is appended to
+    ``timing['calls']`` as ``(seconds, micro_batches)``.
     """
     count = source.num_samples(split)
     replicated = replicate(variables, devices)
     bucketed = len(normalize_buckets(length_buckets, max_seq_len)) > 1
+    order, shape = np.arange(count), (len(devices), device_iterations, micro_batch_size)
     if bucketed:
-        plan = plan_split_chunks(source, split, np.arange(count), max_seq_len, length_buckets, len(devices),
-                                 device_iterations, micro_batch_size, drop_remainder=False)
+        plan = plan_split_chunks(source, split, order, max_seq_len, length_buckets, *shape, drop_remainder=False)
     else:
-        plan = plan_chunks(np.arange(count), len(devices), device_iterations, micro_batch_size, drop_remainder=False)
+        plan = plan_chunks(order, *shape, drop_remainder=False)
     seq_lens = plan.seq_lens or [max_seq_len] * len(plan.calls)
 
     def chunks():
@@ -81,9 +73,9 @@ def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, s
 
 def evaluate_split(p_predict, variables, source, split, devices, config: TrainConfig) -> Dict[str, float]:
     """GAUC, AUC, logloss and accuracy of a split (host-side metrics)."""
-    out = predict_split(p_predict, variables, source, split, devices, config.eval_micro_batch_size,
-                        config.device_iterations, config.max_seq_len, config.prefetch,
-                        length_buckets=getattr(config, "length_buckets", ()))
+    sizes = (config.eval_micro_batch_size, config.device_iterations, config.max_seq_len, config.prefetch)
+    buckets = getattr(config, "length_buckets", ())
+    out = predict_split(p_predict, variables, source, split, devices, *sizes, length_buckets=buckets)
     return metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
 
 

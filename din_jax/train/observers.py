@@ -67,24 +67,12 @@ class _BarSafeStream:
 
 
 class ProgressHook:
-    """Progress of training and evaluation: tqdm bars on a terminal, log lines elsewhere.
+    """Progress of training and evaluation: tqdm bars on a terminal, log lines elsewhere (docs/WATCHING.md).
 
-    Bars: one per epoch (steps, samples/s, the latest loss and validation
-    GAUC, ETA) and one per evaluation (samples). While bars are shown, log
-    lines are written through ``tqdm.write`` and the trainer's per-call lines
-    are left out (``replaces_call_log``). Log lines: at most one every
-    ``seconds``, with the run's progress, ETA, throughput, loss and
-    validation GAUC while training, and the samples scored, throughput and
-    ETA while evaluating.
-
-    Scoring outside training (``experiments/infer.py``) calls ``on_evaluation_begin``, ``on_predict_call`` and
-    ``on_close`` alone.
-
-    Args:
-      mode: ``bar``, ``log``, ``none``, or ``auto`` (bar when ``stream`` is a
-        terminal and tqdm is installed, else log).
-      seconds: the interval of log lines.
-      stream: where bars go (stderr by default).
+    ``mode``: ``bar``, ``log`` (at most one line every ``seconds``), ``none``, or ``auto`` (bar when ``stream``,
+    stderr by default, is a terminal and tqdm is installed). While bars are shown, log lines go through
+    ``tqdm.write`` and the trainer's per-call lines are left out (``replaces_call_log``). Scoring outside training
+    (``experiments/infer.py``) calls ``on_evaluation_begin``, ``on_predict_call`` and ``on_close`` alone.
     """
 
     def __init__(self, mode: str = "auto", seconds: float = 30.0, stream=None):
@@ -99,26 +87,16 @@ class ProgressHook:
             mode = "log"
         self.mode = mode
         self.seconds = float(seconds)
-        self._epoch_bar = None
-        self._eval_bar = None
+        self._epoch_bar = self._eval_bar = None
         self._saved_streams: Optional[Dict[str, Any]] = None
-        self._epochs = 0
-        self._steps_per_epoch = 0
-        self._epoch_first_step = 0
-        self._epoch_steps = 0
-        self._start_time = None
-        self._start_step = 0
+        self._epochs = self._steps_per_epoch = self._epoch_first_step = self._epoch_steps = self._start_step = 0
+        self._start_time = self._loss = self._samples_per_s = self._validation = None
         self._last_line = 0.0
-        self._loss = None
-        self._samples_per_s = None
-        self._validation = None
         self._evaluation: Optional[Dict[str, Any]] = None
 
     @property
     def replaces_call_log(self) -> bool:
         return self.mode == "bar"
-
-    # -- shared state --------------------------------------------------------
 
     def _postfix(self) -> str:
         parts = []
@@ -152,9 +130,9 @@ class ProgressHook:
         if self.mode != "bar":
             return
         self._close_bar("_epoch_bar")
-        self._epoch_bar = _tqdm(total=record["steps"], initial=record["done"], unit="step", file=self.stream,
-                                desc="epoch %d/%d" % (record["epoch"], self._epochs), dynamic_ncols=True,
-                                leave=True, smoothing=0.1)
+        desc = "epoch %d/%d" % (record["epoch"], self._epochs)
+        options = dict(unit="step", file=self.stream, desc=desc, dynamic_ncols=True, leave=True, smoothing=0.1)
+        self._epoch_bar = _tqdm(total=record["steps"], initial=record["done"], **options)
         self._epoch_bar.set_postfix_str(self._postfix(), refresh=False)
 
     def on_train_call(self, record: Dict[str, Any]) -> None:
@@ -176,26 +154,26 @@ class ProgressHook:
         done = step - self._start_step
         rate = done / (now - self._start_time) if now > self._start_time else 0.0
         eta = (total - step) / rate if rate > 0 else float("nan")
-        in_epoch = step - self._epoch_first_step
-        logging.info("progress: epoch %d/%d %d%% (step %d of about %d), ETA %s; %s", epoch, self._epochs,
-                     int(100 * in_epoch / max(self._epoch_steps, 1)), step, total, _format_duration(eta),
-                     self._postfix() or "starting")
+        percent = int(100 * (step - self._epoch_first_step) / max(self._epoch_steps, 1))
+        line = "progress: epoch %d/%d %d%% (step %d of about %d), ETA %s; %s"
+        eta = _format_duration(eta)
+        logging.info(line, epoch, self._epochs, percent, step, total, eta, self._postfix() or "starting")
 
     def on_evaluation_begin(self, record: Dict[str, Any]) -> None:
         if self.mode == "log":
             now = time.perf_counter()
-            self._evaluation = {"split": record["split"], "total": int(record["samples"]), "done": 0, "start": now,
-                                "step": record.get("step")}
+            self._evaluation = dict(split=record["split"], total=int(record["samples"]), done=0, start=now)
+            self._evaluation["step"] = record.get("step")
             if self._start_time is None:
-                # Scoring on its own (no training): the first line after
-                # ``seconds`` of it, so that a short one stays silent.
+                # Scoring on its own (no training): the first line after ``seconds``, so a short one stays silent.
                 self._last_line = now
             return
         if self.mode != "bar":
             return
         self._close_bar("_eval_bar")
-        self._eval_bar = _tqdm(total=record["samples"], unit="sample", file=self.stream, desc=record["split"],
-                               dynamic_ncols=True, leave=False, position=1 if self._epoch_bar is not None else 0)
+        position = 1 if self._epoch_bar is not None else 0
+        options = dict(unit="sample", file=self.stream, dynamic_ncols=True, leave=False, position=position)
+        self._eval_bar = _tqdm(total=record["samples"], desc=record["split"], **options)
 
     def on_predict_call(self, record: Dict[str, Any]) -> None:
         bar = self._eval_bar
@@ -206,8 +184,7 @@ class ProgressHook:
 
     def _maybe_log_evaluation_line(self, samples: int) -> None:
         evaluation = self._evaluation
-        # Padding of the last micro-batches (and a caller's compile-only
-        # calls) would count past the split's size.
+        # Padding of the last micro-batches (and a caller's compile-only calls) would count past the split's size.
         evaluation["done"] = min(evaluation["done"] + int(samples), evaluation["total"])
         now = time.perf_counter()
         if now - self._last_line < self.seconds:
@@ -218,8 +195,9 @@ class ProgressHook:
         rate = done / elapsed if elapsed > 0 else float("nan")
         eta = (total - done) / rate if rate > 0 else float("nan")
         at_step = " (step %d)" % evaluation["step"] if evaluation["step"] is not None else ""
-        logging.info("progress: %s%s %d%% (%d of %d samples), ETA %s; %.0f samples/s", evaluation["split"], at_step,
-                     int(100 * done / max(total, 1)), done, total, _format_duration(eta), rate)
+        percent, eta = int(100 * done / max(total, 1)), _format_duration(eta)
+        line = "progress: %s%s %d%% (%d of %d samples), ETA %s; %.0f samples/s"
+        logging.info(line, evaluation["split"], at_step, percent, done, total, eta, rate)
 
     def on_evaluation(self, record: Dict[str, Any]) -> None:
         self._evaluation = None
@@ -252,16 +230,10 @@ class ProgressHook:
 
 
 class TensorBoardHook:
-    """TensorBoard events in ``logdir``, written with tensorboardX (no TensorFlow needed).
+    """TensorBoard events in ``logdir``, written with tensorboardX (no TensorFlow needed); tags: docs/WATCHING.md.
 
-    Scalars: ``train/loss``, ``train/accuracy``, ``train/learning_rate``,
-    ``train/samples_per_s`` per host call; ``validation/<metric>`` per
-    evaluation; ``test/<metric>`` at the end. Histograms (models that return
-    attention weights): ``attention/weights`` of the valid history positions
-    and ``attention/weight_sum`` per sample, over the first
-    ``attention_samples`` validation samples at each evaluation. A fresh run
-    removes the directory's old event files; a resumed run hides the events
-    after the checkpoint it resumed from (``purge_step``).
+    A fresh run removes the directory's old event files; a resumed run hides the events after the checkpoint it
+    resumed from (``purge_step``).
     """
 
     def __init__(self, logdir: str, attention_histograms: bool = True, attention_samples: int = 256):
@@ -324,11 +296,10 @@ class TensorBoardHook:
         self._open(None)
         if self.writer is None:
             return
-        for split in ("test",):
-            for name in _METRICS:
-                value = (summary.get(split) or {}).get(name)
-                if value is not None:
-                    self.writer.add_scalar("%s/%s" % (split, name), value, summary["steps"])
+        for name in _METRICS:
+            value = (summary.get("test") or {}).get(name)
+            if value is not None:
+                self.writer.add_scalar("test/" + name, value, summary["steps"])
         self.writer.add_scalar("best/step", summary["best_step"], summary["steps"])
         self.writer.flush()
 
@@ -339,17 +310,10 @@ class TensorBoardHook:
 
 
 class TrainLogHook:
-    """Appends one JSON line per event to ``path`` (default ``<model_path>/train_log.jsonl``).
+    """Appends one JSON line per event to ``path``, flushed as written (rows: docs/WATCHING.md).
 
-    Rows: ``{"event": "train", "step", "epoch", "loss", "accuracy",
-    "learning_rate", "samples_per_s", "includes_compilation", "time"}`` per
-    host call; ``{"event": "evaluation", "step", "epoch", "validation"}``;
-    ``{"event": "checkpoint", "step", "path"}``; ``{"event": "end", "step",
-    "best_step", "validation", "test"}``. Each line is flushed as written. A
-    fresh run starts the file again; a resumed run drops the rows after the
-    step it resumed from (they are trained again) and the ``end`` row of the
-    run it continues (a finished run trained further ends later), so the log
-    reads as that of one uninterrupted run.
+    A fresh run starts the file again; a resumed run drops the rows after the step it resumed from (they are trained
+    again) and the ``end`` row of the run it continues, so the log reads as that of one uninterrupted run.
     """
 
     def __init__(self, path: str):
@@ -369,8 +333,7 @@ class TrainLogHook:
                         row = json.loads(line)
                     except ValueError:
                         continue  # a line cut short by a kill
-                    if (isinstance(row, dict) and int(row.get("step", 0)) <= resumed
-                            and row.get("event") != "end"):
+                    if isinstance(row, dict) and int(row.get("step", 0)) <= resumed and row.get("event") != "end":
                         kept.append(line if line.endswith("\n") else line + "\n")
         with open(self.path + ".tmp", "w") as handle:
             handle.writelines(kept)
@@ -389,8 +352,8 @@ class TrainLogHook:
         self._open(record["resumed"])
 
     def on_train_call(self, record: Dict[str, Any]) -> None:
-        row = {key: record[key] for key in ("step", "epoch", "loss", "accuracy", "learning_rate", "samples_per_s",
-                                            "includes_compilation")}
+        keys = ("step", "epoch", "loss", "accuracy", "learning_rate", "samples_per_s", "includes_compilation")
+        row = {key: record[key] for key in keys}
         row["steps"] = len(record["losses"])
         row["time"] = time.time()
         self._write(dict(event="train", **row))
@@ -400,12 +363,11 @@ class TrainLogHook:
         self._write(dict(event="evaluation", time=time.time(), **row))
 
     def on_checkpoint(self, record: Dict[str, Any]) -> None:
-        self._write({"event": "checkpoint", "step": record["step"], "epoch": record["epoch"],
-                              "path": record["path"]})
+        self._write({"event": "checkpoint", "step": record["step"], "epoch": record["epoch"], "path": record["path"]})
 
     def on_end(self, summary: Dict[str, Any]) -> None:
-        self._write({"event": "end", "step": summary["steps"], "best_step": summary["best_step"],
-                              "validation": summary["validation"], "test": summary["test"]})
+        row = {"event": "end", "step": summary["steps"], "best_step": summary["best_step"]}
+        self._write(dict(row, validation=summary["validation"], test=summary["test"]))
 
     def on_close(self, record: Dict[str, Any]) -> None:
         if self._handle is not None:
@@ -427,13 +389,10 @@ def read_train_log(path: str) -> List[Dict[str, Any]]:
     return rows
 
 
-def make_hooks(config, progress: str = "auto", progress_seconds: float = 30.0, tensorboard: bool = True,
-               attention_histograms: bool = True, train_log: bool = True) -> List[Any]:
-    """The usual hooks of a run: progress display, and with ``config.model_path`` TensorBoard and the train log.
-
-    A missing optional package (tqdm, tensorboardX) costs its feature and a
-    warning, never the run.
-    """
+def make_hooks(
+    config, progress="auto", progress_seconds=30.0, tensorboard=True, attention_histograms=True, train_log=True
+) -> List[Any]:
+    """The usual hooks of a run: progress display, and with ``config.model_path`` TensorBoard and the train log."""
     hooks: List[Any] = []
     if progress != "none":
         hooks.append(ProgressHook(progress, progress_seconds))
@@ -441,8 +400,10 @@ def make_hooks(config, progress: str = "auto", progress_seconds: float = 30.0, t
         if tensorboard_available():
             hooks.append(TensorBoardHook(os.path.join(config.model_path, TENSORBOARD_DIR), attention_histograms))
         else:
-            logging.warning("tensorboardX is not installed: no TensorBoard events (pip install tensorboardX, "
-                            "or pass --notensorboard)")
+            logging.warning(
+                "tensorboardX is not installed: no TensorBoard events (pip install tensorboardX, "
+                "or pass --notensorboard)"
+            )
     if config.model_path and train_log:
         hooks.append(TrainLogHook(os.path.join(config.model_path, TRAIN_LOG_FILE)))
     return hooks

@@ -29,7 +29,8 @@ def read_lr_file(path: str) -> List[Tuple[int, float]]:
                 raise ValueError
             step, rate = int(parts[0]), float(parts[1])
         except ValueError:
-            raise ConfigError("--lr_file %s, line %d: expected 'STEP LR', got %r" % (path, number, line.rstrip("\n"))) from None
+            got = line.rstrip("\n")
+            raise ConfigError("--lr_file %s, line %d: expected 'STEP LR', got %r" % (path, number, got)) from None
         if step < 0 or not rate > 0 or not math.isfinite(rate):
             raise ConfigError("--lr_file %s, line %d: need STEP >= 0 and a finite LR > 0" % (path, number))
         if entries and step <= entries[-1][0]:
@@ -43,10 +44,8 @@ def read_lr_file(path: str) -> List[Tuple[int, float]]:
 def make_learning_rate_schedule(config: TrainConfig) -> Callable[[Any], Any]:
     """The rate as a function of the step (micro-batch count).
 
-    ``fixed``: constant. ``paper``: the authors' SGD schedule, the rate times
-    ``lr_decay_factor`` from step ``lr_decay_steps`` on (1.0 -> 0.1 after
-    336,000 steps in their code). ``file``: piecewise constant from
-    ``--lr_file``.
+    ``fixed``; ``file``: piecewise constant from ``--lr_file``; ``paper``: the authors' SGD schedule, the rate times
+    ``lr_decay_factor`` from step ``lr_decay_steps`` on (1.0 -> 0.1 after 336,000 steps in their code).
     """
     if config.lr_schedule == "fixed":
         return optax.constant_schedule(config.learning_rate)

@@ -1,47 +1,11 @@
-"""Sparse embedding updates: touch only the embedding rows a micro-batch looks up.
+"""Sparse embedding updates: the optimiser touches only the embedding rows a micro-batch looks up.
 
-With micro-batch 32 the embedding tables (about 8 M of DIN's 8.3 M parameters
-at the Electronics vocabulary) dominate a dense step: the dense gradient is
-a scatter-add into a zero table, and the optimiser then reads and writes every
-row of every table (and of its moments). Here the step differentiates with
-respect to the *gathered rows* instead of the tables (``FeatureEmbedding``
-adds a zero ``embedding_delta`` of shape ``[lookups, E]`` per table and
-records the ids it looked up), and the optimiser updates only those rows:
+The tables hold almost all of DIN's parameters, so a dense step spends its time reading and writing rows no sample
+used. Here the step differentiates with respect to the gathered rows (``FeatureEmbedding``'s zero
+``embedding_delta``) and updates only those: SGD and Adagrad equal their dense updates, Adam is lazy (like
+TensorFlow's ``LazyAdam``). The rules, MBA, clipping and several devices: docs/TRAINING.md.
 
-- **SGD**: ``table.at[ids].add(-lr * g)`` on the donated table. Duplicate ids
-  add up, exactly as in the dense gradient, so the update equals the dense
-  one (up to float summation order).
-- **Adagrad**: the gradients of duplicate ids are summed first (each id's
-  lookups ``segment_sum`` into one of them, found with a scatter instead of
-  a sort), then the accumulators and rows of
-  those ids are updated. A row with no gradient is left unchanged by dense
-  Adagrad too, so this equals the dense update.
-- **Adam, lazy**: as Adagrad, the first and second moments of the rows looked
-  up at valid (non-padded) positions only are updated, with the bias
-  correction of the global step, like TensorFlow's ``LazyAdam``. This is *not*
-  dense Adam: dense Adam also decays the moments of every other row and keeps
-  moving those rows with their momentum. It is the usual sparse Adam of
-  recommender systems.
-
-Everything else in the parameters (attention, MLP, biases of dense layers)
-takes the ordinary optax path. Rows looked up only at padded history
-positions are not updated by the lazy paths (their gradient is zero for every
-pooler that masks; SGD adds those zeros).
-
-Mini-batch aware regularisation (``din_jax.train.regularization``) fits the same
-path: the term ``lambda / n_j * w_j`` is added to the summed gradient of each
-row present (at a valid position) in the global micro-batch, which is where
-the dense path adds it (to the averaged gradient, before the optimiser). Plain
-L2 on every parameter touches every row and is refused (use dense updates).
-Clipping by the global norm includes the summed row gradients.
-
-With several devices each device's row gradients and ids are gathered on every
-device (an all-gather written as a ``psum`` of one-hot blocks, since the IPU
-stack offers ``psum``/``pmean`` only), divided by the number of devices, so
-every device applies the same update as the dense ``pmean`` would.
-
-Shape letters: N lookups of one table in one device's micro-batch, V table
-rows, E table width, R devices.
+Shape letters: N lookups of one table in one device's micro-batch, V table rows, E table width, R devices.
 """
 
 import dataclasses
@@ -57,7 +21,7 @@ from flax import traverse_util
 from din_jax.config import ConfigError
 from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
-from din_jax.train.regularization import Regularization, find_embedding_tables
+from din_jax.train.regularization import Regularization, find_embedding_tables, table_inverse_frequencies
 from din_jax.train.step import compute_loss, example_batch, rows_per_pass, value_and_scaled_grad
 
 SPARSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
@@ -70,19 +34,12 @@ Path = Tuple[str, ...]
 
 
 def _path_key(path: Path) -> str:
-    # One flat level keyed "embedding/item": the moments mirror the tables
-    # without nesting. Checkpoints escape the "/" (din_jax.checkpoint.path_key)
-    # so the key comes back as one component; renaming it would orphan the
-    # optimiser state of existing checkpoints.
+    # The moments' key, "embedding/item" (escaped in checkpoints): renaming it would orphan saved optimiser state.
     return "/".join(path)
 
 
 def embedding_lookup_paths(model, max_seq_len: int) -> List[Path]:
-    """Parameter paths of the tables ``FeatureEmbedding`` gathers from (sorted).
-
-    Found by tracing the model once (shapes only) with the lookup recorder on.
-    """
-
+    """Parameter paths of the tables ``FeatureEmbedding`` gathers from (sorted), found by tracing shapes only."""
     batch = example_batch(2, max_seq_len)
     shapes = jax.eval_shape(lambda rng: model.init(rng, batch, train=False), jax.random.PRNGKey(0))
     shapes = flax.core.unfreeze(shapes)
@@ -97,7 +54,7 @@ def embedding_lookup_paths(model, max_seq_len: int) -> List[Path]:
 
 
 def _flatten_lookups(lookups: Mapping[str, Any]) -> Dict[Path, Tuple[Any, Any]]:
-    """``{table path: (ids [N], valid [N])}`` of the recorded lookups collection."""
+    # {table path: (ids [N], valid [N])} of the recorded lookups collection.
     flat: Dict[Path, Tuple[Any, Any]] = {}
 
     def visit(prefix: Path, node: Any) -> None:
@@ -113,20 +70,10 @@ def _flatten_lookups(lookups: Mapping[str, Any]) -> Dict[Path, Tuple[Any, Any]]:
 
 @dataclasses.dataclass(frozen=True)
 class SparseEmbeddingOptimizer:
-    """The optimiser of a sparse-update TrainState (``TrainState.tx``).
+    """The ``TrainState.tx`` of sparse updates (built by ``make_sparse_optimizer``; ``make_sparse_train_step`` updates).
 
-    ``init(params)`` gives ``{'dense': <optax state of the other parameters>,
-    'tables': {<moment name>: {<table path>: [V, E]}}}``; the step
-    (``make_sparse_train_step``) does the updates. Build it with
-    ``make_sparse_optimizer``.
-
-    Attributes:
-      optimizer: ``sgd``, ``adam`` (lazy) or ``adagrad``.
-      schedule: learning rate as a function of the step.
-      dense_tx: the optax optimiser of the non-table parameters (no clipping:
-        clipping is done here, over both parts).
-      table_paths: parameter paths updated sparsely.
-      clip_norm: global-norm clipping threshold, 0 for none.
+    ``init(params)`` gives ``{'dense': <optax state of the other parameters>, 'tables': {<moment>: {<path>: [V, E]}}}``.
+    ``dense_tx`` does not clip: the step clips by the global norm of both parts (``clip_norm``, 0 for none).
     """
 
     optimizer: str
@@ -145,32 +92,29 @@ class SparseEmbeddingOptimizer:
         rest, tables = self.split(params)
         moments: Dict[str, Dict[str, Any]] = {}
         if self.optimizer == "adam":
-            moments = {"mu": {_path_key(p): jnp.zeros_like(t) for p, t in tables.items()},
-                       "nu": {_path_key(p): jnp.zeros_like(t) for p, t in tables.items()}}
+            moments = {name: {_path_key(p): jnp.zeros_like(t) for p, t in tables.items()} for name in ("mu", "nu")}
         elif self.optimizer == "adagrad":
-            moments = {"sum_of_squares": {_path_key(p): jnp.full_like(t, ADAGRAD_INITIAL_ACCUMULATOR)
-                                          for p, t in tables.items()}}
+            initial = ADAGRAD_INITIAL_ACCUMULATOR
+            moments = {"sum_of_squares": {_path_key(p): jnp.full_like(t, initial) for p, t in tables.items()}}
         return {"dense": self.dense_tx.init(rest), "tables": moments}
 
     def update(self, updates, state, params=None):
-        raise TypeError("a SparseEmbeddingOptimizer is applied by din_jax.train.sparse_step.make_sparse_train_step, "
-                        "not through TrainState.apply_gradients")
+        raise TypeError(
+            "a SparseEmbeddingOptimizer is applied by din_jax.train.sparse_step.make_sparse_train_step, "
+            "not through TrainState.apply_gradients"
+        )
 
 
 def make_sparse_optimizer(model, config: Any) -> SparseEmbeddingOptimizer:
-    """The sparse-update optimiser a ``TrainConfig`` asks for.
-
-    Raises:
-      ConfigError: plain L2 (``--l2``), which touches every row, or a model
-        without embedding lookups.
-    """
-
+    """The sparse-update optimiser a ``TrainConfig`` asks for; ConfigError for ``--l2`` or a model without lookups."""
     if config.optimizer not in SPARSE_OPTIMIZERS:
-        raise ConfigError("--embedding_updates sparse supports --optimizer %s, got %r"
-                          % ("/".join(SPARSE_OPTIMIZERS), config.optimizer))
+        supported = "/".join(SPARSE_OPTIMIZERS)
+        raise ConfigError("--embedding_updates sparse supports --optimizer %s, got %r" % (supported, config.optimizer))
     if float(getattr(config, "l2", 0.0)) > 0:
-        raise ConfigError("--l2 regularises every embedding row, which sparse updates do not touch: use "
-                          "--embedding_updates dense with --l2 (or --mba_lambda, which sparse updates support)")
+        raise ConfigError(
+            "--l2 regularises every embedding row, which sparse updates do not touch: use "
+            "--embedding_updates dense with --l2 (or --mba_lambda, which sparse updates support)"
+        )
     paths = tuple(embedding_lookup_paths(model, config.max_seq_len))
     if not paths:
         raise ConfigError("--embedding_updates sparse: model %r has no FeatureEmbedding lookups" % config.model)
@@ -186,8 +130,7 @@ def make_sparse_optimizer(model, config: Any) -> SparseEmbeddingOptimizer:
 def all_gather_rows(x, axis_name: Optional[str]):
     """Stacks every device's ``x`` ``[N, ...]`` into ``[R * N, ...]`` (device order).
 
-    Written as a ``psum`` of one-hot blocks: the IPU stack has ``psum`` but no
-    ``all_gather``.
+    A ``psum`` of one-hot blocks: the IPU stack has ``psum`` but no ``all_gather``.
     """
     if axis_name is None:
         return x
@@ -212,9 +155,8 @@ class _TableGradient:
             size = self.ids.shape[0]
             keyed = jnp.where(self.valid > 0, self.ids, num_rows)
             position = jnp.arange(size, dtype=jnp.int32)
-            # Without a sort (XLA's CPU sort is slow): one lookup of each id
-            # owns it. Whichever duplicate write wins the scatter, every lookup
-            # of the id reads the same owner back, so the sums are exact.
+            # No sort (XLA's CPU sort is slow): one lookup of each id owns it. Whichever duplicate write wins the
+            # scatter, every lookup of the id reads the same owner back, so the sums are exact.
             owner_V = jnp.zeros((num_rows + 1,), jnp.int32).at[keyed].set(position)
             owner = owner_V[keyed]
             summed = jax.ops.segment_sum(self.rows, owner, num_segments=size)
@@ -224,9 +166,7 @@ class _TableGradient:
         return self.unique
 
 
-def _apply_table_update(optimizer: str, table_VxE, grad: _TableGradient, moments: Dict[str, Any], lr, count,
-                        scale, use_unique: bool):
-    """The new table and moments after one sparse step."""
+def _apply_table_update(optimizer: str, table_VxE, grad: _TableGradient, moments, lr, count, scale, use_unique):
     num_rows = table_VxE.shape[0]
     if not use_unique:  # SGD without anything that needs the summed rows
         return table_VxE.at[grad.ids].add((-lr * scale * grad.rows).astype(table_VxE.dtype)), moments
@@ -246,53 +186,38 @@ def _apply_table_update(optimizer: str, table_VxE, grad: _TableGradient, moments
     mu_hat = mu_u / (1 - ADAM_B1 ** t)
     nu_hat = nu_u / (1 - ADAM_B2 ** t)
     step_u = mu_hat / (jnp.sqrt(nu_hat) + ADAM_EPS)
-    new_moments = {"mu": moments["mu"].at[ids_u].set(mu_u, mode="drop"),
-                   "nu": moments["nu"].at[ids_u].set(nu_u, mode="drop")}
+    new_moments = {"mu": moments["mu"].at[ids_u].set(mu_u, mode="drop")}
+    new_moments["nu"] = moments["nu"].at[ids_u].set(nu_u, mode="drop")
     return table_VxE.at[ids_u].add((-lr * step_u).astype(table_VxE.dtype), mode="drop"), new_moments
 
 
 def _mba_tables(params: Any, regularization: Optional[Regularization], table_paths) -> Dict[Path, Any]:
-    """Table path -> ``lambda / n_j`` (float32 ``[V]``) for the tables MBA regularises."""
+    # Table path -> lambda / n_j (float32 [V]) for the tables MBA regularises.
     if regularization is None or regularization.mba_lambda <= 0:
         return {}
+    flat = traverse_util.flatten_dict(flax.core.unfreeze(params))
     scales = {}
     for path in find_embedding_tables(params):
-        if path not in table_paths:
-            continue
-        inverse = regularization.inverse_frequencies.get(path[-1])
-        if inverse is None:
-            raise ValueError("mini-batch aware regularisation: no training frequencies for the %r table at %s"
-                             % (path[-1], "/".join(path)))
-        rows = int(np.shape(traverse_util.flatten_dict(flax.core.unfreeze(params))[path])[0])
-        if len(inverse) != rows:
-            raise ValueError("mini-batch aware regularisation: table %s has %d rows but %d frequencies were given"
-                             % ("/".join(path), rows, len(inverse)))
-        scales[path] = regularization.mba_lambda * np.asarray(inverse, np.float32)
+        if path in table_paths:
+            inverse = table_inverse_frequencies(regularization, path, int(np.shape(flat[path])[0]))
+            scales[path] = regularization.mba_lambda * np.asarray(inverse, np.float32)
     return scales
 
 
-def make_sparse_train_step(model, axis_name: Optional[str], regularization: Optional[Regularization] = None,
-                           loss_fn: Optional[Callable] = None, positions_per_pass: int = 0,
-                           loss_scale: float = 1.0) -> Callable:
-    """``(state, batch) -> (state, metrics)``, updating the embedding tables sparsely.
+def make_sparse_train_step(
+    model,
+    axis_name: Optional[str],
+    regularization: Optional[Regularization] = None,
+    loss_fn: Optional[Callable] = None,
+    positions_per_pass: int = 0,
+    loss_scale: float = 1.0,
+) -> Callable:
+    """``(state, batch) -> (state, metrics)``, updating the embedding tables sparsely (docs/TRAINING.md).
 
-    ``state.tx`` must be a ``SparseEmbeddingOptimizer`` (``make_sparse_optimizer``).
-    The metrics, the Dice statistics and the update of the other parameters
-    are those of ``din_jax.train.step.make_train_step``.
-
-    Args:
-      axis_name: the pmap axis, or None.
-      regularization: MBA (``mba_lambda``) is applied to the present rows;
-        ``l2 > 0`` raises.
-      loss_fn: ``(logits, labels) -> loss``; ``step.compute_loss``
-        by default.
-      positions_per_pass: when > 0, the gradient is computed in parts of
-        ``train_lib.rows_per_pass(B, T, positions_per_pass)`` rows (a loop
-        inside the step) and averaged, so that the activations of a large
-        micro-batch stay in cache. The mean loss of equal parts is the mean of their losses, so
-        this is the same gradient; models with batch statistics (Dice,
-        BatchNorm) would see per-part statistics and are refused.
-      loss_scale: see ``train_lib.make_train_step``.
+    ``state.tx`` must be a ``SparseEmbeddingOptimizer``. Metrics, Dice statistics, the other parameters and
+    ``loss_scale`` are as in ``step.make_train_step``; MBA applies to the present rows, ``l2 > 0`` raises.
+    ``loss_fn(logits, labels)`` defaults to ``step.compute_loss``. ``positions_per_pass`` > 0 computes the gradient
+    in parts of ``rows_per_pass`` rows and averages them (refused for models with batch statistics).
     """
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
@@ -316,19 +241,19 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
             return model.apply(variables, part, train=True, mutable=mutable, rngs={"dropout": rng})
 
         def gradients(rest, part, rng):
-            """Loss, logits, state updates, lookups and the gradients of one (part of a) micro-batch."""
-            # Shapes of the lookups (trace time only), for the zero deltas.
-            lookup_shapes = flax.core.unfreeze(jax.eval_shape(
-                lambda r: forward(r, None, part, ["batch_stats", EMBEDDING_LOOKUPS], rng)[1], rest))
-            deltas = {path: jnp.zeros(recorded[0].shape + tables[path].shape[1:], jnp.float32)
-                      for path, recorded in _flatten_lookups(lookup_shapes[EMBEDDING_LOOKUPS]).items()}
+            # Loss, logits, state updates, lookups and gradients of one (part of a) micro-batch. The lookups'
+            # shapes (trace time only) give the zero deltas.
+            mutable = ["batch_stats", EMBEDDING_LOOKUPS]
+            shapes = flax.core.unfreeze(jax.eval_shape(lambda r: forward(r, None, part, mutable, rng)[1], rest))
+            recorded = _flatten_lookups(shapes[EMBEDDING_LOOKUPS])
+            deltas = {p: jnp.zeros(ids.shape + tables[p].shape[1:], jnp.float32) for p, (ids, _) in recorded.items()}
 
             def loss_fn(rest, deltas):
-                logits, updates = forward(rest, deltas, part, ["batch_stats", EMBEDDING_LOOKUPS], rng)
+                logits, updates = forward(rest, deltas, part, mutable, rng)
                 return loss_of(logits, part["label"]), (logits, updates)
 
-            (loss, (logits, updates)), (grads, delta_grads) = value_and_scaled_grad(
-                loss_fn, loss_scale, argnums=(0, 1))(rest, deltas)
+            grad_fn = value_and_scaled_grad(loss_fn, loss_scale, argnums=(0, 1))
+            (loss, (logits, updates)), (grads, delta_grads) = grad_fn(rest, deltas)
             updates = flax.core.unfreeze(updates)
             lookups = _flatten_lookups(updates.pop(EMBEDDING_LOOKUPS))
             return loss, logits, updates, lookups, grads, delta_grads
@@ -337,21 +262,23 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         part_rows = rows_per_pass(rows, batch["hist_item"].shape[-1], positions_per_pass)
         if part_rows < rows:
             if jax.tree_util.tree_leaves(state.batch_stats):
-                raise ValueError("positions_per_pass: a model with batch statistics (Dice, BatchNorm) needs the "
-                                 "whole micro-batch in one pass")
+                raise ValueError(
+                    "positions_per_pass: a model with batch statistics (Dice, BatchNorm) needs the "
+                    "whole micro-batch in one pass"
+                )
             passes = rows // part_rows
             parts = jax.tree_util.tree_map(lambda x: x.reshape((passes, part_rows) + x.shape[1:]), batch)
 
             def one_pass(grad_sum, inputs):
                 index, part = inputs
-                loss, logits, _, lookups, grads, delta_grads = gradients(
-                    rest, part, jax.random.fold_in(dropout_rng, index))
+                rng = jax.random.fold_in(dropout_rng, index)
+                loss, logits, _, lookups, grads, delta_grads = gradients(rest, part, rng)
                 grad_sum = jax.tree_util.tree_map(jnp.add, grad_sum, grads)
                 return grad_sum, (loss, logits, lookups, delta_grads)
 
             zeros = jax.tree_util.tree_map(jnp.zeros_like, rest)
-            grad_sum, (losses, logits, lookups, delta_grads) = jax.lax.scan(
-                one_pass, zeros, (jnp.arange(passes), parts))
+            grad_sum, outputs = jax.lax.scan(one_pass, zeros, (jnp.arange(passes), parts))
+            losses, logits, lookups, delta_grads = outputs
             # The micro-batch's mean loss is the mean of the parts' mean losses.
             loss = jnp.mean(losses)
             logits = logits.reshape(rows)
@@ -371,8 +298,8 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         table_grads = {}
         for path in opt.table_paths:
             ids, valid = lookups[path]
-            table_grads[path] = _TableGradient(all_gather_rows(ids, axis_name), all_gather_rows(valid, axis_name),
-                                               all_gather_rows(delta_grads[path], axis_name) / devices)
+            ids, valid, rows = (all_gather_rows(x, axis_name) for x in (ids, valid, delta_grads[path]))
+            table_grads[path] = _TableGradient(ids, valid, rows / devices)
 
         # MBA on the rows present at valid positions of the global micro-batch.
         for path, scale_V in mba.items():
@@ -387,12 +314,11 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         scale = jnp.float32(1.0)
         if opt.clip_norm > 0:
             squares = [jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)]
-            squares += [jnp.sum(jnp.square(grad.deduplicate(tables[path].shape[0])[1]))
-                        for path, grad in table_grads.items()]
+            squares += [jnp.sum(jnp.square(g.deduplicate(tables[p].shape[0])[1])) for p, g in table_grads.items()]
             norm = jnp.sqrt(sum(squares))
             scale = jnp.where(norm < opt.clip_norm, 1.0, opt.clip_norm / norm)
-            grads = jax.tree_util.tree_map(lambda g: jnp.where(norm < opt.clip_norm, g, g / norm * opt.clip_norm),
-                                           grads)
+            clip = opt.clip_norm
+            grads = jax.tree_util.tree_map(lambda g: jnp.where(norm < clip, g, g / norm * clip), grads)
 
         dense_updates, dense_state = opt.dense_tx.update(grads, state.opt_state["dense"], rest)
         new_rest = optax.apply_updates(rest, dense_updates)
@@ -405,8 +331,9 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         for path in opt.table_paths:
             key = _path_key(path)
             moments = {name: values[key] for name, values in table_moments.items()}
-            new_tables[path], moments = _apply_table_update(opt.optimizer, tables[path], table_grads[path], moments,
-                                                            lr, count, scale, use_unique)
+            grad = table_grads[path]
+            update = _apply_table_update(opt.optimizer, tables[path], grad, moments, lr, count, scale, use_unique)
+            new_tables[path], moments = update
             for name, value in moments.items():
                 new_moments[name][key] = value
         params = traverse_util.flatten_dict(flax.core.unfreeze(new_rest))
@@ -415,8 +342,8 @@ def make_sparse_train_step(model, axis_name: Optional[str], regularization: Opti
         if isinstance(state.params, flax.core.FrozenDict):
             new_params = flax.core.freeze(new_params)
         new_stats = updates.get("batch_stats", state.batch_stats)
-        new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats,
-                                  opt_state={"dense": dense_state, "tables": new_moments})
+        opt_state = {"dense": dense_state, "tables": new_moments}
+        new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=opt_state)
         return new_state, {"loss": loss, "accuracy": correct}
 
     return train_step

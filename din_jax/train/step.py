@@ -1,11 +1,9 @@
 """The train state and the compiled programs (train step, prediction).
 
-The hot path is one pmapped program per host call, ``train_chunk(state,
-chunk)``, whose chunk has shape ``(devices, device_iterations, micro_batch,
-...)``; it ``lax.scan``s over the micro-batches (Graphcore's device
-iterations), averages gradients and Dice statistics over devices with
-``lax.pmean``/``psum`` and donates the state. That keeps the IPU, which has no
-eager mode, on one compiled program, and costs nothing elsewhere.
+The hot path is one pmapped program per host call, ``train_chunk(state, chunk)`` with a chunk of shape
+``(devices, device_iterations, micro_batch, ...)``: it ``lax.scan``s over the micro-batches (Graphcore's device
+iterations), averages gradients and Dice statistics over devices with ``lax.pmean``/``psum`` and donates the state.
+That keeps the IPU, which has no eager mode, on one compiled program, and costs nothing elsewhere.
 """
 
 import os
@@ -25,7 +23,6 @@ AXIS_NAME = "batch"
 BATCH_KEYS = ("user", "item", "category", "hist_item", "hist_category", "hist_len", "label")
 
 
-
 class TrainState(train_state.TrainState):
     """Flax TrainState plus Dice/BatchNorm statistics and the dropout key."""
 
@@ -38,13 +35,10 @@ class NonFiniteLossError(RuntimeError):
 
 
 def compute_loss(logits_B, labels_B):
-    """Mean sigmoid cross-entropy.
-
-    ``log_sigmoid`` instead of ``log(sigmoid)``: exact for large |logits|,
-    where the latter rounds to log(0) = -inf.
-    """
+    """Mean sigmoid cross-entropy."""
     logits_B = logits_B.astype(jnp.float32)
     labels_B = labels_B.astype(jnp.float32)
+    # log_sigmoid, not log(sigmoid): exact for large |logits|, where the latter rounds to log(0) = -inf.
     losses_B = -(labels_B * jax.nn.log_sigmoid(logits_B) + (1.0 - labels_B) * jax.nn.log_sigmoid(-logits_B))
     return jnp.mean(losses_B)
 
@@ -55,15 +49,10 @@ def compute_dtype(data_type: str):
 
 def example_batch(batch_size: int, max_seq_len: int) -> Dict[str, np.ndarray]:
     """A batch of zeros with the right shapes and dtypes, for initialisation."""
-    return {
-        "user": np.zeros((batch_size,), np.int32),
-        "item": np.zeros((batch_size,), np.int32),
-        "category": np.zeros((batch_size,), np.int32),
-        "hist_item": np.zeros((batch_size, max_seq_len), np.int32),
-        "hist_category": np.zeros((batch_size, max_seq_len), np.int32),
-        "hist_len": np.ones((batch_size,), np.int32),
-        "label": np.zeros((batch_size,), np.float32),
-    }
+    batch = {key: np.zeros((batch_size,), np.int32) for key in ("user", "item", "category")}
+    batch.update({key: np.zeros((batch_size, max_seq_len), np.int32) for key in ("hist_item", "hist_category")})
+    batch.update(hist_len=np.ones((batch_size,), np.int32), label=np.zeros((batch_size,), np.float32))
+    return batch
 
 
 def init_variables(model, seed: int, max_seq_len: int) -> Dict[str, Any]:
@@ -77,21 +66,15 @@ def init_variables(model, seed: int, max_seq_len: int) -> Dict[str, Any]:
 def create_train_state(model, tx: optax.GradientTransformation, seed: int, max_seq_len: int) -> TrainState:
     """A fresh (unreplicated) TrainState."""
     variables = init_variables(model, seed, max_seq_len)
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=variables["params"],
-        tx=tx,
-        batch_stats=variables["batch_stats"],
-        dropout_rng=jax.random.PRNGKey(seed + 1),
-    )
+    params, stats, rng = variables["params"], variables["batch_stats"], jax.random.PRNGKey(seed + 1)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats, dropout_rng=rng)
 
 
 def value_and_scaled_grad(loss_fn: Callable, loss_scale: float, argnums: Any = 0) -> Callable:
     """``jax.value_and_grad(loss_fn, argnums, has_aux=True)``, backpropagating ``loss * loss_scale``.
 
-    The gradients come back divided by ``loss_scale`` (in the parameters'
-    float32), the loss and aux as ``loss_fn`` returns them. With 1 it is
-    ``jax.value_and_grad`` itself, so the program does not change.
+    The gradients come back divided by ``loss_scale`` (in the parameters' float32), the loss and aux unscaled.
+    With 1 it is ``jax.value_and_grad`` itself, so the program does not change.
     """
     if loss_scale == 1.0:
         return jax.value_and_grad(loss_fn, argnums=argnums, has_aux=True)
@@ -109,31 +92,23 @@ def value_and_scaled_grad(loss_fn: Callable, loss_scale: float, argnums: Any = 0
     return value_and_grad
 
 
-def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
-                    regularization: Optional[Regularization] = None, loss_scale: float = 1.0) -> Callable:
+def make_train_step(
+    model, axis_name: Optional[str] = AXIS_NAME, regularization: Optional[Regularization] = None, loss_scale=1.0
+) -> Callable:
     """``(state, batch) -> (state, metrics)`` for one micro-batch on one device.
 
-    Args:
-      axis_name: the pmap axis to average gradients over, or None.
-      regularization: mini-batch aware regularisation and/or plain L2 to add
-        to the averaged gradient (``din_jax.train.regularization``); None adds
-        nothing. The reported loss is the data loss only.
-      loss_scale: the loss is multiplied by this for backpropagation and the
-        gradients divided by it (``TrainConfig.effective_loss_scaling``); 1
-        leaves the program as it is.
+    Gradients are averaged over ``axis_name`` (None: one device), then ``regularization`` (MBA, L2) is added; the
+    reported loss is the data loss only. ``loss_scale``: ``TrainConfig.effective_loss_scaling``, see
+    ``value_and_scaled_grad``.
     """
 
     def train_step(state: TrainState, batch):
         dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
 
         def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_rng},
-            )
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            rngs = {"dropout": dropout_rng}
+            logits, updates = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs=rngs)
             return compute_loss(logits, batch["label"]), (logits, updates)
 
         (loss, (logits, updates)), grads = value_and_scaled_grad(loss_fn, loss_scale)(state.params)
@@ -154,9 +129,8 @@ def make_train_step(model, axis_name: Optional[str] = AXIS_NAME,
 def make_p_train_chunk(train_step: Callable, devices: Optional[List[Any]], donate: bool = True) -> Callable:
     """The pmapped program of one host call: ``train_step`` scanned over a chunk's device iterations.
 
-    Called with a replicated state and a chunk ``(R, K, B, ...)``, it returns the new state and per-micro-batch
-    metrics ``(R, K)``. ``train_step`` is ``make_train_step``'s or ``sparse_step.make_sparse_train_step``'s
-    (``din_jax.train.setup.make_p_train`` picks it from the config).
+    ``(replicated state, chunk (R, K, B, ...)) -> (state, metrics (R, K))``; ``train_step`` is ``make_train_step``'s
+    or ``sparse_step.make_sparse_train_step``'s.
     """
 
     def train_chunk(state, chunk):
@@ -168,9 +142,8 @@ def make_p_train_chunk(train_step: Callable, devices: Optional[List[Any]], donat
 def rows_per_pass(rows: int, seq_len: int, positions_per_pass: int) -> int:
     """Rows of a ``rows x seq_len`` micro-batch to compute at a time for a budget of history positions.
 
-    The largest power of two that divides ``rows`` and holds at most
-    ``positions_per_pass`` positions (at least 1); ``rows`` for a budget of 0
-    or one the whole micro-batch fits in.
+    The largest power of two that divides ``rows`` and holds at most ``positions_per_pass`` positions (at least 1);
+    ``rows`` for a budget of 0 or one the whole micro-batch fits in (docs/TRAINING.md).
     """
     if positions_per_pass <= 0 or rows * max(seq_len, 1) <= positions_per_pass:
         return rows
@@ -183,13 +156,8 @@ def rows_per_pass(rows: int, seq_len: int, positions_per_pass: int) -> int:
 def make_p_predict_chunk(model, devices: List[Any], positions_per_pass: int = 0) -> Callable:
     """Pmapped inference: ``(variables, chunk (R, K, B, ...)) -> logits (R, K, B)``.
 
-    Args:
-      positions_per_pass: when > 0, each micro-batch is scored in parts of
-        ``rows_per_pass(B, T, positions_per_pass)`` rows (a loop inside the
-        program), so that the activations of a large batch stay in cache; a
-        budget of history positions, so shorter length buckets take more
-        rows per pass. Inference scores every row on its own, so the logits
-        are the same.
+    ``positions_per_pass`` > 0 scores each micro-batch in parts of ``rows_per_pass`` rows, so that the activations
+    of a large batch stay in cache; the logits are the same.
     """
 
     def predict_chunk(variables, chunk):
@@ -219,16 +187,10 @@ def resolve_devices(replicas: int) -> List[Any]:
 
 
 def replicate(tree: Any, devices: Optional[List[Any]]) -> Any:
-    """Copies a host pytree to every device, laid out as the pmapped programs return it.
+    """Copies a host pytree to ``devices`` (None: pmap's default, every process's), laid out as pmap outputs are.
 
-    ``flax.jax_utils.replicate`` gives arrays whose device layout differs from a
-    pmap output on recent jax, so the donated state would be traced and
-    compiled a second time on the second call; an identity pmap over the same
-    axis avoids that on every jax version.
-
-    Args:
-      devices: the devices of the program the tree is for; None for pmap's
-        default (every device of every process, fed with the local ones).
+    ``flax.jax_utils.replicate``'s layout differs from a pmap output on recent jax, so the donated state would be
+    compiled a second time on the second call; an identity pmap over the same axis avoids that on every jax.
     """
     host = jax.device_get(tree)
     copies = len(devices) if devices is not None else jax.local_device_count()

@@ -9,6 +9,7 @@ Method and columns: docs/PERFORMANCE.md.
 
 import csv
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -20,10 +21,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from din_jax.config import TrainConfig
-from din_jax.data.batching import gather_chunk, normalize_buckets, plan_bucketed_chunks, plan_chunks, prefetch
+from din_jax.config import ConfigError, TrainConfig
+from din_jax.data.batching import (
+    gather_chunk,
+    normalize_buckets,
+    parse_length_buckets,
+    plan_bucketed_chunks,
+    plan_chunks,
+    prefetch,
+)
 from din_jax.data.dataset import load_dataset
-from din_jax.data.synthetic import make_synthetic_dataset
+from din_jax.data.synthetic import make_synthetic_dataset, parse_length_spec
+from din_jax.layers import ATTENTIONS
 from din_jax.train.setup import create_programs, vocabulary
 from din_jax.train.step import replicate, resolve_devices
 
@@ -264,6 +273,50 @@ def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, repli
         return plan_bucketed_chunks(order, lengths, buckets, replicas, iterations, batch, **options)
     plan = plan_chunks(order, replicas, iterations, batch, drop_remainder=True)
     return plan._replace(seq_lens=[config.max_seq_len] * len(plan.calls))
+
+
+# The benchmark command's own settings (its flags), turned into a BenchmarkConfig by make_config.
+COMMAND_SETTINGS = ("mode", "micro_batch_sizes", "device_iterations", "replicas", "optimizer", "learning_rate",
+                    "embedding_updates", "data_type", "lengths", "dataset", "split", "samples", "max_seq_len",
+                    "length_buckets", "windows", "positions_per_pass", "prefetch", "seed", "vocabulary", "fold_query")
+
+
+def make_config(values: Dict[str, Any], model: str, model_config: Dict[str, Any]) -> BenchmarkConfig:
+    """A checked BenchmarkConfig from the command's settings (``COMMAND_SETTINGS``); errors name the flag."""
+    values, model_config = dict(values), dict(model_config)
+    try:
+        sizes = tuple(int(x) for x in values.pop("micro_batch_sizes"))
+    except ValueError:
+        raise ConfigError("--micro_batch_sizes must be integers") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError("--micro_batch_sizes must be one or more integers >= 1")
+    try:
+        buckets = parse_length_buckets(",".join(values.pop("length_buckets")))
+        vocab = [int(x) for x in values.pop("vocabulary")]
+    except ValueError as error:
+        raise ConfigError("--length_buckets / --vocabulary: %s" % error) from None
+    if len(vocab) != 3 or min(vocab) < 2:
+        raise ConfigError("--vocabulary must be three integers users,items,categories >= 2")
+    for name in ("device_iterations", "replicas", "samples", "prefetch", "positions_per_pass"):
+        if values[name] < 0:
+            raise ConfigError("--%s must be >= 0, got %d" % (name, values[name]))
+    if values["windows"] < 1:
+        raise ConfigError("--windows must be >= 1")
+    if not values.pop("fold_query") and model_config.get("attention") in ("din", "din_softmax"):
+        model_config["attention"] = functools.partial(ATTENTIONS.get(model_config["attention"]), fold_query=False)
+    if values["learning_rate"] is None:
+        values["learning_rate"] = 0.001 if values["optimizer"] == "adam" else 0.1
+    if not values["dataset"]:
+        try:
+            parse_length_spec(values["lengths"], values["max_seq_len"])
+        except ValueError as error:
+            raise ConfigError("--lengths: %s" % error) from None
+    vocabulary = {"users": vocab[0], "items": vocab[1], "categories": vocab[2]}
+    config = BenchmarkConfig(micro_batch_sizes=sizes, model=model, model_config=model_config, vocabulary=vocabulary,
+                             length_buckets=buckets, **values)
+    for size in sizes:  # the checks a training run makes (--length_buckets, --embedding_updates, model fields)
+        _train_config(config, size, max(1, config.device_iterations))
+    return config
 
 
 def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterations: int):

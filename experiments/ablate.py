@@ -20,10 +20,12 @@ import sys
 from typing import Any, Dict
 
 import flag_defs
+import jax
 from absl import flags, logging
 
 from din_jax import ablation
 from din_jax.config import ConfigError, resolve_config
+from din_jax.train.loop import TrainingInterrupted, train_and_evaluate
 
 flag_defs.define_model_flags()
 flag_defs.define_run_flags(micro_batch_size=32, epochs=2)
@@ -81,19 +83,12 @@ def main(argv):
     baseline, highlight, title = FLAGS.baseline, FLAGS.highlight, FLAGS.title
     select_metric, retry_failed, dry_run, tune_seed = (FLAGS.select_metric, FLAGS.retry_failed, FLAGS.dry_run,
                                                         FLAGS.tune_seed)
-    stop = ()
-    try:
-        from din_jax.train.loop import TrainingInterrupted
-
-        stop = (TrainingInterrupted,)
-    except ImportError:
-        pass
     logging.info("grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates),
                  len(seeds))
     outcome = ablation.run_grid(
         cells, seeds, FLAGS.results, make_config, _train, candidates=candidates,
         tune_seed=tune_seed, select_metric=select_metric, retry_failed=retry_failed, dry_run=dry_run,
-        stop_exceptions=stop)
+        stop_exceptions=(TrainingInterrupted,))
     if dry_run:
         print("%d run(s) to do, %d done" % (sum(1 for r in outcome.records.values() if r["status"] == "planned"),
                                             len(set(outcome.skipped))))
@@ -109,10 +104,8 @@ def main(argv):
 
 
 def _train(config):
-    from din_jax.train.loop import train_and_evaluate
-
     summary = train_and_evaluate(config)
-    clear = getattr(__import__("jax"), "clear_caches", None)
+    clear = getattr(jax, "clear_caches", None)
     if clear is not None:
         clear()  # one compiled program per run: do not let them pile up over a long grid
     return summary

@@ -18,7 +18,6 @@ from absl import flags
 
 from din_jax import benchmark
 from din_jax.config import DATA_TYPES, EMBEDDING_UPDATES, OPTIMIZERS, ConfigError, resolve_model
-from din_jax.data.batching import parse_length_buckets
 from din_jax.data.dataset import DatasetError
 
 flag_defs.define_model_flags()
@@ -63,62 +62,12 @@ flag_defs.define_aliases()
 FLAGS = flags.FLAGS
 
 
-def build_config() -> benchmark.BenchmarkConfig:
-    """The BenchmarkConfig of the parsed flags; raises ConfigError naming the flag."""
-    model, model_config = resolve_model(FLAGS.preset, flag_defs.explicit_overrides(),
-                                        defaults={"attention_size": 64, "user_dim": 32})
-    try:
-        sizes = tuple(int(x) for x in FLAGS.micro_batch_sizes)
-    except ValueError:
-        raise ConfigError("--micro_batch_sizes must be integers, got %s" % ",".join(FLAGS.micro_batch_sizes)) from None
-    if not sizes or min(sizes) < 1:
-        raise ConfigError("--micro_batch_sizes must be one or more integers >= 1")
-    try:
-        buckets = parse_length_buckets(",".join(FLAGS.length_buckets))
-        vocab = [int(x) for x in FLAGS.vocabulary]
-    except ValueError as error:
-        raise ConfigError("--length_buckets / --vocabulary: %s" % error) from None
-    if len(vocab) != 3 or min(vocab) < 2:
-        raise ConfigError("--vocabulary must be three integers users,items,categories >= 2")
-    for name in ("device_iterations", "replicas", "samples", "prefetch", "positions_per_pass"):
-        if FLAGS[name].value < 0:
-            raise ConfigError("--%s must be >= 0, got %d" % (name, FLAGS[name].value))
-    if FLAGS.windows < 1:
-        raise ConfigError("--windows must be >= 1")
-    if not FLAGS.fold_query and model_config.get("attention") in ("din", "din_softmax"):
-        import functools
-
-        from din_jax.layers import ATTENTIONS
-
-        model_config["attention"] = functools.partial(ATTENTIONS.get(model_config["attention"]), fold_query=False)
-    learning_rate = FLAGS.learning_rate
-    if learning_rate is None:
-        learning_rate = 0.001 if FLAGS.optimizer == "adam" else 0.1
-    if not FLAGS.dataset:
-        from din_jax.data.synthetic import parse_length_spec
-
-        try:
-            parse_length_spec(FLAGS.lengths, FLAGS.max_seq_len)
-        except ValueError as error:
-            raise ConfigError("--lengths: %s" % error) from None
-    config = benchmark.BenchmarkConfig(
-        mode=FLAGS.mode, micro_batch_sizes=sizes, device_iterations=FLAGS.device_iterations,
-        replicas=FLAGS.replicas, model=model, model_config=model_config,
-        vocabulary={"users": vocab[0], "items": vocab[1], "categories": vocab[2]}, optimizer=FLAGS.optimizer,
-        learning_rate=learning_rate, embedding_updates=FLAGS.embedding_updates, data_type=FLAGS.data_type,
-        lengths=FLAGS.lengths, dataset=FLAGS.dataset, split=FLAGS.split, samples=FLAGS.samples,
-        max_seq_len=FLAGS.max_seq_len, length_buckets=buckets, windows=FLAGS.windows,
-        positions_per_pass=FLAGS.positions_per_pass, prefetch=FLAGS.prefetch, seed=FLAGS.seed)
-    # The same checks a training run makes (--length_buckets, --embedding_updates, model fields).
-    for size in sizes:
-        benchmark._train_config(config, size, max(1, FLAGS.device_iterations))
-    return config
-
-
 def main(argv):
     try:
         flag_defs.import_user_modules()
-        config = build_config()
+        values = {name: FLAGS[name].value for name in benchmark.COMMAND_SETTINGS}
+        model = resolve_model(FLAGS.preset, flag_defs.explicit_overrides(), defaults={"attention_size": 64, "user_dim": 32})
+        config = benchmark.make_config(values, *model)
         if FLAGS.matmul:
             for shape, rate in benchmark.measure_matmul_rates():
                 print("float32 matmul %s: %.1f GFLOP/s" % (shape, rate))

@@ -22,7 +22,7 @@ from din_jax.config import ConfigError
 from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import Regularization, find_embedding_tables, table_inverse_frequencies
-from din_jax.train.step import compute_loss, example_batch, rows_per_pass, value_and_scaled_grad
+from din_jax.train.step import compute_loss, example_batch, init_variables, rows_per_pass, value_and_scaled_grad
 
 SPARSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
@@ -41,9 +41,7 @@ def _path_key(path: Path) -> str:
 def embedding_lookup_paths(model, max_seq_len: int) -> List[Path]:
     """Parameter paths of the tables ``FeatureEmbedding`` gathers from (sorted), found by tracing shapes only."""
     batch = example_batch(2, max_seq_len)
-    shapes = jax.eval_shape(lambda rng: model.init(rng, batch, train=False), jax.random.PRNGKey(0))
-    shapes = flax.core.unfreeze(shapes)
-    variables = {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})}
+    variables = jax.eval_shape(lambda: init_variables(model, 0, max_seq_len))
 
     def record(variables):
         _, updates = model.apply(variables, batch, train=False, mutable=[EMBEDDING_LOOKUPS])

@@ -170,8 +170,9 @@ def read_reviews(path: str, report: BuildReport, use_arrow: bool = True) -> Revi
                 report.malformed(path, before + offset + 1, _describe(error))
                 continue
             if type(user) is not str or type(item) is not str or type(when) is not int or not user or not item:
-                report.malformed(path, before + offset + 1, "reviewerID/asin must be non-empty strings and "
-                                 "unixReviewTime an integer")
+                report.malformed(
+                    path, before + offset + 1, "reviewerID/asin must be non-empty strings and unixReviewTime an integer"
+                )
                 continue
             users.append(user)
             items.append(item)
@@ -290,7 +291,9 @@ def _count_strings(value) -> int:
 # Keys whose presence changes what category_of returns; the fast path must see them exactly.
 _FAST_KEYS = ("asin", "categories", "category", "main_cat")
 _PLAIN_SPELLINGS = {name: name for name in _FAST_KEYS}
-_QUOTED_SPELLINGS = dict([("'" + name + "'", name) for name in _FAST_KEYS] + [('"' + name + '"', name) for name in _FAST_KEYS])
+_QUOTED_SPELLINGS = dict(
+    [("'" + name + "'", name) for name in _FAST_KEYS] + [('"' + name + '"', name) for name in _FAST_KEYS]
+)
 
 
 def parse_meta_literal_fast(line: str):
@@ -342,7 +345,7 @@ def parse_meta_literal_fast(line: str):
         where[tokens.index(spelling)] = name
     pieces, start = [], 0
     for index in sorted(where):
-        pieces.append('""'.join(skeleton[start:index + 1]))
+        pieces.append('""'.join(skeleton[start : index + 1]))
         pieces.append('"' + where[index] + '"')
         start = index + 1
     pieces.append('""'.join(skeleton[start:]))
@@ -387,12 +390,16 @@ def parse_meta_line(line: str) -> Tuple[str, Optional[str]]:
     try:
         entry = ast.literal_eval(text)
     except SyntaxError as error:
-        raise ValueError(f"not a Python dict literal or JSON object ({(error.msg or 'invalid syntax')[:120]})") from None
+        raise ValueError(
+            f"not a Python dict literal or JSON object ({(error.msg or 'invalid syntax')[:120]})"
+        ) from None
     except (ValueError, TypeError):
         # ast's message names a node object by its memory address: keep the reason fixed so that
         # meta.json does not change from one build to the next.
-        raise ValueError("not a Python dict literal or JSON object (it holds something other than plain "
-                         "values, e.g. a call or a name)") from None
+        raise ValueError(
+            "not a Python dict literal or JSON object (it holds something other than plain "
+            "values, e.g. a call or a name)"
+        ) from None
     except (MemoryError, RecursionError):
         raise ValueError("not a Python dict literal or JSON object (nested too deeply)") from None
     return _entry_fields(entry)
@@ -462,8 +469,9 @@ def read_amazon_files(reviews_path: str, meta_path: str, report: BuildReport, wo
     # when a --strict error terminated it.
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_metadata_worker, args=(sender, meta_path, report.strict),
-                              name="read-metadata", daemon=True)
+    process = context.Process(
+        target=_metadata_worker, args=(sender, meta_path, report.strict), name="read-metadata", daemon=True
+    )
     process.start()
     sender.close()
     try:
@@ -472,8 +480,10 @@ def read_amazon_files(reviews_path: str, meta_path: str, report: BuildReport, wo
             status, payload = receiver.recv()
         except EOFError:
             process.join()
-            raise DataPrepError(f"{meta_path}: the process reading it stopped without a result (exit code "
-                                f"{process.exitcode}); try --workers 1") from None
+            raise DataPrepError(
+                f"{meta_path}: the process reading it stopped without a result (exit code "
+                f"{process.exitcode}); try --workers 1"
+            ) from None
         process.join()
     finally:
         if process.is_alive():

@@ -23,8 +23,11 @@ from data_prep.report import BuildReport  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("format", None, "Source format: amazon, din, dien, interactions, sequences or remapped.")
-flags.DEFINE_string("input", None, "Main input: review file, dataset.pkl / CSV folder, DIEN folder, table, "
-                    "sequence file or remap.py directory.")
+flags.DEFINE_string(
+    "input",
+    None,
+    "Main input: review file, dataset.pkl / CSV folder, DIEN folder, table, sequence file or remap.py directory.",
+)
 flags.DEFINE_string("meta", None, "Item metadata: Amazon metadata file, item table, attributes JSON or DIEN item-info.")
 flags.DEFINE_string("output", None, "Dataset directory to create.")
 flags.DEFINE_string("name", None, "Dataset name for meta.json (default: the output folder name).")
@@ -32,11 +35,19 @@ flags.DEFINE_integer("max_seq_len", 100, "History length the frequency arrays co
 flags.DEFINE_integer("seed", 1234, "Seed of the negatives and of the validation users.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing dataset directory (atomically).")
 flags.DEFINE_bool("strict", False, "Fail at the first malformed input line instead of counting it.")
-flags.DEFINE_bool("authors_split", False, "Protocol formats: the DIN authors' split (train b2..b(n-1), test bn, "
-                  "no validation) instead of train b2..b(n-2), validation b(n-1), test bn.")
-flags.DEFINE_enum("din_validation", "users", ["users", "last", "none"],
-                  "din/dien formats: validation = a fraction of training users (users), each user's last "
-                  "training position pair (last), or none.")
+flags.DEFINE_bool(
+    "authors_split",
+    False,
+    "Protocol formats: the DIN authors' split (train b2..b(n-1), test bn, "
+    "no validation) instead of train b2..b(n-2), validation b(n-1), test bn.",
+)
+flags.DEFINE_enum(
+    "din_validation",
+    "users",
+    ["users", "last", "none"],
+    "din/dien formats: validation = a fraction of training users (users), each user's last "
+    "training position pair (last), or none.",
+)
 flags.DEFINE_float("validation_users", 0.1, "din/dien formats: fraction of training users moved to validation.")
 flags.DEFINE_integer("users", 0, "din CSV: user vocabulary size (default: largest user id + 1).")
 flags.DEFINE_string("user_col", "user_id", "interactions: user column.")
@@ -44,8 +55,12 @@ flags.DEFINE_string("item_col", "item_id", "interactions: item column (also in t
 flags.DEFINE_string("category_col", "category", "interactions: category column (input or --meta table; '' = none).")
 flags.DEFINE_string("time_col", "time", "interactions: time column (numbers or dates; '' = file order).")
 flags.DEFINE_string("sep", "", "interactions: field separator (default: detected).")
-flags.DEFINE_enum("category_rule", "last", ["last", "first"],
-                  "sequences: which attribute of an item is its category (last = deepest category).")
+flags.DEFINE_enum(
+    "category_rule",
+    "last",
+    ["last", "first"],
+    "sequences: which attribute of an item is its category (last = deepest category).",
+)
 flags.DEFINE_integer("workers", 2, "amazon: processes reading the two files (1 = one after the other).")
 
 
@@ -53,14 +68,27 @@ def main(argv):
     def work():
         require_flags(format=FLAGS.format, input=FLAGS.input, output=FLAGS.output)
         options = BuildOptions(
-            format=FLAGS.format, input=FLAGS.input, meta=FLAGS.meta, seed=FLAGS.seed, max_seq_len=FLAGS.max_seq_len,
-            protocol="authors" if FLAGS.authors_split else "validation", validation_users=FLAGS.validation_users,
-            din_validation=FLAGS.din_validation, users=FLAGS.users, user_col=FLAGS.user_col, item_col=FLAGS.item_col,
-            category_col=FLAGS.category_col, time_col=FLAGS.time_col, sep=FLAGS.sep,
-            category_rule=FLAGS.category_rule, workers=FLAGS.workers)
+            format=FLAGS.format,
+            input=FLAGS.input,
+            meta=FLAGS.meta,
+            seed=FLAGS.seed,
+            max_seq_len=FLAGS.max_seq_len,
+            protocol="authors" if FLAGS.authors_split else "validation",
+            validation_users=FLAGS.validation_users,
+            din_validation=FLAGS.din_validation,
+            users=FLAGS.users,
+            user_col=FLAGS.user_col,
+            item_col=FLAGS.item_col,
+            category_col=FLAGS.category_col,
+            time_col=FLAGS.time_col,
+            sep=FLAGS.sep,
+            category_rule=FLAGS.category_rule,
+            workers=FLAGS.workers,
+        )
         report = BuildReport(strict=FLAGS.strict)
-        meta = build_dataset(options, FLAGS.output, overwrite=FLAGS.overwrite, strict=FLAGS.strict,
-                             name=FLAGS.name, report=report)
+        meta = build_dataset(
+            options, FLAGS.output, overwrite=FLAGS.overwrite, strict=FLAGS.strict, name=FLAGS.name, report=report
+        )
         print("\n".join(summarize(meta, report)))
 
     run_safely("build.py", work)

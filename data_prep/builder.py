@@ -18,8 +18,15 @@ from din_jax.data.dataset import META_FILE
 from din_jax.data.writer import check_output_path, write_dataset
 
 
-def build_dataset(options: BuildOptions, output: str, *, overwrite: bool = False, strict: bool = False,
-                  name: Optional[str] = None, report: Optional[BuildReport] = None) -> dict:
+def build_dataset(
+    options: BuildOptions,
+    output: str,
+    *,
+    overwrite: bool = False,
+    strict: bool = False,
+    name: Optional[str] = None,
+    report: Optional[BuildReport] = None,
+) -> dict:
     """Builds a din_jax dataset directory from any supported source.
 
     Args:
@@ -47,8 +54,15 @@ def build_dataset(options: BuildOptions, output: str, *, overwrite: bool = False
     finally:
         hasher.close()
     build = options._asdict()
-    build.update({"strict": strict, "output": os.path.abspath(output), "din_jax_version": din_jax.__version__,
-                  "python": sys.version.split()[0], "numpy": np.__version__})
+    build.update(
+        {
+            "strict": strict,
+            "output": os.path.abspath(output),
+            "din_jax_version": din_jax.__version__,
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+        }
+    )
     meta = {
         "name": name or os.path.basename(os.path.abspath(output)),
         "source_format": options.format,
@@ -68,9 +82,17 @@ def build_dataset(options: BuildOptions, output: str, *, overwrite: bool = False
         full_meta["timings_s"] = dict(report.timings)
 
     with stage("write " + os.path.basename(os.path.abspath(output)), "arrays"):
-        write_dataset(output, sequences=imported.sequences, offsets=imported.offsets,
-                      item_category=imported.item_category, splits=imported.splits, meta=meta,
-                      id_maps=imported.id_maps, overwrite=overwrite, before_meta=record_write_time)
+        write_dataset(
+            output,
+            sequences=imported.sequences,
+            offsets=imported.offsets,
+            item_category=imported.item_category,
+            splits=imported.splits,
+            meta=meta,
+            id_maps=imported.id_maps,
+            overwrite=overwrite,
+            before_meta=record_write_time,
+        )
     with open(os.path.join(output, META_FILE), encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -81,10 +103,10 @@ def summarize(meta: dict, report: BuildReport) -> List[str]:
     lines = [
         "built {} ({} format) -> {}".format(meta["name"], meta["source_format"], meta["build"]["output"]),
         "  users {:,}  items {:,}  categories {:,}  sequences {:,}  events {:,}".format(
-            meta["users"], meta["items"], meta["categories"], meta["sequences"], meta["events"]),
+            meta["users"], meta["items"], meta["categories"], meta["sequences"], meta["events"]
+        ),
         "  rows: " + "  ".join(f"{name} {rows:,}" for name, rows in splits.items()),
     ]
     lines.extend(report.summary_lines())
-    lines.append("timings (s): " + ", ".join(f"{step} {seconds:.1f}"
-                                             for step, seconds in report.timings.items()))
+    lines.append("timings (s): " + ", ".join(f"{step} {seconds:.1f}" for step, seconds in report.timings.items()))
     return lines

@@ -36,8 +36,11 @@ def run_safely(program: str, work: Callable[[], None]) -> None:
         _fail(program, str(error), error)
     except UnicodeDecodeError as error:
         # Readers report bad bytes with file and line; this one escaped them.
-        _fail(program, f"an input file is not UTF-8 text ({error}); set {DEBUG_VARIABLE}=1 to see where it was "
-              "read", error)
+        _fail(
+            program,
+            f"an input file is not UTF-8 text ({error}); set {DEBUG_VARIABLE}=1 to see where it was read",
+            error,
+        )
     except KeyboardInterrupt:
         sys.stderr.write(f"{program}: interrupted\n")
         sys.exit(130)

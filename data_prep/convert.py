@@ -30,8 +30,9 @@ from data_prep.tables import TABLE_FORMATS, read_table, table_path, write_table 
 CONVERT_REPORT = "convert.json"
 
 
-def convert_amazon(reviews_path: str, meta_path: str, output_dir: str, report: BuildReport,
-                   table_format: str = "npz", workers: int = 2) -> List[str]:
+def convert_amazon(
+    reviews_path: str, meta_path: str, output_dir: str, report: BuildReport, table_format: str = "npz", workers: int = 2
+) -> List[str]:
     """Parses both Amazon files and writes the reviews and items tables; returns the written paths."""
     for path in (reviews_path, meta_path):
         if not path or not os.path.isfile(path):
@@ -63,8 +64,11 @@ def read_converted(directory: str, report: BuildReport) -> Tuple[pd.DataFrame, p
     """
     tables = []
     for stem in ("reviews", "items"):
-        found = [table_path(directory, stem, fmt) for fmt in TABLE_FORMATS
-                 if os.path.isfile(table_path(directory, stem, fmt))]
+        found = [
+            table_path(directory, stem, fmt)
+            for fmt in TABLE_FORMATS
+            if os.path.isfile(table_path(directory, stem, fmt))
+        ]
         if not found:
             raise DataPrepError(f"{directory}: no {stem}.npz or {stem}.parquet (run convert.py first)")
         tables.append(read_table(found[0], report)[0])
@@ -90,8 +94,9 @@ def main(argv):
     def work():
         require_flags(input=flags_.input, meta=flags_.meta, output_dir=flags_.output_dir)
         report = BuildReport(strict=flags_.strict)
-        written = convert_amazon(flags_.input, flags_.meta, flags_.output_dir, report, flags_.table_format,
-                                 flags_.workers)
+        written = convert_amazon(
+            flags_.input, flags_.meta, flags_.output_dir, report, flags_.table_format, flags_.workers
+        )
         print("converted -> " + ", ".join(written))
         print("\n".join(report.summary_lines()))
 

@@ -49,8 +49,10 @@ def amazon_urls(category: str, release: str) -> Dict[str, str]:
 
 
 def _manual_hint(url: str, destination: str) -> str:
-    return (f"download {url} by hand (browser, or another machine) and place it at {destination} (a partial {destination}.part is "
-            "resumed on the next run)")
+    return (
+        f"download {url} by hand (browser, or another machine) and place it at {destination} (a partial {destination}.part is "
+        "resumed on the next run)"
+    )
 
 
 def _total_size(response, already: int) -> Optional[int]:
@@ -148,8 +150,9 @@ def download_file(url: str, destination: str, timeout: float = 10.0) -> str:
     except (urllib.error.URLError, socket.timeout, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         via = f" through the proxy {_without_credentials(proxy)}" if proxy else ""
-        raise DataPrepError(f"cannot reach {urllib.parse.urlsplit(url).netloc}{via} ({reason}); "
-                            f"{_manual_hint(url, destination)}") from None
+        raise DataPrepError(
+            f"cannot reach {urllib.parse.urlsplit(url).netloc}{via} ({reason}); {_manual_hint(url, destination)}"
+        ) from None
     with response:
         if already and response.status != 206:
             already = 0  # the server ignored the Range header: start over
@@ -167,7 +170,9 @@ def download_file(url: str, destination: str, timeout: float = 10.0) -> str:
                     received += len(chunk)
                     bar.update(len(chunk))
         except (socket.timeout, OSError, http.client.HTTPException) as error:
-            raise DataPrepError(f"{url}: connection lost after {received:,} bytes ({error}); run again to resume") from None
+            raise DataPrepError(
+                f"{url}: connection lost after {received:,} bytes ({error}); run again to resume"
+            ) from None
         finally:
             bar.close()
     if total is not None and received != total:
@@ -179,21 +184,24 @@ def download_file(url: str, destination: str, timeout: float = 10.0) -> str:
     return destination
 
 
-def download_amazon(category: str, release: str, output_dir: str, timeout: float = 10.0,
-                    kinds: Optional[List[str]] = None) -> Dict[str, str]:
+def download_amazon(
+    category: str, release: str, output_dir: str, timeout: float = 10.0, kinds: Optional[List[str]] = None
+) -> Dict[str, str]:
     """Downloads the review and metadata files of a category; returns kind -> local path."""
     os.makedirs(output_dir, exist_ok=True)
     urls = amazon_urls(category, release)
     wanted = kinds or ["reviews", "meta"]
-    destinations = {kind: os.path.join(output_dir, os.path.basename(urllib.parse.urlsplit(urls[kind]).path))
-                    for kind in wanted}
+    destinations = {
+        kind: os.path.join(output_dir, os.path.basename(urllib.parse.urlsplit(urls[kind]).path)) for kind in wanted
+    }
     paths = {}
     for kind in wanted:
         try:
             paths[kind] = download_file(urls[kind], destinations[kind], timeout)
         except DataPrepError as error:
-            others = [f"{urls[other]} -> {destinations[other]}" for other in wanted
-                      if other != kind and other not in paths]
+            others = [
+                f"{urls[other]} -> {destinations[other]}" for other in wanted if other != kind and other not in paths
+            ]
             if others:
                 raise DataPrepError("{}; likewise {}".format(error, "; ".join(others))) from None
             raise
@@ -210,8 +218,11 @@ def main(argv):
         paths = download_amazon(flags_.category, flags_.release, flags_.output_dir, flags_.timeout)
         for kind, path in paths.items():
             print(f"{kind}: {path} ({os.path.getsize(path):,} bytes)")
-        print("next: python data_prep/build.py --format amazon --input {} --meta {} --output DIR".format(
-            paths["reviews"], paths["meta"]))
+        print(
+            "next: python data_prep/build.py --format amazon --input {} --meta {} --output DIR".format(
+                paths["reviews"], paths["meta"]
+            )
+        )
 
     run_safely("download.py", work)
 

@@ -49,20 +49,48 @@ flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("compresslevel", 6, "gzip level of the output files.")
 
 _ALPHABET = np.array(list("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
-_WORDS = ("the a it is this for and with to of my on cable battery sound great works well price quality "
-          "charger adapter screen case fast easy good bad would recommend after months use camera lens "
-          "usb hdmi wireless mouse keyboard headphones speaker remote power cord plug it's doesn't I'm "
-          "can't \"pro\" 5\" 10' caf\u00e9 na\u00efve \u00fcber \u2013 \u00bd").split()
-_TOP_LEVEL = ["Computers & Accessories", "Camera & Photo", "Accessories & Supplies", "Car Electronics",
-              "Home Audio", "Portable Audio & Video", "Television & Video", "GPS & Navigation",
-              "Cell Phones & Accessories", "Office Electronics"]
-_BRANDS = ["Sony", "Logitech", "AmazonBasics", "Anker", "Belkin", "SanDisk", "Canon", "Nikon", "Panasonic",
-           "Monster", "D'Addario", "Bose", "JVC", "Kingston", "Targus", "Case Logic", "Generic"]
+_WORDS = (
+    "the a it is this for and with to of my on cable battery sound great works well price quality "
+    "charger adapter screen case fast easy good bad would recommend after months use camera lens "
+    "usb hdmi wireless mouse keyboard headphones speaker remote power cord plug it's doesn't I'm "
+    'can\'t "pro" 5" 10\' caf\u00e9 na\u00efve \u00fcber \u2013 \u00bd'
+).split()
+_TOP_LEVEL = [
+    "Computers & Accessories",
+    "Camera & Photo",
+    "Accessories & Supplies",
+    "Car Electronics",
+    "Home Audio",
+    "Portable Audio & Video",
+    "Television & Video",
+    "GPS & Navigation",
+    "Cell Phones & Accessories",
+    "Office Electronics",
+]
+_BRANDS = [
+    "Sony",
+    "Logitech",
+    "AmazonBasics",
+    "Anker",
+    "Belkin",
+    "SanDisk",
+    "Canon",
+    "Nikon",
+    "Panasonic",
+    "Monster",
+    "D'Addario",
+    "Bose",
+    "JVC",
+    "Kingston",
+    "Targus",
+    "Case Logic",
+    "Generic",
+]
 
 
 def _base36_codes(rng: np.random.Generator, count: int, width: int, prefix: str) -> List[str]:
     """Returns ``count`` distinct random upper-case base-36 keys of ``width`` characters."""
-    space = 36 ** width
+    space = 36**width
     values = np.unique(rng.integers(0, space, size=int(count * 1.1) + 16, dtype=np.int64))
     while len(values) < count:
         values = np.unique(np.concatenate([values, rng.integers(0, space, size=count, dtype=np.int64)]))
@@ -79,7 +107,7 @@ def _make_texts(rng: np.random.Generator, count: int, mean_words: float, sigma: 
     words = rng.integers(0, len(_WORDS), size=int(lengths.sum()))
     texts, start = [], 0
     for length in lengths.tolist():
-        text = " ".join(_WORDS[w] for w in words[start:start + length])
+        text = " ".join(_WORDS[w] for w in words[start : start + length])
         texts.append(text[:1].upper() + text[1:] + ".")
         start += length
     return texts
@@ -125,8 +153,10 @@ def _write_reviews(path: str, rng: np.random.Generator, user_keys: List[str], it
     years = stamps.astype("datetime64[Y]").astype(np.int64) + 1970
     months = stamps.astype("datetime64[M]").astype(np.int64) % 12 + 1
     days = (stamps - stamps.astype("datetime64[M]")).astype(np.int64) + 1
-    template = ('{"reviewerID": "%s", "asin": "%s", "reviewerName": %s, "helpful": [%d, %d], "reviewText": %s, '
-                '"overall": %d.0, "summary": %s, "unixReviewTime": %d, "reviewTime": "%02d %d, %d"}\n')
+    template = (
+        '{"reviewerID": "%s", "asin": "%s", "reviewerName": %s, "helpful": [%d, %d], "reviewText": %s, '
+        '"overall": %d.0, "summary": %s, "unixReviewTime": %d, "reviewTime": "%02d %d, %d"}\n'
+    )
     broken = set(rng.choice(reviews, size=min(FLAGS.malformed_lines, reviews), replace=False).tolist())
     with gzip.open(path, "wb", compresslevel=FLAGS.compresslevel) as handle:
         bar = progress(total=reviews, desc="reviews", unit="line", unit_scale=True)
@@ -135,9 +165,20 @@ def _write_reviews(path: str, rng: np.random.Generator, user_keys: List[str], it
             lines = []
             for r in range(start, stop):
                 u = review_user[r]
-                line = template % (user_keys[u], item_keys[review_item[r]], names[name_of[u]], votes[r, 0],
-                                   votes[r, 1], texts[text_of[r]], overall[r], summaries[summary_of[r]],
-                                   review_time[r], months[r], days[r], years[r])
+                line = template % (
+                    user_keys[u],
+                    item_keys[review_item[r]],
+                    names[name_of[u]],
+                    votes[r, 0],
+                    votes[r, 1],
+                    texts[text_of[r]],
+                    overall[r],
+                    summaries[summary_of[r]],
+                    review_time[r],
+                    months[r],
+                    days[r],
+                    years[r],
+                )
                 if r in broken:
                     line = line[: len(line) // 2] + "\n"
                 lines.append(line)
@@ -171,11 +212,15 @@ def _write_meta(path: str, rng: np.random.Generator, item_keys: List[str], other
         elif style == 2:
             leaf_names.append("Cables & Adapters %d" % index)
         else:
-            leaf_names.append("Audio \"Pro\" %d" % index)
+            leaf_names.append('Audio "Pro" %d' % index)
     # Reviewed items use exactly FLAGS.categories leaves (each at least once); others may use any.
-    leaf_of = np.concatenate([np.arange(FLAGS.categories),
-                              rng.integers(0, FLAGS.categories, size=reviewed - FLAGS.categories),
-                              rng.integers(0, len(leaf_names), size=total - reviewed)])
+    leaf_of = np.concatenate(
+        [
+            np.arange(FLAGS.categories),
+            rng.integers(0, FLAGS.categories, size=reviewed - FLAGS.categories),
+            rng.integers(0, len(leaf_names), size=total - reviewed),
+        ]
+    )
     pool = min(30000, max(100, total // 10))
     titles = _make_texts(rng, pool, 8, 0.4)
     descriptions = _make_texts(rng, pool, 60, 0.9)
@@ -197,7 +242,7 @@ def _write_meta(path: str, rng: np.random.Generator, item_keys: List[str], other
                 related = {}
                 for key, count in zip(("also_bought", "also_viewed", "bought_together"), counts[index].tolist()):
                     if count:
-                        related[key] = [all_keys[j] for j in related_pool[cursor:cursor + count].tolist()]
+                        related[key] = [all_keys[j] for j in related_pool[cursor : cursor + count].tolist()]
                         cursor = (cursor + count) % (len(related_pool) - 200)
                 entry["related"] = related
             if d[1] < 0.85:
@@ -239,7 +284,7 @@ def main(argv):
     started = time.time()
     user_keys = _base36_codes(rng, FLAGS.users, 12, "A")
     asins = _base36_codes(rng, FLAGS.meta_items, 7, "B00")
-    item_keys, other_keys = asins[: FLAGS.items], asins[FLAGS.items:]
+    item_keys, other_keys = asins[: FLAGS.items], asins[FLAGS.items :]
     reviews_path = os.path.join(FLAGS.output_dir, "reviews_%s_5.json.gz" % FLAGS.category)
     meta_path = os.path.join(FLAGS.output_dir, "meta_%s.json.gz" % FLAGS.category)
     _write_reviews(reviews_path, rng, user_keys, item_keys)

@@ -50,10 +50,20 @@ def _amount(value: float, unit: str, unit_scale: bool) -> str:
 class LogProgress:
     """The part of tqdm's interface the pipeline uses, as throttled plain lines."""
 
-    def __init__(self, iterable: Optional[Iterable[Any]] = None, total: Optional[float] = None, desc: str = "",
-                 unit: str = "it", unit_scale: bool = False, initial: float = 0, stream: Optional[TextIO] = None,
-                 interval: Optional[float] = None, min_seconds: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic, **unused):
+    def __init__(
+        self,
+        iterable: Optional[Iterable[Any]] = None,
+        total: Optional[float] = None,
+        desc: str = "",
+        unit: str = "it",
+        unit_scale: bool = False,
+        initial: float = 0,
+        stream: Optional[TextIO] = None,
+        interval: Optional[float] = None,
+        min_seconds: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
+        **unused,
+    ):
         del unused  # tqdm layout options (position, leave, ...) mean nothing here
         self._iterable = iterable
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
@@ -81,7 +91,8 @@ class LogProgress:
     def _describe(self) -> str:
         if self.unit == "stage" and self.total:
             return f"stage {min(int(self.n) + 1, int(self.total))} of {int(self.total)}" + (
-                f" ({self._postfix})" if self._postfix else "")
+                f" ({self._postfix})" if self._postfix else ""
+            )
         done = _amount(self.n, self.unit, self.unit_scale)
         if self.total:
             text = f"{100.0 * self.n / self.total:.0f}% ({done} of {_amount(self.total, self.unit, self.unit_scale)})"
@@ -96,7 +107,7 @@ class LogProgress:
             self._write(f"{self._describe()} after {now - self._start:.0f} s")
 
     def __iter__(self) -> Iterator[Any]:
-        for value in (self._iterable if self._iterable is not None else ()):
+        for value in self._iterable if self._iterable is not None else ():
             yield value
             self.update(1)
         self.close()

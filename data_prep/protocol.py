@@ -33,15 +33,31 @@ class ProtocolSamples(NamedTuple):
 def describe_protocol(protocol: str) -> dict:
     """Returns the meta.json description of a protocol."""
     if protocol == "validation":
-        return {"name": "validation", "train_targets": "b2..b(n-2)", "validation_targets": "b(n-1)",
-                "test_targets": "bn", "negatives_per_positive": 1}
-    return {"name": "authors", "train_targets": "b2..b(n-1)", "validation_targets": "none (the authors' split has "
-            "no validation; model selection would use the test set)", "test_targets": "bn",
-            "negatives_per_positive": 1}
+        return {
+            "name": "validation",
+            "train_targets": "b2..b(n-2)",
+            "validation_targets": "b(n-1)",
+            "test_targets": "bn",
+            "negatives_per_positive": 1,
+        }
+    return {
+        "name": "authors",
+        "train_targets": "b2..b(n-1)",
+        "validation_targets": "none (the authors' split has no validation; model selection would use the test set)",
+        "test_targets": "bn",
+        "negatives_per_positive": 1,
+    }
 
 
-def build_protocol_samples(user: np.ndarray, item: np.ndarray, time: np.ndarray, num_users: int, num_items: int,
-                           seed: int, protocol: str = "validation") -> ProtocolSamples:
+def build_protocol_samples(
+    user: np.ndarray,
+    item: np.ndarray,
+    time: np.ndarray,
+    num_users: int,
+    num_items: int,
+    seed: int,
+    protocol: str = "validation",
+) -> ProtocolSamples:
     """Builds sequences and train / validation / test samples from a remapped log.
 
     Args:
@@ -77,11 +93,17 @@ def _build(user, item, time, num_users: int, num_items: int, seed: int, protocol
     length = counts[sorted_user]
     is_target = rank >= 1
     if protocol == "validation":
-        split_of = {"train": is_target & (rank <= length - 3), "validation": rank == length - 2,
-                    "test": rank == length - 1}
+        split_of = {
+            "train": is_target & (rank <= length - 3),
+            "validation": rank == length - 2,
+            "test": rank == length - 1,
+        }
     else:
-        split_of = {"train": is_target & (rank <= length - 2), "validation": np.zeros(len(rank), dtype=bool),
-                    "test": rank == length - 1}
+        split_of = {
+            "train": is_target & (rank <= length - 2),
+            "validation": np.zeros(len(rank), dtype=bool),
+            "test": rank == length - 1,
+        }
     # Users with a single interaction have no target at all (rank 0 is also n - 1).
     for name in split_of:
         split_of[name] &= is_target

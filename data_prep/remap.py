@@ -79,9 +79,15 @@ def sorted_codes(values):
     return rank.astype(np.int64)[codes], np.asarray(ordered, dtype=object)
 
 
-def clean_and_remap(users, items, times: np.ndarray, meta_items: Optional[Sequence] = None,
-                    meta_categories: Optional[Sequence] = None, report: Optional[BuildReport] = None,
-                    item_categories: Optional[Sequence] = None) -> RemappedLog:
+def clean_and_remap(
+    users,
+    items,
+    times: np.ndarray,
+    meta_items: Optional[Sequence] = None,
+    meta_categories: Optional[Sequence] = None,
+    report: Optional[BuildReport] = None,
+    item_categories: Optional[Sequence] = None,
+) -> RemappedLog:
     """Drops duplicates and short users, then assigns sorted contiguous ids.
 
     Args:
@@ -154,16 +160,20 @@ def _clean_and_remap(users, items, times, meta_items, meta_categories, report, i
         lookup = pd.Index(meta_keys[~repeated].to_numpy())
         where = lookup.get_indexer(kept_item_keys.to_numpy())
         values = meta_values[~repeated].to_numpy()
-        category_key = pd.Series(np.where(where >= 0, values[np.maximum(where, 0)] if len(values) else None, None),
-                                 dtype=object)
+        category_key = pd.Series(
+            np.where(where >= 0, values[np.maximum(where, 0)] if len(values) else None, None), dtype=object
+        )
         report.count("metadata_items_without_reviews", int(len(lookup) - (where >= 0).sum()))
     else:
         category_key = pd.Series([None] * len(kept_items), dtype=object)
 
-    category_key = category_key.map(lambda value: None if value is None or value != value or value == "" else str(value))
+    category_key = category_key.map(
+        lambda value: None if value is None or value != value or value == "" else str(value)
+    )
     known = category_key.notna().to_numpy()
-    category_codes, category_uniques = pd.factorize(normalize_keys(category_key[known].reset_index(drop=True)),
-                                                    sort=True)
+    category_codes, category_uniques = pd.factorize(
+        normalize_keys(category_key[known].reset_index(drop=True)), sort=True
+    )
     item_category = np.full(len(kept_items), len(category_uniques), dtype=np.int64)
     item_category[known] = category_codes
     category_names = [str(key) for key in category_uniques]
@@ -235,8 +245,9 @@ def _read_remapped(directory: str, report: BuildReport, step):
     report.malformed_examples.extend(earlier.get("dropped", {}).get("malformed_examples", []))
     if not (len(user) == len(item) == len(time)) or len(item_category) != len(id_maps["item"]):
         raise DataPrepError(f"{directory}: inconsistent remapped arrays")
-    log = RemappedLog(user.astype(np.int32), item.astype(np.int32), time.astype(np.int64),
-                      item_category.astype(np.int32), id_maps)
+    log = RemappedLog(
+        user.astype(np.int32), item.astype(np.int32), time.astype(np.int64), item_category.astype(np.int32), id_maps
+    )
     return log, earlier.get("sources", [])
 
 
@@ -251,14 +262,25 @@ def main(argv):
         with report.timed("read"), stage("read " + flags_.input, "tables"):
             reviews, items, earlier = convert.read_converted(flags_.input, report)
         with report.timed("clean + remap"):
-            log = clean_and_remap(reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object),
-                                  reviews["time"].to_numpy(), items["item_id"].to_numpy(dtype=object),
-                                  items["category"].to_numpy(dtype=object), report)
+            log = clean_and_remap(
+                reviews["user_id"].to_numpy(dtype=object),
+                reviews["item_id"].to_numpy(dtype=object),
+                reviews["time"].to_numpy(),
+                items["item_id"].to_numpy(dtype=object),
+                items["category"].to_numpy(dtype=object),
+                report,
+            )
         with report.timed("write"), stage("write " + flags_.output_dir, "arrays + id maps"):
             write_remapped(flags_.output_dir, log, report, earlier)
-        print("remapped: {:,} users, {:,} items, {:,} categories, {:,} interactions -> {}".format(
-            len(log.id_maps["user"]), len(log.id_maps["item"]), len(log.id_maps["category"]), len(log.user),
-            flags_.output_dir))
+        print(
+            "remapped: {:,} users, {:,} items, {:,} categories, {:,} interactions -> {}".format(
+                len(log.id_maps["user"]),
+                len(log.id_maps["item"]),
+                len(log.id_maps["category"]),
+                len(log.user),
+                flags_.output_dir,
+            )
+        )
         print("\n".join(report.summary_lines()))
 
     run_safely("remap.py", work)

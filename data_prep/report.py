@@ -18,8 +18,14 @@ class InputReadError(DataPrepError):
 MAX_EXAMPLES = 20
 # meta.json and the summary list these counters first and in this order; the
 # rest follow in the order the build first counted them.
-_COUNTER_ORDER = ("malformed_lines", "duplicate_reviews", "short_users", "short_user_reviews",
-                  "unknown_category_reviews", "unknown_category_items")
+_COUNTER_ORDER = (
+    "malformed_lines",
+    "duplicate_reviews",
+    "short_users",
+    "short_user_reviews",
+    "unknown_category_reviews",
+    "unknown_category_items",
+)
 _MIN_NAME_WIDTH = 28
 
 
@@ -114,7 +120,7 @@ class BuildReport:
         for key, value in other.dropped.items():
             self.count(key, value)
         room = MAX_EXAMPLES - len(self.malformed_examples)
-        self.malformed_examples.extend(other.malformed_examples[:max(room, 0)])
+        self.malformed_examples.extend(other.malformed_examples[: max(room, 0)])
         self.notes.extend(other.notes)
 
     def counters(self) -> Dict[str, int]:

@@ -24,8 +24,22 @@ class UnsafePickleError(DataPrepError):
     """A pickle asked for a callable outside the allow-list."""
 
 
-_BUILTINS = ("set", "frozenset", "list", "dict", "tuple", "bytearray", "bytes", "str", "int", "float", "complex",
-             "bool", "slice", "range")
+_BUILTINS = (
+    "set",
+    "frozenset",
+    "list",
+    "dict",
+    "tuple",
+    "bytearray",
+    "bytes",
+    "str",
+    "int",
+    "float",
+    "complex",
+    "bool",
+    "slice",
+    "range",
+)
 
 
 def _numpy_core(submodule: str):
@@ -71,8 +85,10 @@ class RestrictedUnpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         found = _allowed(module, name)
         if found is None:
-            raise UnsafePickleError(f"{self._source}: refusing to load {module}.{name} from a pickle: only plain containers, numbers, "
-                                    "strings and numpy arrays are allowed")
+            raise UnsafePickleError(
+                f"{self._source}: refusing to load {module}.{name} from a pickle: only plain containers, numbers, "
+                "strings and numpy arrays are allowed"
+            )
         return found
 
 
@@ -99,9 +115,20 @@ def load_pickles(path: str, expected: int = 0) -> List[Any]:
             objects.append(RestrictedUnpickler(stream, source=path).load())
         except UnsafePickleError:
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-                KeyError, UnicodeDecodeError, MemoryError) as error:
-            raise DataPrepError(f"{path}: not a valid pickle (object {len(objects) + 1}: {type(error).__name__}: {error})") from None
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            UnicodeDecodeError,
+            MemoryError,
+        ) as error:
+            raise DataPrepError(
+                f"{path}: not a valid pickle (object {len(objects) + 1}: {type(error).__name__}: {error})"
+            ) from None
     if expected and len(objects) != expected:
         raise DataPrepError(f"{path}: expected {expected} pickled objects, found {len(objects)}")
     return objects

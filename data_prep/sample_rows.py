@@ -73,7 +73,9 @@ def cut_validation(rows: SampleRows, mode: str, fraction: float, seed: int, repo
         count = int(round(fraction * len(train_users)))
         chosen = np.random.default_rng(seed).choice(train_users, size=count, replace=False) if count else []
         split[train & np.isin(rows.user, chosen)] = VALIDATION
-        report.note(f"validation = all training rows of {count:,} of {len(train_users):,} training users (fraction {fraction}, seed {seed})")
+        report.note(
+            f"validation = all training rows of {count:,} of {len(train_users):,} training users (fraction {fraction}, seed {seed})"
+        )
     elif mode == "last" and train.any():
         position = np.diff(rows.hist_offsets)
         users = rows.user[train]
@@ -124,8 +126,9 @@ def merge_into_sequences(rows: SampleRows) -> Tuple[np.ndarray, np.ndarray, Dict
         starts = np.zeros(len(lengths), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
-        differs = (cand[np.repeat(cand_off[remaining], lengths) + within]
-                   != cand[np.repeat(cand_off[head], lengths) + within])
+        differs = (
+            cand[np.repeat(cand_off[remaining], lengths) + within] != cand[np.repeat(cand_off[head], lengths) + within]
+        )
         owner = np.repeat(np.arange(len(remaining), dtype=np.int64), lengths)
         consistent = np.bincount(owner[differs], minlength=len(remaining)) == 0
         head_of_row[remaining[consistent]] = head[consistent]
@@ -145,7 +148,8 @@ def merge_into_sequences(rows: SampleRows) -> Tuple[np.ndarray, np.ndarray, Dict
     within = np.arange(int(offsets[-1]), dtype=np.int64) - np.repeat(offsets[:-1], head_lengths)
     sequences = cand[np.repeat(cand_off[ordered_heads], head_lengths) + within].astype(np.int32)
 
-    samples = np.stack([rows.user, sequence_of_head[head_of_row], hist_len, rows.item, rows.label],
-                       axis=1).astype(np.int32)
+    samples = np.stack([rows.user, sequence_of_head[head_of_row], hist_len, rows.item, rows.label], axis=1).astype(
+        np.int32
+    )
     splits = {name: samples[rows.split == code] for code, name in enumerate(SPLIT_NAMES)}
     return sequences, offsets, splits

@@ -37,8 +37,14 @@ class SourceHasher:
     def entries(self, paths: Iterable[str]) -> List[dict]:
         """Returns ``[{"path", "bytes", "sha256"}]`` for the files a build actually used."""
         self.prefetch(paths)
-        return [{"path": os.path.abspath(path), "bytes": os.path.getsize(path),
-                 "sha256": self._futures[os.path.abspath(path)].result()} for path in paths]
+        return [
+            {
+                "path": os.path.abspath(path),
+                "bytes": os.path.getsize(path),
+                "sha256": self._futures[os.path.abspath(path)].result(),
+            }
+            for path in paths
+        ]
 
     def close(self) -> None:
         """Stops the worker thread (pending hashes are cancelled)."""

@@ -89,8 +89,9 @@ def _read_npz(path: str) -> pd.DataFrame:
                     codes = archive[name + ".codes"]
                     keys = archive[name + ".keys"].astype(object)
                     # -1 codes are missing values.
-                    columns[name] = pd.Series(np.where(codes >= 0, keys[np.maximum(codes, 0)] if len(keys) else None,
-                                                       None), dtype=object)
+                    columns[name] = pd.Series(
+                        np.where(codes >= 0, keys[np.maximum(codes, 0)] if len(keys) else None, None), dtype=object
+                    )
                 else:
                     columns[name] = pd.Series(archive[name])
     except (OSError, ValueError, KeyError) as error:
@@ -112,13 +113,15 @@ def detect_separator(path: str) -> str:
         counts = {sep: first.count(sep) for sep in "\t,;|"}
         best = max(counts, key=counts.get)
         if counts[best] == 0:
-            raise DataPrepError(f"{path}: cannot detect the column separator (tab, comma, semicolon or pipe); "
-                                "pass --sep") from None
+            raise DataPrepError(
+                f"{path}: cannot detect the column separator (tab, comma, semicolon or pipe); pass --sep"
+            ) from None
         return best
 
 
-def read_table(path: str, report: BuildReport, sep: Optional[str] = None,
-               usecols: Optional[List[str]] = None) -> Tuple[pd.DataFrame, Optional[np.ndarray]]:
+def read_table(
+    path: str, report: BuildReport, sep: Optional[str] = None, usecols: Optional[List[str]] = None
+) -> Tuple[pd.DataFrame, Optional[np.ndarray]]:
     """Reads a CSV/TSV (separator detected), Parquet or npz table into a DataFrame.
 
     Text tables need a header line and are UTF-8. Lines with the wrong number
@@ -164,10 +167,18 @@ def read_table(path: str, report: BuildReport, sep: Optional[str] = None,
         warnings.simplefilter("always")
         try:
             # Bad bytes become U+FFFD here; the rows on those lines are dropped below, by line number.
-            frame = pd.read_csv(io.BytesIO(data), sep=separator, dtype=str, keep_default_na=False, na_values=[""],
-                                on_bad_lines="error" if report.strict else "warn", engine="c",
-                                encoding="utf-8", encoding_errors="replace",
-                                usecols=(lambda column: column in usecols) if usecols else None)
+            frame = pd.read_csv(
+                io.BytesIO(data),
+                sep=separator,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                on_bad_lines="error" if report.strict else "warn",
+                engine="c",
+                encoding="utf-8",
+                encoding_errors="replace",
+                usecols=(lambda column: column in usecols) if usecols else None,
+            )
         except pd.errors.ParserError as error:
             message = str(error).strip().splitlines()[0]
             found = re.search(r"line (\d+)", message)
@@ -183,7 +194,7 @@ def read_table(path: str, report: BuildReport, sep: Optional[str] = None,
     for line in "\n".join(messages).splitlines():
         # pandas: "Skipping line 7: expected 3 fields, saw 4"
         if line.startswith("Skipping line "):
-            number, _, reason = line[len("Skipping line "):].partition(":")
+            number, _, reason = line[len("Skipping line ") :].partition(":")
             problems[int(number)] = reason.strip() or "wrong number of fields"
         elif line.strip() and line in printed.getvalue():
             sys.stderr.write(line + "\n")
@@ -272,8 +283,9 @@ def _undecodable_lines(data: bytes, layout: _LineLayout) -> Dict[int, str]:
     return bad
 
 
-def _row_lines(layout: _LineLayout, header: int, skipped: List[int], frame: pd.DataFrame,
-               complete: bool) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+def _row_lines(
+    layout: _LineLayout, header: int, skipped: List[int], frame: pd.DataFrame, complete: bool
+) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
     """``(line, span)`` of each row pandas returned: its first 1-based file line and how many lines it covers.
 
     Rows come from the lines after the header that are neither blank nor
@@ -313,8 +325,15 @@ def _breaks_in(text: str) -> int:
     return len(_LINE_BREAK.findall(text))
 
 
-def _drop_undecodable_rows(path: str, frame: pd.DataFrame, lines: Optional[np.ndarray], spans: Optional[np.ndarray],
-                           not_utf8: Dict[int, str], problems: Dict[int, str], report: BuildReport):
+def _drop_undecodable_rows(
+    path: str,
+    frame: pd.DataFrame,
+    lines: Optional[np.ndarray],
+    spans: Optional[np.ndarray],
+    not_utf8: Dict[int, str],
+    problems: Dict[int, str],
+    report: BuildReport,
+):
     """Removes the rows read from lines that are not UTF-8; ``problems`` gets those lines' reasons."""
     if lines is None or spans is None:
         # Without a line map, the replacement character pandas put in is the only trace.

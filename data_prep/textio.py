@@ -26,8 +26,7 @@ def open_text(path: str, newline: Optional[str] = None) -> TextIO:
         raise DataPrepError(f"cannot open {path}: {error.strerror or error}") from None
 
 
-def counting(items: Iterable[T], bar, total: Optional[int] = None,
-             size: Callable[[T], int] = len) -> Iterator[T]:
+def counting(items: Iterable[T], bar, total: Optional[int] = None, size: Callable[[T], int] = len) -> Iterator[T]:
     """Passes ``items`` through, adding their sizes to ``bar`` (every ``_LINES_PER_UPDATE`` items).
 
     Lines are sized by their length (about the bytes read). Characters are
@@ -48,8 +47,9 @@ def counting(items: Iterable[T], bar, total: Optional[int] = None,
     bar.update(pending + (max(total - seen, 0) if total is not None else 0))
 
 
-def text_lines(path: str, report: BuildReport, desc: str, newline: Optional[str] = None,
-               position: int = 0) -> Iterator[Tuple[int, str]]:
+def text_lines(
+    path: str, report: BuildReport, desc: str, newline: Optional[str] = None, position: int = 0
+) -> Iterator[Tuple[int, str]]:
     """Yields ``(1-based line number, line)`` of a UTF-8 text file, with a progress bar over its bytes.
 
     A line that is not valid UTF-8 is reported to ``report`` as malformed

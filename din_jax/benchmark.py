@@ -276,9 +276,28 @@ def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, repli
 
 
 # The benchmark command's own settings (its flags), turned into a BenchmarkConfig by make_config.
-COMMAND_SETTINGS = ("mode", "micro_batch_sizes", "device_iterations", "replicas", "optimizer", "learning_rate",
-                    "embedding_updates", "data_type", "lengths", "dataset", "split", "samples", "max_seq_len",
-                    "length_buckets", "windows", "positions_per_pass", "prefetch", "seed", "vocabulary", "fold_query")
+COMMAND_SETTINGS = (
+    "mode",
+    "micro_batch_sizes",
+    "device_iterations",
+    "replicas",
+    "optimizer",
+    "learning_rate",
+    "embedding_updates",
+    "data_type",
+    "lengths",
+    "dataset",
+    "split",
+    "samples",
+    "max_seq_len",
+    "length_buckets",
+    "windows",
+    "positions_per_pass",
+    "prefetch",
+    "seed",
+    "vocabulary",
+    "fold_query",
+)
 
 
 def make_config(values: Dict[str, Any], model: str, model_config: Dict[str, Any]) -> BenchmarkConfig:
@@ -312,8 +331,14 @@ def make_config(values: Dict[str, Any], model: str, model_config: Dict[str, Any]
         except ValueError as error:
             raise ConfigError("--lengths: %s" % error) from None
     vocabulary = {"users": vocab[0], "items": vocab[1], "categories": vocab[2]}
-    config = BenchmarkConfig(micro_batch_sizes=sizes, model=model, model_config=model_config, vocabulary=vocabulary,
-                             length_buckets=buckets, **values)
+    config = BenchmarkConfig(
+        micro_batch_sizes=sizes,
+        model=model,
+        model_config=model_config,
+        vocabulary=vocabulary,
+        length_buckets=buckets,
+        **values,
+    )
     for size in sizes:  # the checks a training run makes (--length_buckets, --embedding_updates, model fields)
         _train_config(config, size, max(1, config.device_iterations))
     return config
@@ -383,6 +408,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     rates, window_seconds, window_steps, window_samples, window_cpu = [], [], [], [], []
     padded, real, flops = 0.0, 0.0, 0.0
     for window, plan in enumerate(plans):
+
         def chunks(plan=plan):
             for indices, seq_len in zip(plan.calls, plan.seq_lens):
                 yield gather_chunk(source, split, indices, seq_len)
@@ -447,8 +473,10 @@ def run_benchmark(config: BenchmarkConfig, log: Any = None) -> List[Dict[str, An
         source = make_source(config, config.samples)
     else:
         replicas = len(resolve_devices(config.replicas))
-        sizes = [default_pool_size(config, replicas * b, resolve_device_iterations(config, b, replicas))
-                 for b in config.micro_batch_sizes]
+        sizes = [
+            default_pool_size(config, replicas * b, resolve_device_iterations(config, b, replicas))
+            for b in config.micro_batch_sizes
+        ]
         source = make_source(config, max(sizes))
     return [benchmark_micro_batch(config, b, source, log) for b in config.micro_batch_sizes]
 

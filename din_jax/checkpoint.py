@@ -86,8 +86,9 @@ def metadata_checksum(meta: Dict[str, Any]) -> str:
     return hashlib.sha256(_canonical_json(json.loads(_canonical_json(body))).encode("utf-8")).hexdigest()
 
 
-def save_checkpoint(directory: str, tree: Any, metadata: Dict[str, Any],
-                    arrays: Optional[Dict[str, np.ndarray]] = None) -> str:
+def save_checkpoint(
+    directory: str, tree: Any, metadata: Dict[str, Any], arrays: Optional[Dict[str, np.ndarray]] = None
+) -> str:
     """Writes ``tree`` (host arrays) atomically to ``directory`` and returns it.
 
     An existing checkpoint there is replaced only once the new one is complete and on disk. ``arrays`` are stored
@@ -208,7 +209,7 @@ def restore_tree(template: Any, flat: Dict[str, np.ndarray], prefix: Optional[st
     template_dict = serialization.to_state_dict(template)
     expected = traverse_util.flatten_dict(template_dict, keep_empty_nodes=True)
     lead = (prefix.rstrip(_SEP) + _SEP) if prefix else ""
-    available = {key[len(lead):]: value for key, value in flat.items() if key.startswith(lead)}
+    available = {key[len(lead) :]: value for key, value in flat.items() if key.startswith(lead)}
     restored = {}
     used = set()
     for path, want in expected.items():
@@ -299,7 +300,7 @@ def remove_temporaries(root: str) -> List[str]:
     for path in glob.glob(os.path.join(root, "*.old")):
         if not os.path.isdir(path):
             continue
-        target = path[:-len(".old")]
+        target = path[: -len(".old")]
         if os.path.exists(target):
             shutil.rmtree(path, ignore_errors=True)
         else:

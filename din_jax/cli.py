@@ -7,8 +7,11 @@ from typing import Any, Callable, List, Optional
 from absl import app, flags
 
 
-def run_main(main: Callable[[List[str]], Any], fail: Callable[[str, str], None],
-             check: Optional[Callable[[], Optional[str]]] = None) -> None:
+def run_main(
+    main: Callable[[List[str]], Any],
+    fail: Callable[[str, str], None],
+    check: Optional[Callable[[], Optional[str]]] = None,
+) -> None:
     """``absl.app.run(main)`` with the errors of the command line told in one line.
 
     absl reports a bad flag in two lines and exits with 1, and a stray argument would print the module docstring;

@@ -111,8 +111,11 @@ class TrainConfig:
             raise ConfigError("--learning_rate must be > 0, got %r" % self.learning_rate)
         if self.clip_norm < 0:
             raise ConfigError("--clip_norm must be >= 0 (0 disables clipping), got %r" % self.clip_norm)
-        for name, zero in (("mba_lambda", "0 disables it"), ("l2", "0 disables it"),
-                           ("loss_scaling", "0: 1024 with float16, else 1")):
+        for name, zero in (
+            ("mba_lambda", "0 disables it"),
+            ("l2", "0 disables it"),
+            ("loss_scaling", "0: 1024 with float16, else 1"),
+        ):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError("--%s must be a finite number >= 0 (%s), got %r" % (name, zero, value))
@@ -123,24 +126,31 @@ class TrainConfig:
         if self.log_every < 1:
             raise ConfigError("--log_every must be >= 1, got %r" % self.log_every)
         if self.checkpoint_every < 0:
-            raise ConfigError("--checkpoint_every must be >= 0 (0: only at the end of each epoch), got %r"
-                              % self.checkpoint_every)
+            raise ConfigError(
+                "--checkpoint_every must be >= 0 (0: only at the end of each epoch), got %r" % self.checkpoint_every
+            )
         if self.keep_checkpoints < 1:
             raise ConfigError("--keep_checkpoints must be >= 1, got %r" % self.keep_checkpoints)
         if self.resume and not self.model_path:
             raise ConfigError("--resume needs --model_path (the run directory to continue)")
         _choice("embedding_updates", self.embedding_updates, EMBEDDING_UPDATES)
         if self.positions_per_pass < 0:
-            raise ConfigError("--positions_per_pass must be >= 0 (0: the whole micro-batch at once), got %r"
-                              % self.positions_per_pass)
+            raise ConfigError(
+                "--positions_per_pass must be >= 0 (0: the whole micro-batch at once), got %r" % self.positions_per_pass
+            )
         if self.embedding_updates == "sparse" and self.l2 > 0:
-            raise ConfigError("--l2 regularises every embedding row, which --embedding_updates sparse does not "
-                              "touch: use --embedding_updates dense with --l2 (--mba_lambda works with both)")
+            raise ConfigError(
+                "--l2 regularises every embedding row, which --embedding_updates sparse does not "
+                "touch: use --embedding_updates dense with --l2 (--mba_lambda works with both)"
+            )
         buckets = tuple(self.length_buckets or ())
-        if any(not isinstance(b, int) or not 1 <= b <= self.max_seq_len for b in buckets) or \
-                any(b <= a for a, b in zip(buckets, buckets[1:])):
-            raise ConfigError("--length_buckets must be increasing integers in [1, --max_seq_len=%d], got %s"
-                              % (self.max_seq_len, ",".join(str(b) for b in buckets)))
+        if any(not isinstance(b, int) or not 1 <= b <= self.max_seq_len for b in buckets) or any(
+            b <= a for a, b in zip(buckets, buckets[1:])
+        ):
+            raise ConfigError(
+                "--length_buckets must be increasing integers in [1, --max_seq_len=%d], got %s"
+                % (self.max_seq_len, ",".join(str(b) for b in buckets))
+            )
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -168,27 +178,48 @@ def _preset(model: str, train_config: Dict[str, Any], **model_config: Any) -> Di
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The authors' Amazon code (zhougr1993/DeepInterestNetwork, din/): item 64 + category 64, attention 80-40
     # sigmoid with a masked softmax over score / sqrt(D), MLP 80-40 sigmoid, per-item bias.
-    "din_amazon": _preset("din", _AUTHORS_SGD, **_AUTHORS_SIZES, **_ATTENTION, attention_normalization="softmax",
-                          **_AUTHORS_MLP),
+    "din_amazon": _preset(
+        "din", _AUTHORS_SGD, **_AUTHORS_SIZES, **_ATTENTION, attention_normalization="softmax", **_AUTHORS_MLP
+    ),
     # The paper's DIN (sections 4 and 6): unnormalised attention weights, MLP 200-80 with PReLU (--activation dice
     # for DIN + Dice).
-    "din_paper": _preset("din", _AUTHORS_SGD, **_AUTHORS_SIZES, **_ATTENTION, attention_normalization="none",
-                         mlp_hidden=(200, 80), activation="prelu"),
+    "din_paper": _preset(
+        "din",
+        _AUTHORS_SGD,
+        **_AUTHORS_SIZES,
+        **_ATTENTION,
+        attention_normalization="none",
+        mlp_hidden=(200, 80),
+        activation="prelu",
+    ),
     # Graphcore's TF1 IPU port (DIEN code base): item 18 + category 18 (their attention size 36), user 18, MLP
     # 200-80 with Dice that also sees the sum-pooled history, attention 80-40 sigmoid with a masked softmax.
     "din_graphcore": _preset(
-        "din", dict(optimizer="sgd", learning_rate=0.1, lr_schedule="fixed", micro_batch_size=32), item_dim=18,
-        category_dim=18, user_dim=18, use_item_bias=False, **_ATTENTION, attention_normalization="softmax",
-        mlp_hidden=(200, 80), activation="dice", use_history_sum=True),
+        "din",
+        dict(optimizer="sgd", learning_rate=0.1, lr_schedule="fixed", micro_batch_size=32),
+        item_dim=18,
+        category_dim=18,
+        user_dim=18,
+        use_item_bias=False,
+        **_ATTENTION,
+        attention_normalization="softmax",
+        mlp_hidden=(200, 80),
+        activation="dice",
+        use_history_sum=True,
+    ),
     # The competitors as the authors' Amazon code configures them (base_model/, wide_deep/, pnn/, deepFM/):
     # mean-pooled history, MLP 80-40 sigmoid; DeepFM with Adam 0.001. The model parts follow this project's
     # definitions (see each module); the authors' "PNN" is the element-wise product of history and candidate.
     "base_amazon": _preset("base", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
     "wide_deep_amazon": _preset("wide_deep", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
-    "pnn_amazon": _preset("pnn", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", product="elementwise",
-                          **_AUTHORS_MLP),
-    "deepfm_amazon": _preset("deepfm", dict(optimizer="adam", learning_rate=0.001, lr_schedule="fixed",
-                                            micro_batch_size=32), **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
+    "pnn_amazon": _preset("pnn", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", product="elementwise", **_AUTHORS_MLP),
+    "deepfm_amazon": _preset(
+        "deepfm",
+        dict(optimizer="adam", learning_rate=0.001, lr_schedule="fixed", micro_batch_size=32),
+        **_AUTHORS_SIZES,
+        pooling="mean",
+        **_AUTHORS_MLP,
+    ),
 }
 
 
@@ -197,8 +228,11 @@ def get_preset(name: str) -> Dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError("--preset: unknown preset %r; choose from %s" % (name, sorted(PRESETS)))
     preset = PRESETS[name]
-    return {"model": preset["model"], "model_config": dict(preset["model_config"]),
-            "train_config": dict(preset["train_config"])}
+    return {
+        "model": preset["model"],
+        "model_config": dict(preset["model_config"]),
+        "train_config": dict(preset["train_config"]),
+    }
 
 
 # -- flags and presets -> TrainConfig -------------------------------------------------------------------------
@@ -210,8 +244,9 @@ def _int_tuple(flag: str, value: Any) -> Tuple[int, ...]:
     try:
         return tuple(int(x) for x in items if str(x).strip() != "")
     except (TypeError, ValueError):
-        raise ConfigError("--%s must be comma-separated integers, got %s"
-                          % (flag, ",".join(str(x) for x in items))) from None
+        raise ConfigError(
+            "--%s must be comma-separated integers, got %s" % (flag, ",".join(str(x) for x in items))
+        ) from None
 
 
 def _widths(flag: str, value: Any) -> Tuple[int, ...]:
@@ -245,22 +280,39 @@ MODEL_FLAGS: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
     "wide_buckets": ("wide_buckets", _typed(int)),
 }
 MODEL_FLAG_DEFAULTS: Dict[str, Any] = {
-    "model": "din", "attention_size": 36, "item_dim": None, "category_dim": None, "user_dim": 0,
-    "item_bias": True, "history_sum": False, "attention": "din", "attention_normalization": "none",
-    "attention_hidden": (80, 40), "attention_activation": "sigmoid", "split_attention": True,
-    "activation": "prelu", "mlp_hidden": (200, 80), "dropout": 0.0, "pooling": "mean", "pnn_product": "inner",
-    "wide_buckets": 2 ** 18,
+    "model": "din",
+    "attention_size": 36,
+    "item_dim": None,
+    "category_dim": None,
+    "user_dim": 0,
+    "item_bias": True,
+    "history_sum": False,
+    "attention": "din",
+    "attention_normalization": "none",
+    "attention_hidden": (80, 40),
+    "attention_activation": "sigmoid",
+    "split_attention": True,
+    "activation": "prelu",
+    "mlp_hidden": (200, 80),
+    "dropout": 0.0,
+    "pooling": "mean",
+    "pnn_product": "inner",
+    "wide_buckets": 2**18,
 }
-_WIDTH_FLAGS = {"attention_size": ("item_dim", "category_dim"), "item_dim": ("item_dim",),
-                "category_dim": ("category_dim",)}
+_WIDTH_FLAGS = {
+    "attention_size": ("item_dim", "category_dim"),
+    "item_dim": ("item_dim",),
+    "category_dim": ("category_dim",),
+}
 # TrainConfig fields set by flags of the same name.
 TRAIN_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "model_config"))
 # Graphcore's name for --lr_schedule.
 ALIASES = ("lr_type",)
 
 
-def resolve_model(preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None,
-                  defaults: Optional[Dict[str, Any]] = None) -> Tuple[str, Dict[str, Any]]:
+def resolve_model(
+    preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None
+) -> Tuple[str, Dict[str, Any]]:
     """The model name and the fields it has: defaults, then the preset, then the explicit flags.
 
     Fields the model lacks (``--attention`` means nothing to ``lr``) are dropped, with a warning for those set
@@ -318,8 +370,9 @@ def resolve_config(preset: Optional[str] = None, overrides: Optional[Dict[str, A
     values.update({name: overrides[name] for name in TRAIN_FLAGS if name in overrides})
     if overrides.get("lr_type") is not None:
         if "lr_schedule" in overrides and overrides["lr_schedule"] != overrides["lr_type"]:
-            raise ConfigError("--lr_type %s contradicts --lr_schedule %s"
-                              % (overrides["lr_type"], overrides["lr_schedule"]))
+            raise ConfigError(
+                "--lr_type %s contradicts --lr_schedule %s" % (overrides["lr_type"], overrides["lr_schedule"])
+            )
         values["lr_schedule"] = overrides["lr_type"]
     if "length_buckets" in values:
         values["length_buckets"] = _int_tuple("length_buckets", values["length_buckets"])
@@ -337,8 +390,13 @@ def resolve_config(preset: Optional[str] = None, overrides: Optional[Dict[str, A
 # -- checkpoint metadata <-> TrainConfig ----------------------------------------------------------------------
 
 
-def checkpoint_metadata(config: TrainConfig, vocab: Dict[str, int], step: int,
-                        extra: Optional[Dict[str, Any]] = None, data_fingerprint: Optional[str] = None):
+def checkpoint_metadata(
+    config: TrainConfig,
+    vocab: Dict[str, int],
+    step: int,
+    extra: Optional[Dict[str, Any]] = None,
+    data_fingerprint: Optional[str] = None,
+):
     """What a checkpoint records of its run, enough for ``config_from_checkpoint`` to score as the run did."""
     meta = {
         "model": config.model,
@@ -372,12 +430,20 @@ def config_from_checkpoint(meta: Dict[str, Any], overrides: Optional[Dict[str, A
     for key in ("model", "model_config", "max_seq_len"):
         if key not in meta:
             raise ConfigError("the checkpoint's metadata has no %r" % key)
-    if (meta.get("use_synthetic_data") and "max_seq_len" in overrides and "dataset" not in overrides
-            and overrides["max_seq_len"] != meta.get("max_seq_len")):
-        raise ConfigError("--max_seq_len %d: the checkpoint was trained on synthetic data drawn with max_seq_len %s, "
-                          "and another value draws another test set" % (overrides["max_seq_len"], meta["max_seq_len"]))
+    if (
+        meta.get("use_synthetic_data")
+        and "max_seq_len" in overrides
+        and "dataset" not in overrides
+        and overrides["max_seq_len"] != meta.get("max_seq_len")
+    ):
+        raise ConfigError(
+            "--max_seq_len %d: the checkpoint was trained on synthetic data drawn with max_seq_len %s, "
+            "and another value draws another test set" % (overrides["max_seq_len"], meta["max_seq_len"])
+        )
     model_config = dict(meta["model_config"])
-    model_overrides = {name: value for name, value in overrides.items() if name in MODEL_FLAGS or name == "attention_size"}
+    model_overrides = {
+        name: value for name, value in overrides.items() if name in MODEL_FLAGS or name == "attention_size"
+    }
     if model_overrides:
         _, flagged = resolve_model(None, model_overrides)
         for name in model_overrides:
@@ -391,7 +457,8 @@ def config_from_checkpoint(meta: Dict[str, Any], overrides: Optional[Dict[str, A
         return getattr(defaults, name) if stored is None else stored
 
     use_synthetic = bool(overrides.get("use_synthetic_data")) or (
-        "dataset" not in overrides and bool(meta.get("use_synthetic_data", False)))
+        "dataset" not in overrides and bool(meta.get("use_synthetic_data", False))
+    )
     micro_batch_size = overrides.get("micro_batch_size", defaults.micro_batch_size)
     buckets = overrides["length_buckets"] if "length_buckets" in overrides else meta.get("length_buckets") or ()
     return TrainConfig(

@@ -20,8 +20,9 @@ def cpu_collectives_supported() -> bool:
     return hasattr(jax.config, option) or option in getattr(jax.config, "values", {})
 
 
-def initialize(coordinator_address: str, num_processes: int, process_id: int,
-               local_device_ids: Optional[list] = None) -> None:
+def initialize(
+    coordinator_address: str, num_processes: int, process_id: int, local_device_ids: Optional[list] = None
+) -> None:
     """Connects this process to the others (before any other jax use); process 0 listens at ``coordinator_address``."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms in ("", "cpu") and cpu_collectives_supported():

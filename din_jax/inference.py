@@ -38,8 +38,10 @@ def resolve_checkpoint_dir(path: str, which: str = "best") -> str:
         return candidate
     if os.path.isfile(os.path.join(path, ckpt.META_FILE)):
         return path
-    raise ckpt.CheckpointError("no checkpoint at %s (looked for %s and %s)"
-                               % (path, os.path.join(candidate, ckpt.META_FILE), os.path.join(path, ckpt.META_FILE)))
+    raise ckpt.CheckpointError(
+        "no checkpoint at %s (looked for %s and %s)"
+        % (path, os.path.join(candidate, ckpt.META_FILE), os.path.join(path, ckpt.META_FILE))
+    )
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -71,9 +73,17 @@ class Predictor:
       max_batch_size: rows per compiled call; larger inputs are split.
     """
 
-    def __init__(self, model, variables: Dict[str, Any], item_category: np.ndarray, max_seq_len: int,
-                 num_users: int, uses_user: bool = False, metadata: Optional[Dict[str, Any]] = None,
-                 max_batch_size: int = 1024):
+    def __init__(
+        self,
+        model,
+        variables: Dict[str, Any],
+        item_category: np.ndarray,
+        max_seq_len: int,
+        num_users: int,
+        uses_user: bool = False,
+        metadata: Optional[Dict[str, Any]] = None,
+        max_batch_size: int = 1024,
+    ):
         self.model = model
         self.item_category = np.asarray(item_category, dtype=np.int32)
         self.max_seq_len = int(max_seq_len)
@@ -95,8 +105,9 @@ class Predictor:
         self._apply = jax.jit(apply)
 
     @classmethod
-    def from_checkpoint(cls, path: str, which: str = "best", item_category: Optional[np.ndarray] = None,
-                        max_batch_size: int = 1024) -> "Predictor":
+    def from_checkpoint(
+        cls, path: str, which: str = "best", item_category: Optional[np.ndarray] = None, max_batch_size: int = 1024
+    ) -> "Predictor":
         """Loads a checkpoint written by training: a run directory (its ``which``), a ``best``/``last``
         directory, or a training checkpoint ``checkpoints/step_N``.
 
@@ -126,14 +137,26 @@ class Predictor:
             item_category = _item_category_of_data(directory, meta)
         item_category = np.asarray(item_category)
         if item_category.shape != (int(vocab["items"]),):
-            raise ckpt.CheckpointError("checkpoint %s: the item -> category map has shape %s but the model has %d items"
-                                       % (directory, item_category.shape, int(vocab["items"])))
+            raise ckpt.CheckpointError(
+                "checkpoint %s: the item -> category map has shape %s but the model has %d items"
+                % (directory, item_category.shape, int(vocab["items"]))
+            )
         if len(item_category) and (item_category.min() < 0 or item_category.max() >= int(vocab["categories"])):
-            raise ckpt.CheckpointError("checkpoint %s: the item -> category map has categories outside [0, %d)"
-                                       % (directory, int(vocab["categories"])))
+            raise ckpt.CheckpointError(
+                "checkpoint %s: the item -> category map has categories outside [0, %d)"
+                % (directory, int(vocab["categories"]))
+            )
         uses_user = int(dict(meta["model_config"]).get("user_dim", 0) or 0) > 0
-        return cls(model, variables, item_category, config.max_seq_len, int(vocab["users"]), uses_user=uses_user,
-                   metadata=meta, max_batch_size=max_batch_size)
+        return cls(
+            model,
+            variables,
+            item_category,
+            config.max_seq_len,
+            int(vocab["users"]),
+            uses_user=uses_user,
+            metadata=meta,
+            max_batch_size=max_batch_size,
+        )
 
     # -- batches -------------------------------------------------------------
 
@@ -149,8 +172,9 @@ class Predictor:
         """
         if users is None:
             if self.uses_user:
-                raise ValueError(missing or "%s: the model has a user embedding (user_dim > 0): give the user id"
-                                 % where)
+                raise ValueError(
+                    missing or "%s: the model has a user embedding (user_dim > 0): give the user id" % where
+                )
             return np.zeros(rows, np.int64)
         user_B = _as_ids(where, users)
         if user_B.ndim == 0:
@@ -178,8 +202,9 @@ class Predictor:
             shapes that do not agree; naming the key.
         """
         if not isinstance(batch, dict):
-            raise ValueError("the batch must be a dict of arrays (needs item, hist_item, hist_len), got %s"
-                             % type(batch).__name__)
+            raise ValueError(
+                "the batch must be a dict of arrays (needs item, hist_item, hist_len), got %s" % type(batch).__name__
+            )
         for key in ("item", "hist_item", "hist_len"):
             if key not in batch:
                 raise ValueError("the batch has no %r (needs item, hist_item, hist_len)" % key)
@@ -191,13 +216,20 @@ class Predictor:
         elif not rows and not hist.size:
             hist_BxT = np.zeros((0, self.max_seq_len), np.int64)
         else:
-            raise ValueError("batch['hist_item'] has shape %s, which does not fit the %d rows of batch['item']"
-                             % (hist.shape, rows))
+            raise ValueError(
+                "batch['hist_item'] has shape %s, which does not fit the %d rows of batch['item']" % (hist.shape, rows)
+            )
         hist_len_B = _as_ids("batch['hist_len']", batch["hist_len"]).reshape(-1)
         if hist_BxT.shape[1] > self.max_seq_len:
-            raise ValueError("hist_item has %d columns but the model was trained with max_seq_len %d: keep each "
-                             "history's last %d items" % (hist_BxT.shape[1], self.max_seq_len, self.max_seq_len))
-        if hist_len_B.shape != (rows,) or hist_len_B.min(initial=0) < 0 or hist_len_B.max(initial=0) > hist_BxT.shape[1]:
+            raise ValueError(
+                "hist_item has %d columns but the model was trained with max_seq_len %d: keep each "
+                "history's last %d items" % (hist_BxT.shape[1], self.max_seq_len, self.max_seq_len)
+            )
+        if (
+            hist_len_B.shape != (rows,)
+            or hist_len_B.min(initial=0) < 0
+            or hist_len_B.max(initial=0) > hist_BxT.shape[1]
+        ):
             raise ValueError("hist_len must have one value per row in [0, %d]" % hist_BxT.shape[1])
         hist_BxT = np.pad(hist_BxT, ((0, 0), (0, self.max_seq_len - hist_BxT.shape[1])))
         valid_BxT = np.arange(self.max_seq_len)[None, :] < hist_len_B[:, None]
@@ -221,12 +253,14 @@ class Predictor:
         rows = batch["item"].shape[0]
         logits, weights = [], []
         for start in range(0, rows, self.max_batch_size):
-            part = {key: value[start:start + self.max_batch_size] for key, value in batch.items()}
+            part = {key: value[start : start + self.max_batch_size] for key, value in batch.items()}
             count = part["item"].shape[0]
             size = _bucket(count, self.max_batch_size)
             if size > count:  # pad with copies of the first row, dropped below
-                part = {key: np.concatenate([value, np.repeat(value[:1], size - count, axis=0)])
-                        for key, value in part.items()}
+                part = {
+                    key: np.concatenate([value, np.repeat(value[:1], size - count, axis=0)])
+                    for key, value in part.items()
+                }
             out_logits, out_weights = jax.device_get(self._apply(self._variables, part))
             logits.append(np.asarray(out_logits)[:count])
             weights.append(np.asarray(out_weights)[:count])
@@ -245,16 +279,19 @@ class Predictor:
     # -- one user, many candidates -------------------------------------------
 
     def _candidate_batch(self, history: Sequence[int], candidates: Sequence[int], user: Optional[int], where: str):
-        history_L = _as_id_sequence(where, "history", history, allow_empty=True)[-self.max_seq_len:]
+        history_L = _as_id_sequence(where, "history", history, allow_empty=True)[-self.max_seq_len :]
         candidate_C = _as_id_sequence(where, "candidate_items", candidates, allow_empty=False)
         self._check_ids("%s: candidate item" % where, candidate_C, self.num_items)
         self._check_ids("%s: history item" % where, history_L, self.num_items)
         count = candidate_C.shape[0]
-        user_C = self._user_ids("%s: user" % where, _as_user(where, user), count,
-                                missing="%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>"
-                                % where)
+        user_C = self._user_ids(
+            "%s: user" % where,
+            _as_user(where, user),
+            count,
+            missing="%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>" % where,
+        )
         hist_T = np.zeros(self.max_seq_len, np.int64)
-        hist_T[:history_L.shape[0]] = history_L
+        hist_T[: history_L.shape[0]] = history_L
         batch = {
             "user": user_C,
             "item": candidate_C,
@@ -263,8 +300,9 @@ class Predictor:
         }
         return self.complete_batch(batch), history_L.shape[0]
 
-    def score(self, history: Sequence[int], candidate_items: Sequence[int],
-              user: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, history: Sequence[int], candidate_items: Sequence[int], user: Optional[int] = None
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """Scores candidates for one user, each with its own attention over the shared history.
 
         Args:
@@ -286,8 +324,14 @@ class Predictor:
         logits_C, weights_CxT = self._run(batch)
         return logits_C, weights_CxT[:, :length]
 
-    def rank(self, history: Sequence[int], candidate_items: Sequence[int], k: Optional[int] = 10,
-             user: Optional[int] = None, keep_duplicates: bool = False) -> List[Tuple[int, float]]:
+    def rank(
+        self,
+        history: Sequence[int],
+        candidate_items: Sequence[int],
+        k: Optional[int] = 10,
+        user: Optional[int] = None,
+        keep_duplicates: bool = False,
+    ) -> List[Tuple[int, float]]:
         """The top ``k`` candidates for one user, best first.
 
         Args:
@@ -340,8 +384,9 @@ def _as_ids(where: str, value: Any) -> np.ndarray:
         return array.astype(np.int64)
     if array.dtype.kind not in "iu":
         if array.dtype.kind == "O":
-            bad = next((x for x in array.reshape(-1)
-                        if isinstance(x, bool) or not isinstance(x, (int, np.integer))), None)
+            bad = next(
+                (x for x in array.reshape(-1) if isinstance(x, bool) or not isinstance(x, (int, np.integer))), None
+            )
             if bad is None:
                 try:
                     return array.astype(np.int64)
@@ -352,8 +397,10 @@ def _as_ids(where: str, value: Any) -> np.ndarray:
             if array.dtype.kind == "f":
                 fractional = array.reshape(-1)[np.mod(array.reshape(-1), 1) != 0]
                 bad = fractional[0] if fractional.size else bad
-        raise ValueError("%s must hold integer ids, got %s (%s): convert integral values with .astype(int)"
-                         % (where, _describe(bad.item() if isinstance(bad, np.generic) else bad), array.dtype))
+        raise ValueError(
+            "%s must hold integer ids, got %s (%s): convert integral values with .astype(int)"
+            % (where, _describe(bad.item() if isinstance(bad, np.generic) else bad), array.dtype)
+        )
     if array.dtype == np.uint64 and array.max() > np.iinfo(np.int64).max:
         raise ValueError("%s holds an id beyond int64" % where)
     return array.astype(np.int64)
@@ -361,16 +408,21 @@ def _as_ids(where: str, value: Any) -> np.ndarray:
 
 def _as_id_sequence(where: str, name: str, value: Any, allow_empty: bool) -> np.ndarray:
     """A one-dimensional int64 array of ids from a list, tuple, range, iterator or array."""
-    scalar = value is None or isinstance(value, (str, bytes, dict, set, numbers.Number, np.generic)) or \
-        (isinstance(value, np.ndarray) and value.ndim == 0)
+    scalar = (
+        value is None
+        or isinstance(value, (str, bytes, dict, set, numbers.Number, np.generic))
+        or (isinstance(value, np.ndarray) and value.ndim == 0)
+    )
     if not scalar and not hasattr(value, "__array__") and not isinstance(value, list):
         try:
             value = list(value)
         except TypeError:
             scalar = True
     if scalar:
-        raise ValueError("%s: %s must be a sequence of integer item ids (a list or 1-D array), got %s"
-                         % (where, name, _describe(value)))
+        raise ValueError(
+            "%s: %s must be a sequence of integer item ids (a list or 1-D array), got %s"
+            % (where, name, _describe(value))
+        )
     ids = _as_ids("%s: %s" % (where, name), value)
     if ids.ndim != 1:
         raise ValueError("%s: %s must be one-dimensional, got shape %s" % (where, name, ids.shape))
@@ -405,7 +457,10 @@ def _item_category_of_data(directory: str, meta: Dict[str, Any]) -> np.ndarray:
         try:
             return np.asarray(load_dataset(dataset, check_values=False).item_category)
         except DatasetError as error:
-            raise ckpt.CheckpointError("checkpoint %s has no item -> category map and its dataset cannot be read: %s"
-                                       % (directory, error)) from None
-    raise ckpt.CheckpointError("checkpoint %s has no item -> category map and its dataset %s is not there; pass "
-                               "item_category" % (directory, dataset))
+            raise ckpt.CheckpointError(
+                "checkpoint %s has no item -> category map and its dataset cannot be read: %s" % (directory, error)
+            ) from None
+    raise ckpt.CheckpointError(
+        "checkpoint %s has no item -> category map and its dataset %s is not there; pass "
+        "item_category" % (directory, dataset)
+    )

@@ -126,10 +126,12 @@ class FeatureEmbedding(EmbeddingFields):
 
         ones_B = jnp.ones(batch["item"].shape, jnp.float32)
         valid_BxT = history_mask(batch["hist_len"], batch["hist_item"].shape[1]).astype(jnp.float32)
-        item_B, hist_item_BxT = self._lookup_rows(ITEM_TABLE, item_table, [batch["item"], batch["hist_item"]],
-                                                  [ones_B, valid_BxT])
+        item_B, hist_item_BxT = self._lookup_rows(
+            ITEM_TABLE, item_table, [batch["item"], batch["hist_item"]], [ones_B, valid_BxT]
+        )
         category_B, hist_category_BxT = self._lookup_rows(
-            CATEGORY_TABLE, category_table, [batch["category"], batch["hist_category"]], [ones_B, valid_BxT])
+            CATEGORY_TABLE, category_table, [batch["category"], batch["hist_category"]], [ones_B, valid_BxT]
+        )
         candidate_BxD = jnp.concatenate([item_B, category_B], axis=-1).astype(self.dtype)
         history_BxTxD = jnp.concatenate([hist_item_BxT, hist_category_BxT], axis=-1).astype(self.dtype)
         user_BxU = None
@@ -165,7 +167,7 @@ class FeatureEmbedding(EmbeddingFields):
         out, start = [], 0
         for ids in ids_list:
             size = int(np.prod(ids.shape))
-            out.append(rows_NxE[start:start + size].reshape(ids.shape + table_VxE.shape[1:]))
+            out.append(rows_NxE[start : start + size].reshape(ids.shape + table_VxE.shape[1:]))
             start += size
         return out
 
@@ -243,8 +245,9 @@ def _masked_moments(x, mask, axis_name):
     if mask is None:
         weight = jnp.ones(x.shape[:-1] + (1,), jnp.float32)
     else:
-        weight = jnp.broadcast_to(mask.astype(jnp.float32).reshape(mask.shape + (1,) * (x.ndim - mask.ndim)),
-                                  x.shape[:-1] + (1,))
+        weight = jnp.broadcast_to(
+            mask.astype(jnp.float32).reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x.shape[:-1] + (1,)
+        )
     count = jnp.sum(weight)
     sum_x = jnp.sum(weight * x, axis=reduce_axes)
     sum_x2 = jnp.sum(weight * x * x, axis=reduce_axes)
@@ -346,8 +349,9 @@ class DinAttention(nn.Module):
     @nn.compact
     def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError("unknown attention normalization %r; choose from %s"
-                             % (self.normalization, list(NORMALIZATIONS)))
+            raise ValueError(
+                "unknown attention normalization %r; choose from %s" % (self.normalization, list(NORMALIZATIONS))
+            )
         if not self.hidden:
             raise ValueError("DinAttention needs at least one hidden layer")
         dim = keys_BxTxD.shape[-1]
@@ -360,7 +364,7 @@ class DinAttention(nn.Module):
         bias = self.param("first_bias", nn.initializers.zeros, (first,), jnp.float32)
         kernel = kernel.astype(self.dtype)
         bias = bias.astype(self.dtype)
-        w_q, w_k, w_d, w_p = (kernel[i * dim:(i + 1) * dim] for i in range(4))
+        w_q, w_k, w_d, w_p = (kernel[i * dim : (i + 1) * dim] for i in range(4))
         if self.split_first_layer:
             per_query_BxH = query_BxD @ (w_q + w_d) + bias
             if self.fold_query and keys_BxTxD.shape[1] >= self.fold_min_length:
@@ -374,7 +378,8 @@ class DinAttention(nn.Module):
         else:
             query_BxTxD = jnp.broadcast_to(query_BxD[:, None, :], keys_BxTxD.shape)
             features_BxTx4D = jnp.concatenate(
-                [query_BxTxD, keys_BxTxD, query_BxTxD - keys_BxTxD, query_BxTxD * keys_BxTxD], axis=-1)
+                [query_BxTxD, keys_BxTxD, query_BxTxD - keys_BxTxD, query_BxTxD * keys_BxTxD], axis=-1
+            )
             hidden_BxTxH = features_BxTx4D @ kernel + bias
         hidden_BxTxH = make_activation(self.activation, self.axis_name)(hidden_BxTxH, train=train, mask=mask_BxT)
         for width in self.hidden[1:]:

@@ -28,8 +28,10 @@ from din_jax.train.setup import load_source
 _DPI = 150
 _PALETTE = "#1f77b4 #d62728 #2ca02c #ff7f0e #9467bd #8c564b #e377c2 #17becf".split()
 # Categories: tab20, strong colours first, then their light variants.
-_CATEGORY_PALETTE = ("#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf #aec7e8 "
-                     "#ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #f7b6d2 #c7c7c7 #dbdb8d #9edae5").split()
+_CATEGORY_PALETTE = (
+    "#1f77b4 #ff7f0e #2ca02c #d62728 #9467bd #8c564b #e377c2 #7f7f7f #bcbd22 #17becf #aec7e8 "
+    "#ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #f7b6d2 #c7c7c7 #dbdb8d #9edae5"
+).split()
 _STAR = dict(marker="*", markersize=15, markeredgecolor="black", markeredgewidth=0.7, linestyle="none", zorder=5)
 _CENTRED = dict(ha="center", va="center")
 _ERROR_BARS = {"ecolor": "#333333", "capsize": 4, "linewidth": 1.2}
@@ -66,7 +68,9 @@ def load_run(run_dir: str) -> Dict[str, Any]:
         raise ValueError("%s has neither summary.json nor %s: not a run directory" % (run_dir, TRAIN_LOG_FILE))
     train = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("event") == "train"]
     history = summary.get("history", []) if summary is not None else [r for r in rows if r.get("event") == "evaluation"]
-    evaluations = sorted(((int(h["step"]), h["validation"]) for h in history if h.get("validation")), key=lambda e: e[0])
+    evaluations = sorted(
+        ((int(h["step"]), h["validation"]) for h in history if h.get("validation")), key=lambda e: e[0]
+    )
     name, summary = os.path.basename(os.path.normpath(run_dir)), summary or {}
     best_step, test = summary.get("best_step"), summary.get("test")
     return {"name": name, "train": sorted(train), "evaluations": evaluations, "best_step": best_step, "test": test}
@@ -83,8 +87,9 @@ def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def plot_training_curves(run_dirs: Sequence[str], path: str, labels: Optional[Sequence[str]] = None,
-                         metric: str = "gauc") -> str:
+def plot_training_curves(
+    run_dirs: Sequence[str], path: str, labels: Optional[Sequence[str]] = None, metric: str = "gauc"
+) -> str:
     """Runs' training loss (and its moving average) and validation ``metric`` by step; the best step starred."""
     runs = [load_run(d) for d in run_dirs]
     labels = list(labels) if labels else [run["name"] for run in runs]
@@ -110,7 +115,9 @@ def plot_training_curves(run_dirs: Sequence[str], path: str, labels: Optional[Se
                 best = values[steps.index(run["best_step"])]
                 metric_ax.plot([run["best_step"]], [best], color=color, **_STAR)
     steps = "step (micro-batches)"
-    loss_ax.set(title="Training loss (per host call; line: moving average)", xlabel=steps, ylabel="sigmoid cross-entropy")
+    loss_ax.set(
+        title="Training loss (per host call; line: moving average)", xlabel=steps, ylabel="sigmoid cross-entropy"
+    )
     metric_ax.set(title="Validation %s (star: the step selected)" % metric.upper(), xlabel=steps, ylabel=metric.upper())
     for ax in (loss_ax, metric_ax):
         _style(ax)
@@ -164,11 +171,18 @@ def annotation_decimals(weights_CxL: np.ndarray) -> int:
     return int(min(4, max(2, math.ceil(-math.log10(float(np.median(spreads)))) + 1)))
 
 
-def plot_attention(history_items: Sequence[int], history_categories: Sequence[int],
-                   candidate_items: Sequence[int], candidate_categories: Sequence[int],
-                   weights_CxL: np.ndarray, probabilities_C: Sequence[float], path: str,
-                   title: Optional[str] = None, category_names: Optional[Dict[int, str]] = None,
-                   scale: str = "auto") -> str:
+def plot_attention(
+    history_items: Sequence[int],
+    history_categories: Sequence[int],
+    candidate_items: Sequence[int],
+    candidate_categories: Sequence[int],
+    weights_CxL: np.ndarray,
+    probabilities_C: Sequence[float],
+    path: str,
+    title: Optional[str] = None,
+    category_names: Optional[Dict[int, str]] = None,
+    scale: str = "auto",
+) -> str:
     """Heat map of attention weights, history items x candidates (DIN's local activation), same-category cells
     outlined, the candidates' predicted click probabilities beside."""
     weights_CxL = np.asarray(weights_CxL, dtype=np.float64)
@@ -178,8 +192,9 @@ def plot_attention(history_items: Sequence[int], history_categories: Sequence[in
     names = category_names or {}
     label_of = lambda category: names.get(int(category), "cat %d" % int(category))  # noqa: E731
     fig = Figure(figsize=(min(4.0 + 0.55 * length, 18.0), 1.6 + 0.62 * count))
-    grid = fig.add_gridspec(2, 3, width_ratios=[max(length, 4), 3.2, 0.25], height_ratios=[0.6, count],
-                            wspace=0.06, hspace=0.05)
+    grid = fig.add_gridspec(
+        2, 3, width_ratios=[max(length, 4), 3.2, 0.25], height_ratios=[0.6, count], wspace=0.06, hspace=0.05
+    )
     strip_ax = fig.add_subplot(grid[0, 0])
     heat_ax = fig.add_subplot(grid[1, 0], sharex=strip_ax)
     bar_ax = fig.add_subplot(grid[1, 1], sharey=heat_ax)
@@ -202,8 +217,9 @@ def plot_attention(history_items: Sequence[int], history_categories: Sequence[in
     rows = ["item %d · %s" % (int(i), label_of(k)) for i, k in zip(candidate_items, candidate_categories)]
     heat_ax.set_yticks(range(count), rows, fontsize=9)
     heat_ax.set_xticks(range(length), ["%d" % int(i) for i in history_items], rotation=60, fontsize=8)
-    heat_ax.set(xlabel="history item ids, oldest → newest  (outlined: same category as the candidate)",
-                ylabel="candidate")
+    heat_ax.set(
+        xlabel="history item ids, oldest → newest  (outlined: same category as the candidate)", ylabel="candidate"
+    )
 
     # The categories of the history, as a colour strip with labels.
     distinct = sorted({int(k) for k in history_categories} | {int(k) for k in candidate_categories})
@@ -211,8 +227,9 @@ def plot_attention(history_items: Sequence[int], history_categories: Sequence[in
     strip = np.array([[mcolors.to_rgb(palette[int(k)]) for k in history_categories]])
     strip_ax.imshow(strip, aspect="auto", interpolation="nearest")
     for j, k in enumerate(history_categories):
-        strip_ax.text(j, 0, label_of(k).replace("cat ", "c"), fontsize=7, color=_text_color(palette[int(k)]),
-                      **_CENTRED)
+        strip_ax.text(
+            j, 0, label_of(k).replace("cat ", "c"), fontsize=7, color=_text_color(palette[int(k)]), **_CENTRED
+        )
     strip_ax.set_yticks([0], ["category"], fontsize=9)
     strip_ax.tick_params(axis="x", labelbottom=False, bottom=False)
     strip_ax.spines[:].set_visible(False)
@@ -249,18 +266,27 @@ class SampleOutOfRangeError(ValueError):
 def _first_varied_history(source, split, samples, item_category, max_seq_len, min_categories, block=1024):
     """The first of ``samples`` whose history spans ``min_categories`` categories, or None."""
     for start in range(0, len(samples), block):
-        indices = samples[start:start + block]
+        indices = samples[start : start + block]
         batch = source.gather(split, indices, max_seq_len)
         for row, index in enumerate(indices):
-            if len(np.unique(item_category[batch["hist_item"][row, :int(batch["hist_len"][row])]])) >= min_categories:
+            if len(np.unique(item_category[batch["hist_item"][row, : int(batch["hist_len"][row])]])) >= min_categories:
                 return int(index)
     return None
 
 
-def choose_attention_example(source: Any, item_category: np.ndarray, split: str = "test", max_seq_len: int = 100,
-                             sample: Optional[int] = None, min_length: int = 6, max_length: int = 16,
-                             seed: int = 0, candidates_in_history: int = 3,
-                             candidates_elsewhere: int = 2, min_categories: int = 3) -> Dict[str, Any]:
+def choose_attention_example(
+    source: Any,
+    item_category: np.ndarray,
+    split: str = "test",
+    max_seq_len: int = 100,
+    sample: Optional[int] = None,
+    min_length: int = 6,
+    max_length: int = 16,
+    seed: int = 0,
+    candidates_in_history: int = 3,
+    candidates_elsewhere: int = 2,
+    min_categories: int = 3,
+) -> Dict[str, Any]:
     """A history and candidates that show attention picking behaviours (``{"history", "candidates", "sample",
     "label", "user"}``): ``sample``'s history, else the first of ``min_length`` to ``max_length`` items of at least
     ``min_categories`` categories; the sample's item, new items of the history's top categories, and of others."""
@@ -274,7 +300,7 @@ def choose_attention_example(source: Any, item_category: np.ndarray, split: str 
     elif not 0 <= sample < len(lengths):  # a negative index would silently count from the end
         raise SampleOutOfRangeError(sample, split, len(lengths))
     batch = source.gather(split, np.array([sample]), max_seq_len)
-    history = [int(x) for x in batch["hist_item"][0, :int(batch["hist_len"][0])]]
+    history = [int(x) for x in batch["hist_item"][0, : int(batch["hist_len"][0])]]
     rng = np.random.default_rng(seed)
     counts = collections.Counter(int(item_category[i]) for i in history)
     chosen = [int(batch["item"][0])]
@@ -296,18 +322,26 @@ def choose_attention_example(source: Any, item_category: np.ndarray, split: str 
     return {"history": history, "candidates": chosen, "sample": sample, "label": label, "user": user}
 
 
-def plot_attention_example(predictor, history: Sequence[int], candidates: Sequence[int], path: str,
-                           user: int = 0, title: Optional[str] = None, scale: str = "auto") -> str:
+def plot_attention_example(
+    predictor,
+    history: Sequence[int],
+    candidates: Sequence[int],
+    path: str,
+    user: int = 0,
+    title: Optional[str] = None,
+    scale: str = "auto",
+) -> str:
     """``plot_attention`` of a ``Predictor``'s weights and scores for one history and its candidates."""
     if not predictor.returns_attention:
         raise ValueError("model %s returns no attention weights" % predictor.metadata.get("model"))
-    history = list(history)[-predictor.max_seq_len:]
+    history = list(history)[-predictor.max_seq_len :]
     logits_C, weights_CxL = predictor.score(history, candidates, user=user)
     probabilities = 1.0 / (1.0 + np.exp(-logits_C.astype(np.float64)))
     categories = [int(c) for c in predictor.item_category[list(history) + list(candidates)]]
-    of_history, of_candidates = categories[:len(history)], categories[len(history):]
-    return plot_attention(history, of_history, candidates, of_candidates, weights_CxL, probabilities, path,
-                          title=title, scale=scale)
+    of_history, of_candidates = categories[: len(history)], categories[len(history) :]
+    return plot_attention(
+        history, of_history, candidates, of_candidates, weights_CxL, probabilities, path, title=title, scale=scale
+    )
 
 
 def plot_ablation(runs: Runs, path: str, metric: str = "gauc", split: str = "test", title: Optional[str] = None) -> str:
@@ -352,20 +386,23 @@ def plot_ablation(runs: Runs, path: str, metric: str = "gauc", split: str = "tes
     return _save(fig, path)
 
 
-def write_run_figures(run_dir: str, out_dir: Optional[str] = None, attention_sample: Optional[int] = None,
-                      attention_scale: str = "auto") -> List[str]:
+def write_run_figures(
+    run_dir: str, out_dir: Optional[str] = None, attention_sample: Optional[int] = None, attention_scale: str = "auto"
+) -> List[str]:
     """A run's training curves and, when its best checkpoint and data allow, attention figure (``<run>/plots``)."""
     out_dir = out_dir or os.path.join(run_dir, "plots")
     written = [plot_training_curves([run_dir], os.path.join(out_dir, "training_curves.png"))]
-    path = write_attention_figure(run_dir, os.path.join(out_dir, "attention.png"), sample=attention_sample,
-                                  scale=attention_scale)
+    path = write_attention_figure(
+        run_dir, os.path.join(out_dir, "attention.png"), sample=attention_sample, scale=attention_scale
+    )
     if path:
         written.append(path)
     return written
 
 
-def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None, split: str = "test",
-                           scale: str = "auto") -> Optional[str]:
+def write_attention_figure(
+    run_dir: str, path: str, sample: Optional[int] = None, split: str = "test", scale: str = "auto"
+) -> Optional[str]:
     """The attention figure of a run's best checkpoint on one sample of its data; None when not possible."""
 
     try:
@@ -386,5 +423,6 @@ def write_attention_figure(run_dir: str, path: str, sample: Optional[int] = None
     example = choose_attention_example(source, predictor.item_category, split, predictor.max_seq_len, sample=sample)
     title = "Attention of one %s user (%s sample %d) over its history, for %d candidates"
     title %= (split, split, example["sample"], len(example["candidates"]))
-    return plot_attention_example(predictor, example["history"], example["candidates"], path,
-                                  user=example["user"], title=title, scale=scale)
+    return plot_attention_example(
+        predictor, example["history"], example["candidates"], path, user=example["user"], title=title, scale=scale
+    )

@@ -60,7 +60,7 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
         except ValueError as error:
             raise ValueError("%s: not valid JSON (%s)" % (where, error)) from None
         if not isinstance(row, dict):
-            raise ValueError("%s: expected a JSON object {\"history\": [...], \"candidates\": [...]}" % where)
+            raise ValueError('%s: expected a JSON object {"history": [...], "candidates": [...]}' % where)
         unknown = sorted(set(row) - set(RANK_REQUEST_KEYS))
         if unknown:
             raise ValueError("%s: unknown key(s) %s; the keys are %s" % (where, unknown, list(RANK_REQUEST_KEYS)))
@@ -75,11 +75,12 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
         if predictor is not None:
             if user is None and predictor.uses_user:
                 raise ValueError("%s: the model has a user embedding: give 'user'" % where)
-            for name, ids, size in (("history", history, predictor.num_items),
-                                    ("candidates", candidates, predictor.num_items),
-                                    # Models without a user embedding never read the id.
-                                    ("user", [] if user is None or not predictor.uses_user else [user],
-                                     max(predictor.num_users, 1))):
+            for name, ids, size in (
+                ("history", history, predictor.num_items),
+                ("candidates", candidates, predictor.num_items),
+                # Models without a user embedding never read the id.
+                ("user", [] if user is None or not predictor.uses_user else [user], max(predictor.num_users, 1)),
+            ):
                 bad = [x for x in ids if not 0 <= x < size]
                 if bad:
                     raise ValueError("%s: %r id %d is out of range [0, %d)" % (where, name, bad[0], size))

@@ -35,8 +35,12 @@ flags.DEFINE_list("grid_attentions", [], "Grid axis: attention names (din, din_s
 flags.DEFINE_list("grid_activations", [], "Grid axis: MLP activations (sigmoid, relu, prelu, dice, ...).")
 flags.DEFINE_list("grid_regularizers", [], "Grid axis: none, mba[=lambda], l2[=coefficient], dropout[=rate].")
 flags.DEFINE_list("seeds", ["1", "2", "3"], "Seeds of the final runs of every configuration.")
-flags.DEFINE_multi_string("tune", [], "A tuning candidate, 'LABEL: --flag=value ...' (repeatable); every "
-                          "configuration runs each with --tune_seed and keeps the best on validation.")
+flags.DEFINE_multi_string(
+    "tune",
+    [],
+    "A tuning candidate, 'LABEL: --flag=value ...' (repeatable); every "
+    "configuration runs each with --tune_seed and keeps the best on validation.",
+)
 flags.DEFINE_integer("tune_seed", 0, "Seed of the tuning runs.")
 flags.DEFINE_string("results", None, "JSON-lines results file (appended to; shared between grids).")
 flags.DEFINE_string("report", None, "Output prefix of the tables and chart (default: --results without .jsonl).")
@@ -51,8 +55,9 @@ FLAGS = flags.FLAGS
 
 def build_cells():
     variants = [ablation.parse_labelled_overrides(text) for text in FLAGS.variant]
-    return ablation.expand_grid(variants, FLAGS.grid_models, FLAGS.grid_attentions, FLAGS.grid_activations,
-                                FLAGS.grid_regularizers)
+    return ablation.expand_grid(
+        variants, FLAGS.grid_models, FLAGS.grid_attentions, FLAGS.grid_activations, FLAGS.grid_regularizers
+    )
 
 
 def make_config_factory(base: Dict[str, Any]):
@@ -81,24 +86,47 @@ def main(argv):
         flag_defs.fail("ablate.py", error)
     report = FLAGS.report or os.path.splitext(FLAGS.results)[0]
     baseline, highlight, title = FLAGS.baseline, FLAGS.highlight, FLAGS.title
-    select_metric, retry_failed, dry_run, tune_seed = (FLAGS.select_metric, FLAGS.retry_failed, FLAGS.dry_run,
-                                                        FLAGS.tune_seed)
-    logging.info("grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates),
-                 len(seeds))
+    select_metric, retry_failed, dry_run, tune_seed = (
+        FLAGS.select_metric,
+        FLAGS.retry_failed,
+        FLAGS.dry_run,
+        FLAGS.tune_seed,
+    )
+    logging.info(
+        "grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates), len(seeds)
+    )
     outcome = ablation.run_grid(
-        cells, seeds, FLAGS.results, make_config, _train, candidates=candidates,
-        tune_seed=tune_seed, select_metric=select_metric, retry_failed=retry_failed, dry_run=dry_run,
-        stop_exceptions=(TrainingInterrupted,))
+        cells,
+        seeds,
+        FLAGS.results,
+        make_config,
+        _train,
+        candidates=candidates,
+        tune_seed=tune_seed,
+        select_metric=select_metric,
+        retry_failed=retry_failed,
+        dry_run=dry_run,
+        stop_exceptions=(TrainingInterrupted,),
+    )
     if dry_run:
-        print("%d run(s) to do, %d done" % (sum(1 for r in outcome.records.values() if r["status"] == "planned"),
-                                            len(set(outcome.skipped))))
+        print(
+            "%d run(s) to do, %d done"
+            % (sum(1 for r in outcome.records.values() if r["status"] == "planned"), len(set(outcome.skipped)))
+        )
         return
     paths = ablation.write_reports(outcome, report, baseline=baseline, title=title or "", highlight=highlight)
     with open(paths["markdown"], encoding="utf-8") as handle:
         print(handle.read())
-    print("ran %d, skipped %d (done earlier), failed %d, interrupted earlier %d; wrote %s"
-          % (len(outcome.ran), len(outcome.skipped), len(set(outcome.failed)), len(outcome.interrupted),
-             ", ".join(sorted(paths.values()))))
+    print(
+        "ran %d, skipped %d (done earlier), failed %d, interrupted earlier %d; wrote %s"
+        % (
+            len(outcome.ran),
+            len(outcome.skipped),
+            len(set(outcome.failed)),
+            len(outcome.interrupted),
+            ", ".join(sorted(paths.values())),
+        )
+    )
     if outcome.failed:
         sys.exit(1)
 

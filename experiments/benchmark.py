@@ -29,34 +29,61 @@ flags.DEFINE_integer("device_iterations", 0, "Micro-batches per host call; 0: ab
 flags.DEFINE_integer("replicas", 1, "Data-parallel devices; 0 uses every local device.")
 flags.DEFINE_enum("optimizer", "sgd", list(OPTIMIZERS), "Training optimiser.")
 flags.DEFINE_float("learning_rate", None, "Learning rate (default 0.1; 0.001 for adam).")
-flags.DEFINE_enum("embedding_updates", "sparse", list(EMBEDDING_UPDATES),
-                  "sparse: update only the looked-up embedding rows (lazy Adam); dense: whole tables.")
+flags.DEFINE_enum(
+    "embedding_updates",
+    "sparse",
+    list(EMBEDDING_UPDATES),
+    "sparse: update only the looked-up embedding rows (lazy Adam); dense: whole tables.",
+)
 flags.DEFINE_enum("data_type", "float32", list(DATA_TYPES), "Compute dtype (parameters stay float32).")
-flags.DEFINE_string("lengths", "uniform:1:100",
-                    "History lengths of the synthetic data: uniform:LO:HI, full:N or electronics (the Amazon "
-                    "Electronics training set's distribution).")
+flags.DEFINE_string(
+    "lengths",
+    "uniform:1:100",
+    "History lengths of the synthetic data: uniform:LO:HI, full:N or electronics (the Amazon "
+    "Electronics training set's distribution).",
+)
 flags.DEFINE_string("dataset", None, "A dataset directory (data_prep/build.py) to use instead of synthetic data.")
 flags.DEFINE_string("split", None, "Split of --dataset (default: train for --mode train, test for infer).")
 flags.DEFINE_integer("samples", 0, "Synthetic pool size; one timed window is one pass over it (0: automatic).")
 flags.DEFINE_integer("max_seq_len", 100, "Histories are cut to their last max_seq_len items.")
-flags.DEFINE_list("length_buckets", ["4", "8", "16", "24", "32", "40", "50", "60", "70", "80", "90", "100"],
-                  "History-length buckets (one compiled program each); empty: every batch padded to "
-                  "max_seq_len (one program, the IPU's mode).")
+flags.DEFINE_list(
+    "length_buckets",
+    ["4", "8", "16", "24", "32", "40", "50", "60", "70", "80", "90", "100"],
+    "History-length buckets (one compiled program each); empty: every batch padded to "
+    "max_seq_len (one program, the IPU's mode).",
+)
 flags.DEFINE_integer("windows", 5, "Timed windows; the median is reported.")
-flags.DEFINE_integer("positions_per_pass", 4096, "History positions (rows x length) computed per pass inside a "
-                     "micro-batch (cache-sized parts of large batches; training: sparse updates); 0: the whole "
-                     "micro-batch at once.")
+flags.DEFINE_integer(
+    "positions_per_pass",
+    4096,
+    "History positions (rows x length) computed per pass inside a "
+    "micro-batch (cache-sized parts of large batches; training: sparse updates); 0: the whole "
+    "micro-batch at once.",
+)
 flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead by the background thread; 0: none.")
 flags.DEFINE_integer("seed", 0, "Seed of the data, the order and the initialisation.")
-flags.DEFINE_list("vocabulary", ["192403", "63001", "801"],
-                  "Synthetic users,items,categories (default: Amazon Electronics).")
+flags.DEFINE_list(
+    "vocabulary", ["192403", "63001", "801"], "Synthetic users,items,categories (default: Amazon Electronics)."
+)
 flags.DEFINE_string("output_dir", "runs/benchmark", "Where results_train.csv / results_infer.csv go.")
 flags.DEFINE_bool("matmul", False, "Also measure the backend's float32 matrix-multiply rate.")
-flags.DEFINE_bool("fold_query", True,
-                  "DIN attention: fold the query into a per-sample key matrix (one product per position instead "
-                  "of two, for histories of 32+ positions); --nofold_query measures the plain split form.")
-for _name in ("micro_batch_sizes", "device_iterations", "data_type", "max_seq_len", "length_buckets",
-              "embedding_updates", "output_dir", "positions_per_pass", "learning_rate"):
+flags.DEFINE_bool(
+    "fold_query",
+    True,
+    "DIN attention: fold the query into a per-sample key matrix (one product per position instead "
+    "of two, for histories of 32+ positions); --nofold_query measures the plain split form.",
+)
+for _name in (
+    "micro_batch_sizes",
+    "device_iterations",
+    "data_type",
+    "max_seq_len",
+    "length_buckets",
+    "embedding_updates",
+    "output_dir",
+    "positions_per_pass",
+    "learning_rate",
+):
     flags.DEFINE_alias(_name.replace("_", "-"), _name)
 flag_defs.define_aliases()
 FLAGS = flags.FLAGS
@@ -66,7 +93,9 @@ def main(argv):
     try:
         flag_defs.import_user_modules()
         values = {name: FLAGS[name].value for name in benchmark.COMMAND_SETTINGS}
-        model = resolve_model(FLAGS.preset, flag_defs.explicit_overrides(), defaults={"attention_size": 64, "user_dim": 32})
+        model = resolve_model(
+            FLAGS.preset, flag_defs.explicit_overrides(), defaults={"attention_size": 64, "user_dim": 32}
+        )
         config = benchmark.make_config(values, *model)
         if FLAGS.matmul:
             for shape, rate in benchmark.measure_matmul_rates():

@@ -65,34 +65,63 @@ def define_model_flags() -> None:
     """Flags that pick and size the model."""
     flags.DEFINE_string("preset", None, "Named configuration applied before the flags: %s." % sorted(PRESETS))
     flags.DEFINE_string("model", "din", "Model name in the registry (din_jax.models.MODELS).")
-    flags.DEFINE_integer("attention_size", 36,
-                         "Width of an item vector (item ⊕ category embeddings), split evenly between the two: "
-                         "Graphcore's 36 = 18 + 18. --item_dim/--category_dim override the split.")
+    flags.DEFINE_integer(
+        "attention_size",
+        36,
+        "Width of an item vector (item ⊕ category embeddings), split evenly between the two: "
+        "Graphcore's 36 = 18 + 18. --item_dim/--category_dim override the split.",
+    )
     flags.DEFINE_integer("item_dim", None, "Item embedding width (default: attention_size / 2).")
     flags.DEFINE_integer("category_dim", None, "Category embedding width (default: attention_size / 2).")
     flags.DEFINE_integer("user_dim", 0, "User embedding width; 0 for none.")
     flags.DEFINE_bool("item_bias", True, "Add a learnt per-item bias to the logit (the authors' code).")
     flags.DEFINE_bool("history_sum", False, "Also feed the sum-pooled history to the MLP (DIEN/Graphcore variant).")
     flags.DEFINE_string("attention", "din", "History pooling by name: din, din_softmax, dot, mean, sum, or registered.")
-    flags.DEFINE_enum("attention_normalization", "none", list(NORMALIZATIONS),
-                      "DIN attention weights: none (the paper) or softmax of score/sqrt(D) (the authors' code).")
+    flags.DEFINE_enum(
+        "attention_normalization",
+        "none",
+        list(NORMALIZATIONS),
+        "DIN attention weights: none (the paper) or softmax of score/sqrt(D) (the authors' code).",
+    )
     flags.DEFINE_list("attention_hidden", ["80", "40"], "Hidden widths of the DIN attention MLP.")
     flags.DEFINE_string("attention_activation", "sigmoid", "Activation of the attention MLP.")
     flags.DEFINE_bool("split_attention", True, "Evaluate the attention's first layer in the cheaper split form.")
     flags.DEFINE_string("activation", "prelu", "Activation of the prediction MLP: sigmoid, relu, prelu, dice, ...")
     flags.DEFINE_list("mlp_hidden", ["200", "80"], "Hidden widths of the prediction MLP.")
     flags.DEFINE_float("dropout", 0.0, "Dropout rate after each hidden layer of the prediction MLP.")
-    flags.DEFINE_string("pooling", "mean", "History pooling of base, wide_deep, pnn, deepfm (mean or sum; any "
-                        "name in the attention registry) and the history-bag normalisation of lr (mean or sum).")
-    flags.DEFINE_enum("pnn_product", "inner", list(PRODUCTS),
-                      "PNN's product layer: inner products of the field vectors, the element-wise product of "
-                      "history and candidate (the authors' code), or both.")
-    flags.DEFINE_integer("wide_buckets", 2 ** 18, "Rows of each cross-feature table of wide_deep (hashed beyond).")
-    flags.DEFINE_multi_string("import_module", [], "A Python module name or .py file imported before anything is "
-                              "built, to register custom attentions, activations or models (repeatable).")
-    for name in ("attention_size", "item_dim", "category_dim", "user_dim", "item_bias", "history_sum",
-                 "attention_normalization", "attention_hidden", "attention_activation", "split_attention",
-                 "mlp_hidden"):
+    flags.DEFINE_string(
+        "pooling",
+        "mean",
+        "History pooling of base, wide_deep, pnn, deepfm (mean or sum; any "
+        "name in the attention registry) and the history-bag normalisation of lr (mean or sum).",
+    )
+    flags.DEFINE_enum(
+        "pnn_product",
+        "inner",
+        list(PRODUCTS),
+        "PNN's product layer: inner products of the field vectors, the element-wise product of "
+        "history and candidate (the authors' code), or both.",
+    )
+    flags.DEFINE_integer("wide_buckets", 2**18, "Rows of each cross-feature table of wide_deep (hashed beyond).")
+    flags.DEFINE_multi_string(
+        "import_module",
+        [],
+        "A Python module name or .py file imported before anything is "
+        "built, to register custom attentions, activations or models (repeatable).",
+    )
+    for name in (
+        "attention_size",
+        "item_dim",
+        "category_dim",
+        "user_dim",
+        "item_bias",
+        "history_sum",
+        "attention_normalization",
+        "attention_hidden",
+        "attention_activation",
+        "split_attention",
+        "mlp_hidden",
+    ):
         _alias(name)
 
 
@@ -109,39 +138,65 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
     flags.DEFINE_integer("replicas", 0, "Data-parallel devices; 0 uses every local device.")
     flags.DEFINE_enum("optimizer", "sgd", list(OPTIMIZERS), "Optimiser.")
     flags.DEFINE_float("learning_rate", 0.1, "Learning rate (the start of the schedule).")
-    flags.DEFINE_enum("lr_schedule", "fixed", list(LR_SCHEDULES),
-                      "fixed; paper (x lr_decay_factor from lr_decay_steps on); file (--lr_file).")
+    flags.DEFINE_enum(
+        "lr_schedule",
+        "fixed",
+        list(LR_SCHEDULES),
+        "fixed; paper (x lr_decay_factor from lr_decay_steps on); file (--lr_file).",
+    )
     flags.DEFINE_integer("lr_decay_steps", 336000, "Step of the decay of the paper schedule.")
     flags.DEFINE_float("lr_decay_factor", 0.1, "Factor of the decay of the paper schedule.")
     flags.DEFINE_string("lr_file", None, "Learning-rate file: lines 'STEP LR', the first for step 0.")
     flags.DEFINE_float("clip_norm", 0.0, "Clip gradients to this global norm; 0 disables.")
-    flags.DEFINE_float("mba_lambda", 0.0, "Mini-batch aware regularisation of the embedding rows in each batch, "
-                       "scaled by 1/frequency (DIN paper section 5.1; the paper uses 0.01); 0 disables.")
+    flags.DEFINE_float(
+        "mba_lambda",
+        0.0,
+        "Mini-batch aware regularisation of the embedding rows in each batch, "
+        "scaled by 1/frequency (DIN paper section 5.1; the paper uses 0.01); 0 disables.",
+    )
     flags.DEFINE_float("l2", 0.0, "Plain L2 on every parameter (l2 * w added to the gradient); 0 disables.")
     flags.DEFINE_enum("data_type", "float32", list(DATA_TYPES), "Compute dtype (parameters stay float32).")
-    flags.DEFINE_float("loss_scaling", 0.0, "Multiply the loss by this before backpropagation and divide the gradients "
-                       "by it (float16 gradients underflow otherwise); 0: 1024 with float16, else 1.")
+    flags.DEFINE_float(
+        "loss_scaling",
+        0.0,
+        "Multiply the loss by this before backpropagation and divide the gradients "
+        "by it (float16 gradients underflow otherwise); 0: 1024 with float16, else 1.",
+    )
     flags.DEFINE_integer("seed", 1234, "Seed of initialisation, data order and negatives.")
     flags.DEFINE_string("model_path", None, "Run directory: checkpoints and summary.json.")
-    flags.DEFINE_integer("eval_every", 0, "Evaluate on validation every N steps (and after each epoch); 0: per epoch. "
-                         "Evaluations happen between host calls, so at the first call boundary at or past each "
-                         "multiple of N (a call runs --device_iterations steps).")
+    flags.DEFINE_integer(
+        "eval_every",
+        0,
+        "Evaluate on validation every N steps (and after each epoch); 0: per epoch. "
+        "Evaluations happen between host calls, so at the first call boundary at or past each "
+        "multiple of N (a call runs --device_iterations steps).",
+    )
     flags.DEFINE_enum("select_metric", "gauc", list(SELECT_METRICS), "Validation metric that selects the best step.")
     flags.DEFINE_bool("resample_negatives", False, "Draw new training negatives every epoch.")
     flags.DEFINE_bool("donate", True, "Donate the state to the train program (saves a copy of the parameters).")
     flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead by a background thread; 0 disables.")
     flags.DEFINE_integer("log_every", 1, "Host calls between log lines.")
-    flags.DEFINE_enum("embedding_updates", "dense", list(EMBEDDING_UPDATES),
-                      "sparse: update only the embedding rows each micro-batch looks up (SGD and Adagrad equal "
-                      "the dense update; Adam becomes lazy Adam); dense: whole tables (docs/PERFORMANCE.md).")
-    flags.DEFINE_list("length_buckets", [],
-                      "History-length buckets, e.g. 8,16,32,64,100: batches of similar lengths, one compiled "
-                      "program per bucket; empty (or just max_seq_len): every batch padded to max_seq_len, "
-                      "one program (the IPU's mode).")
-    flags.DEFINE_integer("positions_per_pass", 0,
-                         "Compute each micro-batch in parts of at most this many history positions (rows x "
-                         "length; cache-sized parts of a large batch, e.g. 4096; training: with "
-                         "--embedding_updates sparse, models without batch statistics); 0: all at once.")
+    flags.DEFINE_enum(
+        "embedding_updates",
+        "dense",
+        list(EMBEDDING_UPDATES),
+        "sparse: update only the embedding rows each micro-batch looks up (SGD and Adagrad equal "
+        "the dense update; Adam becomes lazy Adam); dense: whole tables (docs/PERFORMANCE.md).",
+    )
+    flags.DEFINE_list(
+        "length_buckets",
+        [],
+        "History-length buckets, e.g. 8,16,32,64,100: batches of similar lengths, one compiled "
+        "program per bucket; empty (or just max_seq_len): every batch padded to max_seq_len, "
+        "one program (the IPU's mode).",
+    )
+    flags.DEFINE_integer(
+        "positions_per_pass",
+        0,
+        "Compute each micro-batch in parts of at most this many history positions (rows x "
+        "length; cache-sized parts of a large batch, e.g. 4096; training: with "
+        "--embedding_updates sparse, models without batch statistics); 0: all at once.",
+    )
     _alias("embedding_updates")
     _alias("length_buckets")
     _alias("positions_per_pass")
@@ -149,41 +204,81 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
     flags.DEFINE_integer("num_processes", 1, "Processes of a multi-process run.")
     flags.DEFINE_integer("process_id", 0, "This process's index in a multi-process run.")
     flags.DEFINE_enum("lr_type", None, ["fixed", "file", "paper"], "Graphcore's name for --lr_schedule.")
-    flags.DEFINE_bool("use_ipu_model", False,
-                      "Run on the IPU Model emulator (sets JAX_IPU_USE_MODEL=true; with JAX_PLATFORMS=ipu). Give it "
-                      "on the command line: the IPU library reads the variable when jax starts.")
-    for name in ("use_synthetic_data", "synthetic_samples", "max_seq_len", "micro_batch_size", "eval_micro_batch_size",
-                 "device_iterations", "learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file",
-                 "clip_norm", "mba_lambda", "data_type", "loss_scaling", "model_path", "eval_every", "select_metric",
-                 "resample_negatives", "log_every", "coordinator_address", "num_processes", "process_id", "lr_type", "use_ipu_model"):
+    flags.DEFINE_bool(
+        "use_ipu_model",
+        False,
+        "Run on the IPU Model emulator (sets JAX_IPU_USE_MODEL=true; with JAX_PLATFORMS=ipu). Give it "
+        "on the command line: the IPU library reads the variable when jax starts.",
+    )
+    for name in (
+        "use_synthetic_data",
+        "synthetic_samples",
+        "max_seq_len",
+        "micro_batch_size",
+        "eval_micro_batch_size",
+        "device_iterations",
+        "learning_rate",
+        "lr_schedule",
+        "lr_decay_steps",
+        "lr_decay_factor",
+        "lr_file",
+        "clip_norm",
+        "mba_lambda",
+        "data_type",
+        "loss_scaling",
+        "model_path",
+        "eval_every",
+        "select_metric",
+        "resample_negatives",
+        "log_every",
+        "coordinator_address",
+        "num_processes",
+        "process_id",
+        "lr_type",
+        "use_ipu_model",
+    ):
         _alias(name)
 
 
 def define_checkpoint_flags() -> None:
     """Training checkpoints and resuming (train.py)."""
-    flags.DEFINE_integer("checkpoint_every", 5000,
-                         "Write a training checkpoint <model_path>/checkpoints/step_N every N steps (at the first "
-                         "host call past it) and at the end of every epoch; 0: only at the end of epochs.")
+    flags.DEFINE_integer(
+        "checkpoint_every",
+        5000,
+        "Write a training checkpoint <model_path>/checkpoints/step_N every N steps (at the first "
+        "host call past it) and at the end of every epoch; 0: only at the end of epochs.",
+    )
     flags.DEFINE_integer("keep_checkpoints", 3, "Training checkpoints kept (the newest); best/ is kept apart.")
-    flags.DEFINE_bool("resume", False,
-                      "Continue the run in --model_path from its newest checkpoint, exactly as if it had not "
-                      "stopped (a fresh start when there is none).")
+    flags.DEFINE_bool(
+        "resume",
+        False,
+        "Continue the run in --model_path from its newest checkpoint, exactly as if it had not "
+        "stopped (a fresh start when there is none).",
+    )
     for name in ("checkpoint_every", "keep_checkpoints"):
         _alias(name)
 
 
 def define_watch_flags() -> None:
     """Progress display, TensorBoard and figures (train.py)."""
-    flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"],
-                      "bar: progress bars (tqdm); log: a progress line every --progress_seconds; auto: bar when "
-                      "stderr is a terminal, else log; none: only the --log_every lines.")
+    flags.DEFINE_enum(
+        "progress",
+        "auto",
+        ["auto", "bar", "log", "none"],
+        "bar: progress bars (tqdm); log: a progress line every --progress_seconds; auto: bar when "
+        "stderr is a terminal, else log; none: only the --log_every lines.",
+    )
     flags.DEFINE_float("progress_seconds", 30.0, "Seconds between progress lines of --progress log.")
-    flags.DEFINE_bool("tensorboard", True,
-                      "Write TensorBoard events to <model_path>/tensorboard (needs tensorboardX; only with "
-                      "--model_path).")
-    flags.DEFINE_bool("attention_histograms", True,
-                      "With --tensorboard: histograms of the attention weights on validation samples at each "
-                      "evaluation.")
+    flags.DEFINE_bool(
+        "tensorboard",
+        True,
+        "Write TensorBoard events to <model_path>/tensorboard (needs tensorboardX; only with --model_path).",
+    )
+    flags.DEFINE_bool(
+        "attention_histograms",
+        True,
+        "With --tensorboard: histograms of the attention weights on validation samples at each evaluation.",
+    )
     flags.DEFINE_bool("train_log", True, "Append every call's metrics to <model_path>/train_log.jsonl (for plots).")
     flags.DEFINE_bool("plots", False, "Write training-curve and attention figures to <model_path>/plots at the end.")
     for name in ("progress_seconds", "attention_histograms", "train_log"):
@@ -254,8 +349,9 @@ def import_user_modules() -> None:
         except Exception as error:  # noqa: BLE001 - the user's module failed: say where and how
             frames = traceback.extract_tb(error.__traceback__)
             where = " at %s:%d" % (frames[-1].filename, frames[-1].lineno) if frames else ""
-            raise ConfigError("--import_module %s: importing it raised %s%s: %s"
-                              % (name, type(error).__name__, where, error)) from error
+            raise ConfigError(
+                "--import_module %s: importing it raised %s%s: %s" % (name, type(error).__name__, where, error)
+            ) from error
 
 
 def initialize_distributed() -> None:
@@ -317,8 +413,10 @@ def run(main: Callable[[List[str]], Any]) -> None:
 
     def check() -> Optional[str]:
         if "use_ipu_model" in FLAGS and FLAGS.use_ipu_model and os.environ.get("JAX_IPU_USE_MODEL") != "true":
-            return ("--use_ipu_model must be given on the command line (not in a flagfile), or set "
-                    "JAX_IPU_USE_MODEL=true: the IPU library reads it when jax starts")
+            return (
+                "--use_ipu_model must be given on the command line (not in a flagfile), or set "
+                "JAX_IPU_USE_MODEL=true: the IPU library reads it when jax starts"
+            )
         return None
 
     run_main(main, fail, check)

@@ -37,13 +37,16 @@ def _gradient(config, vocab, data_type, loss_scale, variables, batch):
     model = build_model_for(dataclasses.replace(config, data_type=data_type), vocab, axis_name=None)
 
     def loss_fn(params):
-        logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, batch, train=True,
-                                mutable=["batch_stats"])
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, batch, train=True, mutable=["batch_stats"]
+        )
         return train_lib.compute_loss(logits, batch["label"]), None
 
     _, grads = jax.jit(train_lib.value_and_scaled_grad(loss_fn, loss_scale))(variables["params"])
-    return {"/".join(key): np.asarray(value, np.float64)
-            for key, value in traverse_util.flatten_dict(flax.core.unfreeze(grads)).items()}
+    return {
+        "/".join(key): np.asarray(value, np.float64)
+        for key, value in traverse_util.flatten_dict(flax.core.unfreeze(grads)).items()
+    }
 
 
 def main(argv):
@@ -52,9 +55,10 @@ def main(argv):
         config = flag_defs.build_train_config()
         source = load_source(config)
         vocab = vocabulary(source)
-        variables = train_lib.init_variables(build_model_for(config, vocab, axis_name=None), config.seed,
-                                             config.max_seq_len)
-        rows = np.random.default_rng(config.seed).permutation(source.num_samples("train"))[:config.micro_batch_size]
+        variables = train_lib.init_variables(
+            build_model_for(config, vocab, axis_name=None), config.seed, config.max_seq_len
+        )
+        rows = np.random.default_rng(config.seed).permutation(source.num_samples("train"))[: config.micro_batch_size]
         batch = {key: np.asarray(value) for key, value in source.gather("train", rows, config.max_seq_len).items()}
     except (ConfigError, DatasetError, ValueError, OSError) as error:
         flag_defs.fail("float16_gradients.py", error)
@@ -62,8 +66,9 @@ def main(argv):
     reference = _gradient(config, vocab, "float32", 1.0, variables, batch)
     plain = _gradient(config, vocab, "float16", 1.0, variables, batch)
     scaled = _gradient(config, vocab, "float16", scale, variables, batch)
-    print("%d samples, max_seq_len %d; relative error (zeroed share of nonzero entries)" % (
-        len(rows), config.max_seq_len))
+    print(
+        "%d samples, max_seq_len %d; relative error (zeroed share of nonzero entries)" % (len(rows), config.max_seq_len)
+    )
     print("%-40s %22s %22s" % ("parameter", "float16 unscaled", "float16 x %g" % scale))
     for key, want in reference.items():
         norm = np.linalg.norm(want)

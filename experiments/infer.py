@@ -26,15 +26,22 @@ flag_defs.define_run_flags(micro_batch_size=128, epochs=1)
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which checkpoint of --model_path to load.")
 flags.DEFINE_string("split", "test", "Split to score.")
 flags.DEFINE_string("predictions_file", None, "Write one CSV row per sample: index,user,label,logit,probability.")
-flags.DEFINE_string("rank_candidates", None,
-                    "Rank candidates instead of scoring a split: a JSON-lines file of "
-                    "{\"history\": [item, ...], \"candidates\": [item, ...], \"user\": id, \"id\": any} "
-                    "(docs/WATCHING.md).")
+flags.DEFINE_string(
+    "rank_candidates",
+    None,
+    "Rank candidates instead of scoring a split: a JSON-lines file of "
+    '{"history": [item, ...], "candidates": [item, ...], "user": id, "id": any} '
+    "(docs/WATCHING.md).",
+)
 flags.DEFINE_integer("top_k", 10, "With --rank_candidates: how many candidates to return per line.")
 flags.DEFINE_string("rank_output", None, "With --rank_candidates: write the rankings here instead of stdout.")
-flags.DEFINE_enum("progress", "auto", ["auto", "bar", "log", "none"],
-                  "Progress of the scoring: bar (tqdm), log (a line every --progress_seconds), auto (bar when stderr "
-                  "is a terminal, else log), none.")
+flags.DEFINE_enum(
+    "progress",
+    "auto",
+    ["auto", "bar", "log", "none"],
+    "Progress of the scoring: bar (tqdm), log (a line every --progress_seconds), auto (bar when stderr "
+    "is a terminal, else log), none.",
+)
 flags.DEFINE_float("progress_seconds", 30.0, "Seconds between progress lines of --progress log.")
 flag_defs.define_aliases()
 FLAGS = flags.FLAGS
@@ -88,14 +95,24 @@ def main(argv):
     seconds = sum(t for t, _ in timing["calls"])
     micro_batches = sum(k for _, k in timing["calls"]) * len(devices)
     samples = len(out["logits"]) * FLAGS.epochs  # real samples: padding is not throughput
-    print("checkpoint %s (step %s), split %s, %d samples, %d replica(s) on %s, %s"
-          % (path, meta.get("step"), FLAGS.split, len(out["logits"]), len(devices), devices[0].platform,
-             config.data_type))
-    print("compilation %.2f s; throughput %.0f samples/s; latency %.3f ms per micro-batch of %d (over %d call(s))"
-          % (timing["compile_s"], samples / seconds, 1000.0 * seconds * len(devices) / micro_batches,
-             config.micro_batch_size, len(timing["calls"])))
-    print("%s gauc %.5f  auc %.5f  logloss %.5f  accuracy %.4f"
-          % (FLAGS.split, result["gauc"], result["auc"], result["logloss"], result["accuracy"]))
+    print(
+        "checkpoint %s (step %s), split %s, %d samples, %d replica(s) on %s, %s"
+        % (path, meta.get("step"), FLAGS.split, len(out["logits"]), len(devices), devices[0].platform, config.data_type)
+    )
+    print(
+        "compilation %.2f s; throughput %.0f samples/s; latency %.3f ms per micro-batch of %d (over %d call(s))"
+        % (
+            timing["compile_s"],
+            samples / seconds,
+            1000.0 * seconds * len(devices) / micro_batches,
+            config.micro_batch_size,
+            len(timing["calls"]),
+        )
+    )
+    print(
+        "%s gauc %.5f  auc %.5f  logloss %.5f  accuracy %.4f"
+        % (FLAGS.split, result["gauc"], result["auc"], result["logloss"], result["accuracy"])
+    )
     if FLAGS.predictions_file:
         print("predictions: %s" % FLAGS.predictions_file)
 

@@ -27,13 +27,20 @@ flags.DEFINE_list("labels", [], "Legend labels of --runs (default: their directo
 flags.DEFINE_string("metric", "gauc", "Validation metric of the training curves.")
 flags.DEFINE_bool("attention", True, "Draw the attention figure of the first run (or --attention_run).")
 flags.DEFINE_string("attention_run", None, "Run (or checkpoint) directory of the attention figure.")
-flags.DEFINE_integer("attention_sample", None,
-                     "Sample index (in the test split) whose history is shown; default: the first with 6-16 items "
-                     "of 3 or more categories.")
-flags.DEFINE_enum("attention_scale", "auto", ["auto", "global", "rows"],
-                  "Colours of the attention figure: one scale for all cells (global), each candidate's row from "
-                  "its smallest to its largest weight magnitude (rows), or rows when the rows differ from each "
-                  "other much more than within themselves (auto).")
+flags.DEFINE_integer(
+    "attention_sample",
+    None,
+    "Sample index (in the test split) whose history is shown; default: the first with 6-16 items "
+    "of 3 or more categories.",
+)
+flags.DEFINE_enum(
+    "attention_scale",
+    "auto",
+    ["auto", "global", "rows"],
+    "Colours of the attention figure: one scale for all cells (global), each candidate's row from "
+    "its smallest to its largest weight magnitude (rows), or rows when the rows differ from each "
+    "other much more than within themselves (auto).",
+)
 flags.DEFINE_string("ablation_results", None, "JSON-lines results of experiments/ablate.py to chart.")
 flags.DEFINE_string("ablation_metric", "gauc", "Metric of the ablation chart.")
 flags.DEFINE_string("ablation_split", "test", "Split of the ablation chart's metric.")
@@ -53,21 +60,40 @@ def main(argv):
     written = []
     try:
         if FLAGS.runs:
-            written.append(plots.plot_training_curves(FLAGS.runs, os.path.join(out_dir, "training_curves.png"),
-                                                      labels=FLAGS.labels or None, metric=FLAGS.metric))
+            written.append(
+                plots.plot_training_curves(
+                    FLAGS.runs,
+                    os.path.join(out_dir, "training_curves.png"),
+                    labels=FLAGS.labels or None,
+                    metric=FLAGS.metric,
+                )
+            )
         attention_run = FLAGS.attention_run or (FLAGS.runs[0] if FLAGS.runs else None)
         if FLAGS.attention and attention_run:
-            path = plots.write_attention_figure(attention_run, os.path.join(out_dir, "attention.png"),
-                                                sample=FLAGS.attention_sample, scale=FLAGS.attention_scale)
+            path = plots.write_attention_figure(
+                attention_run,
+                os.path.join(out_dir, "attention.png"),
+                sample=FLAGS.attention_sample,
+                scale=FLAGS.attention_scale,
+            )
             if path:
                 written.append(path)
         if FLAGS.ablation_results:
             records = load_records(FLAGS.ablation_results, strict=True)
-            written.append(plots.plot_ablation(records, os.path.join(out_dir, "ablation.png"),
-                                               metric=FLAGS.ablation_metric, split=FLAGS.ablation_split))
+            written.append(
+                plots.plot_ablation(
+                    records,
+                    os.path.join(out_dir, "ablation.png"),
+                    metric=FLAGS.ablation_metric,
+                    split=FLAGS.ablation_split,
+                )
+            )
     except plots.SampleOutOfRangeError as error:
-        flag_defs.fail("plot.py", "--attention_sample %d is out of range: the %s split of %s has samples 0 to %d"
-                       % (error.sample, error.split, attention_run, error.size - 1))
+        flag_defs.fail(
+            "plot.py",
+            "--attention_sample %d is out of range: the %s split of %s has samples 0 to %d"
+            % (error.sample, error.split, attention_run, error.size - 1),
+        )
     except (OSError, ValueError) as error:
         flag_defs.fail("plot.py", error)
     for path in written:

@@ -37,7 +37,13 @@ def _row(name, metrics):
         return "%-10s (none)" % name
     # GAUC skips users with one class only; how many users it rests on says how much it can be trusted.
     return "%-10s gauc %.5f  auc %.5f  logloss %.5f  (%d samples; gauc over %d users)" % (
-        name, metrics["gauc"], metrics["auc"], metrics["logloss"], metrics["samples"], metrics.get("gauc_users", 0))
+        name,
+        metrics["gauc"],
+        metrics["auc"],
+        metrics["logloss"],
+        metrics["samples"],
+        metrics.get("gauc_users", 0),
+    )
 
 
 def _exit_alone(code: int) -> None:
@@ -59,9 +65,14 @@ def main(argv):
         flag_defs.initialize_distributed()
         config = flag_defs.build_train_config()
         flag_defs.check_output_dir("model_path", config.model_path)
-        hooks = hooks_lib.make_hooks(config, progress=FLAGS.progress, progress_seconds=FLAGS.progress_seconds,
-                                     tensorboard=FLAGS.tensorboard, attention_histograms=FLAGS.attention_histograms,
-                                     train_log=FLAGS.train_log)
+        hooks = hooks_lib.make_hooks(
+            config,
+            progress=FLAGS.progress,
+            progress_seconds=FLAGS.progress_seconds,
+            tensorboard=FLAGS.tensorboard,
+            attention_histograms=FLAGS.attention_histograms,
+            train_log=FLAGS.train_log,
+        )
         summary = train_and_evaluate(config, hooks=hooks)
     except TrainingAborted as stop:
         sys.stderr.write("train.py: %s\n" % stop)
@@ -80,17 +91,27 @@ def main(argv):
             raise
         # What the others see when one process of a multi-process run is gone:
         # the next collective fails (e.g. "Gloo all-reduce failed: Connection closed by peer").
-        sys.stderr.write("train.py: error: process %d: a collective with the other processes failed (%s); another "
-                         "process stopped or died; restart every process with --resume to continue from the newest "
-                         "checkpoint\n" % (FLAGS.process_id, str(error).strip().splitlines()[0][:300]))
+        sys.stderr.write(
+            "train.py: error: process %d: a collective with the other processes failed (%s); another "
+            "process stopped or died; restart every process with --resume to continue from the newest "
+            "checkpoint\n" % (FLAGS.process_id, str(error).strip().splitlines()[0][:300])
+        )
         _exit_alone(1)
     if not config.model_path:
         logging.warning("no --model_path given: nothing was saved")
     rate = summary["samples_per_s"]
-    print("best step %d of %d (selected on validation %s); training throughput %s samples/s%s"
-          % (summary["best_step"], summary["steps"], config.select_metric, "%.0f" % rate if rate else "n/a",
-             " (includes compilation: every call compiled a new program)"
-             if summary.get("samples_per_s_includes_compilation") else ""))
+    print(
+        "best step %d of %d (selected on validation %s); training throughput %s samples/s%s"
+        % (
+            summary["best_step"],
+            summary["steps"],
+            config.select_metric,
+            "%.0f" % rate if rate else "n/a",
+            " (includes compilation: every call compiled a new program)"
+            if summary.get("samples_per_s_includes_compilation")
+            else "",
+        )
+    )
     print(_row("validation", summary["validation"]))
     print(_row("test", summary["test"]))
     if config.model_path:

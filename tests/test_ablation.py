@@ -52,11 +52,21 @@ class FakeTrainer:
         value = QUALITY[config.model] - abs(config.learning_rate - 0.002) * 10
         test = value + 0.01 * (config.seed - 2)
         metrics = lambda gauc: {"gauc": gauc, "auc": gauc - 0.02, "logloss": 1.0 - gauc}  # noqa: E731
-        return {"validation": metrics(value), "test": metrics(test), "best_step": 100 * config.seed, "steps": 600,
-                "samples_per_s": 1000.0, "num_parameters": 10, "platform": "cpu", "replicas": 1}
+        return {
+            "validation": metrics(value),
+            "test": metrics(test),
+            "best_step": 100 * config.seed,
+            "steps": 600,
+            "samples_per_s": 1000.0,
+            "num_parameters": 10,
+            "platform": "cpu",
+            "replicas": 1,
+        }
 
 
-CANDIDATES = [ablation.parse_labelled_overrides("lr=%s: --learning_rate=%s" % (v, v)) for v in ("0.001", "0.002", "0.004")]
+CANDIDATES = [
+    ablation.parse_labelled_overrides("lr=%s: --learning_rate=%s" % (v, v)) for v in ("0.001", "0.002", "0.004")
+]
 
 
 def _cells():
@@ -78,11 +88,13 @@ def test_parse_labelled_overrides_and_regularizers():
 
 def test_expand_grid_is_the_product_of_the_axes():
     variants = [ablation.Cell("v", ("--epochs=3",))]
-    cells = ablation.expand_grid(variants, models=["din"], attentions=["din", "dot"], activations=["prelu", "dice"],
-                                 regularizers=["none", "mba"])
+    cells = ablation.expand_grid(
+        variants, models=["din"], attentions=["din", "dot"], activations=["prelu", "dice"], regularizers=["none", "mba"]
+    )
     assert len(cells) == 8
-    assert cells[0] == ablation.Cell("v / din / din / prelu / none",
-                                     ("--epochs=3", "--model=din", "--attention=din", "--activation=prelu"))
+    assert cells[0] == ablation.Cell(
+        "v / din / din / prelu / none", ("--epochs=3", "--model=din", "--attention=din", "--activation=prelu")
+    )
     assert cells[-1].label == "v / din / dot / dice / mba"
     assert cells[-1].overrides[-1] == "--mba_lambda=0.01"
     assert ablation.expand_grid() == [ablation.Cell("default", ())]
@@ -146,16 +158,18 @@ def test_rerunning_skips_finished_runs(tmp_path):
 
 def test_failed_runs_are_recorded_reported_and_retried(tmp_path):
     results = str(tmp_path / "results.jsonl")
-    outcome = ablation.run_grid(_cells(), [1], results, make_config, FakeTrainer(fail_models={"din"}),
-                                candidates=CANDIDATES)
+    outcome = ablation.run_grid(
+        _cells(), [1], results, make_config, FakeTrainer(fail_models={"din"}), candidates=CANDIDATES
+    )
     failed = [r for r in ablation.load_records(results) if r["status"] == "failed"]
     assert len(failed) == 3 and all("boom in din" in r["error"] and "Traceback" in r["traceback"] for r in failed)
     assert outcome.tuned["din"] is None and outcome.final_keys["din"] == []
     assert len(outcome.failed) == 3
     assert "boom in din" in ablation.format_failures(outcome)
     # Without retry the failures stay (and are still reported); with retry they run again.
-    kept = ablation.run_grid(_cells(), [1], results, make_config, FakeTrainer(), candidates=CANDIDATES,
-                             retry_failed=False)
+    kept = ablation.run_grid(
+        _cells(), [1], results, make_config, FakeTrainer(), candidates=CANDIDATES, retry_failed=False
+    )
     assert kept.ran == [] and len(kept.failed) == 3
     retried = FakeTrainer()
     outcome = ablation.run_grid(_cells(), [1], results, make_config, retried, candidates=CANDIDATES)
@@ -237,8 +251,12 @@ def test_chart_needs_matplotlib(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib is not installed in this environment (the IPU lane)")
     from din_jax import plots
 
-    records = [{"cell": "a", "seed": 1, "test": {"gauc": 0.69}}, {"cell": "a", "seed": 2, "test": {"gauc": 0.71}},
-               {"cell": "b", "seed": 1, "test": {"gauc": 0.75}}, {"cell": "c", "seed": 1, "test": {}}]
+    records = [
+        {"cell": "a", "seed": 1, "test": {"gauc": 0.69}},
+        {"cell": "a", "seed": 2, "test": {"gauc": 0.71}},
+        {"cell": "b", "seed": 1, "test": {"gauc": 0.75}},
+        {"cell": "c", "seed": 1, "test": {}},
+    ]
     assert plots.plot_ablation(records, str(tmp_path / "c.png"), title="title")
     assert os.path.getsize(str(tmp_path / "c.png")) > 1000
 
@@ -247,13 +265,24 @@ def test_a_grid_applies_the_regularizers(tmp_path):
     """--mba_lambda and --l2 reach the train step: each regulariser trains to other metrics than none."""
     from din_jax.train.loop import train_and_evaluate
 
-    small = dict(synthetic_samples=(320, 64, 64), max_seq_len=8, epochs=1, micro_batch_size=32, eval_micro_batch_size=32,
-                 device_iterations=5, replicas=1, checkpoint_every=0, model="din", learning_rate=0.05,
-                 select_metric="logloss", model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (4,),
-                                                        "mlp_hidden": (4,)})
+    small = dict(
+        synthetic_samples=(320, 64, 64),
+        max_seq_len=8,
+        epochs=1,
+        micro_batch_size=32,
+        eval_micro_batch_size=32,
+        device_iterations=5,
+        replicas=1,
+        checkpoint_every=0,
+        model="din",
+        learning_rate=0.05,
+        select_metric="logloss",
+        model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (4,), "mlp_hidden": (4,)},
+    )
     cells = ablation.expand_grid(regularizers=["none", "mba=0.5", "l2=0.01"])
-    outcome = ablation.run_grid(cells, [1], str(tmp_path / "r.jsonl"), lambda words: make_config(words, **small),
-                                train_and_evaluate)
+    outcome = ablation.run_grid(
+        cells, [1], str(tmp_path / "r.jsonl"), lambda words: make_config(words, **small), train_and_evaluate
+    )
     loglosses = []
     for cell in cells:
         (record,) = [outcome.records[key] for key in outcome.final_keys[cell.label]]
@@ -265,14 +294,32 @@ def test_a_grid_applies_the_regularizers(tmp_path):
 def test_ablate_entry_point_dry_run(tmp_path):
     """Flags to runs: per-model field selection, variants x axes, keys shared with an identical configuration."""
     flagfile = tmp_path / "grid.flags"
-    flagfile.write_text("\n".join([
-        "--use_synthetic_data", "--synthetic_samples=200,50,50", "--max_seq_len=5", "--attention_size=4",
-        "--epochs=1", "--results=%s" % (tmp_path / "r.jsonl"),
-        "--variant=lr: --model=lr", "--variant=din: --model=din", "--variant=din/none: --model=din --attention=din",
-        "--seeds=1,2", "--dry_run", ""]))
+    flagfile.write_text(
+        "\n".join(
+            [
+                "--use_synthetic_data",
+                "--synthetic_samples=200,50,50",
+                "--max_seq_len=5",
+                "--attention_size=4",
+                "--epochs=1",
+                "--results=%s" % (tmp_path / "r.jsonl"),
+                "--variant=lr: --model=lr",
+                "--variant=din: --model=din",
+                "--variant=din/none: --model=din --attention=din",
+                "--seeds=1,2",
+                "--dry_run",
+                "",
+            ]
+        )
+    )
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "ablate.py"), "--flagfile=%s" % flagfile],
-                         cwd=str(tmp_path), env=env, capture_output=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "ablate.py"), "--flagfile=%s" % flagfile],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     stdout, stderr = out.stdout.decode(), out.stderr.decode()
     assert out.returncode == 0, stderr
     # 3 cells x 2 seeds, but din and din/none are the same configuration: 4 distinct runs.

@@ -19,8 +19,9 @@ def test_dice_training_uses_batch_statistics_and_updates_moving_averages():
     dice = Dice(momentum=0.9)
     variables = dice.init(jax.random.PRNGKey(0), jnp.asarray(x))
     params = {"alpha": jnp.array([0.25, -0.5], jnp.float32)}
-    out, updates = dice.apply({"params": params, "batch_stats": variables["batch_stats"]}, jnp.asarray(x),
-                              train=True, mutable=["batch_stats"])
+    out, updates = dice.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]}, jnp.asarray(x), train=True, mutable=["batch_stats"]
+    )
     mean, var = x.mean(axis=0), x.var(axis=0)
     np.testing.assert_allclose(np.asarray(out), _dice_by_hand(x, mean, var, np.array([0.25, -0.5])), rtol=1e-5)
     stats = updates["batch_stats"]

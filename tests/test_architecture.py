@@ -26,8 +26,12 @@ def _modules(package):
 def _imports(path):
     """``(module level, inside functions)``: the modules each import statement names, and what it takes."""
     tree = ast.parse(open(path, encoding="utf-8").read())
-    in_functions = {id(node) for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.Lambda))
-                    for node in ast.walk(function)}
+    in_functions = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, (ast.FunctionDef, ast.Lambda))
+        for node in ast.walk(function)
+    }
     top, inner = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -36,7 +40,7 @@ def _imports(path):
             module = node.module or ""
             if node.level:
                 base = os.path.relpath(os.path.dirname(path), ROOT).split(os.sep)
-                module = ".".join(base[:len(base) - node.level + 1] + ([module] if module else []))
+                module = ".".join(base[: len(base) - node.level + 1] + ([module] if module else []))
             names = [module] + ["%s.%s" % (module, alias.name) for alias in node.names]
         else:
             continue
@@ -47,15 +51,14 @@ def _imports(path):
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_cycles(package):
     modules = _modules(package)
-    graph = {name: sorted(n for n in _imports(path)[0] if n in modules and n != name)
-             for name, path in modules.items()}
+    graph = {name: sorted(n for n in _imports(path)[0] if n in modules and n != name) for name, path in modules.items()}
     state = {}
 
     def visit(name, trail):
         if state.get(name) == "done":
             return
         if state.get(name) == "open":
-            raise AssertionError("import cycle: %s" % " -> ".join(trail[trail.index(name):] + [name]))
+            raise AssertionError("import cycle: %s" % " -> ".join(trail[trail.index(name) :] + [name]))
         state[name] = "open"
         for other in graph[name]:
             visit(other, trail + [name])
@@ -67,8 +70,10 @@ def test_no_import_cycles(package):
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_imports_inside_functions_are_only_optional_packages(package):
-    inner = {name: sorted(n for n in _imports(path)[1] if not n.startswith(OPTIONAL) and n != "din_jax")
-             for name, path in _modules(package).items()}
+    inner = {
+        name: sorted(n for n in _imports(path)[1] if not n.startswith(OPTIONAL) and n != "din_jax")
+        for name, path in _modules(package).items()
+    }
     assert {name: found for name, found in inner.items() if found} == {}
 
 

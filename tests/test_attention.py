@@ -65,7 +65,7 @@ def test_gradient_wrt_padded_positions_is_exactly_zero(name):
 
     def total(keys):
         (pooled, _), _ = pool.apply(variables, query, keys, mask, train=True, mutable=["batch_stats"])
-        return jnp.sum(pooled ** 2)
+        return jnp.sum(pooled**2)
 
     grad = np.asarray(jax.grad(total)(keys))
     padded = ~np.asarray(mask)
@@ -108,7 +108,7 @@ def test_din_normalizations_on_hand_made_inputs():
         variables = jax.tree_util.tree_map(np.asarray, pool.init(jax.random.PRNGKey(0), query, keys, mask))
         params = jax.tree_util.tree_map(np.zeros_like, variables["params"])
         # score_j = 2 * (q . k_j) through the product block: kernel rows 3D..4D.
-        params["first_kernel"][3 * dim:, 0] = 1.0
+        params["first_kernel"][3 * dim :, 0] = 1.0
         params["Dense_0"]["kernel"][0, 0] = 2.0
         pooled, weights = pool.apply({"params": params}, query, keys, mask)
         scores = np.array([2.0, 0.0])
@@ -132,8 +132,14 @@ def test_split_first_layer_equals_concatenation(activation):
     variables = split.init(jax.random.PRNGKey(2), query, keys, mask)
 
     def loss(module, params, keys):
-        (pooled, weights), _ = module.apply({"params": params, "batch_stats": variables.get("batch_stats", {})},
-                                            query, keys, mask, train=True, mutable=["batch_stats"])
+        (pooled, weights), _ = module.apply(
+            {"params": params, "batch_stats": variables.get("batch_stats", {})},
+            query,
+            keys,
+            mask,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return jnp.sum(pooled * pooled) + jnp.sum(weights)
 
     value_a, grads_a = jax.value_and_grad(functools.partial(loss, split), argnums=(0, 1))(variables["params"], keys)

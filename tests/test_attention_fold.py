@@ -31,17 +31,27 @@ FORMS = {
 @pytest.mark.parametrize("normalization", ["none", "softmax"])
 def test_all_forms_agree_forward_and_gradient(activation, normalization):
     query, keys, mask = _inputs(1)
-    modules = {name: DinAttention(hidden=(8, 4), activation=activation, normalization=normalization, **form)
-               for name, form in FORMS.items()}
+    modules = {
+        name: DinAttention(hidden=(8, 4), activation=activation, normalization=normalization, **form)
+        for name, form in FORMS.items()
+    }
     variables = modules["fold"].init(jax.random.PRNGKey(3), query, keys, mask)
 
     def loss(module, params, query, keys):
-        (pooled, weights), _ = module.apply({"params": params, "batch_stats": variables.get("batch_stats", {})},
-                                            query, keys, mask, train=True, mutable=["batch_stats"])
+        (pooled, weights), _ = module.apply(
+            {"params": params, "batch_stats": variables.get("batch_stats", {})},
+            query,
+            keys,
+            mask,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return jnp.sum(pooled * pooled) + jnp.sum(jnp.sin(weights))
 
-    results = {name: jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1, 2))(
-        variables["params"], query, keys) for name, module in modules.items()}
+    results = {
+        name: jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1, 2))(variables["params"], query, keys)
+        for name, module in modules.items()
+    }
     value, grads = results["concat"]
     for name in ("split", "fold"):
         other_value, other_grads = results[name]
@@ -59,5 +69,9 @@ def test_fold_is_used_from_its_minimum_length_on():
     jaxpr_folded = str(jax.make_jaxpr(lambda v: folded.apply(v, query, keys, mask))(variables))
     # The folded form has a batched product (the per-sample matrix); the split form has none.
     assert "dot_general" in jaxpr_folded and jaxpr_folded.count("dot_general") < jaxpr_short.count("dot_general")
-    np.testing.assert_allclose(np.asarray(folded.apply(variables, query, keys, mask)[0]),
-                               np.asarray(short.apply(variables, query, keys, mask)[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(folded.apply(variables, query, keys, mask)[0]),
+        np.asarray(short.apply(variables, query, keys, mask)[0]),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -11,8 +11,15 @@ import pytest
 from din_jax import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MODEL = {"item_dim": 4, "category_dim": 4, "user_dim": 2, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),
-              "activation": "prelu", "attention_activation": "sigmoid"}
+TINY_MODEL = {
+    "item_dim": 4,
+    "category_dim": 4,
+    "user_dim": 2,
+    "attention_hidden": (8, 4),
+    "mlp_hidden": (8, 4),
+    "activation": "prelu",
+    "attention_activation": "sigmoid",
+}
 TINY_VOCABULARY = {"users": 30, "items": 40, "categories": 5}
 
 
@@ -24,9 +31,20 @@ def _read(path):
 @pytest.mark.parametrize("mode,updates", [("train", "sparse"), ("infer", "sparse"), ("train", "dense")])
 def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates):
     config = benchmark.BenchmarkConfig(
-        mode=mode, micro_batch_sizes=(8, 16), device_iterations=2, replicas=1, model_config=dict(TINY_MODEL),
-        vocabulary=dict(TINY_VOCABULARY), lengths="electronics", samples=400, max_seq_len=20,
-        length_buckets=(4, 8), windows=2, embedding_updates=updates, positions_per_pass=16)
+        mode=mode,
+        micro_batch_sizes=(8, 16),
+        device_iterations=2,
+        replicas=1,
+        model_config=dict(TINY_MODEL),
+        vocabulary=dict(TINY_VOCABULARY),
+        lengths="electronics",
+        samples=400,
+        max_seq_len=20,
+        length_buckets=(4, 8),
+        windows=2,
+        embedding_updates=updates,
+        positions_per_pass=16,
+    )
     rows = benchmark.run_benchmark(config)
     path = benchmark.write_results(rows, str(tmp_path), mode)
     assert os.path.basename(path) == benchmark.RESULT_FILES[mode]
@@ -43,22 +61,61 @@ def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates):
 
 
 def test_the_command_writes_train_and_infer_csvs(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
-               PYTHONPATH=ROOT)
-    common = ["--micro_batch_sizes", "8", "--device_iterations", "2", "--samples", "200", "--windows", "2",
-              "--vocabulary", "30,40,5", "--attention_size", "8", "--user_dim", "2", "--attention_hidden", "8,4",
-              "--mlp_hidden", "8,4", "--max_seq_len", "12", "--length_buckets", "4,12", "--lengths", "uniform:1:12",
-              "--output_dir", str(tmp_path)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
+    common = [
+        "--micro_batch_sizes",
+        "8",
+        "--device_iterations",
+        "2",
+        "--samples",
+        "200",
+        "--windows",
+        "2",
+        "--vocabulary",
+        "30,40,5",
+        "--attention_size",
+        "8",
+        "--user_dim",
+        "2",
+        "--attention_hidden",
+        "8,4",
+        "--mlp_hidden",
+        "8,4",
+        "--max_seq_len",
+        "12",
+        "--length_buckets",
+        "4,12",
+        "--lengths",
+        "uniform:1:12",
+        "--output_dir",
+        str(tmp_path),
+    ]
     for mode in ("train", "infer"):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "benchmark.py"), "--mode", mode]
-                                + common, env=env, capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "experiments", "benchmark.py"), "--mode", mode] + common,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert "samples/s" in result.stdout
         rows = _read(os.path.join(str(tmp_path), "results_%s.csv" % mode))
         assert len(rows) == 1 and rows[0]["mode"] == mode and float(rows[0]["samples_per_s"]) > 0
-    bad = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "benchmark.py"), "--length_buckets",
-                          "50,20", "--output_dir", str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=600)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "benchmark.py"),
+            "--length_buckets",
+            "50,20",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert bad.returncode == 2 and "--length_buckets" in bad.stderr
 
 
@@ -69,8 +126,7 @@ def test_summary_statistics():
 
 
 def test_flop_count_of_the_split_attention():
-    config = {"item_dim": 32, "category_dim": 32, "user_dim": 32, "attention_hidden": (80, 40),
-              "mlp_hidden": (200, 80)}
+    config = {"item_dim": 32, "category_dim": 32, "user_dim": 32, "attention_hidden": (80, 40), "mlp_hidden": (200, 80)}
     split = benchmark.din_flops_per_sample(config, 100)
     unsplit = benchmark.din_flops_per_sample(config, 100, form="concat")
     folded = benchmark.din_flops_per_sample(config, 100, form="fold")

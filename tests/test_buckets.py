@@ -23,8 +23,13 @@ from din_jax.train.setup import make_p_train
 
 MAX_LEN = 20
 BUCKETS = (4, 8, 12, 20)
-MODEL_CONFIG = {"item_dim": 4, "category_dim": 4, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),
-                "activation": "prelu"}
+MODEL_CONFIG = {
+    "item_dim": 4,
+    "category_dim": 4,
+    "attention_hidden": (8, 4),
+    "mlp_hidden": (8, 4),
+    "activation": "prelu",
+}
 
 
 def _lengths(n, seed=0):
@@ -63,7 +68,7 @@ def test_every_sample_once_in_static_shapes_that_hold_its_history(replicas, k, b
     assert len(seen) == (n // global_batch) * global_batch  # only the remainder < one global batch is dropped
     dropped = np.setdiff1d(order, seen)
     assert len(dropped) < global_batch
-    allowed_k = {k} | {2 ** i for i in range(8) if 2 ** i < k}
+    allowed_k = {k} | {2**i for i in range(8) if 2**i < k}
     for indices, seq_len, valid in zip(plan.calls, plan.seq_lens, plan.valid):
         assert indices.shape[0] == replicas and indices.shape[2] == b and indices.shape[1] in allowed_k
         assert seq_len in BUCKETS
@@ -126,8 +131,17 @@ def test_config_validates_the_buckets_and_the_update_mode():
 
 
 def _source():
-    return make_synthetic_dataset(600, 0, 203, max_seq_len=MAX_LEN, num_users=30, num_items=60, num_categories=6,
-                                  seed=1, length_spec="uniform:1:%d" % MAX_LEN)
+    return make_synthetic_dataset(
+        600,
+        0,
+        203,
+        max_seq_len=MAX_LEN,
+        num_users=30,
+        num_items=60,
+        num_categories=6,
+        seed=1,
+        length_spec="uniform:1:%d" % MAX_LEN,
+    )
 
 
 def test_bucketed_predictions_equal_padded_ones_in_the_stored_order():
@@ -145,8 +159,9 @@ def test_bucketed_predictions_equal_padded_ones_in_the_stored_order():
 
 def test_a_train_step_on_a_shorter_bucket_equals_the_padded_step():
     source = _source()
-    model = build_model("din", source.num_users, source.num_items, source.num_categories, MODEL_CONFIG,
-                        axis_name=train_lib.AXIS_NAME)
+    model = build_model(
+        "din", source.num_users, source.num_items, source.num_categories, MODEL_CONFIG, axis_name=train_lib.AXIS_NAME
+    )
     devices = jax.local_devices()[:1]
     config = TrainConfig(use_synthetic_data=True, learning_rate=0.5, max_seq_len=MAX_LEN)
     plan = plan_split_chunks(source, "train", np.arange(600), MAX_LEN, BUCKETS, 1, 2, 16, drop_remainder=True)
@@ -154,8 +169,9 @@ def test_a_train_step_on_a_shorter_bucket_equals_the_padded_step():
     p_train = make_p_train(model, devices, donate=False)
     results = []
     for length in (seq_len, MAX_LEN):
-        state = train_lib.replicate(train_lib.create_train_state(model, optim.make_optimizer(config), 0, MAX_LEN),
-                                    devices)
+        state = train_lib.replicate(
+            train_lib.create_train_state(model, optim.make_optimizer(config), 0, MAX_LEN), devices
+        )
         state, metrics = p_train(state, gather_chunk(source, "train", indices, length))
         results.append((train_lib.unreplicate_to_host(state).params, np.asarray(metrics["loss"])))
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5)
@@ -164,11 +180,31 @@ def test_a_train_step_on_a_shorter_bucket_equals_the_padded_step():
 
 
 def test_trainer_with_buckets_and_sparse_updates_runs_whole_epochs():
-    source = make_synthetic_dataset(640, 128, 0, max_seq_len=MAX_LEN, num_users=30, num_items=60, num_categories=6,
-                                    seed=1, length_spec="uniform:1:%d" % MAX_LEN)
-    config = TrainConfig(use_synthetic_data=True, max_seq_len=MAX_LEN, micro_batch_size=16, device_iterations=4,
-                         replicas=1, epochs=2, learning_rate=0.5, model_config=MODEL_CONFIG,
-                         length_buckets=(5, 10), embedding_updates="sparse", prefetch=1, checkpoint_every=0)
+    source = make_synthetic_dataset(
+        640,
+        128,
+        0,
+        max_seq_len=MAX_LEN,
+        num_users=30,
+        num_items=60,
+        num_categories=6,
+        seed=1,
+        length_spec="uniform:1:%d" % MAX_LEN,
+    )
+    config = TrainConfig(
+        use_synthetic_data=True,
+        max_seq_len=MAX_LEN,
+        micro_batch_size=16,
+        device_iterations=4,
+        replicas=1,
+        epochs=2,
+        learning_rate=0.5,
+        model_config=MODEL_CONFIG,
+        length_buckets=(5, 10),
+        embedding_updates="sparse",
+        prefetch=1,
+        checkpoint_every=0,
+    )
     trainer = Trainer(config, source)
     first = trainer._epoch_plan(1)
     again = trainer._epoch_plan(1)

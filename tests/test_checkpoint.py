@@ -11,9 +11,12 @@ from din_jax import checkpoint as ckpt
 
 def _tree():
     # The sparse optimiser keys its moments by table path: a "/" inside one component.
-    return {"params": {"embedding": {"item": np.arange(6, dtype=np.float32).reshape(3, 2)}},
-            "opt_state": {"tables": {"mu": {"embedding/item": np.ones((3, 2), np.float32),
-                                            "odd%name": np.zeros((2,), np.int32)}}}}
+    return {
+        "params": {"embedding": {"item": np.arange(6, dtype=np.float32).reshape(3, 2)}},
+        "opt_state": {
+            "tables": {"mu": {"embedding/item": np.ones((3, 2), np.float32), "odd%name": np.zeros((2,), np.int32)}}
+        },
+    }
 
 
 def _zeros_like(tree):
@@ -65,15 +68,27 @@ def test_version_1_checkpoints_still_load(tmp_path):
 
 
 def test_a_changed_digit_in_the_metadata_is_caught(tmp_path):
-    path = ckpt.save_checkpoint(str(tmp_path / "c"), _tree(), {
-        "step": 3, "train": {"epoch_calls_done": 17, "history": [{"step": 2, "gauc": 0.625}],
-                             "negatives_rng": {"state": {"state": 12345678901234567890}}}})
+    path = ckpt.save_checkpoint(
+        str(tmp_path / "c"),
+        _tree(),
+        {
+            "step": 3,
+            "train": {
+                "epoch_calls_done": 17,
+                "history": [{"step": 2, "gauc": 0.625}],
+                "negatives_rng": {"state": {"state": 12345678901234567890}},
+            },
+        },
+    )
     meta_file = os.path.join(path, ckpt.META_FILE)
     text = open(meta_file).read()
     for old, new in (("17", "18"), ("0.625", "0.626"), ("12345678901234567890", "12345678901234567891")):
         open(meta_file, "w").write(text.replace(old, new, 1))
-        with pytest.raises(ckpt.CheckpointError, match=r"is corrupt: checkpoint.json does not match its "
-                                                       r"metadata_sha256") as error:
+        with pytest.raises(
+            ckpt.CheckpointError,
+            match=r"is corrupt: checkpoint.json does not match its "
+            r"metadata_sha256",
+        ) as error:
             ckpt.load_checkpoint(path)
         assert path in str(error.value) and "\n" not in str(error.value)
     # Reformatting alone (whitespace, key order) keeps it valid: the checksum is over the content.
@@ -96,8 +111,11 @@ def test_a_structure_mismatch_is_a_checkpoint_error_naming_the_checkpoint(tmp_pa
     flat, _ = ckpt.load_checkpoint(path)
     template = _zeros_like(_tree())
     template["opt_state"]["tables"]["mu"]["embedding/category"] = np.zeros((3, 2), np.float32)
-    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint %s has no entry "
-                       r"'opt_state/tables/mu/embedding%%2Fcategory'" % path):
+    with pytest.raises(
+        ckpt.CheckpointError,
+        match=r"checkpoint %s has no entry "
+        r"'opt_state/tables/mu/embedding%%2Fcategory'" % path,
+    ):
         ckpt.restore_tree(template, flat, source="checkpoint %s" % path)
     del template["opt_state"]["tables"]["mu"]["embedding/category"]
     del template["opt_state"]["tables"]["mu"]["odd%name"]

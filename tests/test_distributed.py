@@ -14,9 +14,19 @@ from din_jax.distributed import cpu_collectives_supported
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "experiments", "train.py")
 COMMON = [
-    "--use_synthetic_data", "--synthetic_samples=512,64,64", "--max_seq_len=8", "--attention_size=8",
-    "--mlp_hidden=8", "--attention_hidden=8", "--epochs=1", "--micro_batch_size=16", "--device_iterations=4",
-    "--optimizer=sgd", "--learning_rate=0.5", "--activation=dice", "--prefetch=0",
+    "--use_synthetic_data",
+    "--synthetic_samples=512,64,64",
+    "--max_seq_len=8",
+    "--attention_size=8",
+    "--mlp_hidden=8",
+    "--attention_hidden=8",
+    "--epochs=1",
+    "--micro_batch_size=16",
+    "--device_iterations=4",
+    "--optimizer=sgd",
+    "--learning_rate=0.5",
+    "--activation=dice",
+    "--prefetch=0",
 ]
 
 
@@ -34,8 +44,9 @@ def _env(devices):
     return env
 
 
-needs_collectives = pytest.mark.skipif(not cpu_collectives_supported(),
-                                      reason="this jax has no cross-process CPU collectives (Gloo)")
+needs_collectives = pytest.mark.skipif(
+    not cpu_collectives_supported(), reason="this jax has no cross-process CPU collectives (Gloo)"
+)
 
 # Imported into each process of a run (--import_module): the process named by
 # SIGNAL_PROCESS sends itself SIGTERM once the call ending at SIGNAL_STEP is
@@ -63,18 +74,34 @@ training.Trainer._drain = _drain_then_signal
 def single_run(tmp_path_factory):
     """One process with two devices: what two processes with one device each must reproduce."""
     single = str(tmp_path_factory.mktemp("single") / "run")
-    subprocess.run([sys.executable, TRAIN] + COMMON + ["--model_path", single], env=_env(2), check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, TRAIN] + COMMON + ["--model_path", single],
+        env=_env(2),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return single
 
 
 def _two_processes(run, extra=(), env=None):
     port = _free_port()
     procs = [
-        subprocess.Popen([sys.executable, TRAIN] + COMMON + list(extra) + [
-            "--model_path", run, "--num_processes=2", "--process_id=%d" % pid,
-            "--coordinator_address=127.0.0.1:%d" % port], env=dict(_env(1), **(env or {})),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, TRAIN]
+            + COMMON
+            + list(extra)
+            + [
+                "--model_path",
+                run,
+                "--num_processes=2",
+                "--process_id=%d" % pid,
+                "--coordinator_address=127.0.0.1:%d" % port,
+            ],
+            env=dict(_env(1), **(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         for pid in range(2)
     ]
     try:
@@ -114,14 +141,21 @@ def test_a_signal_to_one_process_stops_every_process_at_one_step(tmp_path, singl
     signaller.write_text(SIGNALLER)
     multi = str(tmp_path / "multi")
     # 4 calls of 4 steps; process 1 asks to stop after the first call's loss was checked.
-    codes, outputs = _two_processes(multi, ["--import_module", str(signaller)],
-                                    {"SIGNAL_PROCESS": "1", "SIGNAL_STEP": "4"})
+    codes, outputs = _two_processes(
+        multi, ["--import_module", str(signaller)], {"SIGNAL_PROCESS": "1", "SIGNAL_STEP": "4"}
+    )
     assert codes == [143, 143], outputs
     # Both stop at the next call boundary, step 8; process 0 writes the checkpoint.
-    assert "training stopped by SIGTERM to process 1 at step 8 (epoch 1): checkpoint %s" % os.path.join(
-        multi, "checkpoints", "step_8") in outputs[0], outputs[0][-2000:]
-    assert "training stopped by SIGTERM at step 8 (epoch 1): process 0 writes checkpoint %s" % os.path.join(
-        multi, "checkpoints", "step_8") in outputs[1], outputs[1][-2000:]
+    assert (
+        "training stopped by SIGTERM to process 1 at step 8 (epoch 1): checkpoint %s"
+        % os.path.join(multi, "checkpoints", "step_8")
+        in outputs[0]
+    ), outputs[0][-2000:]
+    assert (
+        "training stopped by SIGTERM at step 8 (epoch 1): process 0 writes checkpoint %s"
+        % os.path.join(multi, "checkpoints", "step_8")
+        in outputs[1]
+    ), outputs[1][-2000:]
     assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["step_8"]
     assert not os.path.exists(os.path.join(multi, "summary.json"))
     # Both resume from it and end where one uninterrupted process ends.
@@ -138,8 +172,9 @@ def test_a_second_signal_to_one_process_ends_every_process_without_hanging(tmp_p
     signaller.write_text(SIGNALLER)
     run = str(tmp_path / "run")
     # Process 1 stops at once; process 0 finds its next collective broken. Neither may wait for the other at exit.
-    codes, outputs = _two_processes(run, ["--import_module", str(signaller)],
-                                    {"SIGNAL_PROCESS": "1", "SIGNAL_STEP": "4", "SIGNAL_TIMES": "2"})
+    codes, outputs = _two_processes(
+        run, ["--import_module", str(signaller)], {"SIGNAL_PROCESS": "1", "SIGNAL_STEP": "4", "SIGNAL_TIMES": "2"}
+    )
     assert codes == [1, 143], outputs
     assert "train.py: training stopped at once by a second SIGTERM near step" in outputs[1], outputs[1][-2000:]
     last = outputs[0].strip().splitlines()[-1]

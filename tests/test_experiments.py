@@ -17,8 +17,9 @@ def _run(script, args, timeout=600):
     env.setdefault("JAX_PLATFORMS", "cpu")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     env["PYTHONPATH"] = ROOT
-    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + args, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script)] + args, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +38,25 @@ def _metrics(text, split):
 
 def test_train_and_infer_on_the_real_sample_agree(sample_dataset, tmp_path):
     run = str(tmp_path / "run")
-    train = _run("experiments/train.py", [
-        "--preset", "din_amazon", "--dataset", sample_dataset, "--model_path", run, "--epochs", "2",
-        "--attention_size", "32", "--device_iterations", "100", "--eval_every", "200"])
+    train = _run(
+        "experiments/train.py",
+        [
+            "--preset",
+            "din_amazon",
+            "--dataset",
+            sample_dataset,
+            "--model_path",
+            run,
+            "--epochs",
+            "2",
+            "--attention_size",
+            "32",
+            "--device_iterations",
+            "100",
+            "--eval_every",
+            "200",
+        ],
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     summary = json.load(open(os.path.join(run, "summary.json")))
     for split in ("validation", "test"):
@@ -52,8 +69,9 @@ def test_train_and_infer_on_the_real_sample_agree(sample_dataset, tmp_path):
     trained_test = _metrics(train.stdout, "test")
 
     predictions = str(tmp_path / "predictions.csv")
-    infer = _run("experiments/infer.py", ["--model_path", run, "--device_iterations", "20",
-                                          "--predictions_file", predictions])
+    infer = _run(
+        "experiments/infer.py", ["--model_path", run, "--device_iterations", "20", "--predictions_file", predictions]
+    )
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert _metrics(infer.stdout, "test") == trained_test
     assert re.search(r"throughput \d+ samples/s; latency [0-9.]+ ms per micro-batch of 128", infer.stdout)
@@ -78,13 +96,16 @@ def test_command_errors_are_one_line(sample_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("script", ["experiments/train.py", "experiments/infer.py"])
-@pytest.mark.parametrize("args,expected", [
-    (["--foo"], "Unknown command line flag 'foo'"),
-    (["--epochs=abc"], "--epochs=abc"),
-    (["--optimizer=rmsprop"], "--optimizer=rmsprop"),
-    (["--flagfile=/no/such.flags"], "/no/such.flags"),
-    (["stray_argument"], "unexpected arguments: stray_argument"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--foo"], "Unknown command line flag 'foo'"),
+        (["--epochs=abc"], "--epochs=abc"),
+        (["--optimizer=rmsprop"], "--optimizer=rmsprop"),
+        (["--flagfile=/no/such.flags"], "/no/such.flags"),
+        (["stray_argument"], "unexpected arguments: stray_argument"),
+    ],
+)
 def test_command_line_errors_are_one_line(script, args, expected):
     result = _run(script, args)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -96,20 +117,41 @@ def test_command_line_errors_are_one_line(script, args, expected):
 def test_unusable_output_paths_are_one_line_errors(tmp_path):
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
-    train = _run("experiments/train.py", ["--use_synthetic_data", "--synthetic_samples=256,64,64", "--epochs=1",
-                                          "--model_path", str(not_a_folder / "run")])
+    train = _run(
+        "experiments/train.py",
+        [
+            "--use_synthetic_data",
+            "--synthetic_samples=256,64,64",
+            "--epochs=1",
+            "--model_path",
+            str(not_a_folder / "run"),
+        ],
+    )
     assert train.returncode == 2 and str(not_a_folder) in train.stderr, train.stderr[-3000:]
     assert "Traceback" not in train.stderr and len(train.stderr.strip().splitlines()) == 1
-    infer = _run("experiments/infer.py", ["--model_path", str(tmp_path), "--predictions_file",
-                                          str(tmp_path / "no_folder" / "p.csv")])
+    infer = _run(
+        "experiments/infer.py",
+        ["--model_path", str(tmp_path), "--predictions_file", str(tmp_path / "no_folder" / "p.csv")],
+    )
     assert infer.returncode == 2 and "--predictions_file" in infer.stderr and "does not exist" in infer.stderr
 
 
 def test_infer_rejects_a_checkpoint_that_does_not_fit_the_flags(tmp_path):
     run = str(tmp_path / "synthetic")
-    train = _run("experiments/train.py", [
-        "--use_synthetic_data", "--synthetic_samples=256,64,64", "--max_seq_len=8", "--attention_size=8",
-        "--mlp_hidden=8", "--epochs=1", "--device_iterations=4", "--model_path", run])
+    train = _run(
+        "experiments/train.py",
+        [
+            "--use_synthetic_data",
+            "--synthetic_samples=256,64,64",
+            "--max_seq_len=8",
+            "--attention_size=8",
+            "--mlp_hidden=8",
+            "--epochs=1",
+            "--device_iterations=4",
+            "--model_path",
+            run,
+        ],
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     mismatch = _run("experiments/infer.py", ["--model_path", run, "--attention_size", "12"])
     assert mismatch.returncode == 2
@@ -122,18 +164,40 @@ def test_infer_rejects_a_checkpoint_that_does_not_fit_the_flags(tmp_path):
 
 
 def test_hyphenated_graphcore_flags(tmp_path):
-    result = _run("experiments/train.py", [
-        "--use-synthetic-data", "--synthetic_samples=256,64,64", "--max-seq-len=8", "--attention-size=8",
-        "--mlp_hidden=8", "--epochs=1", "--device-iterations=4", "--micro-batch-size=16",
-        "--model-path", str(tmp_path / "run")])
+    result = _run(
+        "experiments/train.py",
+        [
+            "--use-synthetic-data",
+            "--synthetic_samples=256,64,64",
+            "--max-seq-len=8",
+            "--attention-size=8",
+            "--mlp_hidden=8",
+            "--epochs=1",
+            "--device-iterations=4",
+            "--micro-batch-size=16",
+            "--model-path",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     flags = json.load(open(tmp_path / "run" / "summary.json"))["flags"]
     assert flags["max_seq_len"] == 8 and flags["micro_batch_size"] == 16 and flags["device_iterations"] == 4
     # Graphcore's --hidden-size is the item-vector width, our --attention_size.
     assert flags["model_config"]["item_dim"] == 4
-    hidden = _run("experiments/train.py", [
-        "--use-synthetic-data", "--synthetic_samples=256,64,64", "--max-seq-len=8", "--hidden-size=12",
-        "--mlp_hidden=8", "--epochs=1", "--device-iterations=100", "--model-path", str(tmp_path / "hidden")])
+    hidden = _run(
+        "experiments/train.py",
+        [
+            "--use-synthetic-data",
+            "--synthetic_samples=256,64,64",
+            "--max-seq-len=8",
+            "--hidden-size=12",
+            "--mlp_hidden=8",
+            "--epochs=1",
+            "--device-iterations=100",
+            "--model-path",
+            str(tmp_path / "hidden"),
+        ],
+    )
     assert hidden.returncode == 0, hidden.stderr[-3000:]
     summary = json.load(open(tmp_path / "hidden" / "summary.json"))
     assert summary["flags"]["model_config"]["item_dim"] == 6
@@ -144,14 +208,22 @@ def test_hyphenated_graphcore_flags(tmp_path):
 def test_a_custom_attention_from_the_readme_trains_infers_and_runs_in_the_harness(tmp_path):
     """examples/custom_attention.py: registered from Python, used by name in train.py, infer.py and ablate.py."""
     example = os.path.join(ROOT, "examples", "custom_attention.py")
-    tiny = ["--use_synthetic_data", "--synthetic_samples=256,64,64", "--max_seq_len=8", "--attention_size=8",
-            "--mlp_hidden=8", "--epochs=1", "--device_iterations=4"]
+    tiny = [
+        "--use_synthetic_data",
+        "--synthetic_samples=256,64,64",
+        "--max_seq_len=8",
+        "--attention_size=8",
+        "--mlp_hidden=8",
+        "--epochs=1",
+        "--device_iterations=4",
+    ]
     run = str(tmp_path / "run")
     unknown = _run("experiments/train.py", tiny + ["--attention", "bilinear"])
     assert unknown.returncode == 2 and "bilinear" in unknown.stderr and "'din'" in unknown.stderr
 
-    train = _run("experiments/train.py", tiny + ["--import_module", example, "--attention", "bilinear",
-                                                  "--model_path", run])
+    train = _run(
+        "experiments/train.py", tiny + ["--import_module", example, "--attention", "bilinear", "--model_path", run]
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     summary = json.load(open(os.path.join(run, "summary.json")))
     assert summary["flags"]["model_config"]["attention"] == "bilinear"
@@ -160,13 +232,24 @@ def test_a_custom_attention_from_the_readme_trains_infers_and_runs_in_the_harnes
     # The same synthetic test split (its size comes from the checkpoint) and the same scores.
     gauc, auc, logloss = _metrics(infer.stdout, "test")
     assert (gauc, auc, logloss) == pytest.approx(
-        (summary["test"]["gauc"], summary["test"]["auc"], summary["test"]["logloss"]), abs=1e-5)
+        (summary["test"]["gauc"], summary["test"]["auc"], summary["test"]["logloss"]), abs=1e-5
+    )
 
     results = str(tmp_path / "custom.jsonl")
     flagfile = tmp_path / "grid.flags"
-    flagfile.write_text("\n".join(tiny + ["--import_module=%s" % example, "--variant=din: --model=din",
-                                          "--variant=bilinear: --model=din --attention=bilinear", "--seeds=1",
-                                          "--results=%s" % results, ""]))
+    flagfile.write_text(
+        "\n".join(
+            tiny
+            + [
+                "--import_module=%s" % example,
+                "--variant=din: --model=din",
+                "--variant=bilinear: --model=din --attention=bilinear",
+                "--seeds=1",
+                "--results=%s" % results,
+                "",
+            ]
+        )
+    )
     grid = _run("experiments/ablate.py", ["--flagfile=%s" % flagfile])
     assert grid.returncode == 0, grid.stderr[-3000:]
     records = [json.loads(line) for line in open(results)]
@@ -197,9 +280,21 @@ def test_the_readme_shows_the_example_file_as_it_is():
 
 
 def test_float16_gradients_prints_every_parameter(sample_dataset):
-    result = _run("experiments/float16_gradients.py",
-                  ["--dataset", sample_dataset, "--preset", "din_amazon", "--activation", "dice",
-                   "--micro_batch_size", "32", "--max_seq_len", "20"])
+    result = _run(
+        "experiments/float16_gradients.py",
+        [
+            "--dataset",
+            sample_dataset,
+            "--preset",
+            "din_amazon",
+            "--activation",
+            "dice",
+            "--micro_batch_size",
+            "32",
+            "--max_seq_len",
+            "20",
+        ],
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0] == "32 samples, max_seq_len 20; relative error (zeroed share of nonzero entries)"

@@ -14,10 +14,20 @@ from din_jax.train import loop as training
 from din_jax.train import observers as hooks
 
 CONFIG = dict(
-    use_synthetic_data=True, synthetic_samples=(320, 64, 64), max_seq_len=8, epochs=2, micro_batch_size=16,
-    eval_micro_batch_size=32, device_iterations=5, replicas=1, optimizer="adam", learning_rate=0.01,
-    eval_every=10, checkpoint_every=0,
-    model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (8,), "mlp_hidden": (8,)})
+    use_synthetic_data=True,
+    synthetic_samples=(320, 64, 64),
+    max_seq_len=8,
+    epochs=2,
+    micro_batch_size=16,
+    eval_micro_batch_size=32,
+    device_iterations=5,
+    replicas=1,
+    optimizer="adam",
+    learning_rate=0.01,
+    eval_every=10,
+    checkpoint_every=0,
+    model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (8,), "mlp_hidden": (8,)},
+)
 
 
 def _read_events(directory):
@@ -31,8 +41,8 @@ def _read_events(directory):
         data = open(os.path.join(directory, name), "rb").read()
         offset = 0
         while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
             offset += 12 + length + 4
             for value in event.summary.value:
                 found.append((value.tag, event.step, value.WhichOneof("value")))
@@ -74,8 +84,10 @@ def absl_messages():
 def watched_run(tmp_path_factory):
     """One run with the train log, TensorBoard (when installed) and progress lines."""
     path = str(tmp_path_factory.mktemp("hooks") / "run")
-    run_hooks = [hooks.TrainLogHook(os.path.join(path, hooks.TRAIN_LOG_FILE)),
-                 hooks.ProgressHook("auto", seconds=0.0, stream=io.StringIO())]
+    run_hooks = [
+        hooks.TrainLogHook(os.path.join(path, hooks.TRAIN_LOG_FILE)),
+        hooks.ProgressHook("auto", seconds=0.0, stream=io.StringIO()),
+    ]
     if hooks.tensorboard_available():
         run_hooks.append(hooks.TensorBoardHook(os.path.join(path, hooks.TENSORBOARD_DIR), attention_samples=32))
     with _Capture() as messages:
@@ -124,8 +136,18 @@ def test_tensorboard_events_are_written_without_tensorflow(watched_run):
     assert "tensorflow" not in sys.modules
     events = _read_events(os.path.join(path, hooks.TENSORBOARD_DIR))
     tags = {(tag, kind) for tag, _, kind in events}
-    for tag in ("train/loss", "train/accuracy", "train/learning_rate", "train/samples_per_s", "validation/gauc",
-                "validation/auc", "validation/logloss", "test/gauc", "test/auc", "best/step"):
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "train/learning_rate",
+        "train/samples_per_s",
+        "validation/gauc",
+        "validation/auc",
+        "validation/logloss",
+        "test/gauc",
+        "test/auc",
+        "best/step",
+    ):
         assert (tag, "simple_value") in tags, tag
     assert ("attention/weights", "histo") in tags and ("attention/weight_sum", "histo") in tags
     assert sorted({step for tag, step, _ in events if tag == "validation/gauc"}) == [10, 20, 30, 40]
@@ -143,7 +165,8 @@ def test_progress_lines_when_not_a_terminal(watched_run):
     # Evaluations speak too (seconds=0: a line per call; 64 samples are one call).
     validation = [m for m in messages if m.startswith("progress: validation")]
     assert [m.split(" 100% ")[0] for m in validation] == [
-        "progress: validation (step %d)" % step for step in (10, 20, 30, 40)]
+        "progress: validation (step %d)" % step for step in (10, 20, 30, 40)
+    ]
     assert all("(64 of 64 samples), ETA 0:00:00; " in m and m.endswith(" samples/s") for m in validation)
     test = [m for m in messages if m.startswith("progress: test")]
     assert len(test) == 1 and test[0].startswith("progress: test (step %d) 100%% (64 of 64 samples)" % summary["steps"])
@@ -173,7 +196,8 @@ def test_evaluation_lines_are_throttled_and_need_no_trainer(monkeypatch, absl_me
     progress.on_close({})
     progress.on_predict_call({"split": "test", "samples": 100})  # after the end: nothing
     assert [m for m in absl_messages if m.startswith("progress:")] == [
-        "progress: test 100% (1000 of 1000 samples), ETA 0:00:00; 100 samples/s"]
+        "progress: test 100% (1000 of 1000 samples), ETA 0:00:00; 100 samples/s"
+    ]
 
     clock.now += 100.0
     quick = hooks.ProgressHook("log", seconds=10.0, stream=io.StringIO())
@@ -182,7 +206,8 @@ def test_evaluation_lines_are_throttled_and_need_no_trainer(monkeypatch, absl_me
         clock.now += 3.0
         quick.on_predict_call({"split": "validation", "samples": 50})
     assert [m for m in absl_messages if m.startswith("progress: validation")] == [
-        "progress: validation (step 7) 66% (200 of 300 samples), ETA 0:00:06; 17 samples/s"]
+        "progress: validation (step 7) 66% (200 of 300 samples), ETA 0:00:06; 17 samples/s"
+    ]
 
 
 def test_progress_bars_show_loss_throughput_and_validation_gauc(tmp_path, absl_messages):

@@ -38,7 +38,9 @@ def _batch(seed=0, batch_size=B):
 def _init_apply(model, batch, train=False):
     variables = model.init(jax.random.PRNGKey(0), batch)
     if train:
-        out, _ = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(1)})
+        out, _ = model.apply(
+            variables, batch, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(1)}
+        )
         return variables, out
     return variables, model.apply(variables, batch)
 
@@ -85,8 +87,9 @@ def test_padded_history_positions_do_not_matter(name, train):
     padded = np.arange(T)[None, :] >= batch["hist_len"][:, None]
     rng = np.random.default_rng(5)
     garbage["hist_item"] = np.where(padded, rng.integers(0, NUM_ITEMS, (B, T)), batch["hist_item"]).astype(np.int32)
-    garbage["hist_category"] = np.where(padded, rng.integers(0, NUM_CATEGORIES, (B, T)),
-                                        batch["hist_category"]).astype(np.int32)
+    garbage["hist_category"] = np.where(padded, rng.integers(0, NUM_CATEGORIES, (B, T)), batch["hist_category"]).astype(
+        np.int32
+    )
     # In training, Dice's batch statistics must not see the padded positions either.
     variables, logits = _init_apply(model, batch, train=train)
     _, garbage_logits = _init_apply(model, garbage, train=train)
@@ -105,9 +108,14 @@ def test_lr_is_the_sum_of_the_active_feature_weights():
         n = batch["hist_len"][b]
         history = 0.0
         if n:
-            history = (item[batch["hist_item"][b, :n], 1].mean() + category[batch["hist_category"][b, :n], 1].mean())
-        expected.append(float(params["bias"]) + item[batch["item"][b], 0] + category[batch["category"][b], 0]
-                        + history + user[batch["user"][b], 0])
+            history = item[batch["hist_item"][b, :n], 1].mean() + category[batch["hist_category"][b, :n], 1].mean()
+        expected.append(
+            float(params["bias"])
+            + item[batch["item"][b], 0]
+            + category[batch["category"][b], 0]
+            + history
+            + user[batch["user"][b], 0]
+        )
     np.testing.assert_allclose(np.asarray(model.apply(variables, batch)), expected, rtol=1e-5, atol=1e-6)
     assert "item_dim" not in model_fields("lr")
 
@@ -129,7 +137,9 @@ def test_pairwise_inner_products_and_fm_second_order_match_brute_force():
     pairs = list(itertools.combinations(range(5), 2))
     brute = np.array([[fields[b, i] @ fields[b, j] for i, j in pairs] for b in range(3)])
     np.testing.assert_allclose(np.asarray(pairwise_inner_products(jnp.asarray(fields))), brute, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(fm_second_order(jnp.asarray(fields))), brute.sum(axis=1), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(fm_second_order(jnp.asarray(fields))), brute.sum(axis=1), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_cross_ids_exact_when_they_fit_hashed_in_range_otherwise():
@@ -137,7 +147,7 @@ def test_cross_ids_exact_when_they_fit_hashed_in_range_otherwise():
     right = jnp.array([[0, 1], [2, 5], [5, 4]], jnp.int32)
     exact = np.asarray(cross_ids(left, right, 6, 36))
     np.testing.assert_array_equal(exact, np.asarray(left)[:, None] * 6 + np.asarray(right))
-    big = jnp.array([2 ** 30, 7], jnp.int32)
+    big = jnp.array([2**30, 7], jnp.int32)
     hashed = np.asarray(cross_ids(big, jnp.array([[3], [3]], jnp.int32), 1000, 17))
     assert hashed.dtype == np.int32 and np.all((hashed >= 0) & (hashed < 17))
 
@@ -172,7 +182,9 @@ def test_registry_and_field_errors():
         model = build_model("pnn", NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, _config("pnn", product="outer"))
         model.init(jax.random.PRNGKey(0), _batch())
     with pytest.raises(ValueError, match="lr pools the history bag"):
-        build_model("lr", NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, {"pooling": "din"}).init(jax.random.PRNGKey(0), _batch())
+        build_model("lr", NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, {"pooling": "din"}).init(
+            jax.random.PRNGKey(0), _batch()
+        )
 
 
 def test_competitor_presets_name_only_fields_of_their_model():

@@ -17,10 +17,20 @@ from din_jax.train.observers import TrainLogHook  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(
-    use_synthetic_data=True, synthetic_samples=(640, 64, 64), max_seq_len=12, epochs=2, micro_batch_size=32,
-    eval_micro_batch_size=32, device_iterations=5, replicas=1, optimizer="adam", learning_rate=0.02,
-    eval_every=5, checkpoint_every=0,
-    model_config={"item_dim": 6, "category_dim": 6, "attention_hidden": (8,), "mlp_hidden": (8,)})
+    use_synthetic_data=True,
+    synthetic_samples=(640, 64, 64),
+    max_seq_len=12,
+    epochs=2,
+    micro_batch_size=32,
+    eval_micro_batch_size=32,
+    device_iterations=5,
+    replicas=1,
+    optimizer="adam",
+    learning_rate=0.02,
+    eval_every=5,
+    checkpoint_every=0,
+    model_config={"item_dim": 6, "category_dim": 6, "attention_hidden": (8,), "mlp_hidden": (8,)},
+)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -75,8 +85,9 @@ def test_choose_attention_example_refuses_a_sample_outside_the_split():
 
     source = make_synthetic_dataset(10, 10, 50, max_seq_len=12, seed=3)
     for sample in (50, 99999, -1):
-        with pytest.raises(plots.SampleOutOfRangeError, match="sample %d is not in the test split, whose samples "
-                                                              "are 0 to 49" % sample) as caught:
+        with pytest.raises(
+            plots.SampleOutOfRangeError, match="sample %d is not in the test split, whose samples are 0 to 49" % sample
+        ) as caught:
             plots.choose_attention_example(source, source.item_category, "test", 12, sample=sample)
         assert (caught.value.sample, caught.value.split, caught.value.size) == (sample, "test", 50)
     assert plots.choose_attention_example(source, source.item_category, "test", 12, sample=49)["sample"] == 49
@@ -144,8 +155,16 @@ def test_annotation_decimals_tell_a_rows_weights_apart():
 def test_attention_figure_of_one_signed_weights(tmp_path):
     weights = -2.18 + 0.05 * np.random.default_rng(2).random((3, 7))
     for scale in plots.ATTENTION_SCALES:
-        path = plots.plot_attention(list(range(7)), [0, 1, 1, 2, 0, 1, 2], [10, 11, 12], [0, 1, 3], weights,
-                                    [0.9, 0.5, 0.1], str(tmp_path / ("%s.png" % scale)), scale=scale)
+        path = plots.plot_attention(
+            list(range(7)),
+            [0, 1, 1, 2, 0, 1, 2],
+            [10, 11, 12],
+            [0, 1, 3],
+            weights,
+            [0.9, 0.5, 0.1],
+            str(tmp_path / ("%s.png" % scale)),
+            scale=scale,
+        )
         assert _is_png(path)
 
 
@@ -154,13 +173,25 @@ def _ablation_rows():
     rows = []
     for dataset in ("electronics", "books"):
         for model, attention, activation, regularizer, mean in (
-                ("base", "mean", "prelu", None, 0.862), ("din", "din", "prelu", None, 0.870),
-                ("din", "din", "dice", None, 0.871), ("din", "din", "dice", "mba", 0.874)):
+            ("base", "mean", "prelu", None, 0.862),
+            ("din", "din", "prelu", None, 0.870),
+            ("din", "din", "dice", None, 0.871),
+            ("din", "din", "dice", "mba", 0.874),
+        ):
             for seed in range(3):
                 value = mean + rng.normal(0, 0.001)
-                rows.append({"model": model, "attention": attention, "activation": activation,
-                             "regularizer": regularizer, "seed": seed, "dataset": dataset,
-                             "validation": {"gauc": value}, "test": {"gauc": value, "auc": value, "logloss": 0.4}})
+                rows.append(
+                    {
+                        "model": model,
+                        "attention": attention,
+                        "activation": activation,
+                        "regularizer": regularizer,
+                        "seed": seed,
+                        "dataset": dataset,
+                        "validation": {"gauc": value},
+                        "test": {"gauc": value, "auc": value, "logloss": 0.4},
+                    }
+                )
     return rows
 
 
@@ -182,7 +213,9 @@ def test_ablation_chart_means_and_stds_over_seeds(tmp_path):
     assert entry["std"] == pytest.approx(np.std(values, ddof=1))
     results = tmp_path / "results.jsonl"
     results.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert _is_png(plots.plot_ablation(ablation.load_records(str(results), strict=True), str(tmp_path / "ablation.png")))
+    assert _is_png(
+        plots.plot_ablation(ablation.load_records(str(results), strict=True), str(tmp_path / "ablation.png"))
+    )
     results.write_text(json.dumps(rows[0]) + "\n{oops\n")
     with pytest.raises(ValueError, match="results.jsonl:2: not valid JSON"):
         ablation.load_records(str(results), strict=True)
@@ -192,16 +225,28 @@ def test_ablation_chart_means_and_stds_over_seeds(tmp_path):
 
 def test_ablation_chart_reads_the_ablate_py_records():
     def record(key, status, phase, cell, seed, gauc=None):
-        row = {"key": key, "status": status, "phase": phase, "cell": cell, "seed": seed,
-               "flags": {"dataset": "build/grocery", "model": cell}}
+        row = {
+            "key": key,
+            "status": status,
+            "phase": phase,
+            "cell": cell,
+            "seed": seed,
+            "flags": {"dataset": "build/grocery", "model": cell},
+        }
         if gauc is not None:
             row["test"] = {"gauc": gauc}
         return row
 
-    rows = [record("a", "started", "tune", "din", 0), record("a", "ok", "tune", "din", 0, 0.5),
-            record("b", "started", "final", "din", 0), record("b", "ok", "final", "din", 0, 0.70),
-            record("c", "ok", "final", "din", 1, 0.72), record("c", "ok", "final", "din", 1, 0.74),  # rerun: last
-            record("d", "failed", "final", "base", 0), record("e", "ok", "final", "base", 0, 0.68)]
+    rows = [
+        record("a", "started", "tune", "din", 0),
+        record("a", "ok", "tune", "din", 0, 0.5),
+        record("b", "started", "final", "din", 0),
+        record("b", "ok", "final", "din", 0, 0.70),
+        record("c", "ok", "final", "din", 1, 0.72),
+        record("c", "ok", "final", "din", 1, 0.74),  # rerun: last
+        record("d", "failed", "final", "base", 0),
+        record("e", "ok", "final", "base", 0, 0.68),
+    ]
     summary = _summary_by_dataset(rows)
     assert list(summary) == ["grocery"]
     din, base = summary["grocery"]
@@ -214,21 +259,50 @@ def test_plot_command_writes_every_figure(runs, tmp_path):
     results.write_text("".join(json.dumps(r) + "\n" for r in _ablation_rows()))
     out = str(tmp_path / "figures")
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "plot.py"), "--runs", ",".join(runs),
-         "--labels", "fast,slow", "--ablation_results", str(results), "--out_dir", out],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "plot.py"),
+            "--runs",
+            ",".join(runs),
+            "--labels",
+            "fast,slow",
+            "--ablation_results",
+            str(results),
+            "--out_dir",
+            out,
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     names = ["training_curves.png", "attention.png", "ablation.png"]
     assert result.stdout.split() == [os.path.join(out, name) for name in names]
     assert all(_is_png(os.path.join(out, name)) for name in names)
 
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "experiments", "plot.py"), "--attention_run", runs[0],
-         "--attention_sample", "99999", "--attention_scale", "rows", "--out_dir", str(tmp_path / "none")],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+        [
+            sys.executable,
+            os.path.join(ROOT, "experiments", "plot.py"),
+            "--attention_run",
+            runs[0],
+            "--attention_sample",
+            "99999",
+            "--attention_scale",
+            "rows",
+            "--out_dir",
+            str(tmp_path / "none"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=300,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "plot.py: error: --attention_sample 99999 is out of range: the test split of %s has samples 0 to 63" % runs[0])
+        "plot.py: error: --attention_sample 99999 is out of range: the test split of %s has samples 0 to 63" % runs[0]
+    )
 
 
 def test_make_figures_script_is_valid_bash():

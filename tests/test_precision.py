@@ -17,8 +17,15 @@ from din_jax.train import step as train_lib
 from din_jax.train.setup import make_p_train
 
 T = 20
-MODEL_CONFIG = {"item_dim": 8, "category_dim": 8, "user_dim": 4, "attention_hidden": (16, 8), "mlp_hidden": (16, 8),
-                "activation": "prelu", "attention_activation": "sigmoid"}
+MODEL_CONFIG = {
+    "item_dim": 8,
+    "category_dim": 8,
+    "user_dim": 4,
+    "attention_hidden": (16, 8),
+    "mlp_hidden": (16, 8),
+    "activation": "prelu",
+    "attention_activation": "sigmoid",
+}
 
 # Tolerances on probabilities of a trained model (float32 parameters, the
 # compute dtype only changes): float16 keeps 11 significant bits, bfloat16 8.
@@ -27,8 +34,17 @@ TOLERANCE = {"float16": {"max_abs_p": 0.01, "auc": 0.003}, "bfloat16": {"max_abs
 
 @pytest.fixture(scope="module")
 def trained():
-    source = make_synthetic_dataset(2048, 0, 1024, max_seq_len=T, num_users=40, num_items=120, num_categories=8,
-                                    seed=2, length_spec="uniform:1:%d" % T)
+    source = make_synthetic_dataset(
+        2048,
+        0,
+        1024,
+        max_seq_len=T,
+        num_users=40,
+        num_items=120,
+        num_categories=8,
+        seed=2,
+        length_spec="uniform:1:%d" % T,
+    )
     model = build_model("din", 40, 120, 8, MODEL_CONFIG, axis_name=train_lib.AXIS_NAME)
     config = TrainConfig(use_synthetic_data=True, optimizer="adam", learning_rate=0.01, max_seq_len=T)
     devices = jax.local_devices()[:1]
@@ -85,8 +101,13 @@ def _gradient_recorder():
 
 def _step_gradient(data_type, loss_scale, variables, batch, sizes):
     model = build_model("din", 40, 120, 8, dict(sizes, dtype=train_lib.compute_dtype(data_type)))
-    state = train_lib.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=_gradient_recorder(),
-                                        batch_stats=variables["batch_stats"], dropout_rng=jax.random.PRNGKey(0))
+    state = train_lib.TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=_gradient_recorder(),
+        batch_stats=variables["batch_stats"],
+        dropout_rng=jax.random.PRNGKey(0),
+    )
     step = jax.jit(train_lib.make_train_step(model, axis_name=None, loss_scale=loss_scale))
     new_state, metrics = step(state, batch)
     flat = traverse_util.flatten_dict(flax.core.unfreeze(new_state.opt_state))
@@ -96,11 +117,13 @@ def _step_gradient(data_type, loss_scale, variables, batch, sizes):
 def test_loss_scaling_keeps_float16_gradients_and_leaves_float32_bit_for_bit():
     # The din_amazon widths: the attention unit gets the smallest gradients. A
     # large micro-batch makes each sample's cotangents small (the loss is a mean).
-    sizes = dict(MODEL_CONFIG, item_dim=64, category_dim=64, attention_hidden=(80, 40), mlp_hidden=(80, 40),
-                 activation="dice")
+    sizes = dict(
+        MODEL_CONFIG, item_dim=64, category_dim=64, attention_hidden=(80, 40), mlp_hidden=(80, 40), activation="dice"
+    )
     rows = 1024
-    source = make_synthetic_dataset(rows, 0, 8, max_seq_len=T, num_users=40, num_items=120, num_categories=8,
-                                    seed=3, length_spec="uniform:1:%d" % T)
+    source = make_synthetic_dataset(
+        rows, 0, 8, max_seq_len=T, num_users=40, num_items=120, num_categories=8, seed=3, length_spec="uniform:1:%d" % T
+    )
     batch = source.gather("train", np.arange(rows), T)
     variables = train_lib.init_variables(build_model("din", 40, 120, 8, sizes), 0, T)
     reference, loss = _step_gradient("float32", 1.0, variables, batch, sizes)

@@ -20,11 +20,26 @@ from din_jax.train.setup import load_variables_for_inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(
-    use_synthetic_data=True, synthetic_samples=(640, 64, 64), max_seq_len=10, epochs=2, micro_batch_size=32,
-    eval_micro_batch_size=32, device_iterations=5, replicas=1, optimizer="adam", learning_rate=0.02,
+    use_synthetic_data=True,
+    synthetic_samples=(640, 64, 64),
+    max_seq_len=10,
+    epochs=2,
+    micro_batch_size=32,
+    eval_micro_batch_size=32,
+    device_iterations=5,
+    replicas=1,
+    optimizer="adam",
+    learning_rate=0.02,
     checkpoint_every=0,
-    model_config={"item_dim": 6, "category_dim": 6, "attention_hidden": (8,), "mlp_hidden": (8,),
-                  "activation": "dice", "attention_activation": "dice"})
+    model_config={
+        "item_dim": 6,
+        "category_dim": 6,
+        "attention_hidden": (8,),
+        "mlp_hidden": (8,),
+        "activation": "dice",
+        "attention_activation": "dice",
+    },
+)
 
 
 def _write_metadata(directory, meta):
@@ -47,15 +62,17 @@ def test_predict_equals_the_model_on_dataset_batches(run):
     predictor = Predictor.from_checkpoint(path)
     np.testing.assert_array_equal(predictor.item_category, source.item_category)
     batch = source.gather("test", np.arange(37), config.max_seq_len)  # not a bucket size: padded inside
-    model, variables = load_variables_for_inference(os.path.join(path, "best"), config,
-                                                    {"users": source.num_users, "items": source.num_items,
-                                                     "categories": source.num_categories})
+    model, variables = load_variables_for_inference(
+        os.path.join(path, "best"),
+        config,
+        {"users": source.num_users, "items": source.num_items, "categories": source.num_categories},
+    )
     expected = np.asarray(jax.jit(model.apply)(variables, batch))
     np.testing.assert_allclose(predictor.logits(batch), expected, rtol=1e-5, atol=1e-5)
     probabilities = predictor.predict({k: batch[k] for k in ("item", "hist_item", "hist_len", "user")})
     np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-expected.astype(np.float64))), rtol=1e-5, atol=1e-6)
     # Row by row gives the same: inference never mixes rows (Dice uses its moving averages).
-    single = np.concatenate([predictor.logits({k: v[i:i + 1] for k, v in batch.items()}) for i in range(5)])
+    single = np.concatenate([predictor.logits({k: v[i : i + 1] for k, v in batch.items()}) for i in range(5)])
     np.testing.assert_allclose(single, expected[:5], rtol=1e-5, atol=1e-5)
 
 
@@ -63,7 +80,7 @@ def test_rank_scores_every_candidate_with_its_own_attention(run):
     path, config, source = run
     predictor = Predictor.from_checkpoint(path)
     batch = source.gather("test", np.array([3]), config.max_seq_len)
-    history = list(batch["hist_item"][0, :batch["hist_len"][0]])
+    history = list(batch["hist_item"][0, : batch["hist_len"][0]])
     candidates = list(range(0, 500, 7))
     ranking = predictor.rank(history, candidates, k=5)
     assert len(ranking) == 5
@@ -81,8 +98,11 @@ def test_rank_scores_every_candidate_with_its_own_attention(run):
     assert np.ptp(weights, axis=0).max() > 1e-3
     # Longer histories keep their last max_seq_len items; an empty one is allowed.
     long_history = list(range(100, 130)) + history
-    np.testing.assert_allclose(predictor.score(long_history, candidates)[0],
-                               predictor.score(long_history[-config.max_seq_len:], candidates)[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        predictor.score(long_history, candidates)[0],
+        predictor.score(long_history[-config.max_seq_len :], candidates)[0],
+        rtol=1e-6,
+    )
     assert np.all(np.isfinite(predictor.score([], candidates[:3])[0]))
     with pytest.raises(ValueError, match="candidate item id 500 is out of range"):
         predictor.rank(history, [1, 500])
@@ -128,14 +148,17 @@ def test_rank_requests_are_checked_with_file_and_line(run, tmp_path):
     path, _, _ = run
     predictor = Predictor.from_checkpoint(path)
     good = tmp_path / "good.jsonl"
-    good.write_text('{"user": 3, "history": [1, 2], "candidates": [5, 6], "id": "a"}\n\n{"history": [], '
-                    '"candidates": [7]}\n')
+    good.write_text(
+        '{"user": 3, "history": [1, 2], "candidates": [5, 6], "id": "a"}\n\n{"history": [], "candidates": [7]}\n'
+    )
     requests = read_rank_requests(str(good), predictor)
     assert [(r.line, r.user, r.history, r.candidates, r.id) for r in requests] == [
-        (1, 3, [1, 2], [5, 6], "a"), (3, None, [], [7], None)]
+        (1, 3, [1, 2], [5, 6], "a"),
+        (3, None, [], [7], None),
+    ]
     cases = {
         '{"history": [1], "candidates": [2]\n': "bad.jsonl:1: not valid JSON",
-        '[1, 2]\n': "bad.jsonl:1: expected a JSON object",
+        "[1, 2]\n": "bad.jsonl:1: expected a JSON object",
         '{"history": [1]}\n': "bad.jsonl:1: missing 'candidates'",
         '{"history": [1], "candidates": []}\n': "bad.jsonl:1: 'candidates' is empty",
         '{"history": [1], "candidates": [1.5]}\n': "bad.jsonl:1: 'candidates' holds 1.5",
@@ -143,7 +166,7 @@ def test_rank_requests_are_checked_with_file_and_line(run, tmp_path):
         '{"history": [1], "candidate": [1]}\n': "bad.jsonl:1: unknown key\\(s\\) \\['candidate'\\]",
         '\n{"history": [1], "candidates": [1, 999]}\n': "bad.jsonl:2: 'candidates' id 999 is out of range",
         '{"history": [1], "candidates": [1], "user": 1.5}\n': "bad.jsonl:1: 'user' must be an integer id",
-        '': "no requests",
+        "": "no requests",
     }
     bad = tmp_path / "bad.jsonl"
     for text, message in cases.items():
@@ -159,25 +182,37 @@ def test_rank_requests_are_checked_with_file_and_line(run, tmp_path):
 def test_infer_rank_candidates_command(run, tmp_path):
     path, config, source = run
     requests = tmp_path / "requests.jsonl"
-    requests.write_text('{"user": 1, "history": [10, 20, 30], "candidates": [1, 2, 3, 4, 5], "id": 7}\n'
-                        '{"history": [40], "candidates": [6, 7]}\n')
+    requests.write_text(
+        '{"user": 1, "history": [10, 20, 30], "candidates": [1, 2, 3, 4, 5], "id": 7}\n'
+        '{"history": [40], "candidates": [6, 7]}\n'
+    )
     env = dict(os.environ, PYTHONPATH=ROOT)
-    command = [sys.executable, os.path.join(ROOT, "experiments", "infer.py"), "--model_path", path,
-               "--rank_candidates", str(requests), "--top_k", "3"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "experiments", "infer.py"),
+        "--model_path",
+        path,
+        "--rank_candidates",
+        str(requests),
+        "--top_k",
+        "3",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     predictor = Predictor.from_checkpoint(path)
     assert rows[0]["line"] == 1 and rows[0]["id"] == 7 and rows[0]["user"] == 1
     assert [(r["item"], r["score"]) for r in rows[0]["ranking"]] == [
-        (item, pytest.approx(score, rel=1e-6)) for item, score in predictor.rank([10, 20, 30], [1, 2, 3, 4, 5], k=3)]
+        (item, pytest.approx(score, rel=1e-6)) for item, score in predictor.rank([10, 20, 30], [1, 2, 3, 4, 5], k=3)
+    ]
     assert rows[1]["line"] == 2 and len(rows[1]["ranking"]) == 2 and "id" not in rows[1]
 
     requests.write_text('{"history": [10], "candidates": [1]}\n{"history": [10], "candidates": "1"}\n')
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == ("infer.py: error: %s:2: 'candidates' must be a list of item ids, got str"
-                                     % requests)
+    assert result.stderr.strip().splitlines()[-1] == (
+        "infer.py: error: %s:2: 'candidates' must be a list of item ids, got str" % requests
+    )
 
 
 def test_rank_rejects_ids_that_are_not_integers_and_ranks_a_repeated_id_once(run):
@@ -195,9 +230,11 @@ def test_rank_rejects_ids_that_are_not_integers_and_ranks_a_repeated_id_once(run
         "no candidate_items to score": lambda: predictor.rank([3], []),
         "user must be an integer id, got float 2.0": lambda: predictor.rank([3], [1], user=2.0),
         "batch\\['item'\\] must hold integer ids, got float 1.5": lambda: predictor.predict(
-            {"item": [1.5], "hist_item": [[1]], "hist_len": [1]}),
+            {"item": [1.5], "hist_item": [[1]], "hist_len": [1]}
+        ),
         "batch\\['hist_item'\\] has shape \\(3,\\), which does not fit the 2 rows": lambda: predictor.predict(
-            {"item": [1, 2], "hist_item": [1, 2, 3], "hist_len": [1, 1]}),
+            {"item": [1, 2], "hist_item": [1, 2, 3], "hist_len": [1, 1]}
+        ),
     }
     for message, call in bad.items():
         with pytest.raises(ValueError, match="^(Predictor.(rank|score): )?" + message) as error:
@@ -215,7 +252,7 @@ def test_rank_rejects_ids_that_are_not_integers_and_ranks_a_repeated_id_once(run
     repeated = predictor.rank(history, [5, 7, 5, 9, 7], k=None, keep_duplicates=True)
     assert sorted(item for item, _ in repeated) == [5, 5, 7, 7, 9]
     # Without a user embedding the user id is ignored, whatever its value.
-    assert predictor.rank(history, [5, 7, 9], k=None, user=10 ** 9) == expected
+    assert predictor.rank(history, [5, 7, 9], k=None, user=10**9) == expected
 
 
 def test_a_model_with_a_user_embedding_needs_a_user_id(tmp_path):
@@ -223,8 +260,7 @@ def test_a_model_with_a_user_embedding_needs_a_user_id(tmp_path):
     from din_jax.train.step import init_variables
 
     vocab = {"users": 40, "items": 60, "categories": 5}
-    config = TrainConfig(use_synthetic_data=True, max_seq_len=6,
-                         model_config=dict(CONFIG["model_config"], user_dim=4))
+    config = TrainConfig(use_synthetic_data=True, max_seq_len=6, model_config=dict(CONFIG["model_config"], user_dim=4))
     model = build_model_for(config, vocab, axis_name=None)
     variables = jax.device_get(init_variables(model, 0, config.max_seq_len))
     item_category = np.arange(vocab["items"]) % vocab["categories"]
@@ -262,8 +298,13 @@ def test_infer_scores_a_training_checkpoint_like_the_run_directory(run):
     env = dict(os.environ, PYTHONPATH=ROOT)
     lines = []
     for args in (["--model_path", newest], ["--model_path", path, "--checkpoint", "last"]):
-        result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "infer.py")] + args,
-                                capture_output=True, text=True, env=env, timeout=300)
+        result = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "experiments", "infer.py")] + args,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         lines.append([line for line in result.stdout.splitlines() if line.startswith("test gauc")])
     assert lines[0] and lines[0] == lines[1]

@@ -99,8 +99,11 @@ def test_every_feature_embedding_table_is_found():
     assert find_embedding_tables(shapes["lr"]) == [("linear", "embedding", t) for t in ("category", "item", "user")]
     # DeepFM: the shared embedding and the first-order weights; not the per-item bias.
     assert find_embedding_tables(shapes["deepfm"]) == [
-        ("embedding", "category"), ("embedding", "item"), ("fm_first_order", "embedding", "category"),
-        ("fm_first_order", "embedding", "item")]
+        ("embedding", "category"),
+        ("embedding", "item"),
+        ("fm_first_order", "embedding", "category"),
+        ("fm_first_order", "embedding", "item"),
+    ]
 
 
 def test_mba_update_equals_the_paper_formula():
@@ -136,9 +139,13 @@ def test_mba_update_equals_the_paper_formula():
 
 
 def test_l2_adds_l2_times_w_to_every_gradient():
-    params = {"embedding": {"item": np.ones((NUM_ITEMS, 2), np.float32), "category": np.full((NUM_CATEGORIES, 2), 2.0,
-                                                                                            np.float32)},
-              "mlp": {"kernel": np.arange(6, dtype=np.float32).reshape(3, 2), "bias": np.array([-1.0], np.float32)}}
+    params = {
+        "embedding": {
+            "item": np.ones((NUM_ITEMS, 2), np.float32),
+            "category": np.full((NUM_CATEGORIES, 2), 2.0, np.float32),
+        },
+        "mlp": {"kernel": np.arange(6, dtype=np.float32).reshape(3, 2), "bias": np.array([-1.0], np.float32)},
+    }
     grads = jax.tree_util.tree_map(lambda w: np.full_like(w, 0.5), params)
     out = add_regularization_gradients(grads, params, _batch(), _regularization(mba_lambda=0.0, l2=0.1))
     expected = jax.tree_util.tree_map(lambda g, w: g + 0.1 * w, grads, params)
@@ -178,8 +185,9 @@ def test_regularization_for_reads_the_dataset_frequencies():
     config = TrainConfig(use_synthetic_data=True, mba_lambda=0.01)
     regularization = regularization_for(config, source)
     counts = source.item_frequencies()
-    np.testing.assert_allclose(regularization.inverse_frequencies["item"],
-                               np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        regularization.inverse_frequencies["item"], np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0), rtol=1e-6
+    )
     assert regularization_for(TrainConfig(use_synthetic_data=True), source) is None
 
 
@@ -192,8 +200,12 @@ def test_config_validates_the_coefficients():
 
 
 def test_wrong_frequency_length_is_reported():
-    params = {"embedding": {"item": np.zeros((NUM_ITEMS, 2), np.float32),
-                            "category": np.zeros((NUM_CATEGORIES, 2), np.float32)}}
+    params = {
+        "embedding": {
+            "item": np.zeros((NUM_ITEMS, 2), np.float32),
+            "category": np.zeros((NUM_CATEGORIES, 2), np.float32),
+        }
+    }
     bad = make_regularization(0.1, 0.0, {"item": ITEM_FREQ[:5], "category": CATEGORY_FREQ, "user": USER_FREQ})
     with pytest.raises(ValueError, match="has 10 rows but 5 frequencies"):
         add_regularization_gradients(params, params, _batch(), bad)

@@ -22,11 +22,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # state), fresh negatives every epoch (the sampler's state) and evaluations
 # inside epochs (the history) must all be restored for the result to match.
 CONFIG = dict(
-    use_synthetic_data=True, synthetic_samples=(640, 128, 128), max_seq_len=8, epochs=2, micro_batch_size=16,
-    eval_micro_batch_size=64, device_iterations=4, replicas=0, optimizer="adam", learning_rate=0.01,
-    eval_every=6, checkpoint_every=5, keep_checkpoints=2, resample_negatives=True,
-    model_config={"item_dim": 4, "category_dim": 4, "attention_hidden": (8,), "mlp_hidden": (8,),
-                  "activation": "dice", "dropout_rate": 0.2})
+    use_synthetic_data=True,
+    synthetic_samples=(640, 128, 128),
+    max_seq_len=8,
+    epochs=2,
+    micro_batch_size=16,
+    eval_micro_batch_size=64,
+    device_iterations=4,
+    replicas=0,
+    optimizer="adam",
+    learning_rate=0.01,
+    eval_every=6,
+    checkpoint_every=5,
+    keep_checkpoints=2,
+    resample_negatives=True,
+    model_config={
+        "item_dim": 4,
+        "category_dim": 4,
+        "attention_hidden": (8,),
+        "mlp_hidden": (8,),
+        "activation": "dice",
+        "dropout_rate": 0.2,
+    },
+)
 
 
 class _StopAt:
@@ -84,8 +102,9 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(str
     #    the handler only sets a flag; the loop saves a checkpoint at the
     #    next call boundary and raises.
     with pytest.raises(training.TrainingInterrupted, match=r"stopped by SIGINT at step \d+ \(epoch 1\)") as stop:
-        training.train_and_evaluate(TrainConfig(model_path=path, **CONFIG),
-                                    hooks=[_StopAt([2], lambda: os.kill(os.getpid(), signal.SIGINT))])
+        training.train_and_evaluate(
+            TrainConfig(model_path=path, **CONFIG), hooks=[_StopAt([2], lambda: os.kill(os.getpid(), signal.SIGINT))]
+        )
     assert stop.value.signum == signal.SIGINT and stop.value.step == 8
     assert signal.getsignal(signal.SIGINT) is previous_handler  # restored
     assert os.path.isfile(os.path.join(stop.value.checkpoint, ckpt.STATE_FILE))
@@ -160,10 +179,20 @@ def test_broken_or_mismatched_checkpoints_give_one_line_errors_and_stay(tmp_path
     assert "--seed" in str(resume_error(seed=7))
     assert "--micro_batch_size" in str(resume_error(micro_batch_size=8))
     # Every difference at once, in one line.
-    message = str(resume_error(seed=7, micro_batch_size=8, positions_per_pass=64,
-                               model_config=dict(CONFIG["model_config"], mlp_hidden=(16,))))
-    for name in ("--seed is 7 here but 1234", "--micro_batch_size is 8 here but 16",
-                 "--positions_per_pass is 64 here but 0", "model setting mlp_hidden is [16] here but [8]"):
+    message = str(
+        resume_error(
+            seed=7,
+            micro_batch_size=8,
+            positions_per_pass=64,
+            model_config=dict(CONFIG["model_config"], mlp_hidden=(16,)),
+        )
+    )
+    for name in (
+        "--seed is 7 here but 1234",
+        "--micro_batch_size is 8 here but 16",
+        "--positions_per_pass is 64 here but 0",
+        "model setting mlp_hidden is [16] here but [8]",
+    ):
         assert name in message, message
     from din_jax.data.synthetic import make_synthetic_dataset
 
@@ -209,8 +238,15 @@ def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
     open(os.path.join(path, "tensorboard", "events.out.tfevents.1.host"), "wb").write(b"events")
     open(os.path.join(path, "tensorboard", "notes.txt"), "w").write("the user's")
     open(os.path.join(path, "train_log.jsonl"), "w").write('{"event": "end", "step": 40}\n')
-    previous = ("best", "last", "checkpoints", "summary.json", "plots", "train_log.jsonl",
-                os.path.join("tensorboard", "events.out.tfevents.1.host"))
+    previous = (
+        "best",
+        "last",
+        "checkpoints",
+        "summary.json",
+        "plots",
+        "train_log.jsonl",
+        os.path.join("tensorboard", "events.out.tfevents.1.host"),
+    )
 
     # A fresh run refused for another reason deletes nothing.
     with pytest.raises(ConfigError):
@@ -237,8 +273,9 @@ def test_resume_without_a_checkpoint_warns_that_it_starts_from_scratch(tmp_path,
     monkeypatch.setattr(training.logging, "warning", lambda fmt, *args: warnings.append(fmt % args))
     path = str(tmp_path / "not_yet")
     training.Trainer(TrainConfig(model_path=path, resume=True, **dict(CONFIG, replicas=1)))
-    assert any("--resume: no checkpoint under %s (it does not exist); starting from scratch" % path in w
-               for w in warnings), warnings
+    assert any(
+        "--resume: no checkpoint under %s (it does not exist); starting from scratch" % path in w for w in warnings
+    ), warnings
 
 
 def test_resume_checks_the_dataset_and_warns_on_another_evaluation_batch(tmp_path, monkeypatch):
@@ -249,8 +286,11 @@ def test_resume_checks_the_dataset_and_warns_on_another_evaluation_batch(tmp_pat
 
     def data(sha, where):
         source = make_synthetic_dataset(*settings["synthetic_samples"], max_seq_len=8, seed=1234)
-        source.meta = {"name": "x", "sources": [{"path": where, "bytes": 10, "sha256": sha}],
-                       "created": where}  # as a built dataset's meta.json
+        source.meta = {
+            "name": "x",
+            "sources": [{"path": where, "bytes": 10, "sha256": sha}],
+            "created": where,
+        }  # as a built dataset's meta.json
         return source
 
     with pytest.raises(training.TrainingInterrupted):
@@ -262,21 +302,32 @@ def test_resume_checks_the_dataset_and_warns_on_another_evaluation_batch(tmp_pat
     # The same files, moved and built again: the same data.
     warnings = []
     monkeypatch.setattr(training.logging, "warning", lambda fmt, *args: warnings.append(fmt % args))
-    training.Trainer(TrainConfig(model_path=path, resume=True,
-                                 **dict(settings, eval_micro_batch_size=32, loss_scaling=256.0)),
-                     source=data("aaa", "/moved/a"))
-    assert any("--eval_micro_batch_size 32 instead of the checkpoint's 64: training is unchanged" in w
-               for w in warnings), warnings
-    assert any("--loss_scaling 256.0 instead of the checkpoint's 0.0: the run will differ" in w
-               for w in warnings), warnings
+    training.Trainer(
+        TrainConfig(model_path=path, resume=True, **dict(settings, eval_micro_batch_size=32, loss_scaling=256.0)),
+        source=data("aaa", "/moved/a"),
+    )
+    assert any(
+        "--eval_micro_batch_size 32 instead of the checkpoint's 64: training is unchanged" in w for w in warnings
+    ), warnings
+    assert any("--loss_scaling 256.0 instead of the checkpoint's 0.0: the run will differ" in w for w in warnings), (
+        warnings
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
 def test_sparse_updates_resume_bit_for_bit(tmp_path, optimizer):
     # The sparse optimiser keys its moments by table path ("embedding/item"):
     # they must come back as the same flat keys.
-    settings = dict(CONFIG, replicas=1, synthetic_samples=(320, 64, 64), embedding_updates="sparse",
-                    optimizer=optimizer, epochs=1, eval_every=6, checkpoint_every=4)
+    settings = dict(
+        CONFIG,
+        replicas=1,
+        synthetic_samples=(320, 64, 64),
+        embedding_updates="sparse",
+        optimizer=optimizer,
+        epochs=1,
+        eval_every=6,
+        checkpoint_every=4,
+    )
     straight_path, path = str(tmp_path / "straight"), str(tmp_path / "run")
     straight = training.train_and_evaluate(TrainConfig(model_path=straight_path, **settings))
     with pytest.raises(training.TrainingInterrupted, match="at step 8 "):
@@ -304,11 +355,14 @@ def test_a_signal_during_the_final_test_evaluation_stops_cleanly_and_resumes(tmp
     settings = dict(CONFIG, replicas=1, synthetic_samples=(320, 64, 64), epochs=1, eval_every=0)
     path = str(tmp_path / "run")
     previous_handler = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(training.TrainingInterrupted,
-                       match=r"stopped by SIGTERM at step 20 \(epoch 1, during the final test evaluation\): "
-                             r"checkpoint .*step_20; continue with --resume$") as stop:
-        training.train_and_evaluate(TrainConfig(model_path=path, **settings),
-                                    hooks=[_signal_at_test_evaluation(signal.SIGTERM, 1)])
+    with pytest.raises(
+        training.TrainingInterrupted,
+        match=r"stopped by SIGTERM at step 20 \(epoch 1, during the final test evaluation\): "
+        r"checkpoint .*step_20; continue with --resume$",
+    ) as stop:
+        training.train_and_evaluate(
+            TrainConfig(model_path=path, **settings), hooks=[_signal_at_test_evaluation(signal.SIGTERM, 1)]
+        )
     assert stop.value.signum == signal.SIGTERM and not isinstance(stop.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGTERM) is previous_handler
     assert not os.path.exists(os.path.join(path, "summary.json"))  # unfinished: a fresh run refuses
@@ -318,11 +372,15 @@ def test_a_signal_during_the_final_test_evaluation_stops_cleanly_and_resumes(tmp
     assert summary["test"] is not None and summary["resumed_from"] == [20]
 
     # A second signal stops at once, in one line, naming the checkpoint to resume from.
-    with pytest.raises(training.TrainingAborted, match=r"stopped at once by a second SIGINT near step 20 "
-                       r"\(epoch 1\): nothing saved after checkpoint .*step_20 \(step 20\); continue with "
-                       r"--resume$") as abort:
-        training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings),
-                                    hooks=[_signal_at_test_evaluation(signal.SIGINT, 2)])
+    with pytest.raises(
+        training.TrainingAborted,
+        match=r"stopped at once by a second SIGINT near step 20 "
+        r"\(epoch 1\): nothing saved after checkpoint .*step_20 \(step 20\); continue with "
+        r"--resume$",
+    ) as abort:
+        training.train_and_evaluate(
+            TrainConfig(model_path=path, resume=True, **settings), hooks=[_signal_at_test_evaluation(signal.SIGINT, 2)]
+        )
     assert isinstance(abort.value, KeyboardInterrupt) and abort.value.signum == signal.SIGINT
 
 
@@ -330,8 +388,18 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
     lr_file = tmp_path / "lr.txt"
     lr_file.write_text("0 0.01\n12 1e30\n")
     path = str(tmp_path / "run")
-    config = TrainConfig(model_path=path, **dict(CONFIG, replicas=1, optimizer="sgd", lr_schedule="file",
-                                                 lr_file=str(lr_file), checkpoint_every=4, eval_every=0))
+    config = TrainConfig(
+        model_path=path,
+        **dict(
+            CONFIG,
+            replicas=1,
+            optimizer="sgd",
+            lr_schedule="file",
+            lr_file=str(lr_file),
+            checkpoint_every=4,
+            eval_every=0,
+        ),
+    )
     with pytest.raises(NonFiniteLossError) as error:
         training.train_and_evaluate(config)
     message = str(error.value)
@@ -347,11 +415,26 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
 
 def test_sigterm_saves_a_checkpoint_and_exits_with_128_plus_the_signal(tmp_path):
     path = str(tmp_path / "run")
-    args = [sys.executable, os.path.join(ROOT, "experiments", "train.py"), "--use_synthetic_data",
-            "--synthetic_samples=2048,128,128", "--max_seq_len=8", "--attention_size=8", "--mlp_hidden=8",
-            "--attention_hidden=8", "--micro_batch_size=16", "--eval_micro_batch_size=64", "--device_iterations=2",
-            "--replicas=1", "--epochs=50", "--checkpoint_every=8", "--notensorboard", "--progress=none",
-            "--model_path", path]
+    args = [
+        sys.executable,
+        os.path.join(ROOT, "experiments", "train.py"),
+        "--use_synthetic_data",
+        "--synthetic_samples=2048,128,128",
+        "--max_seq_len=8",
+        "--attention_size=8",
+        "--mlp_hidden=8",
+        "--attention_hidden=8",
+        "--micro_batch_size=16",
+        "--eval_micro_batch_size=64",
+        "--device_iterations=2",
+        "--replicas=1",
+        "--epochs=50",
+        "--checkpoint_every=8",
+        "--notensorboard",
+        "--progress=none",
+        "--model_path",
+        path,
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT)
     process = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     lines = []
@@ -376,8 +459,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_128_plus_the_signal(tmp_path)
     assert meta["step"] == step and int(flat["state/step"]) == step
 
     # It continues from there.
-    finish = subprocess.run(args[:-2] + ["--model_path", path, "--resume", "--epochs=1"], capture_output=True,
-                            text=True, env=env, timeout=300)
+    finish = subprocess.run(
+        args[:-2] + ["--model_path", path, "--resume", "--epochs=1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert finish.returncode == 0, finish.stderr[-3000:]
     assert "resuming from %s: step %d" % (checkpoint, step) in finish.stderr
     assert json.load(open(os.path.join(path, "summary.json")))["resumed_from"] == [step]

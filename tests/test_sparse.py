@@ -17,13 +17,22 @@ from din_jax.train.regularization import make_regularization
 from din_jax.train.setup import make_p_train
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, T = 40, 50, 6, 10
-MODEL_CONFIG = {"item_dim": 4, "category_dim": 4, "user_dim": 3, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),
-                "activation": "dice", "attention_activation": "sigmoid"}
+MODEL_CONFIG = {
+    "item_dim": 4,
+    "category_dim": 4,
+    "user_dim": 3,
+    "attention_hidden": (8, 4),
+    "mlp_hidden": (8, 4),
+    "activation": "dice",
+    "attention_activation": "sigmoid",
+}
 
 
 def _model(name="din", **overrides):
-    config = dict(MODEL_CONFIG if name == "din" else {"item_dim": 4, "category_dim": 4, "user_dim": 3,
-                                                      "mlp_hidden": (8, 4)}, **overrides)
+    config = dict(
+        MODEL_CONFIG if name == "din" else {"item_dim": 4, "category_dim": 4, "user_dim": 3, "mlp_hidden": (8, 4)},
+        **overrides,
+    )
     if name == "lr":
         config = {"user_dim": 1}
     return build_model(name, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, config, axis_name=train_lib.AXIS_NAME)
@@ -32,8 +41,10 @@ def _model(name="din", **overrides):
 def _batches(count, batch_size, seed=0):
     rng = np.random.default_rng(seed)
     categories = make_item_categories(NUM_ITEMS, NUM_CATEGORIES, 0)
-    return [make_synthetic_batch(rng, batch_size, T, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, item_category=categories)
-            for _ in range(count)]
+    return [
+        make_synthetic_batch(rng, batch_size, T, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, item_category=categories)
+        for _ in range(count)
+    ]
 
 
 def _stack(batches):
@@ -43,8 +54,9 @@ def _stack(batches):
 def _chunk(batches, devices):
     """(R, K, B, ...): device r takes the r-th slice of every global micro-batch."""
     per = batches[0]["label"].shape[0] // devices
-    return _stack([_stack([{k: v[r * per:(r + 1) * per] for k, v in b.items()} for b in batches])
-                   for r in range(devices)])
+    return _stack(
+        [_stack([{k: v[r * per : (r + 1) * per] for k, v in b.items()} for b in batches]) for r in range(devices)]
+    )
 
 
 def _config(**overrides):
@@ -60,8 +72,9 @@ def _run(model, config, batches, devices, embedding_updates, regularization=None
     else:
         tx = optim.make_optimizer(config)
     state = train_lib.replicate(train_lib.create_train_state(model, tx, seed=3, max_seq_len=T), devs)
-    p_train = make_p_train(model, devs, donate=False, regularization=regularization,
-                                           embedding_updates=embedding_updates)
+    p_train = make_p_train(
+        model, devs, donate=False, regularization=regularization, embedding_updates=embedding_updates
+    )
     state, metrics = p_train(state, _chunk(batches, devices))
     return train_lib.unreplicate_to_host(state), np.asarray(metrics["loss"])
 
@@ -81,8 +94,12 @@ def _two_devices():
 
 def test_the_lookup_paths_are_the_feature_embedding_tables():
     paths = sparse.embedding_lookup_paths(_model(), T)
-    assert paths == [("embedding", CATEGORY_TABLE), ("embedding", ITEM_TABLE), ("embedding", "item_bias"),
-                     ("embedding", USER_TABLE)]
+    assert paths == [
+        ("embedding", CATEGORY_TABLE),
+        ("embedding", ITEM_TABLE),
+        ("embedding", "item_bias"),
+        ("embedding", USER_TABLE),
+    ]
 
 
 def test_sparse_sgd_equals_dense_sgd_after_several_steps():
@@ -99,8 +116,10 @@ def test_sparse_sgd_equals_dense_sgd_after_several_steps():
     seen = np.unique(np.concatenate([np.concatenate([b["user"]]) for b in batches]))
     unseen = np.setdiff1d(np.arange(NUM_USERS), seen)
     assert unseen.size > 0
-    np.testing.assert_array_equal(np.asarray(sparse_state.params["embedding"][USER_TABLE])[unseen],
-                                  np.asarray(initial.params["embedding"][USER_TABLE])[unseen])
+    np.testing.assert_array_equal(
+        np.asarray(sparse_state.params["embedding"][USER_TABLE])[unseen],
+        np.asarray(initial.params["embedding"][USER_TABLE])[unseen],
+    )
 
 
 def test_sparse_sgd_on_two_devices_equals_dense_on_one_and_two():
@@ -155,8 +174,8 @@ def _lazy_adam_reference(table, row_gradients, lr, steps_present):
         for row, g in grads.items():
             mu[row] = 0.9 * mu[row] + 0.1 * g
             nu[row] = 0.999 * nu[row] + 0.001 * g * g
-            mu_hat = mu[row] / (1 - 0.9 ** t)
-            nu_hat = nu[row] / (1 - 0.999 ** t)
+            mu_hat = mu[row] / (1 - 0.9**t)
+            nu_hat = nu[row] / (1 - 0.999**t)
             table[row] -= lr * mu_hat / (np.sqrt(nu_hat) + 1e-8)
     return table, mu, nu
 
@@ -181,8 +200,13 @@ def test_lazy_adam_touches_only_present_rows_and_follows_the_formula():
         def loss(user_table, params=params, stats=stats, batch=batch):
             p = jax.tree_util.tree_map(lambda x: x, params)
             p["embedding"] = dict(p["embedding"], **{USER_TABLE: user_table})
-            logits, _ = model.apply({"params": p, "batch_stats": stats}, batch, train=True, mutable=["batch_stats"],
-                                    rngs={"dropout": jax.random.PRNGKey(0)})
+            logits, _ = model.apply(
+                {"params": p, "batch_stats": stats},
+                batch,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": jax.random.PRNGKey(0)},
+            )
             return train_lib.compute_loss(logits, batch["label"])
 
         g = np.asarray(jax.grad(loss)(params["embedding"][USER_TABLE]))
@@ -193,10 +217,12 @@ def test_lazy_adam_touches_only_present_rows_and_follows_the_formula():
     expected, mu, nu = _lazy_adam_reference(initial_users, grads_per_step, 0.01, len(batches))
     users = np.asarray(final.params["embedding"][USER_TABLE])
     np.testing.assert_allclose(users, expected, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(final.opt_state["tables"]["mu"]["embedding/" + USER_TABLE]), mu,
-                               rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(final.opt_state["tables"]["nu"]["embedding/" + USER_TABLE]), nu,
-                               rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(final.opt_state["tables"]["mu"]["embedding/" + USER_TABLE]), mu, rtol=1e-4, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        np.asarray(final.opt_state["tables"]["nu"]["embedding/" + USER_TABLE]), nu, rtol=1e-4, atol=1e-9
+    )
     present = np.unique(np.concatenate([b["user"] for b in batches]))
     absent = np.setdiff1d(np.arange(NUM_USERS), present)
     np.testing.assert_array_equal(users[absent], initial_users[absent])
@@ -212,10 +238,11 @@ def test_lazy_adam_ignores_ids_at_padded_positions():
     batch["hist_item"][:, 0] = np.where(batch["hist_item"][:, 0] == NUM_ITEMS - 1, 0, batch["hist_item"][:, 0])
     config = _config(optimizer="adam", learning_rate=0.01)
     state, _ = _run(model, config, [batch], 1, "sparse")
-    initial = train_lib.create_train_state(model, sparse.make_sparse_optimizer(model, config), seed=3,
-                                           max_seq_len=T)
-    np.testing.assert_array_equal(np.asarray(state.params["embedding"][ITEM_TABLE])[NUM_ITEMS - 1],
-                                  np.asarray(initial.params["embedding"][ITEM_TABLE])[NUM_ITEMS - 1])
+    initial = train_lib.create_train_state(model, sparse.make_sparse_optimizer(model, config), seed=3, max_seq_len=T)
+    np.testing.assert_array_equal(
+        np.asarray(state.params["embedding"][ITEM_TABLE])[NUM_ITEMS - 1],
+        np.asarray(initial.params["embedding"][ITEM_TABLE])[NUM_ITEMS - 1],
+    )
 
 
 @pytest.mark.parametrize("devices", [1, 2])
@@ -225,8 +252,11 @@ def test_sparse_mba_equals_dense_mba(devices):
     model = _model()
     batches = _batches(4, 16, seed=7)
     rng = np.random.default_rng(0)
-    frequencies = {ITEM_TABLE: rng.integers(0, 20, NUM_ITEMS), CATEGORY_TABLE: rng.integers(1, 50, NUM_CATEGORIES),
-                   USER_TABLE: rng.integers(1, 5, NUM_USERS)}
+    frequencies = {
+        ITEM_TABLE: rng.integers(0, 20, NUM_ITEMS),
+        CATEGORY_TABLE: rng.integers(1, 50, NUM_CATEGORIES),
+        USER_TABLE: rng.integers(1, 5, NUM_USERS),
+    }
     regularization = make_regularization(mba_lambda=0.5, frequencies=frequencies)
     dense, _ = _run(model, _config(), batches, devices, "dense", regularization)
     sparse_state, _ = _run(model, _config(), batches, devices, "sparse", regularization)
@@ -272,10 +302,11 @@ def test_parts_of_a_micro_batch_give_the_same_update():
     devs = jax.local_devices()[:1]
     results = []
     for rows in (0, 4 * T):  # whole micro-batches, then 4 rows per pass
-        state = train_lib.replicate(train_lib.create_train_state(
-            model, sparse.make_sparse_optimizer(model, config), seed=3, max_seq_len=T), devs)
-        p_train = make_p_train(model, devs, donate=False, embedding_updates="sparse",
-                                               positions_per_pass=rows)
+        state = train_lib.replicate(
+            train_lib.create_train_state(model, sparse.make_sparse_optimizer(model, config), seed=3, max_seq_len=T),
+            devs,
+        )
+        p_train = make_p_train(model, devs, donate=False, embedding_updates="sparse", positions_per_pass=rows)
         state, metrics = p_train(state, _chunk(batches, 1))
         results.append((train_lib.unreplicate_to_host(state), np.asarray(metrics["loss"])))
     _assert_trees_close(results[0][0].params, results[1][0].params)
@@ -286,8 +317,9 @@ def test_parts_of_a_micro_batch_give_the_same_update():
 def test_parts_of_a_micro_batch_refuse_batch_statistics():
     model = _model()  # Dice in the MLP
     devs = jax.local_devices()[:1]
-    state = train_lib.replicate(train_lib.create_train_state(
-        model, sparse.make_sparse_optimizer(model, _config()), seed=3, max_seq_len=T), devs)
+    state = train_lib.replicate(
+        train_lib.create_train_state(model, sparse.make_sparse_optimizer(model, _config()), seed=3, max_seq_len=T), devs
+    )
     p_train = make_p_train(model, devs, donate=False, embedding_updates="sparse", positions_per_pass=4)
     with pytest.raises(ValueError, match="batch statistics"):
         p_train(state, _chunk(_batches(1, 16), 1))

@@ -57,7 +57,8 @@ def test_a_shorter_max_seq_len_folds_the_tail():
 
 
 def test_a_synthetic_dataset_with_electronics_lengths():
-    source = make_synthetic_dataset(3000, 10, 10, max_seq_len=100, num_users=50, num_items=80, num_categories=8,
-                                    length_spec="electronics")
+    source = make_synthetic_dataset(
+        3000, 10, 10, max_seq_len=100, num_users=50, num_items=80, num_categories=8, length_spec="electronics"
+    )
     lengths = source.history_lengths("train", 100)
     assert 3 <= np.median(lengths) <= 5

@@ -19,8 +19,14 @@ from din_jax.train import step as train_lib
 from din_jax.train.setup import make_p_train
 
 NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, T = 50, 60, 6, 12
-MODEL_CONFIG = {"item_dim": 4, "category_dim": 4, "attention_hidden": (8, 4), "mlp_hidden": (8, 4),
-                "activation": "dice", "attention_activation": "dice"}
+MODEL_CONFIG = {
+    "item_dim": 4,
+    "category_dim": 4,
+    "attention_hidden": (8, 4),
+    "mlp_hidden": (8, 4),
+    "activation": "dice",
+    "attention_activation": "dice",
+}
 
 
 def _model(axis_name=train_lib.AXIS_NAME, **overrides):
@@ -31,8 +37,10 @@ def _model(axis_name=train_lib.AXIS_NAME, **overrides):
 def _batches(count, batch_size, seed=0):
     rng = np.random.default_rng(seed)
     categories = make_item_categories(NUM_ITEMS, NUM_CATEGORIES, 0)
-    return [make_synthetic_batch(rng, batch_size, T, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, item_category=categories)
-            for _ in range(count)]
+    return [
+        make_synthetic_batch(rng, batch_size, T, NUM_USERS, NUM_ITEMS, NUM_CATEGORIES, item_category=categories)
+        for _ in range(count)
+    ]
 
 
 def _stack(batches, axis=0):
@@ -82,7 +90,7 @@ def test_two_devices_equal_one_device_with_the_global_batch():
     two = jax.local_devices()[:2]
     single, _ = make_p_train(model, one, donate=False)(_state(model, one), _stack([_stack(batches)]))
     # Device r takes the r-th half of every global micro-batch.
-    halves = [_stack([{k: v[r * 16:(r + 1) * 16] for k, v in b.items()} for b in batches]) for r in range(2)]
+    halves = [_stack([{k: v[r * 16 : (r + 1) * 16] for k, v in b.items()} for b in batches]) for r in range(2)]
     double, metrics = make_p_train(model, two, donate=False)(_state(model, two), _stack(halves))
     _assert_trees_close(_host(single).params, _host(double).params, rtol=1e-4, atol=1e-5)
     _assert_trees_close(_host(single).batch_stats, _host(double).batch_stats, rtol=1e-4, atol=1e-5)
@@ -177,12 +185,14 @@ def test_plan_chunks_covers_each_sample_once():
 
 def test_learning_rate_schedules(tmp_path):
     paper = optim.make_learning_rate_schedule(
-        TrainConfig(use_synthetic_data=True, learning_rate=1.0, lr_schedule="paper", lr_decay_steps=10))
+        TrainConfig(use_synthetic_data=True, learning_rate=1.0, lr_schedule="paper", lr_decay_steps=10)
+    )
     assert float(paper(9)) == pytest.approx(1.0) and float(paper(10)) == pytest.approx(0.1)
     lr_file = tmp_path / "lr.txt"
     lr_file.write_text("# step lr\n0 0.5\n100, 0.05\n")
     from_file = optim.make_learning_rate_schedule(
-        TrainConfig(use_synthetic_data=True, lr_schedule="file", lr_file=str(lr_file)))
+        TrainConfig(use_synthetic_data=True, lr_schedule="file", lr_file=str(lr_file))
+    )
     assert float(from_file(99)) == pytest.approx(0.5) and float(from_file(100)) == pytest.approx(0.05)
     lr_file.write_text("0 0.5\n100 zero\n")
     with pytest.raises(ConfigError, match=r"lr.txt, line 2: expected 'STEP LR'"):
@@ -200,9 +210,18 @@ def test_config_errors_name_the_flag():
 
 def test_training_on_learnable_synthetic_data_reaches_auc_090(tmp_path):
     config = TrainConfig(
-        use_synthetic_data=True, synthetic_samples=(6000, 1000, 1000), max_seq_len=20, epochs=3,
-        micro_batch_size=32, device_iterations=50, replicas=1, optimizer="adam", learning_rate=0.005,
-        model_config={"item_dim": 8, "category_dim": 8, "mlp_hidden": (32, 16)}, model_path=str(tmp_path / "run"))
+        use_synthetic_data=True,
+        synthetic_samples=(6000, 1000, 1000),
+        max_seq_len=20,
+        epochs=3,
+        micro_batch_size=32,
+        device_iterations=50,
+        replicas=1,
+        optimizer="adam",
+        learning_rate=0.005,
+        model_config={"item_dim": 8, "category_dim": 8, "mlp_hidden": (32, 16)},
+        model_path=str(tmp_path / "run"),
+    )
     summary = training.train_and_evaluate(config)
     assert summary["test"]["auc"] >= 0.9
     assert summary["validation"]["gauc"] >= 0.9
@@ -212,9 +231,17 @@ def test_training_on_learnable_synthetic_data_reaches_auc_090(tmp_path):
 
 
 def test_non_finite_loss_stops_with_the_step():
-    config = TrainConfig(use_synthetic_data=True, synthetic_samples=(640, 64, 64), max_seq_len=8, epochs=1,
-                         micro_batch_size=32, device_iterations=4, replicas=1, learning_rate=1e30,
-                         model_config={"item_dim": 4, "category_dim": 4, "mlp_hidden": (4,)})
+    config = TrainConfig(
+        use_synthetic_data=True,
+        synthetic_samples=(640, 64, 64),
+        max_seq_len=8,
+        epochs=1,
+        micro_batch_size=32,
+        device_iterations=4,
+        replicas=1,
+        learning_rate=1e30,
+        model_config={"item_dim": 4, "category_dim": 4, "mlp_hidden": (4,)},
+    )
     with pytest.raises(train_lib.NonFiniteLossError, match=r"at step \d+ \(epoch 1\)"):
         training.train_and_evaluate(config)
     float16 = dataclasses.replace(config, data_type="float16")

@@ -47,8 +47,9 @@ def check_options(options: BuildOptions) -> None:
     """Raises DataPrepError naming the flag of the first out-of-range build parameter."""
     if options.max_seq_len < 1:
         # 0 or less would make the training frequency counts negative.
-        raise DataPrepError(f"--max_seq_len must be >= 1 (the number of history items a batch keeps), "
-                            f"got {options.max_seq_len}")
+        raise DataPrepError(
+            f"--max_seq_len must be >= 1 (the number of history items a batch keeps), got {options.max_seq_len}"
+        )
     if options.seed < 0:
         raise DataPrepError(f"--seed must be >= 0, got {options.seed}")
     if not 0.0 <= options.validation_users < 1.0:
@@ -75,16 +76,19 @@ def finish_protocol(log: RemappedLog, options: BuildOptions, report: BuildReport
         raise DataPrepError(f"{options.input}: no user has {3} or more interactions after cleaning; nothing to build")
     with report.timed("protocol + negatives"):
         try:
-            samples = build_protocol_samples(log.user, log.item, log.time, num_users, num_items, options.seed,
-                                             options.protocol)
+            samples = build_protocol_samples(
+                log.user, log.item, log.time, num_users, num_items, options.seed, options.protocol
+            )
         except ValueError as error:
             raise DataPrepError(f"{options.input}: {error}") from None
     if options.protocol == "authors":
         report.note("authors' split: no validation split (train b2..b(n-1), test bn)")
     meta = {
         "protocol": describe_protocol(options.protocol),
-        "negatives": {"resampleable": True, "seed": options.seed,
-                      "sampler": "uniform over the items the user never interacted with"},
+        "negatives": {
+            "resampleable": True,
+            "seed": options.seed,
+            "sampler": "uniform over the items the user never interacted with",
+        },
     }
-    return Imported(samples.sequences, samples.offsets, log.item_category, samples.splits, log.id_maps, meta,
-                    sources)
+    return Imported(samples.sequences, samples.offsets, log.item_category, samples.splits, log.id_maps, meta, sources)

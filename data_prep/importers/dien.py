@@ -126,8 +126,11 @@ def import_dien(options: BuildOptions, report: BuildReport) -> Imported:
     paths = {name: os.path.join(folder, name) for name in [TRAIN_FILE, TEST_FILE] + list(VOCAB_FILES.values())}
     for path in paths.values():
         if not os.path.isfile(path):
-            raise DataPrepError("{}: missing ({} needs {}, {} and the three *_voc.pkl)".format(
-                path, "--format dien", TRAIN_FILE, TEST_FILE))
+            raise DataPrepError(
+                "{}: missing ({} needs {}, {} and the three *_voc.pkl)".format(
+                    path, "--format dien", TRAIN_FILE, TEST_FILE
+                )
+            )
     sources = list(paths.values())
     with report.timed("read"):
         vocab = {kind: read_vocabulary(paths[file]) for kind, file in VOCAB_FILES.items()}
@@ -149,8 +152,12 @@ def import_dien(options: BuildOptions, report: BuildReport) -> Imported:
     unknown_row = user_ids < 0
     report.count("unknown_user_rows", int(unknown_row.sum()))
     mapped = 0
-    for kind, ids, row_of in (("item", item_ids, None), ("category", category_ids, None),
-                              ("item", flat_items, owner), ("category", flat_categories, owner)):
+    for kind, ids, row_of in (
+        ("item", item_ids, None),
+        ("category", category_ids, None),
+        ("item", flat_items, owner),
+        ("category", flat_categories, owner),
+    ):
         missing = ids < 0
         default = lookups[kind].default
         if default >= 0:
@@ -162,12 +169,14 @@ def import_dien(options: BuildOptions, report: BuildReport) -> Imported:
     report.count("unknown_keys_mapped_to_default", mapped)
     report.count("unknown_key_rows", int(unknown_row.sum()) - int((user_ids < 0).sum()))
 
-    item_category = _item_categories(folder, options.meta, vocab, lookups, item_ids, category_ids, flat_items,
-                                     flat_categories, report, sources)
+    item_category = _item_categories(
+        folder, options.meta, vocab, lookups, item_ids, category_ids, flat_items, flat_categories, report, sources
+    )
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    rows = SampleRows(user_ids, flat_items, offsets, item_ids, np.array(labels, dtype=np.int64),
-                      np.array(splits, dtype=np.int8))
+    rows = SampleRows(
+        user_ids, flat_items, offsets, item_ids, np.array(labels, dtype=np.int64), np.array(splits, dtype=np.int8)
+    )
     keep = ~unknown_row
     if not keep.all():
         rows = select_rows(rows, keep)
@@ -179,17 +188,40 @@ def import_dien(options: BuildOptions, report: BuildReport) -> Imported:
     if item_category.max(initial=0) >= len(category_names):
         category_names.append(UNKNOWN_CATEGORY)
     meta = {
-        "protocol": {"name": "dien_files", "validation": options.din_validation,
-                     "validation_users": options.validation_users if options.din_validation == "users" else None},
-        "negatives": {"resampleable": True, "seed": None,
-                      "sampler": "the files' negatives; resampling draws uniform items outside the user's sequences"},
+        "protocol": {
+            "name": "dien_files",
+            "validation": options.din_validation,
+            "validation_users": options.validation_users if options.din_validation == "users" else None,
+        },
+        "negatives": {
+            "resampleable": True,
+            "seed": None,
+            "sampler": "the files' negatives; resampling draws uniform items outside the user's sequences",
+        },
     }
-    return Imported(sequences, seq_offsets, item_category, split_arrays,
-                    {"user": vocab["user"], "item": vocab["item"], "category": category_names}, meta, sources)
+    return Imported(
+        sequences,
+        seq_offsets,
+        item_category,
+        split_arrays,
+        {"user": vocab["user"], "item": vocab["item"], "category": category_names},
+        meta,
+        sources,
+    )
 
 
-def _item_categories(folder: str, meta_path: Optional[str], vocab: Dict[str, List[str]], lookups, item_ids,
-                     category_ids, flat_items, flat_categories, report: BuildReport, sources: List[str]) -> np.ndarray:
+def _item_categories(
+    folder: str,
+    meta_path: Optional[str],
+    vocab: Dict[str, List[str]],
+    lookups,
+    item_ids,
+    category_ids,
+    flat_items,
+    flat_categories,
+    report: BuildReport,
+    sources: List[str],
+) -> np.ndarray:
     """Category of every item: item-info first, then the first category seen with it in the samples."""
     num_items, num_categories = len(vocab["item"]), len(vocab["category"])
     item_category = np.full(num_items, -1, dtype=np.int64)
@@ -208,8 +240,10 @@ def _item_categories(folder: str, meta_path: Optional[str], vocab: Dict[str, Lis
     seen_categories = np.concatenate([category_ids, flat_categories])
     valid = (seen_items >= 0) & (seen_categories >= 0)
     pairs = np.unique(np.stack([seen_items[valid], seen_categories[valid]], axis=1), axis=0)
-    report.count("items_with_conflicting_categories", int((np.bincount(pairs[:, 0], minlength=num_items) > 1).sum())
-                 if len(pairs) else 0)
+    report.count(
+        "items_with_conflicting_categories",
+        int((np.bincount(pairs[:, 0], minlength=num_items) > 1).sum()) if len(pairs) else 0,
+    )
     unset = item_category < 0
     first = np.unique(seen_items[valid], return_index=True)[1]
     observed_items = seen_items[valid][first]

@@ -60,8 +60,14 @@ class _Collector:
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         flat = np.fromiter(itertools.chain.from_iterable(self.histories), dtype=np.int64, count=int(offsets[-1]))
-        return SampleRows(np.array(self.user, dtype=np.int64), flat, offsets, np.array(self.item, dtype=np.int64),
-                          np.array(self.label, dtype=np.int64), np.array(self.split, dtype=np.int8))
+        return SampleRows(
+            np.array(self.user, dtype=np.int64),
+            flat,
+            offsets,
+            np.array(self.item, dtype=np.int64),
+            np.array(self.label, dtype=np.int64),
+            np.array(self.split, dtype=np.int8),
+        )
 
 
 def _parse_history(text: str) -> List[int]:
@@ -75,8 +81,11 @@ def _parse_history(text: str) -> List[int]:
 def _find_one(folder: str, pattern: str) -> str:
     found = sorted(glob.glob(os.path.join(folder, pattern)))
     if len(found) != 1:
-        raise DataPrepError("{}: expected exactly one {} file, found {}".format(
-            folder, pattern, [os.path.basename(f) for f in found] or "none"))
+        raise DataPrepError(
+            "{}: expected exactly one {} file, found {}".format(
+                folder, pattern, [os.path.basename(f) for f in found] or "none"
+            )
+        )
     return found[0]
 
 
@@ -165,19 +174,23 @@ def read_din_pickle(path: str, report: BuildReport):
         train_set, test_set, cate_list, counts = load_pickles(path, expected=4)
     for position, (what, value) in enumerate((("train_set", train_set), ("test_set", test_set)), 1):
         if not isinstance(value, (list, tuple)):
-            raise DataPrepError(f"{path}: pickle {position} must be {what}, a list of samples; found "
-                                f"{type(value).__name__} (is this the authors' dataset.pkl?)")
+            raise DataPrepError(
+                f"{path}: pickle {position} must be {what}, a list of samples; found "
+                f"{type(value).__name__} (is this the authors' dataset.pkl?)"
+            )
     try:
         num_users, num_items, num_categories = (_as_int(value) for value in counts)
         cate_list = np.asarray(cate_list, dtype=np.int64).reshape(-1)
     except (TypeError, ValueError) as error:
-        raise DataPrepError(f"{path}: the 3rd/4th pickles must be cate_list and (user_count, item_count, "
-                            f"cate_count) ({error})") from None
+        raise DataPrepError(
+            f"{path}: the 3rd/4th pickles must be cate_list and (user_count, item_count, cate_count) ({error})"
+        ) from None
     if len(cate_list) != num_items:
         raise DataPrepError(f"{path}: cate_list has {len(cate_list)} entries but item_count is {num_items}")
     collector = _Collector()
-    with progress(total=len(train_set) + len(test_set), desc="samples of " + name, unit="sample",
-                  unit_scale=True) as bar:
+    with progress(
+        total=len(train_set) + len(test_set), desc="samples of " + name, unit="sample", unit_scale=True
+    ) as bar:
         for what, entries, split in (("train_set", train_set, TRAIN), ("test_set", test_set, TEST)):
             for index, entry in enumerate(counting(entries, bar, size=_one)):
                 try:
@@ -202,8 +215,11 @@ def read_din_pickle(path: str, report: BuildReport):
 
 
 def _check_ranges(path: str, rows: SampleRows, num_users: int, num_items: int) -> None:
-    for what, values, limit in (("user", rows.user, num_users), ("item", rows.item, num_items),
-                                ("history item", rows.hist_items, num_items)):
+    for what, values, limit in (
+        ("user", rows.user, num_users),
+        ("item", rows.item, num_items),
+        ("history item", rows.hist_items, num_items),
+    ):
         if len(values) and (values.min() < 0 or values.max() >= limit):
             raise DataPrepError(f"{path}: {what} ids outside [0, {limit})")
     if len(rows.label) and not np.isin(rows.label, (0, 1)).all():
@@ -223,19 +239,29 @@ def import_din(options: BuildOptions, report: BuildReport) -> Imported:
     num_users, num_items, num_categories = vocab
     if options.users:
         if len(rows.user) and rows.user.max() >= options.users:
-            raise DataPrepError(f"--users {options.users} is smaller than the largest user id + 1 ({int(rows.user.max()) + 1})")
+            raise DataPrepError(
+                f"--users {options.users} is smaller than the largest user id + 1 ({int(rows.user.max()) + 1})"
+            )
         num_users = options.users
     with report.timed("merge histories"):
         rows = drop_empty_histories(rows, report)
         rows = cut_validation(rows, options.din_validation, options.validation_users, options.seed, report)
         sequences, offsets, splits = merge_into_sequences(rows)
     meta = {
-        "protocol": {"name": "din_authors_data", "validation": options.din_validation,
-                     "validation_users": options.validation_users if options.din_validation == "users" else None},
-        "negatives": {"resampleable": False, "seed": None,
-                      "sampler": "the authors' negatives, drawn once by din/build_dataset.py"},
+        "protocol": {
+            "name": "din_authors_data",
+            "validation": options.din_validation,
+            "validation_users": options.validation_users if options.din_validation == "users" else None,
+        },
+        "negatives": {
+            "resampleable": False,
+            "seed": None,
+            "sampler": "the authors' negatives, drawn once by din/build_dataset.py",
+        },
     }
-    id_maps = {"user": [str(i) for i in range(num_users)], "item": [str(i) for i in range(num_items)],
-               "category": [str(i) for i in range(num_categories)]}
+    id_maps = {
+        "user": [str(i) for i in range(num_users)],
+        "item": [str(i) for i in range(num_items)],
+        "category": [str(i) for i in range(num_categories)],
+    }
     return Imported(sequences, offsets, cate_list.astype(np.int32), splits, id_maps, meta, sources)
-

@@ -45,9 +45,28 @@ def _where(path: str, lines: Optional[np.ndarray], row: int):
 
 
 # What pandas' (compiled) type inference calls a column whose cells cannot be containers.
-_SCALAR_KINDS = frozenset(("string", "bytes", "integer", "floating", "mixed-integer-float", "decimal", "complex",
-                           "boolean", "datetime64", "datetime", "date", "timedelta64", "timedelta", "time",
-                           "period", "interval", "categorical", "empty"))
+_SCALAR_KINDS = frozenset(
+    (
+        "string",
+        "bytes",
+        "integer",
+        "floating",
+        "mixed-integer-float",
+        "decimal",
+        "complex",
+        "boolean",
+        "datetime64",
+        "datetime",
+        "date",
+        "timedelta64",
+        "timedelta",
+        "time",
+        "period",
+        "interval",
+        "categorical",
+        "empty",
+    )
+)
 
 
 def _nested_rows(values: pd.Series) -> np.ndarray:
@@ -65,8 +84,10 @@ def _refuse_nested(frame: pd.DataFrame, path: str, lines: Optional[np.ndarray], 
         if len(rows):
             file, line = _where(path, lines, int(rows[0]))
             value = repr(_plain(frame[column].iat[int(rows[0])]))[:60]
-            raise DataPrepError(f"{file}:{line}: column {column!r} holds a list ({value}; {len(rows)} such rows); "
-                                "it needs one value per row")
+            raise DataPrepError(
+                f"{file}:{line}: column {column!r} holds a list ({value}; {len(rows)} such rows); "
+                "it needs one value per row"
+            )
 
 
 def _plain(value):
@@ -82,8 +103,9 @@ def _last_leaf(value):
     return value
 
 
-def category_values(values: pd.Series, path: str, where: Callable[[int], Tuple[str, int]], column: str,
-                    report: BuildReport) -> np.ndarray:
+def category_values(
+    values: pd.Series, path: str, where: Callable[[int], Tuple[str, int]], column: str, report: BuildReport
+) -> np.ndarray:
     """A category column as objects; list cells give their last element (the Amazon rule)."""
     out = values.to_numpy(dtype=object)
     rows = _nested_rows(values)
@@ -94,8 +116,10 @@ def category_values(values: pd.Series, path: str, where: Callable[[int], Tuple[s
         value = out[row]
         if isinstance(value, (dict, set)):
             file, line = where(int(row))
-            raise DataPrepError(f"{file}:{line}: column {column!r} holds a {type(value).__name__} "
-                                f"({repr(_plain(value))[:60]}); a category cell is a value or a list of them")
+            raise DataPrepError(
+                f"{file}:{line}: column {column!r} holds a {type(value).__name__} "
+                f"({repr(_plain(value))[:60]}); a category cell is a value or a list of them"
+            )
         out[row] = _last_leaf(value)
     report.note(f"{path}: {len(rows)} cells of {column!r} hold lists; their last element is the category")
     return out
@@ -145,13 +169,23 @@ def parse_times(values: pd.Series) -> Tuple[np.ndarray, Optional[str]]:
 def _require_columns(frame: pd.DataFrame, path: str, columns) -> None:
     missing = [column for column in columns if column not in frame.columns]
     if missing:
-        raise DataPrepError("{}: no column {} (columns: {}); name them with --user_col / --item_col / "
-                            "--category_col / --time_col".format(path, ", ".join(repr(c) for c in missing),
-                                                                ", ".join(map(str, frame.columns))))
+        raise DataPrepError(
+            "{}: no column {} (columns: {}); name them with --user_col / --item_col / "
+            "--category_col / --time_col".format(
+                path, ", ".join(repr(c) for c in missing), ", ".join(map(str, frame.columns))
+            )
+        )
 
 
-def _report_invalid_rows(frame: pd.DataFrame, lines: Optional[np.ndarray], path: str, options: BuildOptions,
-                         times: np.ndarray, kind: Optional[str], report: BuildReport) -> np.ndarray:
+def _report_invalid_rows(
+    frame: pd.DataFrame,
+    lines: Optional[np.ndarray],
+    path: str,
+    options: BuildOptions,
+    times: np.ndarray,
+    kind: Optional[str],
+    report: BuildReport,
+) -> np.ndarray:
     """Reports each row without a usable user, item or time (with its line); returns the valid-row mask."""
     columns = [options.user_col, options.item_col] + ([options.time_col] if options.time_col else [])
     missing = np.stack([frame[column].isna().to_numpy() for column in columns], axis=1)
@@ -182,9 +216,11 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
         _require_columns(frame, path, needed)
         _refuse_nested(frame, path, lines, needed)
         if options.category_col and options.category_col in frame.columns and options.meta:
-            raise DataPrepError(f"{path} has its own category column {options.category_col!r}, so --meta "
-                                f"{options.meta} would be ignored; drop --meta, or pass --category_col naming a "
-                                "column that only the item table has")
+            raise DataPrepError(
+                f"{path} has its own category column {options.category_col!r}, so --meta "
+                f"{options.meta} would be ignored; drop --meta, or pass --category_col naming a "
+                "column that only the item table has"
+            )
         if options.time_col:
             with reading(path):
                 times, kind = parse_times(frame[options.time_col])
@@ -195,9 +231,11 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
                     file, line = _where(path, lines, int(present[0]))
                     value = str(frame[options.time_col].iat[int(present[0])])[:40]
                     example = f" (e.g. {value!r} at {file}:{line})"
-                raise DataPrepError(f"--time_col {options.time_col!r}: most values in {path} are neither numbers "
-                                    f"nor dates{example}; name the time column, or pass --time_col '' to use the "
-                                    "file order")
+                raise DataPrepError(
+                    f"--time_col {options.time_col!r}: most values in {path} are neither numbers "
+                    f"nor dates{example}; name the time column, or pass --time_col '' to use the "
+                    "file order"
+                )
         else:
             times, kind = np.arange(len(frame), dtype=np.float64), None
         valid = _report_invalid_rows(frame, lines, path, options, times, kind, report)
@@ -208,26 +246,42 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
         meta_items = meta_categories = None
         if options.category_col and options.category_col in frame.columns:
             kept = np.flatnonzero(valid)  # rows of the file, for messages
-            row_categories = category_values(frame[options.category_col], path,
-                                             lambda row: _where(path, lines, int(kept[row])),
-                                             options.category_col, report)
+            row_categories = category_values(
+                frame[options.category_col],
+                path,
+                lambda row: _where(path, lines, int(kept[row])),
+                options.category_col,
+                report,
+            )
         elif options.meta:
             meta_path = require_file(options.meta, "--meta (the item table)")
             items, meta_lines = read_table(meta_path, report, sep=options.sep or None)
             _require_columns(items, meta_path, [options.item_col, options.category_col])
             _refuse_nested(items, meta_path, meta_lines, [options.item_col])
             meta_items = items[options.item_col].to_numpy(dtype=object)
-            meta_categories = category_values(items[options.category_col], meta_path,
-                                              lambda row: _where(meta_path, meta_lines, row),
-                                              options.category_col, report)
+            meta_categories = category_values(
+                items[options.category_col],
+                meta_path,
+                lambda row: _where(meta_path, meta_lines, row),
+                options.category_col,
+                report,
+            )
             sources.append(meta_path)
         elif options.category_col:
-            raise DataPrepError(f"{path}: no category column {options.category_col!r} and no --meta item table; "
-                                "pass --category_col '' to build without categories")
+            raise DataPrepError(
+                f"{path}: no category column {options.category_col!r} and no --meta item table; "
+                "pass --category_col '' to build without categories"
+            )
         else:
             report.note("no categories: every item is <unknown>")
     with report.timed("clean + remap"):
-        log = clean_and_remap(frame[options.user_col].to_numpy(dtype=object),
-                              frame[options.item_col].to_numpy(dtype=object), times, meta_items, meta_categories,
-                              report, item_categories=row_categories)
+        log = clean_and_remap(
+            frame[options.user_col].to_numpy(dtype=object),
+            frame[options.item_col].to_numpy(dtype=object),
+            times,
+            meta_items,
+            meta_categories,
+            report,
+            item_categories=row_categories,
+        )
     return finish_protocol(log, options, report, sources)

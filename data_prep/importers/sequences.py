@@ -66,8 +66,10 @@ def import_sequences(options: BuildOptions, report: BuildReport) -> Imported:
                 # One JSON document: a bad byte anywhere spoils all of it, so this is fatal.
                 line = data.count(b"\n", 0, error.start) + 1
                 column = error.start - data.rfind(b"\n", 0, error.start)
-                raise DataPrepError(f"{meta_path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x} at column "
-                                    f"{column}); --meta must be a UTF-8 JSON file") from None
+                raise DataPrepError(
+                    f"{meta_path}:{line}: not UTF-8 (byte 0x{data[error.start]:02x} at column "
+                    f"{column}); --meta must be a UTF-8 JSON file"
+                ) from None
             except ValueError as error:
                 raise DataPrepError(f"{meta_path}: not JSON ({error})") from None
             if not isinstance(attributes, dict):

@@ -24,17 +24,44 @@ from din_jax.config import TrainConfig
 from din_jax.fileio import json_default
 from din_jax.metrics import is_better
 
-__all__ = ["STARTED", "OK", "FAILED", "PHASE_TUNE", "PHASE_FINAL", "VOLATILE_FIELDS", "REGULARIZERS", "Cell",
-           "NO_CANDIDATE", "RunSpec", "parse_labelled_overrides", "parse_regularizer", "expand_grid",
-           "default_config_dict", "compute_run_key", "append_record", "load_records", "latest_by_key",
-           "record_metric", "GridOutcome", "run_grid"]
+__all__ = [
+    "STARTED",
+    "OK",
+    "FAILED",
+    "PHASE_TUNE",
+    "PHASE_FINAL",
+    "VOLATILE_FIELDS",
+    "REGULARIZERS",
+    "Cell",
+    "NO_CANDIDATE",
+    "RunSpec",
+    "parse_labelled_overrides",
+    "parse_regularizer",
+    "expand_grid",
+    "default_config_dict",
+    "compute_run_key",
+    "append_record",
+    "load_records",
+    "latest_by_key",
+    "record_metric",
+    "GridOutcome",
+    "run_grid",
+]
 
 STARTED, OK, FAILED = "started", "ok", "failed"
 PHASE_TUNE, PHASE_FINAL = "tune", "final"
 
 # TrainConfig fields that do not change what a run computes: left out of the run key.
-VOLATILE_FIELDS = ("model_path", "log_every", "prefetch", "donate", "eval_micro_batch_size", "checkpoint_every",
-                   "keep_checkpoints", "resume")
+VOLATILE_FIELDS = (
+    "model_path",
+    "log_every",
+    "prefetch",
+    "donate",
+    "eval_micro_batch_size",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+)
 
 # Regulariser names of the grid axis and the flag each sets (with its default value).
 REGULARIZERS = {"none": (), "mba": ("mba_lambda", 0.01), "l2": ("l2", 1e-5), "dropout": ("dropout", 0.5)}
@@ -88,7 +115,9 @@ def parse_regularizer(text: str) -> Cell:
     """A regulariser of the grid axis: ``none``, ``mba``, ``mba=0.01``, ``l2=1e-5``, ``dropout=0.3``."""
     name, _, value = text.strip().partition("=")
     if name not in REGULARIZERS:
-        raise ValueError("unknown regulariser %r; choose from %s (optionally NAME=VALUE)" % (name, sorted(REGULARIZERS)))
+        raise ValueError(
+            "unknown regulariser %r; choose from %s (optionally NAME=VALUE)" % (name, sorted(REGULARIZERS))
+        )
     if name == "none":
         if value:
             raise ValueError("regulariser 'none' takes no value")
@@ -98,16 +127,25 @@ def parse_regularizer(text: str) -> Cell:
     return Cell(name if not value else "%s=%s" % (name, value), ("--%s=%r" % (flag, number),))
 
 
-def expand_grid(variants: Sequence[Cell] = (), models: Sequence[str] = (), attentions: Sequence[str] = (),
-                activations: Sequence[str] = (), regularizers: Sequence[str] = ()) -> List[Cell]:
+def expand_grid(
+    variants: Sequence[Cell] = (),
+    models: Sequence[str] = (),
+    attentions: Sequence[str] = (),
+    activations: Sequence[str] = (),
+    regularizers: Sequence[str] = (),
+) -> List[Cell]:
     """The product of the axes in order (an empty axis is not varied); labels join the parts with `` / ``."""
     axes: List[List[Cell]] = [list(variants)] if variants else []
     for flag, names in (("model", models), ("attention", attentions), ("activation", activations)):
         axes.append([Cell(name, ("--%s=%s" % (flag, name),)) for name in names] or [NO_CANDIDATE])
     axes.append([parse_regularizer(name) for name in regularizers] or [NO_CANDIDATE])
-    cells = [Cell(" / ".join(part.label for part in parts if part.label) or "default",
-                  tuple(itertools.chain.from_iterable(part.overrides for part in parts)))
-             for parts in itertools.product(*axes)]
+    cells = [
+        Cell(
+            " / ".join(part.label for part in parts if part.label) or "default",
+            tuple(itertools.chain.from_iterable(part.overrides for part in parts)),
+        )
+        for parts in itertools.product(*axes)
+    ]
     labels = [cell.label for cell in cells]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
@@ -124,8 +162,11 @@ def compute_run_key(config_dict: Dict[str, Any], defaults: Optional[Dict[str, An
     """A short hash of a run's configuration without volatile fields and fields at their ``defaults`` (so that
     a field added to ``TrainConfig`` later, at a default that keeps the old behaviour, keeps the recorded keys)."""
     defaults = defaults or {}
-    kept = {key: value for key, value in config_dict.items()
-            if key not in VOLATILE_FIELDS and not (key in defaults and defaults[key] == value)}
+    kept = {
+        key: value
+        for key, value in config_dict.items()
+        if key not in VOLATILE_FIELDS and not (key in defaults and defaults[key] == value)
+    }
     text = json.dumps(kept, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
@@ -171,8 +212,9 @@ def load_records(path: str, strict: bool = False) -> List[Dict[str, Any]]:
     return records
 
 
-def latest_by_key(records: Iterable[Dict[str, Any]],
-                  defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
+def latest_by_key(
+    records: Iterable[Dict[str, Any]], defaults: Optional[Dict[str, Any]] = None
+) -> Dict[str, Dict[str, Any]]:
     """The last record of each run key, in order of first appearance; a row without a key is a run of its own.
     With ``defaults``, keys are recomputed from the ``flags`` (records older than a ``TrainConfig`` field match)."""
     latest: Dict[Any, Dict[str, Any]] = {}
@@ -205,11 +247,19 @@ class GridOutcome(NamedTuple):
     interrupted: List[str]
 
 
-def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
-             make_config: Callable[[Sequence[str]], Any], train_fn: Callable[[Any], Dict[str, Any]],
-             candidates: Sequence[Cell] = (), tune_seed: int = 0, select_metric: str = "gauc",
-             retry_failed: bool = True, dry_run: bool = False,
-             stop_exceptions: Tuple[type, ...] = ()) -> GridOutcome:
+def run_grid(
+    cells: Sequence[Cell],
+    seeds: Sequence[int],
+    results_path: str,
+    make_config: Callable[[Sequence[str]], Any],
+    train_fn: Callable[[Any], Dict[str, Any]],
+    candidates: Sequence[Cell] = (),
+    tune_seed: int = 0,
+    select_metric: str = "gauc",
+    retry_failed: bool = True,
+    dry_run: bool = False,
+    stop_exceptions: Tuple[type, ...] = (),
+) -> GridOutcome:
     """Runs (or skips) every run of a grid, cell by cell, recording each in ``results_path``.
 
     With ``candidates``, each cell first runs every candidate with ``tune_seed`` and its final runs (one per seed)
@@ -237,12 +287,20 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
         except Exception as error:  # noqa: BLE001 - a bad configuration fails this run only
             key = "config-" + hashlib.sha256(json.dumps(list(spec.overrides)).encode()).hexdigest()[:16]
             config_error = error
-        base = {"key": key, "cell": spec.cell.label, "phase": spec.phase, "candidate": spec.candidate.label,
-                "seed": spec.seed, "overrides": list(spec.overrides), "flags": config_dict}
+        base = {
+            "key": key,
+            "cell": spec.cell.label,
+            "phase": spec.phase,
+            "candidate": spec.candidate.label,
+            "seed": spec.seed,
+            "overrides": list(spec.overrides),
+            "flags": config_dict,
+        }
         status = latest[key]["status"] if key in latest else None
         if status == STARTED:
-            logging.warning("%s: an earlier invocation died during this run (no end record); running it again",
-                            spec.describe())
+            logging.warning(
+                "%s: an earlier invocation died during this run (no end record); running it again", spec.describe()
+            )
             outcome.interrupted.append(key)
         if status == OK or (status == FAILED and not retry_failed):
             outcome.skipped.append(key)
@@ -258,8 +316,9 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
         if config_error is not None:
             error = "%s: %s" % (type(config_error).__name__, config_error)
             logging.error("%s: invalid configuration: %s", spec.describe(), error)
-            return finish(key, dict(base, status=FAILED, error=error, traceback=None, time=_now(), wall_s=0.0),
-                          outcome.failed)
+            return finish(
+                key, dict(base, status=FAILED, error=error, traceback=None, time=_now(), wall_s=0.0), outcome.failed
+            )
         append_record(results_path, dict(base, status=STARTED, time=_now()))
         logging.info("%s: running (key %s)", spec.describe(), key)
         try:
@@ -267,15 +326,26 @@ def run_grid(cells: Sequence[Cell], seeds: Sequence[int], results_path: str,
         except (KeyboardInterrupt, *stop_exceptions):
             raise
         except Exception as error:  # noqa: BLE001 - one failed run must not stop the grid
-            record = dict(base, status=FAILED, error="%s: %s" % (type(error).__name__, error),
-                          traceback=traceback.format_exc(limit=8)[-4000:], time=_now(), wall_s=time.time() - started)
+            record = dict(
+                base,
+                status=FAILED,
+                error="%s: %s" % (type(error).__name__, error),
+                traceback=traceback.format_exc(limit=8)[-4000:],
+                time=_now(),
+                wall_s=time.time() - started,
+            )
             outcome.failed.append(key)
             logging.error("%s: failed: %s", spec.describe(), record["error"])
         else:
             record = dict(base, status=OK, time=_now(), wall_s=time.time() - started, **_summary_fields(summary))
-            logging.info("%s: ok, validation %s %s, test gauc %s (%.0f s)", spec.describe(), select_metric,
-                         _format_number(record_metric(record, "validation", select_metric)),
-                         _format_number(record_metric(record, "test", "gauc")), record["wall_s"])
+            logging.info(
+                "%s: ok, validation %s %s, test gauc %s (%.0f s)",
+                spec.describe(),
+                select_metric,
+                _format_number(record_metric(record, "validation", select_metric)),
+                _format_number(record_metric(record, "test", "gauc")),
+                record["wall_s"],
+            )
         return finish(key, record, outcome.ran)
 
     for cell in cells:
@@ -312,8 +382,10 @@ def _summary_fields(summary: Dict[str, Any]) -> Dict[str, Any]:
         values = summary.get(split) or {}
         return {name: values.get(name) for name in ("gauc", "auc", "logloss", "accuracy", "samples") if name in values}
 
-    fields = {name: summary.get(name) for name in ("best_step", "steps", "samples_per_s", "num_parameters",
-                                                   "platform", "replicas")}
+    fields = {
+        name: summary.get(name)
+        for name in ("best_step", "steps", "samples_per_s", "num_parameters", "platform", "replicas")
+    }
     return dict(validation=metrics("validation"), test=metrics("test"), **fields)
 
 

@@ -15,15 +15,41 @@ from absl import logging
 from din_jax.ablation.grid import FAILED, OK, PHASE_FINAL, GridOutcome, latest_by_key, record_metric
 from din_jax.metrics import compute_relaimpr
 
-__all__ = ["METRICS", "Runs", "CSV_COLUMNS", "mean_std", "summarize", "compare_against", "format_markdown",
-           "format_csv", "format_failures", "write_reports"]
+__all__ = [
+    "METRICS",
+    "Runs",
+    "CSV_COLUMNS",
+    "mean_std",
+    "summarize",
+    "compare_against",
+    "format_markdown",
+    "format_csv",
+    "format_failures",
+    "write_reports",
+]
 
 METRICS = (("test", "gauc"), ("test", "auc"), ("test", "logloss"), ("validation", "gauc"))
 ABLATION_FIELDS = ("model", "attention", "activation", "regularizer")
 Runs = Union[GridOutcome, Sequence[Dict[str, Any]]]  # a grid's outcome, or result records
-CSV_COLUMNS = ("label", "runs_ok", "runs_failed", "tuned", "test_gauc_mean", "test_gauc_std", "test_auc_mean",
-               "test_auc_std", "test_logloss_mean", "test_logloss_std", "validation_gauc_mean",
-               "validation_gauc_std", "relaimpr_gauc_percent", "best_step", "samples_per_s", "wall_s", "seeds")
+CSV_COLUMNS = (
+    "label",
+    "runs_ok",
+    "runs_failed",
+    "tuned",
+    "test_gauc_mean",
+    "test_gauc_std",
+    "test_auc_mean",
+    "test_auc_std",
+    "test_logloss_mean",
+    "test_logloss_std",
+    "validation_gauc_mean",
+    "validation_gauc_std",
+    "relaimpr_gauc_percent",
+    "best_step",
+    "samples_per_s",
+    "wall_s",
+    "seeds",
+)
 
 
 def mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
@@ -36,8 +62,9 @@ def mean_std(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Option
     return float(np.mean(values)), float(np.std(values, ddof=1))
 
 
-def summarize(runs: Runs, baseline: Optional[str] = "base", metric: str = "gauc",
-              split: str = "test") -> List[Dict[str, Any]]:
+def summarize(
+    runs: Runs, baseline: Optional[str] = "base", metric: str = "gauc", split: str = "test"
+) -> List[Dict[str, Any]]:
     """One row per configuration: mean ± std over its ok runs, RelaImpr of test GAUC against ``baseline``.
 
     ``runs``: a ``GridOutcome`` (a row per cell, over its final runs) or result records (the latest ok record of
@@ -46,9 +73,16 @@ def summarize(runs: Runs, baseline: Optional[str] = "base", metric: str = "gauc"
     ``values`` of ``split``'s ``metric``.
     """
     if isinstance(runs, GridOutcome):
-        groups = [("", {"configuration": cell.label},
-                   [runs.records[key] for key in runs.final_keys.get(cell.label, []) if key in runs.records],
-                   len(runs.final_keys.get(cell.label, [])), runs.tuned.get(cell.label)) for cell in runs.cells]
+        groups = [
+            (
+                "",
+                {"configuration": cell.label},
+                [runs.records[key] for key in runs.final_keys.get(cell.label, []) if key in runs.records],
+                len(runs.final_keys.get(cell.label, [])),
+                runs.tuned.get(cell.label),
+            )
+            for cell in runs.cells
+        ]
     else:
         kept = list(latest_by_key([r for r in runs if r.get("status", OK) == OK]).values())
         if any(row.get("phase") == PHASE_FINAL for row in kept):
@@ -57,17 +91,26 @@ def summarize(runs: Runs, baseline: Optional[str] = "base", metric: str = "gauc"
         for row in kept:
             dataset, config = _configuration(row)
             by_config.setdefault((dataset, tuple(config.items())), []).append(row)
-        groups = [(dataset, dict(config), records, len(records), None)
-                  for (dataset, config), records in by_config.items()]
+        groups = [
+            (dataset, dict(config), records, len(records), None) for (dataset, config), records in by_config.items()
+        ]
     rows = []
     for dataset, config, records, planned, tuned in groups:
         ok = [r for r in records if r.get("status", OK) == OK]
         failed = sum(1 for r in records if r.get("status") == FAILED)
         values = [v for v in (record_metric(r, split, metric) for r in ok) if v is not None and math.isfinite(v)]
-        row: Dict[str, Any] = {"label": " · ".join(config.values()), "dataset": dataset, "config": config,
-                               "runs_ok": len(ok), "runs_failed": failed, "runs_missing": planned - len(ok) - failed,
-                               "tuned": tuned, "seeds": [r.get("seed") for r in ok], "n": len(values),
-                               "values": values}
+        row: Dict[str, Any] = {
+            "label": " · ".join(config.values()),
+            "dataset": dataset,
+            "config": config,
+            "runs_ok": len(ok),
+            "runs_failed": failed,
+            "runs_missing": planned - len(ok) - failed,
+            "tuned": tuned,
+            "seeds": [r.get("seed") for r in ok],
+            "n": len(values),
+            "values": values,
+        }
         row["mean"], row["std"] = mean_std(values)
         for s, name in METRICS:
             row["%s_%s" % (s, name)] = mean_std([record_metric(r, s, name) for r in ok])
@@ -90,10 +133,16 @@ def _configuration(row: Dict[str, Any]) -> Tuple[str, Dict[str, str]]:
     if "cell" in row:
         return dataset, {"configuration": _field_text(row["cell"])}
     model_config = flags.get("model_config") or {}
-    fallback = {"model": flags.get("model"), "attention": model_config.get("attention"),
-                "activation": model_config.get("activation"),
-                "regularizer": ("mba %g" % flags["mba_lambda"]) if flags.get("mba_lambda") else
-                               ("l2 %g" % flags["l2"]) if flags.get("l2") else None}
+    fallback = {
+        "model": flags.get("model"),
+        "attention": model_config.get("attention"),
+        "activation": model_config.get("activation"),
+        "regularizer": ("mba %g" % flags["mba_lambda"])
+        if flags.get("mba_lambda")
+        else ("l2 %g" % flags["l2"])
+        if flags.get("l2")
+        else None,
+    }
     return dataset, {f: _field_text(row[f] if f in row else fallback[f]) for f in ABLATION_FIELDS}
 
 
@@ -128,8 +177,19 @@ def _number(value: Optional[float], form: str, missing: str = "n/a") -> str:
 
 def format_markdown(rows: Sequence[Dict[str, Any]], baseline: Optional[str] = "base") -> str:
     """The results table in Markdown (mean ± sample std over seeds)."""
-    header = ["configuration", "runs", "tuned", "test GAUC", "test AUC", "test logloss", "validation GAUC",
-              "RelaImpr vs %s (GAUC)" % baseline, "best step", "samples/s", "s/run"]
+    header = [
+        "configuration",
+        "runs",
+        "tuned",
+        "test GAUC",
+        "test AUC",
+        "test logloss",
+        "validation GAUC",
+        "RelaImpr vs %s (GAUC)" % baseline,
+        "best step",
+        "samples/s",
+        "s/run",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         runs = "%d" % row["runs_ok"]
@@ -138,9 +198,19 @@ def format_markdown(rows: Sequence[Dict[str, Any]], baseline: Optional[str] = "b
         if row["runs_missing"] > 0:
             runs += " (%d missing)" % row["runs_missing"]
         relaimpr = "—" if row["label"] == baseline else _number(row["relaimpr"], "%+.2f%%")
-        cells = [row["label"], runs, row["tuned"] or "—", _pm(row["test_gauc"]), _pm(row["test_auc"]),
-                 _pm(row["test_logloss"]), _pm(row["validation_gauc"]), relaimpr, _number(row["best_step"], "%.0f"),
-                 _number(row["samples_per_s"], "%.0f"), _number(row["wall_s"], "%.0f")]
+        cells = [
+            row["label"],
+            runs,
+            row["tuned"] or "—",
+            _pm(row["test_gauc"]),
+            _pm(row["test_auc"]),
+            _pm(row["test_logloss"]),
+            _pm(row["validation_gauc"]),
+            relaimpr,
+            _number(row["best_step"], "%.0f"),
+            _number(row["samples_per_s"], "%.0f"),
+            _number(row["wall_s"], "%.0f"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -154,9 +224,13 @@ def format_csv(rows: Sequence[Dict[str, Any]]) -> str:
         values = [row["label"], row["runs_ok"], row["runs_failed"], row["tuned"] or ""]
         for split, name in METRICS:
             values += [_number(value, "%.6f", "") for value in row["%s_%s" % (split, name)]]
-        values += [_number(row["relaimpr"], "%.4f", ""), _number(row["best_step"], "%.0f", ""),
-                   _number(row["samples_per_s"], "%.0f", ""), _number(row["wall_s"], "%.1f", ""),
-                   " ".join(str(seed) for seed in row["seeds"])]
+        values += [
+            _number(row["relaimpr"], "%.4f", ""),
+            _number(row["best_step"], "%.0f", ""),
+            _number(row["samples_per_s"], "%.0f", ""),
+            _number(row["wall_s"], "%.1f", ""),
+            " ".join(str(seed) for seed in row["seeds"]),
+        ]
         writer.writerow(values)
     return buffer.getvalue()
 
@@ -166,17 +240,26 @@ def format_failures(outcome: GridOutcome) -> str:
     lines = []
     for key in sorted(set(outcome.failed)):
         record = outcome.records.get(key, {})
-        lines.append("- `%s` %s (%s, seed %s): %s" % (key, record.get("cell"), record.get("phase"),
-                                                      record.get("seed"), record.get("error")))
+        lines.append(
+            "- `%s` %s (%s, seed %s): %s"
+            % (key, record.get("cell"), record.get("phase"), record.get("seed"), record.get("error"))
+        )
     for key in sorted(set(outcome.interrupted) - set(outcome.failed)):
         record = outcome.records.get(key, {})
-        lines.append("- `%s` %s (seed %s): interrupted in an earlier invocation, run again (now %s)"
-                     % (key, record.get("cell"), record.get("seed"), record.get("status")))
+        lines.append(
+            "- `%s` %s (seed %s): interrupted in an earlier invocation, run again (now %s)"
+            % (key, record.get("cell"), record.get("seed"), record.get("status"))
+        )
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def write_reports(outcome: GridOutcome, output_prefix: str, baseline: Optional[str] = "base",
-                  title: str = "", highlight: Optional[str] = None) -> Dict[str, str]:
+def write_reports(
+    outcome: GridOutcome,
+    output_prefix: str,
+    baseline: Optional[str] = "base",
+    title: str = "",
+    highlight: Optional[str] = None,
+) -> Dict[str, str]:
     """Writes ``<prefix>.md``, ``<prefix>.csv`` and (with matplotlib) the chart ``<prefix>.png``; returns the paths."""
     rows = summarize(outcome, baseline)
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
@@ -185,10 +268,19 @@ def write_reports(outcome: GridOutcome, output_prefix: str, baseline: Optional[s
     if comparison:
         markdown += "\n%s against each other configuration (test GAUC; spread = the larger seed std):\n\n" % highlight
         for item in comparison:
-            verdict = ("better by more than the spread" if item["clear"] else
-                       "within the spread" if item["difference"] > 0 else "not better")
-            markdown += "- vs %s: %+.4f (spread %.4f): %s\n" % (item["against"], item["difference"], item["spread"],
-                                                                verdict)
+            verdict = (
+                "better by more than the spread"
+                if item["clear"]
+                else "within the spread"
+                if item["difference"] > 0
+                else "not better"
+            )
+            markdown += "- vs %s: %+.4f (spread %.4f): %s\n" % (
+                item["against"],
+                item["difference"],
+                item["spread"],
+                verdict,
+            )
     failures = format_failures(outcome)
     if failures:
         markdown += "\nFailed or interrupted runs:\n\n" + failures

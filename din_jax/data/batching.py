@@ -32,8 +32,9 @@ def _check_sizes(replicas: int, device_iterations: int, micro_batch_size: int) -
         raise ValueError("replicas, device_iterations and micro_batch_size must be >= 1")
 
 
-def plan_chunks(order: np.ndarray, replicas: int, device_iterations: int, micro_batch_size: int,
-                drop_remainder: bool) -> ChunkPlan:
+def plan_chunks(
+    order: np.ndarray, replicas: int, device_iterations: int, micro_batch_size: int, drop_remainder: bool
+) -> ChunkPlan:
     """Cuts an ordering of sample indices into per-call index arrays.
 
     Args:
@@ -60,7 +61,7 @@ def plan_chunks(order: np.ndarray, replicas: int, device_iterations: int, micro_
     seen = 0
     for start in range(0, steps, device_iterations):
         k = min(device_iterations, steps - start)
-        idx = order[start * global_batch:(start + k) * global_batch]
+        idx = order[start * global_batch : (start + k) * global_batch]
         # (K, R, B) -> (R, K, B): step k's global batch is contiguous in `order`.
         calls.append(idx.reshape(k, replicas, micro_batch_size).transpose(1, 0, 2))
         n = k * global_batch
@@ -69,8 +70,9 @@ def plan_chunks(order: np.ndarray, replicas: int, device_iterations: int, micro_
     return ChunkPlan(calls, valid)
 
 
-def gather_chunk(source: Any, split: str, indices_RxKxB: np.ndarray, max_seq_len: int,
-                 samples: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+def gather_chunk(
+    source: Any, split: str, indices_RxKxB: np.ndarray, max_seq_len: int, samples: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
     """Gathers the batch dict for an index array of any shape (leaves get that leading shape)."""
     flat = indices_RxKxB.reshape(-1)
     batch = source.gather(split, flat, max_seq_len, samples=samples)
@@ -160,9 +162,16 @@ def _binary_parts(steps: int, device_iterations: int) -> List[int]:
     return parts
 
 
-def plan_bucketed_chunks(order: np.ndarray, lengths: Optional[np.ndarray], buckets: Sequence[int], replicas: int,
-                         device_iterations: int, micro_batch_size: int, drop_remainder: bool = True,
-                         shuffle_seed: Optional[Sequence[int]] = None) -> ChunkPlan:
+def plan_bucketed_chunks(
+    order: np.ndarray,
+    lengths: Optional[np.ndarray],
+    buckets: Sequence[int],
+    replicas: int,
+    device_iterations: int,
+    micro_batch_size: int,
+    drop_remainder: bool = True,
+    shuffle_seed: Optional[Sequence[int]] = None,
+) -> ChunkPlan:
     """Cuts an ordering of sample indices into per-call index arrays, one bucket length per call.
 
     Bucket by bucket from the shortest, a bucket's samples (in the order's order) fill full calls and
@@ -194,8 +203,9 @@ def plan_bucketed_chunks(order: np.ndarray, lengths: Optional[np.ndarray], bucke
         return plan._replace(seq_lens=[buckets[0]] * len(plan.calls))
     order_lengths = np.asarray(lengths)[order]
     if order_lengths.size and int(order_lengths.max()) > buckets[-1]:
-        raise ValueError("a history of length %d exceeds the largest bucket %d" % (int(order_lengths.max()),
-                                                                                  buckets[-1]))
+        raise ValueError(
+            "a history of length %d exceeds the largest bucket %d" % (int(order_lengths.max()), buckets[-1])
+        )
     bucket_of = np.searchsorted(np.asarray(buckets), order_lengths, side="left")
     global_batch = replicas * micro_batch_size
     per_call = device_iterations * global_batch
@@ -214,8 +224,8 @@ def plan_bucketed_chunks(order: np.ndarray, lengths: Optional[np.ndarray], bucke
         pool = np.concatenate([carry, order[bucket_of == index]])
         full = len(pool) // per_call
         for call in range(full):
-            emit(pool[call * per_call:(call + 1) * per_call], seq_len, per_call)
-        carry = pool[full * per_call:]
+            emit(pool[call * per_call : (call + 1) * per_call], seq_len, per_call)
+        carry = pool[full * per_call :]
         if index < len(buckets) - 1:
             continue
         real = len(carry)
@@ -225,7 +235,7 @@ def plan_bucketed_chunks(order: np.ndarray, lengths: Optional[np.ndarray], bucke
             steps += 1
         start = 0
         for k in _binary_parts(steps, device_iterations):
-            emit(carry[start:start + k * global_batch], seq_len, int(np.clip(real - start, 0, k * global_batch)))
+            emit(carry[start : start + k * global_batch], seq_len, int(np.clip(real - start, 0, k * global_batch)))
             start += k * global_batch
     if shuffle_seed is not None and calls:
         # valid[i] counts the real samples at the start of call i, wherever it goes.
@@ -236,14 +246,24 @@ def plan_bucketed_chunks(order: np.ndarray, lengths: Optional[np.ndarray], bucke
     return ChunkPlan(calls, valid, seq_lens)
 
 
-def plan_split_chunks(source, split: str, order: np.ndarray, max_seq_len: int, length_buckets: Sequence[int],
-                      replicas: int, device_iterations: int, micro_batch_size: int, drop_remainder: bool,
-                      shuffle_seed: Optional[Sequence[int]] = None) -> ChunkPlan:
+def plan_split_chunks(
+    source,
+    split: str,
+    order: np.ndarray,
+    max_seq_len: int,
+    length_buckets: Sequence[int],
+    replicas: int,
+    device_iterations: int,
+    micro_batch_size: int,
+    drop_remainder: bool,
+    shuffle_seed: Optional[Sequence[int]] = None,
+) -> ChunkPlan:
     """``plan_bucketed_chunks`` with the split's history lengths (read only for more than one bucket)."""
     buckets = normalize_buckets(length_buckets, max_seq_len)
     lengths = source.history_lengths(split, max_seq_len) if len(buckets) > 1 else None
-    return plan_bucketed_chunks(order, lengths, buckets, replicas, device_iterations, micro_batch_size,
-                                drop_remainder, shuffle_seed)
+    return plan_bucketed_chunks(
+        order, lengths, buckets, replicas, device_iterations, micro_batch_size, drop_remainder, shuffle_seed
+    )
 
 
 def plan_epoch(source, config, epoch: int, replicas: int) -> ChunkPlan:
@@ -251,6 +271,14 @@ def plan_epoch(source, config, epoch: int, replicas: int) -> ChunkPlan:
     order = np.random.default_rng([config.seed, epoch]).permutation(source.num_samples("train"))
     shape = (replicas, config.device_iterations, config.micro_batch_size)
     if len(normalize_buckets(config.length_buckets, config.max_seq_len)) > 1:
-        return plan_split_chunks(source, "train", order, config.max_seq_len, config.length_buckets, *shape,
-                                 drop_remainder=True, shuffle_seed=[config.seed, epoch])
+        return plan_split_chunks(
+            source,
+            "train",
+            order,
+            config.max_seq_len,
+            config.length_buckets,
+            *shape,
+            drop_remainder=True,
+            shuffle_seed=[config.seed, epoch],
+        )
     return plan_chunks(order, *shape, drop_remainder=True)

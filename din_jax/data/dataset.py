@@ -49,9 +49,16 @@ class Dataset:
       item_category: int32 ``[num_items]``, the category of each item.
     """
 
-    def __init__(self, path: Optional[str], meta: dict, sequences: np.ndarray, offsets: np.ndarray,
-                 item_category: np.ndarray, splits: Dict[str, np.ndarray],
-                 draw_negatives: Optional[NegativeSampler] = None):
+    def __init__(
+        self,
+        path: Optional[str],
+        meta: dict,
+        sequences: np.ndarray,
+        offsets: np.ndarray,
+        item_category: np.ndarray,
+        splits: Dict[str, np.ndarray],
+        draw_negatives: Optional[NegativeSampler] = None,
+    ):
         self.path = path
         self.meta = meta
         self.num_users = int(meta["users"])
@@ -68,8 +75,15 @@ class Dataset:
         self._counted_with = int(meta.get("max_seq_len", DEFAULT_MAX_SEQ_LEN))
 
     @classmethod
-    def from_arrays(cls, meta: dict, sequences, offsets, item_category, splits: Mapping[str, np.ndarray],
-                    draw_negatives: Optional[NegativeSampler] = None) -> "Dataset":
+    def from_arrays(
+        cls,
+        meta: dict,
+        sequences,
+        offsets,
+        item_category,
+        splits: Mapping[str, np.ndarray],
+        draw_negatives: Optional[NegativeSampler] = None,
+    ) -> "Dataset":
         """A dataset held in memory (e.g. ``din_jax.data.synthetic``'s), its arrays made read-only.
 
         ``meta`` is as meta.json (``users``, ``items``, ``categories``; ``max_seq_len``: the history length the
@@ -91,8 +105,10 @@ class Dataset:
 
     def __repr__(self) -> str:
         rows = ", ".join(f"{name}={len(rows)}" for name, rows in self._splits.items())
-        return (f"Dataset({self.path!r}, users={self.num_users}, items={self.num_items}, "
-                f"categories={self.num_categories}, {rows})")
+        return (
+            f"Dataset({self.path!r}, users={self.num_users}, items={self.num_items}, "
+            f"categories={self.num_categories}, {rows})"
+        )
 
     def split_names(self) -> List[str]:
         """The names of the splits that have at least one sample, train first."""
@@ -114,8 +130,9 @@ class Dataset:
         positions = self.samples(split)[:, _POSITION]
         return np.minimum(positions, max_seq_len).astype(np.int32)
 
-    def gather(self, split: str, indices: np.ndarray, max_seq_len: int,
-               samples: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    def gather(
+        self, split: str, indices: np.ndarray, max_seq_len: int, samples: Optional[np.ndarray] = None
+    ) -> Dict[str, np.ndarray]:
         """The batch dict (docs/DATASET_FORMAT.md) of rows ``indices`` ``[B]`` of a split.
 
         The history is the last ``max_seq_len`` items of the sample's prefix, left-aligned and zero padded.
@@ -142,16 +159,19 @@ class Dataset:
         """
         negatives = self.meta.get("negatives") or {}
         if self._draw_negatives is None and not negatives.get("resampleable", False):
-            raise DatasetError(f"{self.path}: {META_FILE}: negatives of this dataset ({self.meta.get('source_format')}"
-                               " source) are fixed and cannot be resampled")
+            raise DatasetError(
+                f"{self.path}: {META_FILE}: negatives of this dataset ({self.meta.get('source_format')}"
+                " source) are fixed and cannot be resampled"
+            )
         train = np.array(self.samples("train"), dtype=np.int32, copy=True)
         negative_rows = np.flatnonzero(train[:, _LABEL] == 0)
         if self._draw_negatives is not None:
             train[negative_rows, _ITEM] = self._draw_negatives(rng, train[negative_rows])
             return train
         try:
-            train[negative_rows, _ITEM] = sample_negatives(rng, train[negative_rows, _USER], self.num_items,
-                                                           self.user_item_keys())
+            train[negative_rows, _ITEM] = sample_negatives(
+                rng, train[negative_rows, _USER], self.num_items, self.user_item_keys()
+            )
         except ValueError as error:
             raise DatasetError(f"{self.path}: {error}") from None
         return train
@@ -164,8 +184,9 @@ class Dataset:
                 sequence_user[rows[:, _SEQUENCE]] = rows[:, _USER]
             event_user = np.repeat(sequence_user, np.diff(self.offsets))
             known = event_user >= 0
-            self._user_item_keys = make_user_item_keys(event_user[known], np.asarray(self.sequences)[known],
-                                                       self.num_items)
+            self._user_item_keys = make_user_item_keys(
+                event_user[known], np.asarray(self.sequences)[known], self.num_items
+            )
         return self._user_item_keys
 
     def _load_frequencies(self, kind: str) -> np.ndarray:
@@ -173,9 +194,15 @@ class Dataset:
             vocab = getattr(self, "num_" + _VOCAB_KEYS[kind])
             return _load_array(self.path, FREQ_FILES[kind], np.int64, (vocab,))
         if self._frequencies is None:  # counted as the writer counts them
-            self._frequencies = count_training_frequencies(self.samples("train"), self.sequences, self.offsets,
-                                                           self.item_category, self.num_users, self.num_categories,
-                                                           self._counted_with)
+            self._frequencies = count_training_frequencies(
+                self.samples("train"),
+                self.sequences,
+                self.offsets,
+                self.item_category,
+                self.num_users,
+                self.num_categories,
+                self._counted_with,
+            )
         return self._frequencies[kind]
 
     def item_frequencies(self) -> np.ndarray:
@@ -211,8 +238,14 @@ def make_gather_tables(sequences: np.ndarray, item_category: np.ndarray) -> Tupl
     return items, categories
 
 
-def gather_rows(rows: np.ndarray, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray,
-                max_seq_len: int, tables: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+def gather_rows(
+    rows: np.ndarray,
+    sequences: np.ndarray,
+    offsets: np.ndarray,
+    item_category: np.ndarray,
+    max_seq_len: int,
+    tables: Optional[Tuple[np.ndarray, np.ndarray]] = None,
+) -> Dict[str, np.ndarray]:
     """The batch dict of sample rows ``[B, 5]`` (see ``Dataset.gather``); ``tables``: ``make_gather_tables``'."""
     event_items, event_categories = tables if tables is not None else make_gather_tables(sequences, item_category)
     rows = np.asarray(rows, dtype=np.int32).reshape(-1, len(SAMPLE_COLUMNS))
@@ -235,9 +268,15 @@ def gather_rows(rows: np.ndarray, sequences: np.ndarray, offsets: np.ndarray, it
     }
 
 
-def count_training_frequencies(train: np.ndarray, sequences: np.ndarray, offsets: np.ndarray,
-                               item_category: np.ndarray, num_users: int, num_categories: int,
-                               max_seq_len: int) -> Dict[str, np.ndarray]:
+def count_training_frequencies(
+    train: np.ndarray,
+    sequences: np.ndarray,
+    offsets: np.ndarray,
+    item_category: np.ndarray,
+    num_users: int,
+    num_categories: int,
+    max_seq_len: int,
+) -> Dict[str, np.ndarray]:
     """``{"item", "category", "user"}`` -> int64 counts of each id in the training samples' features.
 
     A sample counts its candidate item (and category), the last ``max_seq_len`` items of its history (what
@@ -264,8 +303,9 @@ def count_training_frequencies(train: np.ndarray, sequences: np.ndarray, offsets
     return {"item": item[:num_items], "category": category[:num_categories], "user": user[:num_users]}
 
 
-def find_value_problem(meta: dict, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray,
-                       splits: Mapping[str, np.ndarray]) -> Optional[Tuple[str, str]]:
+def find_value_problem(
+    meta: dict, sequences: np.ndarray, offsets: np.ndarray, item_category: np.ndarray, splits: Mapping[str, np.ndarray]
+) -> Optional[Tuple[str, str]]:
     """``(file, message)`` of the first array content that breaks the format's invariants, or None."""
     users, items, categories = int(meta["users"]), int(meta["items"]), int(meta["categories"])
     if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(sequences):
@@ -380,8 +420,9 @@ def load_dataset(path: str, check_values: bool = True) -> Dataset:
     if not isinstance(split_rows, dict):
         raise _fail(path, META_FILE, "'splits' must map split names to row counts")
     names = [name for name in list(SPLITS) + sorted(set(split_rows) - set(SPLITS)) if name in split_rows]
-    splits = {name: _load_array(path, name + ".npy", np.int32, (int(split_rows[name]), len(SAMPLE_COLUMNS)))
-              for name in names}
+    splits = {
+        name: _load_array(path, name + ".npy", np.int32, (int(split_rows[name]), len(SAMPLE_COLUMNS))) for name in names
+    }
     for kind, file in FREQ_FILES.items():
         _load_array(path, file, np.int64, (int(meta[_VOCAB_KEYS[kind]]),))
     for kind, file in ID_MAP_FILES.items():

@@ -28,8 +28,9 @@ def contains_keys(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return found & (where < len(sorted_keys))
 
 
-def sample_negatives(rng: np.random.Generator, users: np.ndarray, num_items: int,
-                     user_item_keys: np.ndarray) -> np.ndarray:
+def sample_negatives(
+    rng: np.random.Generator, users: np.ndarray, num_items: int, user_item_keys: np.ndarray
+) -> np.ndarray:
     """int32 ``[N]``: a uniform item in ``[0, num_items)`` for each row's user, never one of its ``user_item_keys``.
 
     The result depends only on ``rng``'s state. ValueError if a user has every item (no negative exists).
@@ -43,7 +44,9 @@ def sample_negatives(rng: np.random.Generator, users: np.ndarray, num_items: int
     key_users, key_counts = np.unique(user_item_keys // np.int64(num_items), return_counts=True)
     full = key_users[key_counts >= num_items]
     if len(full) and np.isin(users, full).any():
-        raise ValueError(f"user {int(full[np.isin(full, users)][0])} has interacted with all {num_items} items: no negative can be drawn")
+        raise ValueError(
+            f"user {int(full[np.isin(full, users)][0])} has interacted with all {num_items} items: no negative can be drawn"
+        )
     negatives = rng.integers(0, num_items, size=len(users), dtype=np.int64)
     pending = np.arange(len(users))
     while len(pending):

@@ -81,10 +81,10 @@ def empirical_length_distribution(spec: str, counts: Sequence[int], max_seq_len:
     """A distribution from counts of lengths ``1..len(counts)``, its tail above ``max_seq_len`` folded into it."""
     counts_L = np.asarray(counts, dtype=np.float64)
     if max_seq_len < len(counts_L):
-        counts_L = np.concatenate([counts_L[:max_seq_len - 1], [counts_L[max_seq_len - 1:].sum()]])
+        counts_L = np.concatenate([counts_L[: max_seq_len - 1], [counts_L[max_seq_len - 1 :].sum()]])
     nonzero = np.flatnonzero(counts_L)
     low, high = int(nonzero[0]) + 1, int(nonzero[-1]) + 1
-    table = counts_L[low - 1:high]
+    table = counts_L[low - 1 : high]
     return LengthDistribution(spec, low, high, table / table.sum())
 
 
@@ -119,8 +119,9 @@ def parse_length_spec(spec: str, max_seq_len: int) -> LengthDistribution:
     return LENGTH_DISTRIBUTIONS[name][1](spec, fields, max_seq_len)
 
 
-def sample_lengths(rng: np.random.Generator, spec: Union[str, LengthDistribution], size: int,
-                   max_seq_len: int) -> np.ndarray:
+def sample_lengths(
+    rng: np.random.Generator, spec: Union[str, LengthDistribution], size: int, max_seq_len: int
+) -> np.ndarray:
     """Draws int32 ``[size]`` history lengths from a spec string or a parsed ``LengthDistribution``.
 
     Raises:
@@ -129,12 +130,14 @@ def sample_lengths(rng: np.random.Generator, spec: Union[str, LengthDistribution
     distribution = spec if isinstance(spec, LengthDistribution) else parse_length_spec(spec, max_seq_len)
     if distribution.high > max_seq_len:
         raise ValueError(
-            f"history length spec {distribution.spec!r} reaches {distribution.high} > max_seq_len={max_seq_len}")
+            f"history length spec {distribution.spec!r} reaches {distribution.high} > max_seq_len={max_seq_len}"
+        )
     return distribution.sample(rng, size)
 
 
-def _history_lengths(length_spec: Optional[Union[str, LengthDistribution]], min_len: int,
-                     max_seq_len: int) -> LengthDistribution:
+def _history_lengths(
+    length_spec: Optional[Union[str, LengthDistribution]], min_len: int, max_seq_len: int
+) -> LengthDistribution:
     """``length_spec`` parsed, by default ``uniform:min_len:max_seq_len``."""
     if length_spec is None:
         if not 1 <= min_len <= max_seq_len:
@@ -151,7 +154,8 @@ def make_item_categories(num_items: int, num_categories: int, seed: int) -> np.n
     """
     if num_categories < 1 or num_items < num_categories:
         raise ValueError(
-            f"need 1 <= num_categories <= num_items; got num_items={num_items}, num_categories={num_categories}")
+            f"need 1 <= num_categories <= num_items; got num_items={num_items}, num_categories={num_categories}"
+        )
     balanced = np.arange(num_items, dtype=np.int64) % num_categories
     return np.random.default_rng(seed).permutation(balanced).astype(np.int32)
 
@@ -178,8 +182,10 @@ def _index_items_by_category(item_category: np.ndarray, num_categories: int) -> 
 def _check_item_category(item_category: np.ndarray, num_items: int, num_categories: int) -> np.ndarray:
     item_category = np.asarray(item_category)
     if item_category.shape != (num_items,) or not np.issubdtype(item_category.dtype, np.integer):
-        raise ValueError(f"item_category must be an integer array of shape ({num_items},); "
-                         f"got {item_category.dtype} {item_category.shape}")
+        raise ValueError(
+            f"item_category must be an integer array of shape ({num_items},); "
+            f"got {item_category.dtype} {item_category.shape}"
+        )
     if item_category.min() < 0 or item_category.max() >= num_categories:
         raise ValueError(f"item_category values must lie in [0, num_categories={num_categories})")
     if np.bincount(item_category, minlength=num_categories).min() == 0:
@@ -187,11 +193,18 @@ def _check_item_category(item_category: np.ndarray, num_items: int, num_categori
     return item_category.astype(np.int32)
 
 
-def make_synthetic_batch(rng: np.random.Generator, batch_size: int, max_seq_len: int, num_users: int,
-                         num_items: int, num_categories: int, min_len: int = 1,
-                         item_category: Optional[np.ndarray] = None,
-                         length_spec: Optional[Union[str, LengthDistribution]] = None,
-                         category_seed: int = 0) -> Dict[str, np.ndarray]:
+def make_synthetic_batch(
+    rng: np.random.Generator,
+    batch_size: int,
+    max_seq_len: int,
+    num_users: int,
+    num_items: int,
+    num_categories: int,
+    min_len: int = 1,
+    item_category: Optional[np.ndarray] = None,
+    length_spec: Optional[Union[str, LengthDistribution]] = None,
+    category_seed: int = 0,
+) -> Dict[str, np.ndarray]:
     """One batch of learnable synthetic data (see the module docstring), a function of ``rng``'s state.
 
     Args:
@@ -210,7 +223,8 @@ def make_synthetic_batch(rng: np.random.Generator, batch_size: int, max_seq_len:
     """
     if batch_size < 0 or max_seq_len < 1 or num_users < 1:
         raise ValueError(
-            f"need batch_size >= 0, max_seq_len >= 1, num_users >= 1; got {batch_size}, {max_seq_len}, {num_users}")
+            f"need batch_size >= 0, max_seq_len >= 1, num_users >= 1; got {batch_size}, {max_seq_len}, {num_users}"
+        )
     if num_categories < 2:
         raise ValueError("need num_categories >= 2: a negative's category must be absent from its history")
     if item_category is None:
@@ -218,8 +232,10 @@ def make_synthetic_batch(rng: np.random.Generator, batch_size: int, max_seq_len:
     item_category = _check_item_category(item_category, num_items, num_categories)
     lengths = _history_lengths(length_spec, min_len, max_seq_len)
     if lengths.low < 1:
-        raise ValueError(f"history length spec {lengths.spec!r} allows length 0, but every row needs a history "
-                         "item (a positive's category is taken from it)")
+        raise ValueError(
+            f"history length spec {lengths.spec!r} allows length 0, but every row needs a history "
+            "item (a positive's category is taken from it)"
+        )
     by_category = _index_items_by_category(item_category, num_categories)
 
     hist_len_B = sample_lengths(rng, lengths, batch_size, max_seq_len)
@@ -266,8 +282,14 @@ def compute_rule_labels(batch: Dict[str, np.ndarray]) -> np.ndarray:
     return np.any(matches_BxT & valid_BxT, axis=1)
 
 
-def _generate_split(rng: np.random.Generator, num_rows: int, first_sequence: int, config: Dict[str, int],
-                    item_category: np.ndarray, lengths: LengthDistribution):
+def _generate_split(
+    rng: np.random.Generator,
+    num_rows: int,
+    first_sequence: int,
+    config: Dict[str, int],
+    item_category: np.ndarray,
+    lengths: LengthDistribution,
+):
     """Sample rows, packed histories and history lengths of one split, generated chunk by chunk."""
     row_chunks = [np.zeros((0, 5), dtype=np.int32)]
     history_chunks = [np.zeros(0, dtype=np.int32)]
@@ -285,9 +307,18 @@ def _generate_split(rng: np.random.Generator, num_rows: int, first_sequence: int
     return np.concatenate(row_chunks), np.concatenate(history_chunks), np.concatenate(length_chunks)
 
 
-def make_synthetic_dataset(num_train: int, num_validation: int, num_test: int, max_seq_len: int = 100,
-                           num_users: int = 1000, num_items: int = 500, num_categories: int = 20, seed: int = 0,
-                           min_len: int = 1, length_spec: Optional[str] = None) -> Dataset:
+def make_synthetic_dataset(
+    num_train: int,
+    num_validation: int,
+    num_test: int,
+    max_seq_len: int = 100,
+    num_users: int = 1000,
+    num_items: int = 500,
+    num_categories: int = 20,
+    seed: int = 0,
+    min_len: int = 1,
+    length_spec: Optional[str] = None,
+) -> Dataset:
     """Generates every split once, deterministically, as an in-memory ``Dataset``.
 
     Each row is its own sequence and its history is all of it (``position`` = its length); sequence
@@ -307,15 +338,20 @@ def make_synthetic_dataset(num_train: int, num_validation: int, num_test: int, m
     if min(split_sizes.values()) < 0:
         raise ValueError(f"split sizes must be >= 0; got {split_sizes}")
     lengths = _history_lengths(length_spec, min_len, max_seq_len)
-    config = {"max_seq_len": max_seq_len, "num_users": num_users, "num_items": num_items,
-              "num_categories": num_categories}
+    config = {
+        "max_seq_len": max_seq_len,
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_categories": num_categories,
+    }
     item_category = make_item_categories(num_items, num_categories, seed)
     splits, histories, history_lengths = {}, [], []
     first_sequence = 0
     for split_index, name in enumerate(SPLITS):
         rng = np.random.default_rng([seed, split_index])
-        splits[name], history, lengths_of_split = _generate_split(rng, split_sizes[name], first_sequence, config,
-                                                                  item_category, lengths)
+        splits[name], history, lengths_of_split = _generate_split(
+            rng, split_sizes[name], first_sequence, config, item_category, lengths
+        )
         histories.append(history)
         history_lengths.append(lengths_of_split)
         first_sequence += split_sizes[name]
@@ -323,13 +359,25 @@ def make_synthetic_dataset(num_train: int, num_validation: int, num_test: int, m
     all_lengths = np.concatenate(history_lengths)
     offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(all_lengths)]).astype(np.int64)
     meta = {
-        "format": FORMAT_NAME, "version": FORMAT_VERSION, "name": "synthetic", "source_format": "synthetic",
-        "users": num_users, "items": num_items, "categories": num_categories,
-        "sequences": int(all_lengths.shape[0]), "splits": dict(split_sizes), "max_seq_len": max_seq_len,
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "name": "synthetic",
+        "source_format": "synthetic",
+        "users": num_users,
+        "items": num_items,
+        "categories": num_categories,
+        "sequences": int(all_lengths.shape[0]),
+        "splits": dict(split_sizes),
+        "max_seq_len": max_seq_len,
         "negatives": {"resampleable": True, "seed": seed, "rule": "new item of the same absent category"},
         "sources": [],
-        "build": {"generator": "din_jax.data.synthetic.make_synthetic_dataset", "seed": seed,
-                  "length_spec": lengths.spec, "label_rule": "candidate category occurs in the history", **config},
+        "build": {
+            "generator": "din_jax.data.synthetic.make_synthetic_dataset",
+            "seed": seed,
+            "length_spec": lengths.spec,
+            "label_rule": "candidate category occurs in the history",
+            **config,
+        },
         "dropped": {},
         "created": None,
     }

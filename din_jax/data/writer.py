@@ -70,9 +70,18 @@ def _write_id_map(path: str, keys: Sequence) -> None:
         flush_to_disk(handle)
 
 
-def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[str, np.ndarray], meta: dict,
-                  id_maps: Dict[str, Sequence[str]], overwrite: bool = False,
-                  before_meta: Optional[Callable[[dict], None]] = None) -> None:
+def write_dataset(
+    path: str,
+    *,
+    sequences,
+    offsets,
+    item_category,
+    splits: Dict[str, np.ndarray],
+    meta: dict,
+    id_maps: Dict[str, Sequence[str]],
+    overwrite: bool = False,
+    before_meta: Optional[Callable[[dict], None]] = None,
+) -> None:
     """Validates and writes a dataset directory atomically.
 
     Args:
@@ -109,17 +118,19 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
             raise DatasetError(f"{path}: split {name!r} must have shape {shape}, got {rows.shape}")
         all_splits[name] = rows
     full_meta = dict(meta)
-    full_meta.update({
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "users": num_users,
-        "items": num_items,
-        "categories": num_categories,
-        "sequences": int(len(offsets) - 1),
-        "events": int(len(sequences)),
-        "splits": {name: int(len(rows)) for name, rows in all_splits.items()},
-        "sample_columns": list(SAMPLE_COLUMNS),
-    })
+    full_meta.update(
+        {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "users": num_users,
+            "items": num_items,
+            "categories": num_categories,
+            "sequences": int(len(offsets) - 1),
+            "events": int(len(sequences)),
+            "splits": {name: int(len(rows)) for name, rows in all_splits.items()},
+            "sample_columns": list(SAMPLE_COLUMNS),
+        }
+    )
     full_meta.setdefault("max_seq_len", DEFAULT_MAX_SEQ_LEN)
     full_meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat())
     max_seq_len = full_meta["max_seq_len"]
@@ -128,8 +139,9 @@ def write_dataset(path: str, *, sequences, offsets, item_category, splits: Dict[
     problem = find_value_problem(full_meta, sequences, offsets, item_category, all_splits)
     if problem is not None:
         raise DatasetError(f"{path}: invalid {problem[0]}: {problem[1]}")
-    frequencies = count_training_frequencies(all_splits["train"], sequences, offsets, item_category, num_users,
-                                             num_categories, int(max_seq_len))
+    frequencies = count_training_frequencies(
+        all_splits["train"], sequences, offsets, item_category, num_users, num_categories, int(max_seq_len)
+    )
 
     absolute = os.path.abspath(path)
     parent = os.path.dirname(absolute)

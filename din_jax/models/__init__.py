@@ -39,8 +39,14 @@ def model_fields(name_or_factory) -> Dict[str, Any]:
     return fields
 
 
-def build_model(name: str, num_users: int, num_items: int, num_categories: int,
-                config: Optional[Dict[str, Any]] = None, axis_name: Optional[str] = None) -> nn.Module:
+def build_model(
+    name: str,
+    num_users: int,
+    num_items: int,
+    num_categories: int,
+    config: Optional[Dict[str, Any]] = None,
+    axis_name: Optional[str] = None,
+) -> nn.Module:
     """Instantiates model ``name`` for the given vocabulary sizes.
 
     Args:
@@ -58,6 +64,14 @@ def build_model(name: str, num_users: int, num_items: int, num_categories: int,
 
 
 __all__ = [
-    "DIN", "MODELS", "PNN", "BaseModel", "DeepFM", "LogisticRegression", "WideDeep", "build_model",
-    "model_fields", "register_model",
+    "DIN",
+    "MODELS",
+    "PNN",
+    "BaseModel",
+    "DeepFM",
+    "LogisticRegression",
+    "WideDeep",
+    "build_model",
+    "model_fields",
+    "register_model",
 ]

@@ -42,8 +42,9 @@ def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool)
     mask_BxT = history_mask(batch["hist_len"], history_BxTxD.shape[1])
     pool = make_attention(model.pooling, dtype=model.dtype, axis_name=model.axis_name, name="history_pooling")
     pooled_BxD, _ = pool(embedded["candidate"], history_BxTxD, mask_BxT, train=train)
-    return EmbeddedBatch(embedded["candidate"], mask_BxT, pooled_BxD.astype(model.dtype), embedded["user"],
-                         embedded["item_bias"])
+    return EmbeddedBatch(
+        embedded["candidate"], mask_BxT, pooled_BxD.astype(model.dtype), embedded["user"], embedded["item_bias"]
+    )
 
 
 def field_vectors(model: nn.Module, inputs: EmbeddedBatch) -> jnp.ndarray:
@@ -62,8 +63,10 @@ def field_vectors(model: nn.Module, inputs: EmbeddedBatch) -> jnp.ndarray:
     if inputs.user_BxU is not None:
         fields.append(inputs.user_BxU)
     if len({field.shape[-1] for field in fields}) > 1:
-        fields = [nn.Dense(item_dim, use_bias=False, dtype=model.dtype, name="field_projection_%d" % i)(field)
-                  for i, field in enumerate(fields)]
+        fields = [
+            nn.Dense(item_dim, use_bias=False, dtype=model.dtype, name="field_projection_%d" % i)(field)
+            for i, field in enumerate(fields)
+        ]
     return jnp.stack(fields, axis=1)
 
 

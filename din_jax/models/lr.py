@@ -66,8 +66,12 @@ class LinearTerms(nn.Module):
         history_BxTx4 = embedded["history"]
         mask_BxT = history_mask(batch["hist_len"], history_BxTx4.shape[1])
         pooled_Bx4 = pool_bag(history_BxTx4, mask_BxT, self.bag)
-        logits_B = (candidate_Bx4[:, _AS_CANDIDATE] + candidate_Bx4[:, 2 + _AS_CANDIDATE]
-                    + pooled_Bx4[:, _IN_HISTORY] + pooled_Bx4[:, 2 + _IN_HISTORY])
+        logits_B = (
+            candidate_Bx4[:, _AS_CANDIDATE]
+            + candidate_Bx4[:, 2 + _AS_CANDIDATE]
+            + pooled_Bx4[:, _IN_HISTORY]
+            + pooled_Bx4[:, 2 + _IN_HISTORY]
+        )
         if embedded["user"] is not None:
             logits_B = logits_B + embedded["user"][:, 0]
         return logits_B.astype(jnp.float32)

@@ -27,8 +27,7 @@ from din_jax.models.lr import LinearTerms, bag_of, pool_bag
 def cross_ids(left_B, right_BxT, right_vocab: int, rows: int):
     """Row of each (left, right) pair in a table of ``rows`` rows, int32 ``[B, T]``: ``left * right_vocab + right``
     in uint32 (wrapping around) modulo ``rows``, exact when every pair has its own row, else a deterministic hash."""
-    pair_BxT = (left_B.astype(jnp.uint32)[:, None] * jnp.uint32(right_vocab)
-                + right_BxT.astype(jnp.uint32))
+    pair_BxT = left_B.astype(jnp.uint32)[:, None] * jnp.uint32(right_vocab) + right_BxT.astype(jnp.uint32)
     return (pair_BxT % jnp.uint32(rows)).astype(jnp.int32)
 
 
@@ -39,7 +38,7 @@ class WideDeep(BaseModel):
     ``pooling='sum'`` and averaged otherwise.
     """
 
-    wide_buckets: int = 2 ** 18
+    wide_buckets: int = 2**18
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False) -> jnp.ndarray:
@@ -62,10 +61,15 @@ class WideDeep(BaseModel):
         category_cross = self.param("category_cross", nn.initializers.zeros, (category_rows, 1), jnp.float32)
         item_cross = self.param("item_category_cross", nn.initializers.zeros, (item_rows, 1), jnp.float32)
         hist_category_BxT = batch["hist_category"]
-        crossed_BxTx2 = jnp.concatenate([
-            lookup(category_cross, cross_ids(batch["category"], hist_category_BxT, self.num_categories, category_rows)),
-            lookup(item_cross, cross_ids(batch["item"], hist_category_BxT, self.num_categories, item_rows)),
-        ], axis=-1)
+        crossed_BxTx2 = jnp.concatenate(
+            [
+                lookup(
+                    category_cross, cross_ids(batch["category"], hist_category_BxT, self.num_categories, category_rows)
+                ),
+                lookup(item_cross, cross_ids(batch["item"], hist_category_BxT, self.num_categories, item_rows)),
+            ],
+            axis=-1,
+        )
         # The crosses are a bag over the history positions, normalised like the history bag.
         wide_B = raw_B + jnp.sum(pool_bag(crossed_BxTx2, inputs.mask_BxT, bag_of(self.pooling)), axis=-1)
         return add_item_bias(deep_B + wide_B, inputs)

@@ -17,10 +17,19 @@ from din_jax.train.setup import load_source, load_variables_for_inference, vocab
 from din_jax.train.step import make_p_predict_chunk, replicate, resolve_devices
 
 
-def predict_split(p_predict: Callable, variables: Dict[str, Any], source: Any, split: str, devices: List[Any],
-                  micro_batch_size: int, device_iterations: int, max_seq_len: int,
-                  prefetch_depth: int = 2, timing: Optional[Dict[str, Any]] = None,
-                  length_buckets: Sequence[int] = ()) -> Dict[str, np.ndarray]:
+def predict_split(
+    p_predict: Callable,
+    variables: Dict[str, Any],
+    source: Any,
+    split: str,
+    devices: List[Any],
+    micro_batch_size: int,
+    device_iterations: int,
+    max_seq_len: int,
+    prefetch_depth: int = 2,
+    timing: Optional[Dict[str, Any]] = None,
+    length_buckets: Sequence[int] = (),
+) -> Dict[str, np.ndarray]:
     """``user``, ``label`` and float32 ``logits`` of every sample of a split, in its stored order.
 
     ``variables`` (``{'params', 'batch_stats'}``) are on the host. With ``length_buckets`` the samples are scored
@@ -101,8 +110,9 @@ class AttentionProbe:
         return valid_BxT, np.where(valid_BxT, weights_BxT, 0.0)
 
 
-def score_checkpoint(path: str, meta: Dict[str, Any], config: TrainConfig, split: str, passes: int = 1,
-                     progress: Any = None) -> Dict[str, Any]:
+def score_checkpoint(
+    path: str, meta: Dict[str, Any], config: TrainConfig, split: str, passes: int = 1, progress: Any = None
+) -> Dict[str, Any]:
     """Scores a split with a checkpoint as training did (``config_from_checkpoint``): predictions and timing.
 
     Args:
@@ -116,8 +126,9 @@ def score_checkpoint(path: str, meta: Dict[str, Any], config: TrainConfig, split
     vocab = vocabulary(source)
     trained = meta.get("vocabulary", vocab)
     if trained != vocab:
-        raise CheckpointError("checkpoint %s was trained with vocabulary %s but the dataset has %s"
-                              % (path, trained, vocab))
+        raise CheckpointError(
+            "checkpoint %s was trained with vocabulary %s but the dataset has %s" % (path, trained, vocab)
+        )
     if split not in source.split_names():
         raise ConfigError("--split %s: the dataset has splits %s" % (split, source.split_names()))
     model, variables = load_variables_for_inference(path, config, vocab)
@@ -134,10 +145,19 @@ def score_checkpoint(path: str, meta: Dict[str, Any], config: TrainConfig, split
     for _ in range(passes):
         if progress is not None:
             progress.on_evaluation_begin({"split": split, "samples": source.num_samples(split)})
-        out = predict_split(p_predict, variables, source, split, devices, config.micro_batch_size,
-                            config.device_iterations, config.max_seq_len, config.prefetch,
-                            timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0},
-                            length_buckets=config.length_buckets)
+        out = predict_split(
+            p_predict,
+            variables,
+            source,
+            split,
+            devices,
+            config.micro_batch_size,
+            config.device_iterations,
+            config.max_seq_len,
+            config.prefetch,
+            timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0},
+            length_buckets=config.length_buckets,
+        )
     if progress is not None:
         progress.on_close({})
     metrics = metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
@@ -151,6 +171,7 @@ def write_predictions(path: str, out: Dict[str, np.ndarray]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["index", "user", "label", "logit", "probability"])
         for i in range(len(out["logits"])):
-            writer.writerow([i, int(out["user"][i]), int(out["label"][i]), "%.7g" % out["logits"][i],
-                             "%.7g" % probabilities[i]])
+            writer.writerow(
+                [i, int(out["user"][i]), int(out["label"][i]), "%.7g" % out["logits"][i], "%.7g" % probabilities[i]]
+            )
     os.replace(path + ".tmp", path)

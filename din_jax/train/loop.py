@@ -70,7 +70,7 @@ class Trainer:
         self.throughput = {"samples": 0, "seconds": 0.0, "samples_all": 0, "seconds_all": 0.0}
         self.latest_variables: Optional[Dict[str, Any]] = None
         self.resumed_from: List[int] = []
-        self.steps_per_epoch = (self.num_train // self.global_batch)
+        self.steps_per_epoch = self.num_train // self.global_batch
         self._compiled_shapes = set()
         self._negatives_rng = np.random.default_rng(config.seed)
         self._epoch_rng_state: Optional[Dict[str, Any]] = None
@@ -90,11 +90,13 @@ class Trainer:
         resume_from, self._previous_run = run_dir.prepare(config, self.is_chief)
         if resume_from is not None:
             flat, meta = run_dir.load_resumable(resume_from, self.checkpoints.root)
-            run_dir.check_resumable(resume_from, meta, config, self.vocab, self.data_fingerprint, self.num_train,
-                                    self.replicas)
+            run_dir.check_resumable(
+                resume_from, meta, config, self.vocab, self.data_fingerprint, self.num_train, self.replicas
+            )
 
-        programs = create_programs(config, self.vocab, self.train_devices, self.devices,
-                                   regularization_for(config, self.source))
+        programs = create_programs(
+            config, self.vocab, self.train_devices, self.devices, regularization_for(config, self.source)
+        )
         self.model, self.eval_model, host_state, self.p_train, self.p_predict, self.schedule = programs
         self.num_parameters = sum(int(np.prod(np.shape(x))) for x in jax.tree_util.tree_leaves(host_state.params))
         if resume_from is not None:
@@ -102,8 +104,13 @@ class Trainer:
         self.state = replicate(host_state, self.train_devices)
         fields = json.dumps(config.model_config, default=str)
         logging.info("model %s %s, %d parameters", config.model, fields, self.num_parameters)
-        logging.info("%d replica(s) on %s, train %d samples, global micro-batch %d", self.replicas,
-                     self.devices[0].platform, self.num_train, self.global_batch)
+        logging.info(
+            "%d replica(s) on %s, train %d samples, global micro-batch %d",
+            self.replicas,
+            self.devices[0].platform,
+            self.num_train,
+            self.global_batch,
+        )
 
     # -- hooks ---------------------------------------------------------------
 
@@ -133,8 +140,9 @@ class Trainer:
             where = "%scheckpoint %s; continue with --resume" % ("" if path else "process 0 writes ", written)
         during = ", " + during if during else ""
         message = "training stopped by %s at step %d (epoch %d%s): %s"
-        raise TrainingInterrupted(message % (request["reason"], self.step, self.epoch, during, where),
-                                  self.step, path, request["signum"])
+        raise TrainingInterrupted(
+            message % (request["reason"], self.step, self.epoch, during, where), self.step, path, request["signum"]
+        )
 
     def _abort(self, reason: str, signum: Optional[int]) -> TrainingAborted:
         """The exception a second stop request raises at once (from a signal handler)."""
@@ -142,7 +150,9 @@ class Trainer:
         where = "nothing saved (no --model_path)"
         if last:
             where = "nothing saved after checkpoint %s (step %d); continue with --resume" % (
-                last, self.checkpoints.last_step)
+                last,
+                self.checkpoints.last_step,
+            )
         elif self.checkpoints.root:
             where = "no checkpoint was written"
         message = "training stopped at once by a second %s near step %d (epoch %d): %s"
@@ -163,7 +173,7 @@ class Trainer:
         plan = plan_epoch(self.source, self.config, epoch, self.replicas)
         if self.process_count > 1:  # this process's slice of every call
             lo = self.process_index * len(self.devices)
-            plan = plan._replace(calls=[c[lo:lo + len(self.devices)] for c in plan.calls])
+            plan = plan._replace(calls=[c[lo : lo + len(self.devices)] for c in plan.calls])
         return plan
 
     def train(self, handle_signals: bool = True) -> Dict[str, Any]:
@@ -190,7 +200,9 @@ class Trainer:
         run_dir.clear_previous_run(self.config.model_path, outputs)
         record = dict(step=self.step, epoch=self.epoch, epochs=self.config.epochs, chief=self.is_chief)
         record.update(steps_per_epoch=self.steps_per_epoch, resumed=(self.resumed_from or [None])[-1])
-        record.update(config=self.config.to_dict(), validation=self.history[-1].get("validation") if self.history else None)
+        record.update(
+            config=self.config.to_dict(), validation=self.history[-1].get("validation") if self.history else None
+        )
         self._notify("on_train_begin", record)
 
     def train_epoch(self) -> None:
@@ -209,8 +221,10 @@ class Trainer:
         if config.resample_negatives and remaining:
             samples = self.source.resample_negatives(self._negatives_rng)
         done = sum(int(c.shape[1]) for c in plan.calls[:start_call])
-        self._notify("on_epoch_begin", {"epoch": self.epoch, "steps": sum(int(c.shape[1]) for c in plan.calls),
-                                        "done": done, "step": self.step})
+        self._notify(
+            "on_epoch_begin",
+            {"epoch": self.epoch, "steps": sum(int(c.shape[1]) for c in plan.calls), "done": done, "step": self.step},
+        )
 
         seq_lens = (plan.seq_lens or [config.max_seq_len] * len(plan.calls))[start_call:]
 
@@ -278,7 +292,9 @@ class Trainer:
             bad = int(np.argmax(~np.isfinite(losses)))
             step, hint = pending["step"] - len(losses) + bad + 1, self._loss_scaling_hint(", or ")
             message = "training loss became %s at step %d (epoch %d); lower --learning_rate or set --clip_norm%s; %s"
-            raise NonFiniteLossError(message % (losses[bad], step, pending["epoch"], hint, self.checkpoints.last_good()))
+            raise NonFiniteLossError(
+                message % (losses[bad], step, pending["epoch"], hint, self.checkpoints.last_good())
+            )
         record = {
             "epoch": pending["epoch"],
             "step": pending["step"],
@@ -333,8 +349,9 @@ class Trainer:
             scores = [result[name] for name in ("gauc", "auc", "logloss")]
             logging.info("epoch %d step %d validation gauc %.5f auc %.5f logloss %.5f", self.epoch, self.step, *scores)
             if is_better(self.config.select_metric, result[self.config.select_metric], self.best["value"]):
-                self.best.update(value=result[self.config.select_metric], step=self.step, validation=result,
-                                 variables=variables)
+                self.best.update(
+                    value=result[self.config.select_metric], step=self.step, validation=result, variables=variables
+                )
                 if self.config.model_path and self.is_chief:
                     self.checkpoints.save("best", variables, self.step, {"validation": result})
         else:
@@ -349,7 +366,8 @@ class Trainer:
         if self._attention_probe is None and wanting:
             split = "validation" if self.has_validation else "train"
             self._attention_probe = model_returns_attention(self.eval_model) and AttentionProbe(
-                self.eval_model, self.source, split, self.config.max_seq_len, wanting[0].attention_samples)
+                self.eval_model, self.source, split, self.config.max_seq_len, wanting[0].attention_samples
+            )
             if not self._attention_probe:
                 logging.info("model %s returns no attention weights: no attention histograms", self.config.model)
         return self._attention_probe(variables) if self._attention_probe else None
@@ -397,8 +415,10 @@ class Trainer:
         self.best.update(value=best["value"], step=best["step"], validation=best["validation"])
         self.history = list(train_meta["history"])
         stored = train_meta["throughput"]
-        self.throughput = {key: kind(stored.get(key, 0)) for key, kind in
-                           (("samples", int), ("seconds", float), ("samples_all", int), ("seconds_all", float))}
+        self.throughput = {
+            key: kind(stored.get(key, 0))
+            for key, kind in (("samples", int), ("seconds", float), ("samples_all", int), ("seconds_all", float))
+        }
         self.step = int(meta["step"])
         self._negatives_rng.bit_generator.state = train_meta["negatives_rng"]
         epoch, calls_done = int(train_meta["epoch"]), int(train_meta["epoch_calls_done"])
@@ -448,14 +468,14 @@ class Trainer:
             run_dir.write_summary(config.model_path, summary)
         if self.stopper.request is not None:
             # Only the summary was left: stopping now would make the finished run look unfinished.
-            logging.warning("%s arrived after the test evaluation: the run is complete",
-                            self.stopper.request["reason"])
+            logging.warning("%s arrived after the test evaluation: the run is complete", self.stopper.request["reason"])
         self._notify("on_end", summary)
         return summary
 
 
-def train_and_evaluate(config: TrainConfig, source: Any = None, hooks: Sequence[Any] = (),
-                       handle_signals: bool = True) -> Dict[str, Any]:
+def train_and_evaluate(
+    config: TrainConfig, source: Any = None, hooks: Sequence[Any] = (), handle_signals: bool = True
+) -> Dict[str, Any]:
     """Trains for ``config.epochs``, selects the best step on validation, scores test once: config in, summary out.
 
     With ``model_path`` writes ``best/`` (the selected checkpoint), ``last/``, ``summary.json`` and training

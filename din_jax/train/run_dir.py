@@ -24,9 +24,21 @@ SUMMARY_FILE = "summary.json"
 
 # Settings that must equal the checkpoint's for a resumed run to continue the same trajectory.
 # positions_per_pass sums each micro-batch's gradient in another order: other last bits.
-RESUME_MUST_MATCH = ("seed", "micro_batch_size", "device_iterations", "optimizer", "clip_norm",
-                     "resample_negatives", "select_metric", "use_synthetic_data", "mba_lambda", "l2",
-                     "embedding_updates", "length_buckets", "positions_per_pass")
+RESUME_MUST_MATCH = (
+    "seed",
+    "micro_batch_size",
+    "device_iterations",
+    "optimizer",
+    "clip_norm",
+    "resample_negatives",
+    "select_metric",
+    "use_synthetic_data",
+    "mba_lambda",
+    "l2",
+    "embedding_updates",
+    "length_buckets",
+    "positions_per_pass",
+)
 # May change, with a warning that the run no longer reproduces an uninterrupted one (--loss_scaling: lowering
 # it is how a float16 run that overflowed goes on).
 RESUME_MAY_CHANGE = ("learning_rate", "lr_schedule", "lr_decay_steps", "lr_decay_factor", "lr_file", "loss_scaling")
@@ -71,9 +83,10 @@ def prepare(config: TrainConfig, is_chief: bool) -> Tuple[Optional[str], List[st
         except (OSError, ValueError, TypeError, AttributeError):
             pass
         if finished_steps < existing[-1][0]:
-            raise ConfigError("--model_path %s holds the checkpoints of an unfinished run (newest: step %d): "
-                              "pass --resume to continue it, or delete %s to start again"
-                              % (config.model_path, existing[-1][0], root))
+            raise ConfigError(
+                "--model_path %s holds the checkpoints of an unfinished run (newest: step %d): "
+                "pass --resume to continue it, or delete %s to start again" % (config.model_path, existing[-1][0], root)
+            )
     return None, previous_run_outputs(config.model_path)
 
 
@@ -84,26 +97,39 @@ def previous_run_outputs(model_path: str) -> List[str]:
     its own. ``plots/`` and event files go only when the directory holds a run's checkpoint or summary, so that
     a directory of other files is never emptied.
     """
-    outputs = [os.path.join(model_path, name) for name in ("best", "last")
-               if os.path.isfile(os.path.join(model_path, name, ckpt.META_FILE))]
-    outputs += [os.path.join(model_path, name) for name in (CHECKPOINTS_DIR, SUMMARY_FILE)
-                if os.path.exists(os.path.join(model_path, name))]
+    outputs = [
+        os.path.join(model_path, name)
+        for name in ("best", "last")
+        if os.path.isfile(os.path.join(model_path, name, ckpt.META_FILE))
+    ]
+    outputs += [
+        os.path.join(model_path, name)
+        for name in (CHECKPOINTS_DIR, SUMMARY_FILE)
+        if os.path.exists(os.path.join(model_path, name))
+    ]
     if not outputs:
         return []
-    outputs += [os.path.join(model_path, name) for name in ("plots", TRAIN_LOG_FILE, TRAIN_LOG_FILE + ".tmp")
-                if os.path.exists(os.path.join(model_path, name))]
+    outputs += [
+        os.path.join(model_path, name)
+        for name in ("plots", TRAIN_LOG_FILE, TRAIN_LOG_FILE + ".tmp")
+        if os.path.exists(os.path.join(model_path, name))
+    ]
     events = os.path.join(model_path, TENSORBOARD_DIR)
     if os.path.isdir(events):
-        outputs.extend(os.path.join(events, name) for name in sorted(os.listdir(events))
-                       if name.startswith("events.out.tfevents"))
+        outputs.extend(
+            os.path.join(events, name) for name in sorted(os.listdir(events)) if name.startswith("events.out.tfevents")
+        )
     return outputs
 
 
 def clear_previous_run(model_path: str, outputs: List[str]) -> None:
     if not outputs:
         return
-    logging.info("starting a new run in %s: removing the outputs of the run before it (%s)",
-                 model_path, ", ".join(os.path.relpath(p, model_path) for p in outputs))
+    logging.info(
+        "starting a new run in %s: removing the outputs of the run before it (%s)",
+        model_path,
+        ", ".join(os.path.relpath(p, model_path) for p in outputs),
+    )
     # The summary goes first: without it a half-cleared directory never passes for a finished run.
     for path in sorted(outputs, key=lambda p: os.path.basename(p) != SUMMARY_FILE):
         if os.path.isdir(path):
@@ -171,48 +197,73 @@ def load_resumable(path: str, root: str) -> Tuple[Dict[str, np.ndarray], Dict[st
     return flat, meta
 
 
-def check_resumable(path: str, meta: Dict[str, Any], config: TrainConfig, vocab: Dict[str, int],
-                    fingerprint: Optional[str], num_train: int, replicas: int) -> None:
+def check_resumable(
+    path: str,
+    meta: Dict[str, Any],
+    config: TrainConfig,
+    vocab: Dict[str, int],
+    fingerprint: Optional[str],
+    num_train: int,
+    replicas: int,
+) -> None:
     """Raises one CheckpointError naming every setting that differs from the checkpoint's; warns of the rest."""
     train_meta = meta["train"]
     problems: List[str] = []
     if canonical(meta.get("vocabulary")) != canonical(vocab):
-        problems.append("it was trained on data with vocabulary %s but this dataset has %s"
-                        % (meta.get("vocabulary"), vocab))
+        problems.append(
+            "it was trained on data with vocabulary %s but this dataset has %s" % (meta.get("vocabulary"), vocab)
+        )
     stored_fingerprint = meta.get("data_fingerprint")
     if stored_fingerprint is not None and fingerprint is not None and stored_fingerprint != fingerprint:
-        problems.append("it was trained on another dataset (meta.json fingerprint %s, this one's %s: other "
-                        "source files, build settings or split sizes)" % (str(stored_fingerprint)[:12], fingerprint[:12]))
+        problems.append(
+            "it was trained on another dataset (meta.json fingerprint %s, this one's %s: other "
+            "source files, build settings or split sizes)" % (str(stored_fingerprint)[:12], fingerprint[:12])
+        )
     if int(train_meta.get("num_train", num_train)) != num_train:
-        problems.append("it was trained on %d training samples but this dataset has %d"
-                        % (int(train_meta["num_train"]), num_train))
+        problems.append(
+            "it was trained on %d training samples but this dataset has %d" % (int(train_meta["num_train"]), num_train)
+        )
     for name, value in (("model", config.model), ("max_seq_len", config.max_seq_len), ("data_type", config.data_type)):
         if canonical(meta.get(name)) != canonical(value):
             problems.append("--%s is %r here but %r in the checkpoint" % (name, value, meta.get(name)))
     stored_model, here_model = canonical(meta.get("model_config") or {}), canonical(config.model_config)
     for name in sorted(set(stored_model) | set(here_model)):
         if stored_model.get(name) != here_model.get(name):
-            problems.append("model setting %s is %r here but %r in the checkpoint"
-                            % (name, here_model.get(name), stored_model.get(name)))
+            problems.append(
+                "model setting %s is %r here but %r in the checkpoint"
+                % (name, here_model.get(name), stored_model.get(name))
+            )
     stored = train_meta.get("config", {})
     for name in RESUME_MUST_MATCH + (("synthetic_samples",) if config.use_synthetic_data else ()):
         here = canonical(getattr(config, name, None))
         if name in stored and canonical(stored[name]) != here:
             problems.append("--%s is %r here but %r in the checkpoint" % (name, here, stored[name]))
     if int(train_meta.get("replicas", replicas)) != replicas:
-        problems.append("%d replica(s) here but %d in the checkpoint (the global batch would change)"
-                        % (replicas, int(train_meta["replicas"])))
+        problems.append(
+            "%d replica(s) here but %d in the checkpoint (the global batch would change)"
+            % (replicas, int(train_meta["replicas"]))
+        )
     if problems:
-        raise ckpt.CheckpointError("checkpoint %s cannot be resumed with these settings and data: %s"
-                                   % (path, "; ".join(problems)))
-    for names, consequence in ((RESUME_MAY_CHANGE, "the run will differ from an uninterrupted one"),
-                               (RESUME_MAY_CHANGE_EVALUATION,
-                                "training is unchanged, but validation scores may differ in their last digits "
-                                "from an uninterrupted run (and so, rarely, the best step)")):
+        raise ckpt.CheckpointError(
+            "checkpoint %s cannot be resumed with these settings and data: %s" % (path, "; ".join(problems))
+        )
+    for names, consequence in (
+        (RESUME_MAY_CHANGE, "the run will differ from an uninterrupted one"),
+        (
+            RESUME_MAY_CHANGE_EVALUATION,
+            "training is unchanged, but validation scores may differ in their last digits "
+            "from an uninterrupted run (and so, rarely, the best step)",
+        ),
+    ):
         for name in names:
             if name in stored and canonical(stored[name]) != canonical(getattr(config, name)):
-                logging.warning("resuming with --%s %r instead of the checkpoint's %r: %s",
-                                name, getattr(config, name), stored[name], consequence)
+                logging.warning(
+                    "resuming with --%s %r instead of the checkpoint's %r: %s",
+                    name,
+                    getattr(config, name),
+                    stored[name],
+                    consequence,
+                )
 
 
 def restore_state(path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], host_state: Any):
@@ -220,10 +271,14 @@ def restore_state(path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], 
     source = "checkpoint %s" % path
     state = ckpt.restore_tree(host_state, flat, prefix="state", source=source)
     if int(np.asarray(state.step)) != int(meta["step"]):
-        raise ckpt.CheckpointError("checkpoint %s is inconsistent: its state is at step %d, its metadata says %d"
-                                   % (path, int(np.asarray(state.step)), int(meta["step"])))
+        raise ckpt.CheckpointError(
+            "checkpoint %s is inconsistent: its state is at step %d, its metadata says %d"
+            % (path, int(np.asarray(state.step)), int(meta["step"]))
+        )
     best = None
     if any(key.startswith("best/") for key in flat):
-        best = {name: ckpt.restore_tree(getattr(host_state, name), flat, prefix="best/" + name, source=source)
-                for name in ("params", "batch_stats")}
+        best = {
+            name: ckpt.restore_tree(getattr(host_state, name), flat, prefix="best/" + name, source=source)
+            for name in ("params", "batch_stats")
+        }
     return state, best

@@ -61,8 +61,10 @@ def dataset_fingerprint(source) -> str:
     """
     content = {key: value for key, value in source.meta.items() if key != "created"}
     if isinstance(content.get("sources"), list):
-        content["sources"] = [{k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
-                              for entry in content["sources"]]
+        content["sources"] = [
+            {k: v for k, v in entry.items() if k != "path"} if isinstance(entry, dict) else entry
+            for entry in content["sources"]
+        ]
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=json_default)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -85,24 +87,33 @@ def load_variables_for_inference(path: str, config: TrainConfig, vocab: Dict[str
     return model, restore_variables(template, flat, meta, path)
 
 
-
-
 def make_optimizer_for(config: TrainConfig, model) -> optax.GradientTransformation:
     """The optax optimiser, or the sparse-update one (``--embedding_updates sparse``)."""
     return make_sparse_optimizer(model, config) if config.embedding_updates == "sparse" else make_optimizer(config)
 
 
-def make_p_train(model, devices: Optional[List[Any]], donate: bool = True,
-                 regularization: Optional[Regularization] = None, embedding_updates: str = "dense",
-                 positions_per_pass: int = 0, loss_scale: float = 1.0) -> Callable:
+def make_p_train(
+    model,
+    devices: Optional[List[Any]],
+    donate: bool = True,
+    regularization: Optional[Regularization] = None,
+    embedding_updates: str = "dense",
+    positions_per_pass: int = 0,
+    loss_scale: float = 1.0,
+) -> Callable:
     """The pmapped train program of ``step.make_p_train_chunk`` with the dense or the sparse step.
 
     ``embedding_updates="sparse"`` needs a state made with ``make_sparse_optimizer``; ``positions_per_pass``
     applies to it (see ``make_sparse_train_step``); ``loss_scale``: see ``step.make_train_step``.
     """
     if embedding_updates == "sparse":
-        train_step = make_sparse_train_step(model, AXIS_NAME, regularization=regularization,
-                                            positions_per_pass=positions_per_pass, loss_scale=loss_scale)
+        train_step = make_sparse_train_step(
+            model,
+            AXIS_NAME,
+            regularization=regularization,
+            positions_per_pass=positions_per_pass,
+            loss_scale=loss_scale,
+        )
     else:
         train_step = make_train_step(model, AXIS_NAME, regularization=regularization, loss_scale=loss_scale)
     return make_p_train_chunk(train_step, devices, donate)
@@ -119,8 +130,13 @@ class Programs(NamedTuple):
     schedule: Callable
 
 
-def create_programs(config: TrainConfig, vocab: Dict[str, int], train_devices: Optional[List[Any]],
-                    predict_devices: List[Any], regularization: Optional[Regularization] = None) -> Programs:
+def create_programs(
+    config: TrainConfig,
+    vocab: Dict[str, int],
+    train_devices: Optional[List[Any]],
+    predict_devices: List[Any],
+    regularization: Optional[Regularization] = None,
+) -> Programs:
     """The model, a fresh state and the train and predict programs of a config.
 
     Args:
@@ -130,8 +146,14 @@ def create_programs(config: TrainConfig, vocab: Dict[str, int], train_devices: O
     model = build_model_for(config, vocab)
     eval_model = build_model_for(config, vocab, axis_name=None)
     state = create_train_state(model, make_optimizer_for(config, model), config.seed, config.max_seq_len)
-    p_train = make_p_train(model, train_devices, donate=config.donate, regularization=regularization,
-                           embedding_updates=config.embedding_updates, positions_per_pass=config.positions_per_pass,
-                           loss_scale=config.effective_loss_scaling())
+    p_train = make_p_train(
+        model,
+        train_devices,
+        donate=config.donate,
+        regularization=regularization,
+        embedding_updates=config.embedding_updates,
+        positions_per_pass=config.positions_per_pass,
+        loss_scale=config.effective_loss_scaling(),
+    )
     p_predict = make_p_predict_chunk(eval_model, predict_devices, positions_per_pass=config.positions_per_pass)
     return Programs(model, eval_model, state, p_train, p_predict, make_learning_rate_schedule(config))

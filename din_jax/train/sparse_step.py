@@ -181,8 +181,8 @@ def _apply_table_update(optimizer: str, table_VxE, grad: _TableGradient, moments
     mu_u = ADAM_B1 * jnp.take(moments["mu"], ids_u, axis=0, mode="clip") + (1 - ADAM_B1) * g_u
     nu_u = ADAM_B2 * jnp.take(moments["nu"], ids_u, axis=0, mode="clip") + (1 - ADAM_B2) * jnp.square(g_u)
     t = count.astype(jnp.float32)
-    mu_hat = mu_u / (1 - ADAM_B1 ** t)
-    nu_hat = nu_u / (1 - ADAM_B2 ** t)
+    mu_hat = mu_u / (1 - ADAM_B1**t)
+    nu_hat = nu_u / (1 - ADAM_B2**t)
     step_u = mu_hat / (jnp.sqrt(nu_hat) + ADAM_EPS)
     new_moments = {"mu": moments["mu"].at[ids_u].set(mu_u, mode="drop")}
     new_moments["nu"] = moments["nu"].at[ids_u].set(nu_u, mode="drop")

@@ -89,8 +89,9 @@ class SignalHandlers:
         name = signal.Signals(signum).name
         if self._control.request is not None:
             raise self._abort(name, signum)
-        logging.warning("%s received: stopping after the current call and saving a checkpoint "
-                        "(send it again to stop at once)", name)
+        logging.warning(
+            "%s received: stopping after the current call and saving a checkpoint (send it again to stop at once)", name
+        )
         self._control.request_stop(name, signum)
 
     def __enter__(self) -> "SignalHandlers":

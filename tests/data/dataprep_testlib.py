@@ -29,8 +29,15 @@ def build(tmp_path, name: str = "ds", **options):
     return load_dataset(output), meta
 
 
-def write_random_dataset(path: str, seed: int = 0, users: int = 7, items: int = 30, categories: int = 4,
-                         resampleable: bool = True, max_len: int = 12):
+def write_random_dataset(
+    path: str,
+    seed: int = 0,
+    users: int = 7,
+    items: int = 30,
+    categories: int = 4,
+    resampleable: bool = True,
+    max_len: int = 12,
+):
     """A valid random dataset: one sequence per user, random sample rows over every split."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(1, max_len + 1, size=users)
@@ -43,13 +50,28 @@ def write_random_dataset(path: str, seed: int = 0, users: int = 7, items: int = 
     for name, rows in (("train", 40), ("validation", 9), ("test", 11)):
         user = rng.integers(0, users, size=rows)
         position = rng.integers(1, lengths[user] + 1)
-        samples = np.stack([user, user, position, rng.integers(0, items, size=rows), rng.integers(0, 2, size=rows)],
-                           axis=1)
+        samples = np.stack(
+            [user, user, position, rng.integers(0, items, size=rows), rng.integers(0, 2, size=rows)], axis=1
+        )
         splits[name] = samples.astype(np.int32)
-    meta = {"name": "random", "source_format": "interactions", "max_seq_len": 5,
-            "negatives": {"resampleable": resampleable, "seed": seed}}
-    id_maps = {"user": ["u%d" % i for i in range(users)], "item": ["i%d" % i for i in range(items)],
-               "category": ["c%d" % i for i in range(categories)]}
-    write_dataset(path, sequences=sequences, offsets=offsets, item_category=item_category, splits=splits, meta=meta,
-                  id_maps=id_maps)
+    meta = {
+        "name": "random",
+        "source_format": "interactions",
+        "max_seq_len": 5,
+        "negatives": {"resampleable": resampleable, "seed": seed},
+    }
+    id_maps = {
+        "user": ["u%d" % i for i in range(users)],
+        "item": ["i%d" % i for i in range(items)],
+        "category": ["c%d" % i for i in range(categories)],
+    }
+    write_dataset(
+        path,
+        sequences=sequences,
+        offsets=offsets,
+        item_category=item_category,
+        splits=splits,
+        meta=meta,
+        id_maps=id_maps,
+    )
     return sequences, offsets, item_category, splits

@@ -30,8 +30,13 @@ def test_reviews_and_malformed_lines_are_counted():
 def test_metadata_categories():
     report = BuildReport()
     meta = read_metadata(META, report)
-    assert dict(zip(meta.item, meta.category)) == {"A1": "Cables", "A2": "Headphones", "A3": "Audio", "A4": None,
-                                                   "A9": "Dolls"}
+    assert dict(zip(meta.item, meta.category)) == {
+        "A1": "Cables",
+        "A2": "Headphones",
+        "A3": "Audio",
+        "A4": None,
+        "A9": "Dolls",
+    }
     assert report.dropped["malformed_lines"] == 1
     assert report.malformed_examples[0].startswith(META + ":4: not a Python dict literal")
 
@@ -72,7 +77,9 @@ def test_build_strict_names_file_and_line(tmp_path):
 
 def test_2018_metadata_json():
     assert parse_meta_line(json.dumps({"asin": "X", "category": ["Electronics", "Cables"], "main_cat": "All"})) == (
-        "X", "Cables")
+        "X",
+        "Cables",
+    )
     assert parse_meta_line(json.dumps({"asin": "X", "category": [], "main_cat": "Audio"})) == ("X", "Audio")
     assert parse_meta_line(json.dumps({"asin": "X", "title": "t"})) == ("X", None)
 
@@ -80,15 +87,43 @@ def test_2018_metadata_json():
 def test_2018_files_build(tmp_path):
     reviews = tmp_path / "Tiny_5.json.gz"
     with gzip.open(str(reviews), "wt") as handle:
-        for user, item, when in (("u", "a", 3), ("u", "b", 1), ("u", "c", 2), ("v", "a", 1), ("v", "c", 1),
-                                 ("v", "b", 1), ("w", "d", 1), ("w", "e", 2), ("w", "f", 3)):
-            handle.write(json.dumps({"overall": 5.0, "verified": True, "reviewTime": "x", "reviewerID": user,
-                                     "asin": item, "unixReviewTime": when, "reviewText": "ok"}) + "\n")
+        for user, item, when in (
+            ("u", "a", 3),
+            ("u", "b", 1),
+            ("u", "c", 2),
+            ("v", "a", 1),
+            ("v", "c", 1),
+            ("v", "b", 1),
+            ("w", "d", 1),
+            ("w", "e", 2),
+            ("w", "f", 3),
+        ):
+            handle.write(
+                json.dumps(
+                    {
+                        "overall": 5.0,
+                        "verified": True,
+                        "reviewTime": "x",
+                        "reviewerID": user,
+                        "asin": item,
+                        "unixReviewTime": when,
+                        "reviewText": "ok",
+                    }
+                )
+                + "\n"
+            )
     meta = tmp_path / "meta_Tiny.json"
-    meta.write_text("\n".join(json.dumps(line) for line in (
-        {"asin": "a", "category": ["Electronics", "Audio"], "main_cat": "Electronics"},
-        {"asin": "b", "category": [], "main_cat": "Cameras"},
-        {"asin": "c", "title": "no category"})) + "\n")
+    meta.write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in (
+                {"asin": "a", "category": ["Electronics", "Audio"], "main_cat": "Electronics"},
+                {"asin": "b", "category": [], "main_cat": "Cameras"},
+                {"asin": "c", "title": "no category"},
+            )
+        )
+        + "\n"
+    )
     dataset, built = build(tmp_path, format="amazon", input=str(reviews), meta=str(meta))
     assert dataset.id_map("category") == ["Audio", "Cameras", "<unknown>"]
     assert dataset.item_category.tolist() == [0, 1, 2, 2, 2, 2]
@@ -143,7 +178,7 @@ TRICKY_LINES = [
     "{'asin': 'B1', 'categories': [['A', ['B']]]}",
     "{'asin': 'B1', 'categories': [['A']], 'main_cat': 'M'}",
     "{'asin': 'B1', 'category': ['X'], 'main_cat': 'M'}",
-    "{\"asin\": \"B1\", \"categories\": [[\"A\", \"B\"]]}",
+    '{"asin": "B1", "categories": [["A", "B"]]}',
     "{'asin': 'B1', 'categories': [[\"it's\"]], 'd': 'say \"hi\"'}",
     "{u'asin': u'B1', u'categories': [[u'A']]}",
     "{'asin': 'B1', 'categories': [['A']], 'n': 01}",
@@ -188,8 +223,22 @@ def test_fast_path_answers_the_common_shapes():
 
 def test_fast_path_on_generated_lines():
     rng = np.random.default_rng(0)
-    pieces = ["a", "b c", "it's", 'say "x"', "both ' and \"", "back\\slash", "tab\t", "new\nline", "caf\u00e9",
-              "\u2013", "categories", "asin", "", "x\x01y"]
+    pieces = [
+        "a",
+        "b c",
+        "it's",
+        'say "x"',
+        "both ' and \"",
+        "back\\slash",
+        "tab\t",
+        "new\nline",
+        "caf\u00e9",
+        "\u2013",
+        "categories",
+        "asin",
+        "",
+        "x\x01y",
+    ]
     agreed = 0
     for _ in range(400):
         entry = {"asin": "B%05d" % rng.integers(100000)}
@@ -201,8 +250,10 @@ def test_fast_path_on_generated_lines():
         if rng.random() < 0.3:
             entry["price"] = float(rng.random() * 10)
         if rng.random() < 0.9:
-            entry["categories"] = [[str(piece) for piece in rng.choice(pieces, size=int(rng.integers(0, 4)))]
-                                   for _ in range(int(rng.integers(0, 3)))]
+            entry["categories"] = [
+                [str(piece) for piece in rng.choice(pieces, size=int(rng.integers(0, 4)))]
+                for _ in range(int(rng.integers(0, 3)))
+            ]
         line = repr(entry)
         fast = parse_meta_literal_fast(line)
         if fast is not None:
@@ -212,21 +263,30 @@ def test_fast_path_on_generated_lines():
     assert agreed > 300
 
 
-@pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (IPU lane): its JSON fast path is optional")
-@pytest.mark.parametrize("bad", [
-    b"",
-    b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7, "reviewText": "\xff broken utf-8"}',
-    b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7.0}',
-    b'{"reviewerID": "u1", "reviewerID": "u2", "asin": "a9", "unixReviewTime": 7}',
-    b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7}{"reviewerID": "u2", "asin": "a9", "unixReviewTime": 7}',
-    b'{"reviewerID": "", "asin": "a9", "unixReviewTime": 7}',
-    b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7, "overall": NaN}',
-    b'{"reviewerID": "u1", "asin": "a9"}',
-    b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7}\r',
-])
+@pytest.mark.skipif(
+    not parquet_available(), reason="pyarrow is not installed (IPU lane): its JSON fast path is optional"
+)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7, "reviewText": "\xff broken utf-8"}',
+        b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7.0}',
+        b'{"reviewerID": "u1", "reviewerID": "u2", "asin": "a9", "unixReviewTime": 7}',
+        b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7}{"reviewerID": "u2", "asin": "a9", "unixReviewTime": 7}',
+        b'{"reviewerID": "", "asin": "a9", "unixReviewTime": 7}',
+        b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7, "overall": NaN}',
+        b'{"reviewerID": "u1", "asin": "a9"}',
+        b'{"reviewerID": "u1", "asin": "a9", "unixReviewTime": 7}\r',
+    ],
+)
 def test_arrow_and_line_by_line_review_parsing_agree(tmp_path, bad):
-    good = [json.dumps({"reviewerID": "u%d" % (i % 7), "asin": "a%d" % (i % 5), "unixReviewTime": i,
-                        "reviewText": "caf\u00e9 \"x\""}).encode() for i in range(50)]
+    good = [
+        json.dumps(
+            {"reviewerID": "u%d" % (i % 7), "asin": "a%d" % (i % 5), "unixReviewTime": i, "reviewText": 'caf\u00e9 "x"'}
+        ).encode()
+        for i in range(50)
+    ]
     path = str(tmp_path / "reviews.json.gz")
     with gzip.open(path, "wb") as handle:
         handle.write(b"\n".join(good[:20] + [bad] + good[20:]) + b"\n")
@@ -234,8 +294,9 @@ def test_arrow_and_line_by_line_review_parsing_agree(tmp_path, bad):
     for use_arrow in (True, False):
         report = BuildReport()
         reviews = read_reviews(path, report, use_arrow=use_arrow)
-        results.append((reviews.user, reviews.item, reviews.time.tolist(), dict(report.dropped),
-                        list(report.malformed_examples)))
+        results.append(
+            (reviews.user, reviews.item, reviews.time.tolist(), dict(report.dropped), list(report.malformed_examples))
+        )
     assert results[0] == results[1]
 
 

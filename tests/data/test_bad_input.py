@@ -30,8 +30,14 @@ from din_jax.data.writer import write_dataset
 
 
 def _run(script, *args, env=None):
-    return subprocess.run([sys.executable, os.path.join("data_prep", script)] + list(args), cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, os.path.join("data_prep", script)] + list(args),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _one_line_error(result, program="build.py"):
@@ -70,23 +76,34 @@ def test_dien_line_not_utf8(tmp_path):
 
 def test_amazon_lines_not_utf8(tmp_path):
     reviews = tmp_path / "reviews.json"
-    reviews.write_bytes(b'{"reviewerID": "U1", "asin": "A1", "unixReviewTime": 1}\n'
-                        b'{"reviewerID": "U\xff", "asin": "A2", "unixReviewTime": 2}\n')
+    reviews.write_bytes(
+        b'{"reviewerID": "U1", "asin": "A1", "unixReviewTime": 1}\n'
+        b'{"reviewerID": "U\xff", "asin": "A2", "unixReviewTime": 2}\n'
+    )
     metadata = tmp_path / "meta.json"
     metadata.write_bytes(b"{'asin': 'A1', 'categories': [['x']]}\n{'asin': 'A2', 'title': 'caf\xe9'}\n")
     report = BuildReport()
     read_reviews(str(reviews), report)
     read_metadata(str(metadata), report)
-    assert report.malformed_examples == [f"{reviews}:2: not UTF-8 (byte 0xff at column 18)",
-                                         f"{metadata}:2: not UTF-8 (byte 0xe9 at column 29)"]
+    assert report.malformed_examples == [
+        f"{reviews}:2: not UTF-8 (byte 0xff at column 18)",
+        f"{metadata}:2: not UTF-8 (byte 0xe9 at column 29)",
+    ]
 
 
 def test_din_csv_line_not_utf8(tmp_path):
     folder = str(tmp_path / "csv")
     os.makedirs(folder)
     for name in ("train_set.csv", "test_set.csv", "cate_list.csv"):
-        shutil.copy(os.path.join(REPO_ROOT, "data", "amazon_electronics_din_sample", name.replace(
-            "_set", "_set_mini") if "set" in name else name), os.path.join(folder, name))
+        shutil.copy(
+            os.path.join(
+                REPO_ROOT,
+                "data",
+                "amazon_electronics_din_sample",
+                name.replace("_set", "_set_mini") if "set" in name else name,
+            ),
+            os.path.join(folder, name),
+        )
     path = os.path.join(folder, "train_set.csv")
     with open(path, "rb") as handle:
         lines = handle.read().split(b"\n")
@@ -94,8 +111,9 @@ def test_din_csv_line_not_utf8(tmp_path):
     with open(path, "wb") as handle:
         handle.write(b"\n".join(lines))
     _, meta = build(tmp_path, format="din", input=folder)
-    assert meta["dropped"]["malformed_examples"] == [path + ":3: not UTF-8 (byte 0xe9 at character {})".format(
-        len(lines[2].split(b",")[-1]))]
+    assert meta["dropped"]["malformed_examples"] == [
+        path + ":3: not UTF-8 (byte 0xe9 at character {})".format(len(lines[2].split(b",")[-1]))
+    ]
     with pytest.raises(DataPrepError, match=re.escape(path + ":3: not UTF-8")):
         build(tmp_path, name="strict", format="din", input=folder, strict=True)
 
@@ -169,13 +187,13 @@ def test_build_py_bad_bytes_and_bad_pickles_are_one_line(tmp_path):
     with open(str(path), "wb") as handle:
         for obj in ({"not": "a list"}, [], [0], (1, 1, 1)):
             pickle.dump(obj, handle, protocol=2)
-    line = _one_line_error(_run("build.py", "--format", "din", "--input", str(path), "--output",
-                                str(tmp_path / "x")))
+    line = _one_line_error(_run("build.py", "--format", "din", "--input", str(path), "--output", str(tmp_path / "x")))
     assert "dataset.pkl: pickle 1 must be train_set" in line
     seqs = tmp_path / "seqs.txt"
     seqs.write_bytes(b"1 10 11 12\n2 \xff\xfe 11 12\n")
-    line = _one_line_error(_run("build.py", "--format", "sequences", "--input", str(seqs), "--output",
-                                str(tmp_path / "y"), "--strict"))
+    line = _one_line_error(
+        _run("build.py", "--format", "sequences", "--input", str(seqs), "--output", str(tmp_path / "y"), "--strict")
+    )
     assert f"{seqs}:2: not UTF-8" in line
 
 
@@ -205,7 +223,8 @@ def test_interactions_line_numbers_after_blank_lines(tmp_path):
     path.write_text("user_id,item_id,time\na,x,1\na,y,2\n\na,z,3\na,w,soon\nb,x,1\nb,y,2\nb,w,3\n")
     _, meta = build(tmp_path, format="interactions", input=str(path), category_col="")
     assert meta["dropped"]["malformed_examples"] == [
-        f"{path}:6: time 'soon' is not a finite number (the column holds numbers)"]
+        f"{path}:6: time 'soon' is not a finite number (the column holds numbers)"
+    ]
 
 
 def test_table_line_numbers_with_quoted_line_breaks_and_skipped_lines(tmp_path):
@@ -215,8 +234,10 @@ def test_table_line_numbers_with_quoted_line_breaks_and_skipped_lines(tmp_path):
     frame, lines = read_table(str(path), report)
     assert frame["u"].tolist()[2:] == ["x\ny", "last"]
     assert lines.tolist() == [5, 7, 9, 13]
-    assert report.malformed_examples == [f"{path}:8: expected 3 fields, saw 4",
-                                         f"{path}:11: not UTF-8 (byte 0xff at column 5)"]
+    assert report.malformed_examples == [
+        f"{path}:8: expected 3 fields, saw 4",
+        f"{path}:11: not UTF-8 (byte 0xff at column 5)",
+    ]
 
 
 def test_table_line_numbers_with_crlf_and_lone_cr(tmp_path):
@@ -240,10 +261,13 @@ def test_numeric_times_with_a_bad_value_stay_numeric(tmp_path, monkeypatch):
     assert times[[0, 1, 4]].tolist() == [5.0, 7.0, 9.0] and np.isnan(times[[2, 3]]).all()
 
 
-@pytest.mark.parametrize("values, expected", [
-    (["2014-01-02", "2014-01-01T12:00:00Z", "junk"], [1388620800.0, 1388577600.0, None]),
-    (["Jan 2, 2014", "July 1, 2014", "junk"], [1388620800.0, 1404172800.0, None]),
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (["2014-01-02", "2014-01-01T12:00:00Z", "junk"], [1388620800.0, 1388577600.0, None]),
+        (["Jan 2, 2014", "July 1, 2014", "junk"], [1388620800.0, 1404172800.0, None]),
+    ],
+)
 def test_date_times(values, expected):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -255,15 +279,22 @@ def test_date_times(values, expected):
 def test_time_column_of_neither_numbers_nor_dates(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text("user_id,item_id,time\na,x,red\na,y,green\na,z,blue\n")
-    with pytest.raises(DataPrepError, match=r"--time_col 'time': most values in .* are neither numbers nor dates "
-                                            r"\(e.g. 'red' at .*log.csv:2\)"):
+    with pytest.raises(
+        DataPrepError,
+        match=r"--time_col 'time': most values in .* are neither numbers nor dates "
+        r"\(e.g. 'red' at .*log.csv:2\)",
+    ):
         build(tmp_path, format="interactions", input=str(path), category_col="")
 
 
 def test_meta_with_a_table_that_has_categories_is_an_error(tmp_path):
     with pytest.raises(DataPrepError, match=r"has its own category column 'category', so --meta .* would be ignored"):
-        build(tmp_path, format="interactions", input=fixture("interactions", "three_users.csv"),
-              meta=fixture("interactions", "items.csv"))
+        build(
+            tmp_path,
+            format="interactions",
+            input=fixture("interactions", "three_users.csv"),
+            meta=fixture("interactions", "items.csv"),
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -271,13 +302,16 @@ def test_meta_with_a_table_that_has_categories_is_an_error(tmp_path):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("max_seq_len", 0, "--max_seq_len must be >= 1"),
-    ("max_seq_len", -5, "--max_seq_len must be >= 1"),
-    ("seed", -1, "--seed must be >= 0, got -1"),
-    ("validation_users", 1.0, "--validation_users must be in [0, 1)"),
-    ("workers", 0, "--workers must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("max_seq_len", 0, "--max_seq_len must be >= 1"),
+        ("max_seq_len", -5, "--max_seq_len must be >= 1"),
+        ("seed", -1, "--seed must be >= 0, got -1"),
+        ("validation_users", 1.0, "--validation_users must be in [0, 1)"),
+        ("workers", 0, "--workers must be >= 1"),
+    ],
+)
 def test_out_of_range_flags_name_the_flag(tmp_path, flag, value, message):
     with pytest.raises(DataPrepError, match=re.escape(message)):
         build(tmp_path, format="sequences", input=fixture("sequences", "seqs.txt"), **{flag: value})
@@ -285,8 +319,19 @@ def test_out_of_range_flags_name_the_flag(tmp_path, flag, value, message):
 
 
 def test_max_seq_len_flag_is_one_line_and_recorded(tmp_path):
-    line = _one_line_error(_run("build.py", "--format", "sequences", "--input", fixture("sequences", "seqs.txt"),
-                                "--output", str(tmp_path / "x"), "--max_seq_len", "0"))
+    line = _one_line_error(
+        _run(
+            "build.py",
+            "--format",
+            "sequences",
+            "--input",
+            fixture("sequences", "seqs.txt"),
+            "--output",
+            str(tmp_path / "x"),
+            "--max_seq_len",
+            "0",
+        )
+    )
     assert "--max_seq_len must be >= 1" in line
     _, meta = build(tmp_path, format="sequences", input=fixture("sequences", "seqs.txt"), max_seq_len=7)
     assert meta["max_seq_len"] == 7 and meta["build"]["max_seq_len"] == 7
@@ -294,17 +339,24 @@ def test_max_seq_len_flag_is_one_line_and_recorded(tmp_path):
 
 def test_write_dataset_refuses_max_seq_len_below_one(tmp_path):
     with pytest.raises(DatasetError, match="max_seq_len must be an integer >= 1"):
-        write_dataset(str(tmp_path / "x"), sequences=[1, 2], offsets=[0, 2], item_category=[0, 0, 0],
-                      splits={}, meta={"max_seq_len": 0}, id_maps={"user": ["u"], "item": ["a", "b", "c"],
-                                                                   "category": ["c"]})
+        write_dataset(
+            str(tmp_path / "x"),
+            sequences=[1, 2],
+            offsets=[0, 2],
+            item_category=[0, 0, 0],
+            splits={},
+            meta={"max_seq_len": 0},
+            id_maps={"user": ["u"], "item": ["a", "b", "c"], "category": ["c"]},
+        )
 
 
 def test_metadata_errors_hold_no_memory_addresses():
     with pytest.raises(ValueError) as raised:
         parse_meta_line("{'asin': 'A1', 'price': float('nan')}")
     assert " at 0x" not in str(raised.value)
-    assert str(raised.value) == ("not a Python dict literal or JSON object (it holds something other than plain "
-                                 "values, e.g. a call or a name)")
+    assert str(raised.value) == (
+        "not a Python dict literal or JSON object (it holds something other than plain values, e.g. a call or a name)"
+    )
 
 
 def test_dropped_lists_only_the_counters_a_format_checks(tmp_path):
@@ -312,8 +364,14 @@ def test_dropped_lists_only_the_counters_a_format_checks(tmp_path):
     counters = [key for key, value in meta["dropped"].items() if isinstance(value, int)]
     assert counters == ["malformed_lines", "empty_history_rows"]
     _, meta = build(tmp_path, name="seq", format="sequences", input=fixture("sequences", "seqs.txt"))
-    assert list(meta["dropped"])[:6] == ["malformed_lines", "duplicate_reviews", "short_users",
-                                         "short_user_reviews", "unknown_category_reviews", "unknown_category_items"]
+    assert list(meta["dropped"])[:6] == [
+        "malformed_lines",
+        "duplicate_reviews",
+        "short_users",
+        "short_user_reviews",
+        "unknown_category_reviews",
+        "unknown_category_items",
+    ]
 
 
 def test_summary_keeps_long_counter_names_apart():
@@ -358,8 +416,18 @@ def test_metadata_error_in_the_second_process_comes_back(tmp_path):
 
 
 def test_strict_with_two_workers_is_one_line(tmp_path):
-    result = _run("build.py", "--format", "amazon", "--input", fixture("amazon", "reviews_Tiny_5.json.gz"),
-                  "--meta", fixture("amazon", "meta_Tiny.json"), "--output", str(tmp_path / "x"), "--strict")
+    result = _run(
+        "build.py",
+        "--format",
+        "amazon",
+        "--input",
+        fixture("amazon", "reviews_Tiny_5.json.gz"),
+        "--meta",
+        fixture("amazon", "meta_Tiny.json"),
+        "--output",
+        str(tmp_path / "x"),
+        "--strict",
+    )
     assert "reviews_Tiny_5.json.gz:4" in _one_line_error(result)
 
 
@@ -377,8 +445,11 @@ def test_no_name_lookup_through_a_proxy(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "_opener", None)
     url = "http://no-such-host.invalid/reviews_Books_5.json.gz"
     assert download.proxy_for(url) == f"http://user:secret@127.0.0.1:{port}"
-    with pytest.raises(DataPrepError, match=rf"cannot reach no-such-host.invalid through the proxy "
-                                            rf"http://127.0.0.1:{port} \(.*by hand") as raised:
+    with pytest.raises(
+        DataPrepError,
+        match=rf"cannot reach no-such-host.invalid through the proxy "
+        rf"http://127.0.0.1:{port} \(.*by hand",
+    ) as raised:
         download.download_file(url, str(tmp_path / "reviews_Books_5.json.gz"), timeout=2)
     assert "secret" not in str(raised.value)
     monkeypatch.setenv("no_proxy", "no-such-host.invalid")
@@ -403,8 +474,16 @@ class _Clock:
 
 def test_log_progress_is_throttled():
     clock, stream = _Clock(), io.StringIO()
-    bar = progress.LogProgress(total=4_000_000, desc="reviews x.json.gz", unit="B", unit_scale=True, stream=stream,
-                               interval=10.0, min_seconds=1.0, clock=clock)
+    bar = progress.LogProgress(
+        total=4_000_000,
+        desc="reviews x.json.gz",
+        unit="B",
+        unit_scale=True,
+        stream=stream,
+        interval=10.0,
+        min_seconds=1.0,
+        clock=clock,
+    )
     for _ in range(40):
         clock.now += 1.0
         bar.update(100_000)
@@ -414,7 +493,8 @@ def test_log_progress_is_throttled():
         "[data_prep] reviews x.json.gz: 50% (2.0 MB of 4.0 MB) after 20 s",
         "[data_prep] reviews x.json.gz: 75% (3.0 MB of 4.0 MB) after 30 s",
         "[data_prep] reviews x.json.gz: 100% (4.0 MB of 4.0 MB) after 40 s",
-        "[data_prep] reviews x.json.gz: done, 4.0 MB in 40.0 s"]
+        "[data_prep] reviews x.json.gz: done, 4.0 MB in 40.0 s",
+    ]
 
 
 def test_log_progress_is_quiet_for_short_or_failed_work():
@@ -447,8 +527,16 @@ def test_every_long_step_reports_progress(tmp_path, monkeypatch, capsys):
             pickle.dump(obj, handle, protocol=2)
     build(tmp_path, name="din", format="din", input=str(path), din_validation="none")
     done = [line.split(": done")[0] for line in capsys.readouterr().err.splitlines() if ": done" in line]
-    for step in ("read seqs.txt", "clean + remap", "protocol + negatives", "write ds", "read local_train_splitByUser",
-                 "read local_test_splitByUser", "read dataset.pkl", "samples of dataset.pkl"):
+    for step in (
+        "read seqs.txt",
+        "clean + remap",
+        "protocol + negatives",
+        "write ds",
+        "read local_train_splitByUser",
+        "read local_test_splitByUser",
+        "read dataset.pkl",
+        "samples of dataset.pkl",
+    ):
         assert "[data_prep] " + step in done, (step, done)
 
 
@@ -456,13 +544,23 @@ def test_remapped_chain_reports_progress(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(progress, "LOG_MIN_S", 0.0)
     monkeypatch.setenv("DATA_PREP_PROGRESS", "log")
     converted, remapped = str(tmp_path / "converted"), str(tmp_path / "remapped")
-    convert_amazon(fixture("amazon", "reviews_Tiny_5.json.gz"), fixture("amazon", "meta_Tiny.json"), converted,
-                   BuildReport(), workers=1)
+    convert_amazon(
+        fixture("amazon", "reviews_Tiny_5.json.gz"),
+        fixture("amazon", "meta_Tiny.json"),
+        converted,
+        BuildReport(),
+        workers=1,
+    )
     report = BuildReport()
     reviews, items, sources = read_converted(converted, report)
-    log = clean_and_remap(reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object),
-                          reviews["time"].to_numpy(), items["item_id"].to_numpy(dtype=object),
-                          items["category"].to_numpy(dtype=object), report)
+    log = clean_and_remap(
+        reviews["user_id"].to_numpy(dtype=object),
+        reviews["item_id"].to_numpy(dtype=object),
+        reviews["time"].to_numpy(),
+        items["item_id"].to_numpy(dtype=object),
+        items["category"].to_numpy(dtype=object),
+        report,
+    )
     write_remapped(remapped, log, report, sources)
     capsys.readouterr()
     build(tmp_path, name="chain", format="remapped", input=remapped)
@@ -497,8 +595,18 @@ def _py2_object(value) -> bytes:
 def _py2_int32_array(values) -> bytes:
     """numpy 1.x under Python 2: _reconstruct(ndarray, (0,), 'b') + __setstate__ with a py2 str of raw bytes."""
     raw = b"".join(struct.pack("<i", value) for value in values)
-    dtype = (b"cnumpy\ndtype\n" + _py2_object((b"i4", 0, 1)) + b"R"
-             + b"(" + _py2_object(3) + _py2_object(b"<") + b"NNN" + b"J\xff\xff\xff\xff" * 2 + _py2_object(0) + b"tb")
+    dtype = (
+        b"cnumpy\ndtype\n"
+        + _py2_object((b"i4", 0, 1))
+        + b"R"
+        + b"("
+        + _py2_object(3)
+        + _py2_object(b"<")
+        + b"NNN"
+        + b"J\xff\xff\xff\xff" * 2
+        + _py2_object(0)
+        + b"tb"
+    )
     empty = b"cnumpy\nndarray\n" + _py2_object((0,)) + _py2_object(b"b") + b"\x87"  # TUPLE3
     state = b"(" + _py2_object(1) + _py2_object((len(values),)) + dtype + b"\x89" + _py2_object(raw) + b"t"
     return b"cnumpy.core.multiarray\n_reconstruct\n" + empty + b"R" + state + b"b"
@@ -517,7 +625,11 @@ def test_python2_dataset_pkl_fixture(tmp_path):
     dataset, meta = build(tmp_path, format="din", input=path, din_validation="none")
     assert (meta["users"], meta["items"], meta["categories"]) == PY2_COUNTS
     assert dataset.item_category.tolist() == PY2_CATE_LIST
-    assert np.asarray(dataset.samples("test")).tolist() == [[0, 0, 3, 0, 1], [0, 0, 3, 4, 0], [1, 1, 2, 3, 1],
-                                                            [1, 1, 2, 4, 0]]
+    assert np.asarray(dataset.samples("test")).tolist() == [
+        [0, 0, 3, 0, 1],
+        [0, 0, 3, 4, 0],
+        [1, 1, 2, 3, 1],
+        [1, 1, 2, 4, 0],
+    ]
     assert meta["splits"] == {"train": 6, "validation": 0, "test": 4}
     assert load_dataset(str(tmp_path / "ds")).meta["dropped"]["malformed_lines"] == 0

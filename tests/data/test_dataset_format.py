@@ -17,7 +17,7 @@ def _slow_gather(rows, sequences, offsets, item_category, max_seq_len):
     """One sample at a time, straight from the format's definition."""
     out = {key: [] for key in ("user", "item", "category", "hist_item", "hist_category", "hist_len", "label")}
     for user, sequence, position, item, label in rows.tolist():
-        prefix = sequences[offsets[sequence]:offsets[sequence] + position].tolist()
+        prefix = sequences[offsets[sequence] : offsets[sequence] + position].tolist()
         history = prefix[-max_seq_len:]
         padded = history + [0] * (max_seq_len - len(history))
         out["user"].append(user)
@@ -76,7 +76,7 @@ def test_resample_negatives_never_hits_user_items(tmp_path):
         assert np.array_equal(resampled[positives], original[positives])
         assert np.array_equal(resampled[:, [0, 1, 2, 4]], original[:, [0, 1, 2, 4]])
         for user, item in resampled[~positives][:, [0, 3]].tolist():
-            own = sequences[dataset.offsets[user]:dataset.offsets[user + 1]]
+            own = sequences[dataset.offsets[user] : dataset.offsets[user + 1]]
             assert item not in own
     first = dataset.resample_negatives(np.random.default_rng(3))
     assert np.array_equal(first, dataset.resample_negatives(np.random.default_rng(3)))
@@ -93,7 +93,7 @@ def test_resample_negatives_on_a_larger_random_dataset(tmp_path):
     for rows in draws:
         for user, item, label in rows[:, [0, 3, 4]].tolist():
             if label == 0:
-                assert item not in sequences[offsets[user]:offsets[user + 1]]
+                assert item not in sequences[offsets[user] : offsets[user + 1]]
 
 
 def test_resample_refused_for_fixed_negatives(tmp_path):
@@ -107,9 +107,23 @@ def test_written_files_and_meta(tmp_path):
     path = str(tmp_path / "ds")
     write_random_dataset(path)
     names = sorted(os.listdir(path))
-    assert names == sorted(["meta.json", "sequences.npy", "sequence_offsets.npy", "item_category.npy", "train.npy",
-                            "validation.npy", "test.npy", "train_item_freq.npy", "train_category_freq.npy",
-                            "train_user_freq.npy", "user_ids.txt", "item_ids.txt", "category_ids.txt"])
+    assert names == sorted(
+        [
+            "meta.json",
+            "sequences.npy",
+            "sequence_offsets.npy",
+            "item_category.npy",
+            "train.npy",
+            "validation.npy",
+            "test.npy",
+            "train_item_freq.npy",
+            "train_category_freq.npy",
+            "train_user_freq.npy",
+            "user_ids.txt",
+            "item_ids.txt",
+            "category_ids.txt",
+        ]
+    )
     meta = json.load(open(os.path.join(path, "meta.json")))
     assert meta["format"] == "din_jax.dataset" and meta["version"] == 1
     assert (meta["users"], meta["items"], meta["categories"]) == (7, 30, 4)
@@ -118,8 +132,7 @@ def test_written_files_and_meta(tmp_path):
     assert np.load(os.path.join(path, "train_item_freq.npy")).dtype == np.int64
     dataset = load_dataset(path)
     assert isinstance(dataset.samples("train"), np.memmap)
-    assert dataset.item_frequencies().sum() == (
-        np.minimum(np.asarray(dataset.samples("train"))[:, 2], 5).sum() + 40)
+    assert dataset.item_frequencies().sum() == (np.minimum(np.asarray(dataset.samples("train"))[:, 2], 5).sum() + 40)
 
 
 # ----------------------------------------------------------------------------
@@ -149,8 +162,9 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 
 def test_failed_build_leaves_no_output(tmp_path):
     with pytest.raises(DataPrepError, match="no column 'no_such_column'"):
-        build(tmp_path, format="interactions", input=fixture("interactions", "three_users.csv"),
-              user_col="no_such_column")
+        build(
+            tmp_path, format="interactions", input=fixture("interactions", "three_users.csv"), user_col="no_such_column"
+        )
     assert os.listdir(str(tmp_path)) == []
 
 
@@ -175,9 +189,16 @@ def _overwrite_random(path, seed):
     other = os.path.join(os.path.dirname(path), "scratch")
     sequences, offsets, item_category, splits = write_random_dataset(other, seed=seed)
     source = load_dataset(other)
-    write_dataset(path, sequences=sequences, offsets=offsets, item_category=item_category, splits=splits,
-                  meta={"name": "x", "negatives": {"resampleable": True}},
-                  id_maps={kind: source.id_map(kind) for kind in ("user", "item", "category")}, overwrite=True)
+    write_dataset(
+        path,
+        sequences=sequences,
+        offsets=offsets,
+        item_category=item_category,
+        splits=splits,
+        meta={"name": "x", "negatives": {"resampleable": True}},
+        id_maps={kind: source.id_map(kind) for kind in ("user", "item", "category")},
+        overwrite=True,
+    )
     import shutil
 
     shutil.rmtree(other)
@@ -193,9 +214,13 @@ def test_overwrite_refuses_a_directory_that_is_not_a_dataset(tmp_path):
 
 
 def test_write_validates_invariants(tmp_path):
-    good = dict(sequences=np.array([1, 2, 3], dtype=np.int32), offsets=np.array([0, 3], dtype=np.int64),
-                item_category=np.zeros(4, dtype=np.int32), meta={"name": "x"},
-                id_maps={"user": ["a"], "item": ["0", "1", "2", "3"], "category": ["c"]})
+    good = dict(
+        sequences=np.array([1, 2, 3], dtype=np.int32),
+        offsets=np.array([0, 3], dtype=np.int64),
+        item_category=np.zeros(4, dtype=np.int32),
+        meta={"name": "x"},
+        id_maps={"user": ["a"], "item": ["0", "1", "2", "3"], "category": ["c"]},
+    )
     with pytest.raises(DatasetError, match="position < 1"):
         write_dataset(str(tmp_path / "a"), splits={"train": np.array([[0, 0, 0, 1, 1]])}, **good)
     with pytest.raises(DatasetError, match="beyond the end"):

@@ -121,10 +121,12 @@ def test_offline_fails_at_once_with_instructions(tmp_path):
 def test_amazon_urls_are_the_originals():
     assert amazon_urls("Electronics", "2014") == {
         "reviews": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Electronics_5.json.gz",
-        "meta": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Electronics.json.gz"}
+        "meta": "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Electronics.json.gz",
+    }
     assert amazon_urls("Electronics", "2018") == {
         "reviews": "https://jmcauley.ucsd.edu/data/amazon_v2/categoryFilesSmall/Electronics_5.json.gz",
-        "meta": "https://jmcauley.ucsd.edu/data/amazon_v2/metaFiles2/meta_Electronics.json.gz"}
+        "meta": "https://jmcauley.ucsd.edu/data/amazon_v2/metaFiles2/meta_Electronics.json.gz",
+    }
 
 
 def test_existing_files_are_not_fetched_again(tmp_path):

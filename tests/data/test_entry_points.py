@@ -16,8 +16,13 @@ META = fixture("amazon", "meta_Tiny.json")
 
 
 def _run(script, *args):
-    return subprocess.run([sys.executable, os.path.join("data_prep", script)] + list(args), cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, os.path.join("data_prep", script)] + list(args),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _assert_one_line_error(result, program, pattern):
@@ -30,20 +35,51 @@ def _assert_one_line_error(result, program, pattern):
 
 
 def test_build_errors_are_one_line(tmp_path):
-    _assert_one_line_error(_run("build.py", "--input", REVIEWS, "--output", str(tmp_path / "x")), "build.py",
-                           "--format is required")
-    _assert_one_line_error(_run("build.py", "--format", "amazon", "--input", str(tmp_path / "missing.json.gz"),
-                                "--meta", META, "--output", str(tmp_path / "x")), "build.py", "no such file")
-    _assert_one_line_error(_run("build.py", "--format", "amazon", "--input", REVIEWS, "--meta", META, "--output",
-                                str(tmp_path / "x"), "--strict", "--workers", "1"),
-                           "build.py", "reviews_Tiny_5.json.gz:4")
+    _assert_one_line_error(
+        _run("build.py", "--input", REVIEWS, "--output", str(tmp_path / "x")), "build.py", "--format is required"
+    )
+    _assert_one_line_error(
+        _run(
+            "build.py",
+            "--format",
+            "amazon",
+            "--input",
+            str(tmp_path / "missing.json.gz"),
+            "--meta",
+            META,
+            "--output",
+            str(tmp_path / "x"),
+        ),
+        "build.py",
+        "no such file",
+    )
+    _assert_one_line_error(
+        _run(
+            "build.py",
+            "--format",
+            "amazon",
+            "--input",
+            REVIEWS,
+            "--meta",
+            META,
+            "--output",
+            str(tmp_path / "x"),
+            "--strict",
+            "--workers",
+            "1",
+        ),
+        "build.py",
+        "reviews_Tiny_5.json.gz:4",
+    )
     assert not os.path.exists(str(tmp_path / "x"))
 
 
 @pytest.mark.parametrize("script", ["build.py", "convert.py", "remap.py", "download.py"])
 def test_command_line_errors_are_one_line(script):
-    for args, expected in ((["--bogus"], "Unknown command line flag 'bogus'"),
-                           (["stray"], "unexpected arguments: stray")):
+    for args, expected in (
+        (["--bogus"], "Unknown command line flag 'bogus'"),
+        (["stray"], "unexpected arguments: stray"),
+    ):
         result = _run(script, *args)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         _assert_one_line_error(result, script, expected)
@@ -78,19 +114,46 @@ def test_step_by_step_chain(tmp_path):
     meta = load_dataset(str(tmp_path / "ds")).meta
     assert meta["splits"] == {"train": 2, "validation": 4, "test": 4}
     assert meta["dropped"]["malformed_lines"] == 3 and meta["dropped"]["duplicate_reviews"] == 1
-    _assert_one_line_error(_run("remap.py", "--input", str(tmp_path / "nothing"), "--output_dir", remapped),
-                           "remap.py", "run convert.py first")
+    _assert_one_line_error(
+        _run("remap.py", "--input", str(tmp_path / "nothing"), "--output_dir", remapped),
+        "remap.py",
+        "run convert.py first",
+    )
 
 
 def test_synthetic_amazon_builds_to_the_requested_counts(tmp_path):
     raw = str(tmp_path / "raw")
-    result = _run("make_synthetic_amazon.py", "--output_dir", raw, "--users", "300", "--items", "120",
-                  "--reviews", "2700", "--categories", "25", "--meta_items", "400", "--compresslevel", "1")
+    result = _run(
+        "make_synthetic_amazon.py",
+        "--output_dir",
+        raw,
+        "--users",
+        "300",
+        "--items",
+        "120",
+        "--reviews",
+        "2700",
+        "--categories",
+        "25",
+        "--meta_items",
+        "400",
+        "--compresslevel",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     with open(os.path.join(raw, "meta_Electronics.json.gz"), "rb") as handle:
         assert handle.read(2) == b"\x1f\x8b"
-    result = _run("build.py", "--format", "amazon", "--input", os.path.join(raw, "reviews_Electronics_5.json.gz"),
-                  "--meta", os.path.join(raw, "meta_Electronics.json.gz"), "--output", str(tmp_path / "ds"))
+    result = _run(
+        "build.py",
+        "--format",
+        "amazon",
+        "--input",
+        os.path.join(raw, "reviews_Electronics_5.json.gz"),
+        "--meta",
+        os.path.join(raw, "meta_Electronics.json.gz"),
+        "--output",
+        str(tmp_path / "ds"),
+    )
     assert result.returncode == 0, result.stderr
     meta = load_dataset(str(tmp_path / "ds")).meta
     assert (meta["users"], meta["items"], meta["categories"], meta["events"]) == (300, 120, 25, 2700)
@@ -100,13 +163,22 @@ def test_synthetic_amazon_builds_to_the_requested_counts(tmp_path):
 
 def test_download_offline_is_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.argv = ['download.py', '--output_dir', sys.argv[1], '--timeout', '2'];"
-         "import data_prep.download as d, data_prep.download;"
-         "d.URL_TEMPLATES['2014'] = {k: 'http://127.0.0.1:9/' + k + '_{category}.json.gz' for k in ('reviews', 'meta')};"
-         "from absl import app, flags;"
-         "flags.DEFINE_string('output_dir', None, '');flags.DEFINE_string('category', 'Electronics', '');"
-         "flags.DEFINE_string('release', '2014', '');flags.DEFINE_float('timeout', 2.0, '');app.run(d.main)",
-         str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.argv = ['download.py', '--output_dir', sys.argv[1], '--timeout', '2'];"
+            "import data_prep.download as d, data_prep.download;"
+            "d.URL_TEMPLATES['2014'] = {k: 'http://127.0.0.1:9/' + k + '_{category}.json.gz' for k in ('reviews', 'meta')};"
+            "from absl import app, flags;"
+            "flags.DEFINE_string('output_dir', None, '');flags.DEFINE_string('category', 'Electronics', '');"
+            "flags.DEFINE_string('release', '2014', '');flags.DEFINE_float('timeout', 2.0, '');app.run(d.main)",
+            str(tmp_path),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     _assert_one_line_error(result, "download.py", "by hand")
 
 

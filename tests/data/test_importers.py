@@ -20,12 +20,17 @@ from data_prep.tables import parquet_available, read_table, write_table
 # ----------------------------------------------------------------------------
 
 TRAIN_SET = [
-    (0, [1, 2], 3, 1), (0, [1, 2], 5, 0),
-    (0, [1], 2, 1), (0, [1], 4, 0),
-    (1, [3], 0, 1), (1, [3], 6, 0),
+    (0, [1, 2], 3, 1),
+    (0, [1, 2], 5, 0),
+    (0, [1], 2, 1),
+    (0, [1], 4, 0),
+    (1, [3], 0, 1),
+    (1, [3], 6, 0),
     # User 2's two histories contradict each other: two stored sequences.
-    (2, [4, 5], 6, 1), (2, [4, 5], 0, 0),
-    (2, [5, 4], 1, 1), (2, [5, 4], 2, 0),
+    (2, [4, 5], 6, 1),
+    (2, [4, 5], 0, 0),
+    (2, [5, 4], 1, 1),
+    (2, [5, 4], 2, 0),
     (3, [], 1, 1),  # no history: cannot be a sample
 ]
 TEST_SET = [(0, [1, 2, 3], (7, 6)), (1, [3, 0], (2, 5))]
@@ -49,10 +54,24 @@ def test_din_pickle_histories_are_stored_once(tmp_path):
     # user 0: [1, 2, 3] + test positive 7; user 1: [3, 0, 2]; user 2: two sequences.
     assert stored == [[1, 2, 3, 7], [3, 0, 2], [4, 5, 6], [5, 4, 1]]
     train = np.asarray(dataset.samples("train")).tolist()
-    assert train == [[0, 0, 2, 3, 1], [0, 0, 2, 5, 0], [0, 0, 1, 2, 1], [0, 0, 1, 4, 0], [1, 1, 1, 0, 1],
-                     [1, 1, 1, 6, 0], [2, 2, 2, 6, 1], [2, 2, 2, 0, 0], [2, 3, 2, 1, 1], [2, 3, 2, 2, 0]]
-    assert np.asarray(dataset.samples("test")).tolist() == [[0, 0, 3, 7, 1], [0, 0, 3, 6, 0], [1, 1, 2, 2, 1],
-                                                            [1, 1, 2, 5, 0]]
+    assert train == [
+        [0, 0, 2, 3, 1],
+        [0, 0, 2, 5, 0],
+        [0, 0, 1, 2, 1],
+        [0, 0, 1, 4, 0],
+        [1, 1, 1, 0, 1],
+        [1, 1, 1, 6, 0],
+        [2, 2, 2, 6, 1],
+        [2, 2, 2, 0, 0],
+        [2, 3, 2, 1, 1],
+        [2, 3, 2, 2, 0],
+    ]
+    assert np.asarray(dataset.samples("test")).tolist() == [
+        [0, 0, 3, 7, 1],
+        [0, 0, 3, 6, 0],
+        [1, 1, 2, 2, 1],
+        [1, 1, 2, 5, 0],
+    ]
     assert meta["splits"]["validation"] == 0
     assert meta["dropped"]["empty_history_rows"] == 1
     assert meta["negatives"]["resampleable"] is False
@@ -67,8 +86,15 @@ def test_din_validation_last_position_pair(tmp_path):
     path = _write_pkl(str(tmp_path / "dataset.pkl"))
     dataset, meta = build(tmp_path, format="din", input=path, din_validation="last")
     assert np.asarray(dataset.samples("validation")).tolist() == [
-        [0, 0, 2, 3, 1], [0, 0, 2, 5, 0], [1, 1, 1, 0, 1], [1, 1, 1, 6, 0], [2, 2, 2, 6, 1], [2, 2, 2, 0, 0],
-        [2, 3, 2, 1, 1], [2, 3, 2, 2, 0]]
+        [0, 0, 2, 3, 1],
+        [0, 0, 2, 5, 0],
+        [1, 1, 1, 0, 1],
+        [1, 1, 1, 6, 0],
+        [2, 2, 2, 6, 1],
+        [2, 2, 2, 0, 0],
+        [2, 3, 2, 1, 1],
+        [2, 3, 2, 2, 0],
+    ]
     assert np.asarray(dataset.samples("train")).tolist() == [[0, 0, 1, 2, 1], [0, 0, 1, 4, 0]]
 
 
@@ -85,13 +111,13 @@ def test_din_validation_users_is_seeded(tmp_path):
 
 def test_din_pickle_with_bad_entries_and_ranges(tmp_path):
     bad = TRAIN_SET[:4] + [("x", [1], 2, 1), (0, "oops", 2)]
-    dataset, meta = build(tmp_path, format="din", input=_write_pkl(str(tmp_path / "d.pkl"), train_set=bad),
-                          din_validation="none")
+    dataset, meta = build(
+        tmp_path, format="din", input=_write_pkl(str(tmp_path / "d.pkl"), train_set=bad), din_validation="none"
+    )
     assert meta["dropped"]["malformed_lines"] == 2
     assert "train_set[4]" in meta["dropped"]["malformed_examples"][0]
     with pytest.raises(DataPrepError, match="item ids outside"):
-        build(tmp_path, name="x", format="din",
-              input=_write_pkl(str(tmp_path / "e.pkl"), train_set=[(0, [1], 99, 1)]))
+        build(tmp_path, name="x", format="din", input=_write_pkl(str(tmp_path / "e.pkl"), train_set=[(0, [1], 99, 1)]))
 
 
 def _write_din_csv(folder, train_lines, test_lines, cate_lines):
@@ -103,10 +129,12 @@ def _write_din_csv(folder, train_lines, test_lines, cate_lines):
 
 
 def test_din_csv_folder(tmp_path):
-    folder = _write_din_csv(str(tmp_path / "csv"),
-                            ['0,"[1, 2]",3,1', '0,"[1, 2]",5,0', '1,[3],0,1', '1,[3],6,0', '1,[3],6', '2,[9],1,1'],
-                            ['0,"[1, 2, 3]","(7, 6)"', '4,[1],"(2, 5)"'],
-                            ["0", "1", "1", "2", "2", "0", "1", "2"])
+    folder = _write_din_csv(
+        str(tmp_path / "csv"),
+        ['0,"[1, 2]",3,1', '0,"[1, 2]",5,0', "1,[3],0,1", "1,[3],6,0", "1,[3],6", "2,[9],1,1"],
+        ['0,"[1, 2, 3]","(7, 6)"', '4,[1],"(2, 5)"'],
+        ["0", "1", "1", "2", "2", "0", "1", "2"],
+    )
     dataset, meta = build(tmp_path, format="din", input=folder, din_validation="none")
     assert (meta["users"], meta["items"], meta["categories"]) == (5, 8, 3)
     assert meta["dropped"]["malformed_lines"] == 2  # a missing label, an item id past cate_list
@@ -133,8 +161,12 @@ def test_dien_folder(tmp_path):
     sequences = np.asarray(dataset.sequences)
     stored = [sequences[a:b].tolist() for a, b in zip(dataset.offsets[:-1], dataset.offsets[1:])]
     assert stored == [[1, 2, 3], [4, 2], [1, 0, 4]]
-    assert np.asarray(dataset.samples("train")).tolist() == [[0, 0, 2, 3, 1], [0, 0, 2, 5, 0], [1, 1, 1, 2, 1],
-                                                             [1, 1, 1, 1, 0]]
+    assert np.asarray(dataset.samples("train")).tolist() == [
+        [0, 0, 2, 3, 1],
+        [0, 0, 2, 5, 0],
+        [1, 1, 1, 2, 1],
+        [1, 1, 1, 1, 0],
+    ]
     assert np.asarray(dataset.samples("test")).tolist() == [[2, 2, 2, 4, 1], [2, 2, 2, 2, 0]]
     assert meta["negatives"]["resampleable"] is True
     assert len(meta["sources"]) == 5
@@ -154,8 +186,13 @@ def test_dien_missing_file_is_clear(tmp_path):
 
 
 def test_interactions_with_item_table_and_bad_lines(tmp_path):
-    dataset, meta = build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"),
-                          meta=fixture("interactions", "items.csv"), category_col="i_category")
+    dataset, meta = build(
+        tmp_path,
+        format="interactions",
+        input=fixture("interactions", "log.tsv"),
+        meta=fixture("interactions", "items.csv"),
+        category_col="i_category",
+    )
     assert dataset.id_map("user") == ["7", "8", "9"]
     assert dataset.id_map("item") == ["101", "102", "103", "105"]
     assert dataset.id_map("category") == ["5", "12", "<unknown>"]
@@ -171,8 +208,14 @@ def test_interactions_with_item_table_and_bad_lines(tmp_path):
 
 def test_interactions_strict_and_missing_columns(tmp_path):
     with pytest.raises(DataPrepError, match=r"log.tsv: .*line 6"):
-        build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"),
-              meta=fixture("interactions", "items.csv"), category_col="i_category", strict=True)
+        build(
+            tmp_path,
+            format="interactions",
+            input=fixture("interactions", "log.tsv"),
+            meta=fixture("interactions", "items.csv"),
+            category_col="i_category",
+            strict=True,
+        )
     with pytest.raises(DataPrepError, match=r"no category column 'category' and no --meta"):
         build(tmp_path, format="interactions", input=fixture("interactions", "log.tsv"))
     with pytest.raises(DataPrepError, match=r"no column 'who'"):
@@ -181,24 +224,42 @@ def test_interactions_strict_and_missing_columns(tmp_path):
 
 def test_interactions_dates_and_file_order(tmp_path):
     log = tmp_path / "log.csv"
-    log.write_text("u;i;when\na;x;2014-01-03\na;y;2014-01-01\na;z;2014-01-02\nb;x;2014-01-01\nb;y;2014-01-01\n"
-                   "b;w;2014-01-01\n")
-    dataset, _ = build(tmp_path, format="interactions", input=str(log), user_col="u", item_col="i", time_col="when",
-                       category_col="")
+    log.write_text(
+        "u;i;when\na;x;2014-01-03\na;y;2014-01-01\na;z;2014-01-02\nb;x;2014-01-01\nb;y;2014-01-01\nb;w;2014-01-01\n"
+    )
+    dataset, _ = build(
+        tmp_path, format="interactions", input=str(log), user_col="u", item_col="i", time_col="when", category_col=""
+    )
     assert dataset.id_map("category") == ["<unknown>"]
     assert np.asarray(dataset.sequences).tolist() == [2, 3, 1, 1, 2, 0]
-    ordered, _ = build(tmp_path, name="ordered", format="interactions", input=str(log), user_col="u", item_col="i",
-                       time_col="", category_col="")
+    ordered, _ = build(
+        tmp_path,
+        name="ordered",
+        format="interactions",
+        input=str(log),
+        user_col="u",
+        item_col="i",
+        time_col="",
+        category_col="",
+    )
     assert np.asarray(ordered.sequences).tolist() == [1, 2, 3, 1, 2, 0]
 
 
-@pytest.mark.parametrize("rule, categories, item_category", [
-    ("last", ["3", "5", "6", "7", "<unknown>"], [1, 2, 0, 4, 3, 4]),
-    ("first", ["1", "2", "3", "4", "<unknown>"], [0, 1, 2, 4, 3, 4]),
-])
+@pytest.mark.parametrize(
+    "rule, categories, item_category",
+    [
+        ("last", ["3", "5", "6", "7", "<unknown>"], [1, 2, 0, 4, 3, 4]),
+        ("first", ["1", "2", "3", "4", "<unknown>"], [0, 1, 2, 4, 3, 4]),
+    ],
+)
 def test_sequences_with_attributes(tmp_path, rule, categories, item_category):
-    dataset, meta = build(tmp_path, format="sequences", input=fixture("sequences", "seqs.txt"),
-                          meta=fixture("sequences", "item2attributes.json"), category_rule=rule)
+    dataset, meta = build(
+        tmp_path,
+        format="sequences",
+        input=fixture("sequences", "seqs.txt"),
+        meta=fixture("sequences", "item2attributes.json"),
+        category_rule=rule,
+    )
     assert dataset.id_map("user") == ["1", "2", "3"]
     assert dataset.id_map("item") == ["10", "11", "12", "13", "14", "15"]
     assert dataset.id_map("category") == categories
@@ -227,8 +288,15 @@ def test_npz_table_roundtrip(tmp_path):
 @pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (IPU lane): Parquet is optional")
 def test_parquet_table_and_build(tmp_path):
     path = str(tmp_path / "log.parquet")
-    write_table(path, {"user_id": ["a"] * 3 + ["b"] * 3, "item_id": ["x", "y", "z", "x", "z", "w"],
-                       "category": ["c1", "c2", "c1", "c1", "c1", "c3"], "time": np.arange(6)})
+    write_table(
+        path,
+        {
+            "user_id": ["a"] * 3 + ["b"] * 3,
+            "item_id": ["x", "y", "z", "x", "z", "w"],
+            "category": ["c1", "c2", "c1", "c1", "c1", "c3"],
+            "time": np.arange(6),
+        },
+    )
     dataset, meta = build(tmp_path, format="interactions", input=path)
     assert dataset.id_map("category") == ["c1", "c2", "c3"]
     assert meta["splits"]["test"] == 4
@@ -236,27 +304,47 @@ def test_parquet_table_and_build(tmp_path):
 
 def test_convert_remap_build_chain_matches_one_command(tmp_path):
     report = BuildReport()
-    written = convert_amazon(fixture("amazon", "reviews_Tiny_5.json.gz"), fixture("amazon", "meta_Tiny.json"),
-                             str(tmp_path / "converted"), report, workers=1)
+    written = convert_amazon(
+        fixture("amazon", "reviews_Tiny_5.json.gz"),
+        fixture("amazon", "meta_Tiny.json"),
+        str(tmp_path / "converted"),
+        report,
+        workers=1,
+    )
     assert [os.path.basename(path) for path in written] == ["reviews.npz", "items.npz"]
     chain_report = BuildReport()
     reviews, items, sources = read_converted(str(tmp_path / "converted"), chain_report)
     assert chain_report.dropped["malformed_lines"] == 3 and len(sources) == 2
-    log = clean_and_remap(reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object),
-                          reviews["time"].to_numpy(), items["item_id"].to_numpy(dtype=object),
-                          items["category"].to_numpy(dtype=object), chain_report)
+    log = clean_and_remap(
+        reviews["user_id"].to_numpy(dtype=object),
+        reviews["item_id"].to_numpy(dtype=object),
+        reviews["time"].to_numpy(),
+        items["item_id"].to_numpy(dtype=object),
+        items["category"].to_numpy(dtype=object),
+        chain_report,
+    )
     write_remapped(str(tmp_path / "remapped"), log, chain_report, sources)
     chained, chained_meta = build(tmp_path, name="chained", format="remapped", input=str(tmp_path / "remapped"))
-    direct, direct_meta = build(tmp_path, name="direct", format="amazon", input=fixture("amazon", "reviews_Tiny_5.json.gz"),
-                                meta=fixture("amazon", "meta_Tiny.json"))
+    direct, direct_meta = build(
+        tmp_path,
+        name="direct",
+        format="amazon",
+        input=fixture("amazon", "reviews_Tiny_5.json.gz"),
+        meta=fixture("amazon", "meta_Tiny.json"),
+    )
     for split in ("train", "validation", "test"):
         assert np.array_equal(chained.samples(split), direct.samples(split))
     assert chained.id_map("category") == direct.id_map("category")
     for key in ("malformed_lines", "duplicate_reviews", "short_users", "unknown_category_reviews"):
         assert chained_meta["dropped"][key] == direct_meta["dropped"][key], key
     # The converted tables also build directly as an interaction table.
-    table, _ = build(tmp_path, name="table", format="interactions", input=str(tmp_path / "converted" / "reviews.npz"),
-                     meta=str(tmp_path / "converted" / "items.npz"))
+    table, _ = build(
+        tmp_path,
+        name="table",
+        format="interactions",
+        input=str(tmp_path / "converted" / "reviews.npz"),
+        meta=str(tmp_path / "converted" / "items.npz"),
+    )
     assert np.array_equal(table.samples("test"), direct.samples("test"))
 
 
@@ -273,8 +361,11 @@ def test_key_order_numbers_and_strings():
 
 @pytest.mark.skipif(not parquet_available(), reason="pyarrow is not installed (IPU lane): Parquet is optional")
 def test_parquet_list_cells(tmp_path):
-    rows = {"user_id": ["a"] * 3 + ["b"] * 3, "item_id": ["x", "y", "z", "x", "z", "w"],
-            "time": pd.to_datetime(["2020-01-0%d" % day for day in range(1, 7)], utc=True)}
+    rows = {
+        "user_id": ["a"] * 3 + ["b"] * 3,
+        "item_id": ["x", "y", "z", "x", "z", "w"],
+        "time": pd.to_datetime(["2020-01-0%d" % day for day in range(1, 7)], utc=True),
+    }
     # Category paths (and lists of paths): the last element is the category; an empty list is missing.
     paths = [["Food", "c1"], ["Food", "c2"], ["c1"], ["Food", "c1"], ["c1"], []]
     nested = [[["Top", "x"], list(path)] for path in paths[:-1]] + [[]]
@@ -299,8 +390,11 @@ def test_parquet_list_cells(tmp_path):
 def test_timestamp_column_gives_seconds():
     stamps = pd.Series(pd.to_datetime(["1970-01-01 00:01:00", None, "2014-07-01 00:00:00"]))
     # A naive timestamp is UTC; Paris is UTC+1 in January and UTC+2 in July.
-    for values, offsets in ((stamps, (0, 0)), (stamps.dt.tz_localize("UTC"), (0, 0)),
-                            (stamps.dt.tz_localize("Europe/Paris"), (-3600, -7200))):
+    for values, offsets in (
+        (stamps, (0, 0)),
+        (stamps.dt.tz_localize("UTC"), (0, 0)),
+        (stamps.dt.tz_localize("Europe/Paris"), (-3600, -7200)),
+    ):
         times, kind = parse_times(values)
         assert kind == "date"
         assert np.isnan(times[1])

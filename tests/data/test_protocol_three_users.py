@@ -78,8 +78,14 @@ def test_histories_through_gather(tmp_path):
 
 def test_authors_split_has_no_validation(tmp_path):
     dataset, meta = _build(tmp_path, protocol="authors")
-    assert _positives(dataset.samples("train")) == [(0, 0, 1, 0, 1), (0, 0, 2, 3, 1), (0, 0, 3, 1, 1),
-                                                    (1, 1, 1, 5, 1), (2, 2, 1, 4, 1), (2, 2, 2, 2, 1)]
+    assert _positives(dataset.samples("train")) == [
+        (0, 0, 1, 0, 1),
+        (0, 0, 2, 3, 1),
+        (0, 0, 3, 1, 1),
+        (1, 1, 1, 5, 1),
+        (2, 2, 1, 4, 1),
+        (2, 2, 2, 2, 1),
+    ]
     assert _positives(dataset.samples("test")) == [(0, 0, 4, 4, 1), (1, 1, 2, 1, 1), (2, 2, 3, 5, 1)]
     assert meta["splits"]["validation"] == 0
     assert dataset.split_names() == ["train", "test"]
@@ -94,8 +100,9 @@ def test_negatives_are_seeded(tmp_path):
         assert np.array_equal(first.samples(split), again.samples(split))
     seeds = set()
     for seed in range(8):
-        dataset, _ = build(tmp_path / str(seed), format="interactions", input=fixture("interactions", "three_users.csv"),
-                           seed=seed)
+        dataset, _ = build(
+            tmp_path / str(seed), format="interactions", input=fixture("interactions", "three_users.csv"), seed=seed
+        )
         seeds.add(tuple(np.asarray(dataset.samples("test"))[:, 3].tolist()))
     assert len(seeds) > 1
 
@@ -105,12 +112,14 @@ def test_training_frequencies(tmp_path):
     train = np.asarray(dataset.samples("train"))
     expected_items = np.zeros(6, dtype=np.int64)
     for _, sequence, position, item, _ in train.tolist():
-        history = np.asarray(dataset.sequences)[dataset.offsets[sequence]:dataset.offsets[sequence] + position]
+        history = np.asarray(dataset.sequences)[dataset.offsets[sequence] : dataset.offsets[sequence] + position]
         np.add.at(expected_items, history, 1)
         expected_items[item] += 1
     assert dataset.item_frequencies().tolist() == expected_items.tolist()
-    assert dataset.category_frequencies().tolist() == np.bincount(
-        dataset.item_category[np.repeat(np.arange(6), expected_items)], minlength=3).tolist()
+    assert (
+        dataset.category_frequencies().tolist()
+        == np.bincount(dataset.item_category[np.repeat(np.arange(6), expected_items)], minlength=3).tolist()
+    )
     assert dataset.user_frequencies().tolist() == [4, 0, 2]
 
 

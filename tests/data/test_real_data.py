@@ -18,8 +18,9 @@ from din_jax.data.dataset import load_dataset
 EMBEDDED = os.path.join(REPO_ROOT, "data", "amazon_electronics_din_sample")
 GROCERY = os.path.join(SHARED_DATA, "amazon_grocery_5core")
 BEAUTY = os.path.join(SHARED_DATA, "amazon_beauty_5core")
-needs_shared = pytest.mark.skipif(not os.path.isdir(SHARED_DATA),
-                                  reason="../shared/data (real Amazon data) is not next to the repository")
+needs_shared = pytest.mark.skipif(
+    not os.path.isdir(SHARED_DATA), reason="../shared/data (real Amazon data) is not next to the repository"
+)
 
 
 def test_embedded_din_sample(tmp_path):
@@ -32,40 +33,83 @@ def test_embedded_din_sample(tmp_path):
     assert meta["negatives"]["resampleable"] is False
     # The CSV rows come back from the stored sequences: the first test row.
     first = dataset.gather("test", np.array([0]), 100)
-    assert first["hist_item"][0, :16].tolist() == [16942, 42346, 38112, 36550, 45547, 31289, 48828, 38115, 51873,
-                                                   25727, 32576, 34688, 49156, 40120, 56219, 54422]
+    assert first["hist_item"][0, :16].tolist() == [
+        16942,
+        42346,
+        38112,
+        36550,
+        45547,
+        31289,
+        48828,
+        38115,
+        51873,
+        25727,
+        32576,
+        34688,
+        49156,
+        40120,
+        56219,
+        54422,
+    ]
     assert first["item"].tolist() == [57905] and first["hist_len"].tolist() == [16]
 
 
 def _run_as_written(arguments, output):
     # The commands of the issue, run from the repository root with its relative paths.
-    result = subprocess.run([sys.executable, "data_prep/build.py"] + arguments + ["--output", output], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "data_prep/build.py"] + arguments + ["--output", output],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return load_dataset(output)
 
 
 @needs_shared
 def test_grocery_interactions_command(tmp_path):
-    dataset = _run_as_written(["--format", "interactions", "--input", "../shared/data/amazon_grocery_5core/train.csv",
-                               "--meta", "../shared/data/amazon_grocery_5core/item_meta.csv",
-                               "--category_col", "i_category"], str(tmp_path / "grocery"))
+    dataset = _run_as_written(
+        [
+            "--format",
+            "interactions",
+            "--input",
+            "../shared/data/amazon_grocery_5core/train.csv",
+            "--meta",
+            "../shared/data/amazon_grocery_5core/item_meta.csv",
+            "--category_col",
+            "i_category",
+        ],
+        str(tmp_path / "grocery"),
+    )
     meta = dataset.meta
     assert (meta["users"], meta["items"], meta["events"]) == (14681, 8687, 121892)
     # 57 categories in item_meta.csv, 56 of them on reviewed items; every reviewed item has one.
     assert meta["categories"] == 56
     assert meta["splits"] == {"train": 155698, "validation": 29362, "test": 29362}
     dropped = meta["dropped"]
-    assert (dropped["malformed_lines"], dropped["duplicate_reviews"], dropped["short_users"],
-            dropped["unknown_category_reviews"]) == (0, 0, 0, 0)
+    assert (
+        dropped["malformed_lines"],
+        dropped["duplicate_reviews"],
+        dropped["short_users"],
+        dropped["unknown_category_reviews"],
+    ) == (0, 0, 0, 0)
     assert dropped["metadata_items_without_reviews"] == 26
 
 
 @needs_shared
 def test_beauty_sequences_command(tmp_path):
-    dataset = _run_as_written(["--format", "sequences", "--input", "../shared/data/amazon_beauty_5core/Beauty.txt",
-                               "--meta", "../shared/data/amazon_beauty_5core/Beauty_item2attributes.json"],
-                              str(tmp_path / "beauty"))
+    dataset = _run_as_written(
+        [
+            "--format",
+            "sequences",
+            "--input",
+            "../shared/data/amazon_beauty_5core/Beauty.txt",
+            "--meta",
+            "../shared/data/amazon_beauty_5core/Beauty_item2attributes.json",
+        ],
+        str(tmp_path / "beauty"),
+    )
     meta = dataset.meta
     assert (meta["users"], meta["items"], meta["events"]) == (22363, 12101, 198502)
     assert meta["categories"] == 195  # distinct last attributes (deepest category) of the 12,101 items

@@ -30,9 +30,9 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Every setting of a run. Flag names in ``experiments/`` are the field names.
+    """Every setting of a run; each field means what the flag of the same name says (``train.py --helpfull``).
 
-    ``model_config`` holds the model's fields (see ``din_jax.models``).
+    ``model_config`` holds the model's fields (``din_jax.models.model_fields``).
     """
 
     model: str = "din"
@@ -56,11 +56,7 @@ class TrainConfig:
     mba_lambda: float = 0.0  # mini-batch aware regularisation (DIN paper section 5.1; the paper uses 0.01)
     l2: float = 0.0  # plain L2 on every parameter, added to the gradient as l2 * w
     data_type: str = "float32"
-    # The loss is multiplied by this before backpropagation and the gradients
-    # divided by it after, so that float16 cotangents stay above float16's
-    # smallest numbers; 0: automatic (1024 with float16, else 1, which changes
-    # nothing). Powers of two keep float32 gradients bit for bit.
-    loss_scaling: float = 0.0
+    loss_scaling: float = 0.0  # 0: 1024 with float16, else 1; powers of two keep float32 gradients bit for bit
     seed: int = 1234
     model_path: Optional[str] = None
     eval_every: int = 0
@@ -69,24 +65,11 @@ class TrainConfig:
     donate: bool = True
     prefetch: int = 2
     log_every: int = 1  # host calls between log lines
-    # Training checkpoints <model_path>/checkpoints/step_N: every N steps (at
-    # the first host call boundary at or past it) and at the end of every
-    # epoch; 0: only at the end of epochs. The last keep_checkpoints are kept.
     checkpoint_every: int = 5000
     keep_checkpoints: int = 3
     resume: bool = False  # continue from the newest checkpoint of model_path
-    # Throughput (docs/PERFORMANCE.md): "sparse" updates only the embedding
-    # rows each micro-batch looks up (din_jax/train/sparse_step.py; lazy Adam); "dense"
-    # updates whole tables.
     embedding_updates: str = "dense"
-    # History-length buckets (din_jax/data/batching.py), e.g. (8, 16, 32, 64,
-    # 100); () or just max_seq_len: one bucket, every batch padded to
-    # max_seq_len (the IPU's single program).
     length_buckets: Tuple[int, ...] = ()
-    # History positions (rows x T) per pass inside a micro-batch (0: all at
-    # once): large micro-batches are computed in cache-sized parts; the same
-    # gradient (sparse updates, models without batch statistics) and the same
-    # predictions.
     positions_per_pass: int = 0
 
     def effective_loss_scaling(self) -> float:

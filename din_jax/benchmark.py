@@ -1,10 +1,8 @@
-"""Throughput benchmark: the real train and predict programs, timed in windows.
+"""Throughput benchmark: the real train and predict programs, timed in windows (method: docs/PERFORMANCE.md).
 
-``run_benchmark`` times, per micro-batch size, what training (or inference) runs: the pmapped programs of
-``din_jax.train.setup.create_programs``, fed by the Trainer's host pipeline (background prefetch, metrics fetched
-one call late). Each window is one shuffled pass over a pool of samples, cut into calls as an epoch is; every
-program shape is compiled first (``compile_s``, not timed), and the median samples/s over the windows is reported.
-Method and columns: docs/PERFORMANCE.md.
+``run_benchmark`` times, per micro-batch size, the pmapped programs of ``create_programs`` fed by the Trainer's host
+pipeline. Each window is one shuffled pass over a pool of samples, cut into calls as an epoch is; every program shape
+is compiled first (not timed), and the median samples/s over the windows is reported.
 """
 
 import csv
@@ -42,18 +40,9 @@ RESULT_FILES = {"train": "results_train.csv", "infer": "results_infer.csv"}
 ELECTRONICS_VOCABULARY = {"users": 192403, "items": 63001, "categories": 801}
 
 # The configuration the throughput targets are stated for (docs/PERFORMANCE.md).
-BENCHMARK_MODEL_CONFIG = {
-    "item_dim": 32,
-    "category_dim": 32,
-    "user_dim": 32,
-    "use_item_bias": True,
-    "attention": "din",
-    "attention_hidden": (80, 40),
-    "attention_activation": "sigmoid",
-    "attention_normalization": "none",
-    "mlp_hidden": (200, 80),
-    "activation": "prelu",
-}
+BENCHMARK_MODEL_CONFIG = dict(item_dim=32, category_dim=32, user_dim=32, use_item_bias=True, attention="din")
+BENCHMARK_MODEL_CONFIG.update(attention_hidden=(80, 40), attention_activation="sigmoid", attention_normalization="none")
+BENCHMARK_MODEL_CONFIG.update(mlp_hidden=(200, 80), activation="prelu")
 
 CSV_COLUMNS = tuple(
     """mode micro_batch_size samples_per_s samples_per_s_min samples_per_s_max spread_pct ms_per_micro_batch
@@ -68,10 +57,10 @@ CSV_COLUMNS = tuple(
 class BenchmarkConfig:
     """What to measure (the flags of experiments/benchmark.py).
 
-    ``device_iterations`` 0 picks about 2,048 samples per call; ``replicas`` 0 takes every local device;
-    ``lengths`` (``uniform:1:100``, ``full:100``, ``electronics``) shapes the synthetic pool unless ``dataset``
-    (and ``split``) is given; ``samples`` 0 sizes the pool so that every window holds at least 16 calls per bucket.
-    The training fields (``optimizer``, ``embedding_updates``, ...) are ignored when inferring.
+    ``device_iterations`` 0 picks about 2,048 samples per call; ``replicas`` 0 takes every local device; ``lengths``
+    (``uniform:1:100``, ``full:100``, ``electronics``) shapes the synthetic pool unless ``dataset`` (and ``split``) is
+    given; ``samples`` 0 sizes the pool so that every window holds at least 16 calls per bucket. The training fields
+    (``optimizer``, ``embedding_updates``, ...) are ignored when inferring.
     """
 
     mode: str = "train"
@@ -177,10 +166,8 @@ def _dense_flops(widths: Sequence[int]) -> int:
 def din_flops_per_sample(model_config: Dict[str, Any], history_length: float, form="split", train=False) -> float:
     """FLOPs (2 per multiply-add) of DIN's matrix products for one sample at a padded history length.
 
-    Element-wise work, gathers and the optimiser are left out; training is 3x the forward pass (the backward
-    pass computes two products per forward one). ``form`` is the attention's first layer as evaluated: ``concat``
-    (``8 D H`` per position), ``split`` (``4 D H`` per position + ``2 D H`` per sample) or ``fold`` (``2 D H``
-    per position + ``3 D H`` per sample, the per-sample matrix included).
+    ``form``: the attention's first layer as evaluated, ``concat``, ``split`` or ``fold`` (``attention_form``); training
+    is 3x the forward pass. What is counted: docs/PERFORMANCE.md.
     """
     d = int(model_config.get("item_dim", 64)) + int(model_config.get("category_dim", 64))
     hidden = [int(h) for h in model_config.get("attention_hidden", (80, 40))]
@@ -276,27 +263,10 @@ def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, repli
 
 
 # The benchmark command's own settings (its flags), turned into a BenchmarkConfig by make_config.
-COMMAND_SETTINGS = (
-    "mode",
-    "micro_batch_sizes",
-    "device_iterations",
-    "replicas",
-    "optimizer",
-    "learning_rate",
-    "embedding_updates",
-    "data_type",
-    "lengths",
-    "dataset",
-    "split",
-    "samples",
-    "max_seq_len",
-    "length_buckets",
-    "windows",
-    "positions_per_pass",
-    "prefetch",
-    "seed",
-    "vocabulary",
-    "fold_query",
+COMMAND_SETTINGS = tuple(
+    """mode micro_batch_sizes device_iterations replicas optimizer learning_rate embedding_updates data_type
+    lengths dataset split samples max_seq_len length_buckets windows positions_per_pass prefetch seed vocabulary
+    fold_query""".split()
 )
 
 
@@ -331,14 +301,8 @@ def make_config(values: Dict[str, Any], model: str, model_config: Dict[str, Any]
         except ValueError as error:
             raise ConfigError("--lengths: %s" % error) from None
     vocabulary = {"users": vocab[0], "items": vocab[1], "categories": vocab[2]}
-    config = BenchmarkConfig(
-        micro_batch_sizes=sizes,
-        model=model,
-        model_config=model_config,
-        vocabulary=vocabulary,
-        length_buckets=buckets,
-        **values,
-    )
+    fields = dict(model=model, model_config=model_config, vocabulary=vocabulary, length_buckets=buckets)
+    config = BenchmarkConfig(micro_batch_sizes=sizes, **fields, **values)
     for size in sizes:  # the checks a training run makes (--length_buckets, --embedding_updates, model fields)
         _train_config(config, size, max(1, config.device_iterations))
     return config
@@ -369,10 +333,7 @@ def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: 
 
 
 def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source=None, log=None) -> Dict[str, Any]:
-    """One result row (``CSV_COLUMNS``) at one micro-batch size.
-
-    ``source`` is the pool (built from ``config`` when None); ``log`` an optional ``callable(str)`` for progress.
-    """
+    """One result row (``CSV_COLUMNS``) at one micro-batch size; ``source``: the pool (None: from ``config``)."""
     devices = resolve_devices(config.replicas)
     replicas = len(devices)
     device_iterations = resolve_device_iterations(config, micro_batch_size, replicas)
@@ -468,17 +429,14 @@ def run_benchmark(config: BenchmarkConfig, log: Any = None) -> List[Dict[str, An
     """One row per micro-batch size (``benchmark_micro_batch``); a synthetic pool is built once, for the largest."""
     if config.mode not in MODES:
         raise ValueError("mode must be one of %s, got %r" % (list(MODES), config.mode))
-    source = None
+    sizes = config.micro_batch_sizes
     if config.dataset or config.samples:
         source = make_source(config, config.samples)
     else:
         replicas = len(resolve_devices(config.replicas))
-        sizes = [
-            default_pool_size(config, replicas * b, resolve_device_iterations(config, b, replicas))
-            for b in config.micro_batch_sizes
-        ]
-        source = make_source(config, max(sizes))
-    return [benchmark_micro_batch(config, b, source, log) for b in config.micro_batch_sizes]
+        pools = [default_pool_size(config, replicas * b, resolve_device_iterations(config, b, replicas)) for b in sizes]
+        source = make_source(config, max(pools))
+    return [benchmark_micro_batch(config, b, source, log) for b in sizes]
 
 
 def write_results(rows: Sequence[Dict[str, Any]], output_dir: str, mode: str) -> str:

@@ -28,11 +28,7 @@ from din_jax.train.step import init_variables
 
 
 def resolve_checkpoint_dir(path: str, which: str = "best") -> str:
-    """A checkpoint directory: ``path/<which>`` of a run directory, or ``path`` itself.
-
-    Raises:
-      CheckpointError: neither holds a checkpoint.
-    """
+    """A checkpoint directory: ``path/<which>`` of a run directory, or ``path`` itself; CheckpointError if neither."""
     candidate = os.path.join(path, which)
     if os.path.isfile(os.path.join(candidate, ckpt.META_FILE)):
         return candidate
@@ -61,16 +57,10 @@ def _bucket(rows: int, largest: int) -> int:
 class Predictor:
     """A trained model ready to score: ``predict`` for batches, ``rank`` for one user's candidates.
 
-    Args:
-      model: the flax module (built without a pmap axis).
-      variables: ``{'params', 'batch_stats'}``.
-      item_category: int ``[num_items]``, each item's category.
-      max_seq_len: T of the model; longer histories keep their last T items.
-      num_users: the user vocabulary size (ids are checked against it).
-      uses_user: whether the model has a user embedding (then ``rank`` and
-        rank requests need a user id).
-      metadata: the checkpoint's JSON, for reference.
-      max_batch_size: rows per compiled call; larger inputs are split.
+    ``model`` is the flax module built without a pmap axis, ``variables`` its ``{'params', 'batch_stats'}``;
+    histories longer than ``max_seq_len`` keep their last items; ``uses_user``: the model has a user embedding (then
+    ``rank`` and rank requests need a user id); ``metadata`` is the checkpoint's JSON; inputs larger than
+    ``max_batch_size`` rows are split into several compiled calls.
     """
 
     def __init__(
@@ -108,18 +98,10 @@ class Predictor:
     def from_checkpoint(
         cls, path: str, which: str = "best", item_category: Optional[np.ndarray] = None, max_batch_size: int = 1024
     ) -> "Predictor":
-        """Loads a checkpoint written by training: a run directory (its ``which``), a ``best``/``last``
-        directory, or a training checkpoint ``checkpoints/step_N``.
+        """Loads a run directory (its ``which``), a ``best``/``last`` directory or a ``checkpoints/step_N``.
 
-        Args:
-          item_category: the item -> category map; by default the one saved
-            with the checkpoint, else the one of the dataset it names (or of
-            the synthetic data it was trained on).
-
-        Raises:
-          CheckpointError: missing, corrupt or truncated files, or arrays that
-            do not fit the model the metadata describes; one line, naming the
-            checkpoint.
+        ``item_category`` defaults to the map saved with the checkpoint, else that of the (synthetic) data it names.
+        Missing, corrupt or truncated files, or arrays that do not fit the model, raise a one-line CheckpointError.
         """
         directory = resolve_checkpoint_dir(path, which)
         flat, meta = ckpt.load_checkpoint(directory)
@@ -166,10 +148,7 @@ class Predictor:
             raise ValueError("%s id %d is out of range [0, %d)" % (name, int(bad), size))
 
     def _user_ids(self, where: str, users: Any, rows: int, missing: Optional[str] = None) -> np.ndarray:
-        """int64 ``[rows]`` user ids; zeros for models without a user embedding, which never read them.
-
-        ``missing``: the error when a model with a user embedding gets no user.
-        """
+        """int64 ``[rows]`` user ids (zeros for models without a user embedding); ``missing``: the error if none."""
         if users is None:
             if self.uses_user:
                 raise ValueError(
@@ -190,16 +169,9 @@ class Predictor:
     def complete_batch(self, batch: Dict[str, Any]) -> Dict[str, np.ndarray]:
         """The batch format (docs/DATASET_FORMAT.md) from ``item``, ``hist_item`` and ``hist_len``.
 
-        ``category`` and ``hist_category`` always come from the item ->
-        category map (given ones are ignored); ``user`` is required by models
-        with a user embedding and ignored by the others; ``label`` defaults to
-        zeros; ``hist_item`` may have fewer than ``max_seq_len`` columns (zero
-        padded), not more. Ids must be integers (a float or string id is an
-        error, never rounded).
-
-        Raises:
-          ValueError: a missing key, a non-integer or out-of-range id, or
-            shapes that do not agree; naming the key.
+        Categories always come from the item -> category map (given ones are ignored); ``user`` as in ``rank``;
+        ``label`` defaults to zeros; ``hist_item`` may have fewer than ``max_seq_len`` columns, not more. A missing
+        key, a non-integer or out-of-range id, or shapes that disagree raise a ValueError naming the key.
         """
         if not isinstance(batch, dict):
             raise ValueError(
@@ -237,7 +209,7 @@ class Predictor:
         self._check_ids("item", item_B, self.num_items)
         self._check_ids("history item", hist_BxT, self.num_items)
         user_B = self._user_ids("batch['user']", batch.get("user"), rows)
-        out = {
+        return {
             "user": user_B.astype(np.int32),
             "item": item_B.astype(np.int32),
             "category": self.item_category[item_B],
@@ -246,7 +218,6 @@ class Predictor:
             "hist_len": hist_len_B.astype(np.int32),
             "label": np.asarray(batch.get("label", np.zeros(rows)), dtype=np.float32).reshape(-1),
         }
-        return out
 
     def _run(self, batch: Dict[str, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         """Logits [B] and attention weights [B, T] of a complete batch, in compiled chunks."""
@@ -284,12 +255,8 @@ class Predictor:
         self._check_ids("%s: candidate item" % where, candidate_C, self.num_items)
         self._check_ids("%s: history item" % where, history_L, self.num_items)
         count = candidate_C.shape[0]
-        user_C = self._user_ids(
-            "%s: user" % where,
-            _as_user(where, user),
-            count,
-            missing="%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>" % where,
-        )
+        missing = "%s: the model has a user embedding (user_dim > 0): pass user=<the user's id>" % where
+        user_C = self._user_ids("%s: user" % where, _as_user(where, user), count, missing=missing)
         hist_T = np.zeros(self.max_seq_len, np.int64)
         hist_T[: history_L.shape[0]] = history_L
         batch = {
@@ -303,22 +270,10 @@ class Predictor:
     def score(
         self, history: Sequence[int], candidate_items: Sequence[int], user: Optional[int] = None
     ) -> Tuple[np.ndarray, np.ndarray]:
-        """Scores candidates for one user, each with its own attention over the shared history.
+        """Logits float32 [C] and attention weights float32 [C, L] of C candidates for one user, as given (repeats too).
 
-        Args:
-          history: the user's integer item ids, oldest first; only the last
-            ``max_seq_len`` count.
-          candidate_items: C integer item ids, scored as given (repeats too).
-          user: the user id: required by models with a user embedding
-            (``uses_user``), ignored by the others.
-
-        Returns:
-          (logits float32 [C], attention weights float32 [C, L]) with L the
-          history length used (zeros for models without attention).
-
-        Raises:
-          ValueError: a non-integer, out-of-range or missing id, or an
-            argument that is not a sequence of ids.
+        L is the history length used, its last ``max_seq_len`` items at most; the weights are zeros for models without
+        attention. Arguments and errors as ``rank``.
         """
         batch, length = self._candidate_batch(history, candidate_items, user, "Predictor.score")
         logits_C, weights_CxT = self._run(batch)
@@ -332,25 +287,13 @@ class Predictor:
         user: Optional[int] = None,
         keep_duplicates: bool = False,
     ) -> List[Tuple[int, float]]:
-        """The top ``k`` candidates for one user, best first.
+        """The top ``k`` (None: all) candidates for one user as ``[(item, probability), ...]``, best first.
 
-        Args:
-          history: the user's integer item ids, oldest first.
-          candidate_items: integer item ids to rank. A repeated id is ranked
-            once (its first occurrence), so that it cannot fill several of
-            the top ``k`` places.
-          k: how many to return; None for all.
-          user: the user id: required by models with a user embedding
-            (``uses_user``), ignored by the others.
-          keep_duplicates: rank repeated ids once per occurrence instead.
-
-        Returns:
-          ``[(item, probability), ...]`` sorted by score, descending (sorted
-          on the logits, so saturated probabilities keep their order; ties
-          keep the input order).
-
-        Raises:
-          ValueError: as ``score``, or ``k`` < 1.
+        ``history``: the user's item ids, oldest first. ``user`` is required by models with a user embedding
+        (``uses_user``) and ignored by the others. A repeated candidate is ranked once, at its first occurrence, so it
+        cannot fill several of the top places (``keep_duplicates`` ranks every occurrence). Sorted on the logits, so
+        saturated probabilities keep their order; ties keep the input order. A non-integer, out-of-range or missing
+        id, an argument that is not a sequence of ids, or ``k`` < 1 raise a ValueError.
         """
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError("Predictor.rank: k must be an integer >= 1 (or None for all), got %r" % (k,))

@@ -1,17 +1,12 @@
-"""Evaluation metrics for CTR prediction: AUC, GAUC, logloss, RelaImpr.
+"""Evaluation metrics for CTR prediction: AUC, GAUC, logloss, RelaImpr (definitions: docs/RESULTS.md).
 
-Everything here runs on the host, in numpy, on predictions gathered from the
-device (`jax.device_get`): GAUC needs every prediction of a user at once, so
-it cannot be accumulated per batch on the device.
+They run on the host, in numpy, on predictions gathered from the device: GAUC needs every prediction of a user at
+once, so it cannot be accumulated per batch. Ties between scores count one half everywhere (Mann-Whitney), so a
+constant predictor has AUC 0.5 exactly. Inputs may have any shape, but their shapes must agree exactly (a ``[B, 1]``
+logit against ``[B]`` labels is a bug, not something to broadcast); labels must be 0/1 or bool, scores finite.
 
-Ties between scores count one half everywhere (the Mann-Whitney convention),
-so a constant predictor has AUC 0.5 exactly, whatever the class balance.
-
-References:
-  Zhou et al., "Deep Interest Network for Click-Through Rate Prediction",
-  KDD 2018 (arXiv 1706.06978), Sec. 6.3 "Metrics": GAUC and RelaImpr.
-  Zhu et al., "Optimized Cost per Click in Taobao Display Advertising",
-  KDD 2017: the user-weighted (group) AUC.
+References: Zhou et al., "Deep Interest Network for Click-Through Rate Prediction", KDD 2018, Sec. 6.3 (GAUC,
+RelaImpr); Zhu et al., "Optimized Cost per Click in Taobao Display Advertising", KDD 2017 (GAUC).
 """
 
 import math
@@ -21,15 +16,8 @@ import numpy as np
 
 
 class GaucDetails(NamedTuple):
-    """GAUC together with how many users it covers.
-
-    Attributes:
-      gauc: the user-weighted AUC; NaN when no user has both classes.
-      users_counted: users with at least one positive and one negative.
-      users_skipped: users whose impressions are all of one class.
-      impressions_counted: impressions of the counted users (the sum of the
-        weights).
-    """
+    """GAUC (NaN when no user has both classes), the users counted and skipped (all of one class), and the
+    impressions of the counted users (the sum of the weights)."""
 
     gauc: float
     users_counted: int
@@ -38,12 +26,6 @@ class GaucDetails(NamedTuple):
 
 
 def _as_checked_arrays(**named) -> Dict[str, np.ndarray]:
-    """Converts the inputs to arrays of one common shape, flattened to 1-D.
-
-    Any common shape is accepted (for example `(devices, steps, batch)` straight
-    from `jax.device_get`), but the shapes must agree exactly: a `[B, 1]` logit
-    against `[B]` labels is a bug, not something to broadcast.
-    """
     arrays = {name: np.asarray(value) for name, value in named.items()}
     shapes = {name: array.shape for name, array in arrays.items()}
     if len(set(shapes.values())) != 1:
@@ -56,7 +38,6 @@ def _as_checked_arrays(**named) -> Dict[str, np.ndarray]:
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
-    """Returns the labels as a bool array (True = positive) after checking them."""
     if labels.dtype == np.bool_:
         return labels
     if not np.issubdtype(labels.dtype, np.number):
@@ -71,11 +52,9 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def _check_finite(values: np.ndarray, name: str) -> np.ndarray:
-    """Returns `values` as float64 after checking that every entry is finite."""
     if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
         raise ValueError(f"{name} must be numeric; got dtype {values.dtype}")
-    # float64 holds every float32 and every int32 exactly, so the ordering and
-    # the ties of the original values are preserved.
+    # float64 holds every float32 and int32 exactly: the order and the ties of the values are kept.
     values = values.astype(np.float64)
     finite = np.isfinite(values)
     if not np.all(finite):
@@ -103,35 +82,13 @@ def _group_starts(*sorted_keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(changes)
 
 
-def compute_auc(
-    labels: np.ndarray,
-    scores: np.ndarray,
-    weights: Optional[np.ndarray] = None,
-) -> float:
-    """Exact ROC AUC, ties counted one half.
+def compute_auc(labels: np.ndarray, scores: np.ndarray, weights: Optional[np.ndarray] = None) -> float:
+    """Exact ROC AUC, ties counted one half, optionally with non-negative finite sample weights.
 
-    AUC is the probability that a random positive scores above a random
-    negative: `sum_{i pos, j neg} w_i w_j ([s_i > s_j] + 0.5 [s_i == s_j])
-    / (W_pos W_neg)`. It is computed in O(n log n) from one stable argsort:
-    samples with equal scores form a tie group, and each positive in a group
-    beats every negative of the lower groups plus half the negatives of its
-    own group. Unweighted, this equals the Mann-Whitney statistic computed
-    from average (mid-) ranks, but it adds counts instead of subtracting two
-    large rank sums, so it stays exact in float64 for any realistic size.
-
-    Args:
-      labels: 0/1 (or bool) labels, any shape.
-      scores: scores of the same shape; any strictly increasing transform
-        (logits, probabilities) gives the same AUC. Must be finite.
-      weights: optional non-negative finite sample weights, same shape.
-
-    Returns:
-      The AUC as a Python float, or NaN when only one class is present (no
-      warning: callers evaluating many small groups would be flooded).
-
-    Raises:
-      ValueError: on mismatched shapes, empty input, labels outside {0, 1},
-        non-finite scores, or negative or non-finite weights.
+    From one stable argsort: each positive beats the negatives of the lower tie groups and half of its own. This
+    adds counts instead of subtracting two large rank sums, so it stays exact in float64. Any strictly increasing
+    transform of the scores (logits, probabilities) gives the same AUC. Returns NaN, without a warning, when only
+    one class is present (callers evaluating many small groups would be flooded).
     """
     if weights is None:
         arrays = _as_checked_arrays(labels=labels, scores=scores)
@@ -163,31 +120,10 @@ def compute_auc(
 def compute_gauc_details(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> GaucDetails:
     """User-weighted AUC (GAUC) with the number of users counted and skipped.
 
-    `GAUC = sum_u w_u AUC_u / sum_u w_u`, where `AUC_u` is the AUC (ties one
-    half) over user u's impressions and `w_u` is the number of impressions of
-    u (Zhou et al. 2018, Sec. 6.3; Zhu et al. 2017). Users whose impressions
-    are all positive or all negative have no AUC and are skipped: they count
-    in neither the numerator nor the denominator. With exactly one positive
-    and one negative per user (the DIN Amazon test protocol) GAUC is the
-    fraction of users whose positive scores above their negative, a tie
-    counting one half.
-
-    Fully vectorised over users: one lexsort by (user, score), per-(user,
-    score) tie groups, per-user sums with `np.add.reduceat`; all counts are
-    int64, so the per-user Mann-Whitney counts are exact.
-
-    Args:
-      users: user ids (any sortable dtype, e.g. int32), any shape.
-      labels: 0/1 (or bool) labels, same shape.
-      scores: finite scores, same shape (logits are best: see
-        `evaluate_predictions`).
-
-    Returns:
-      A `GaucDetails`; `gauc` is NaN when no user has both classes.
-
-    Raises:
-      ValueError: on mismatched shapes, empty input, labels outside {0, 1},
-        non-finite scores, or non-finite float user ids.
+    ``GAUC = sum_u w_u AUC_u / sum_u w_u``, ``w_u`` the impressions of user u (Zhou et al. 2018, Sec. 6.3;
+    Zhu et al. 2017); users whose impressions are all of one class have no AUC and count nowhere. With one positive
+    and one negative per user it is the fraction of users whose positive scores higher. Vectorised over users, with
+    int64 counts, so the per-user Mann-Whitney counts are exact. ``users`` may be any sortable dtype.
     """
     arrays = _as_checked_arrays(users=users, labels=labels, scores=scores)
     user_ids = _check_users(arrays["users"])
@@ -206,13 +142,11 @@ def compute_gauc_details(users: np.ndarray, labels: np.ndarray, scores: np.ndarr
     group_positives = np.add.reduceat(sorted_positive, group_starts)
     group_negatives = group_sizes - group_positives
 
-    # Users as runs of groups.
     user_first_group = _group_starts(sorted_users[group_starts])
     starts_user = np.zeros(group_starts.size, dtype=np.int64)
     starts_user[user_first_group] = 1
     group_to_user = np.cumsum(starts_user) - 1
-    # Negatives in lower-scored groups of the same user: a global exclusive
-    # cumulative sum minus its value at the user's first group.
+    # Negatives in lower-scored groups of the same user: a global exclusive cumsum minus its value at the user's start.
     negatives_before = np.cumsum(group_negatives) - group_negatives
     negatives_below = negatives_before - negatives_before[user_first_group][group_to_user]
     # Twice the Mann-Whitney count keeps the tie half in integers.
@@ -236,23 +170,7 @@ def compute_gauc_details(users: np.ndarray, labels: np.ndarray, scores: np.ndarr
 
 
 def compute_gauc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> float:
-    """User-weighted AUC (GAUC), weight = number of impressions of the user.
-
-    Users whose impressions are all of one class are skipped (Zhou et al.
-    2018, Sec. 6.3; Zhu et al. 2017). See `compute_gauc_details` for the
-    definition and for the number of users counted and skipped.
-
-    Args:
-      users: user ids, any shape.
-      labels: 0/1 (or bool) labels, same shape.
-      scores: finite scores, same shape.
-
-    Returns:
-      GAUC as a Python float; NaN when no user has both classes.
-
-    Raises:
-      ValueError: as `compute_gauc_details`.
-    """
+    """User-weighted AUC (GAUC) as a float, NaN when no user has both classes (``compute_gauc_details``)."""
     return compute_gauc_details(users, labels, scores).gauc
 
 
@@ -262,23 +180,10 @@ def compute_logloss(
     from_logits: bool = False,
     eps: float = 1e-7,
 ) -> float:
-    """Mean binary cross-entropy.
+    """Mean binary cross-entropy of probabilities in [0, 1], or of logits when ``from_logits``.
 
-    Args:
-      labels: 0/1 (or bool) labels, any shape.
-      probabilities_or_logits: predicted click probabilities in [0, 1], or
-        logits when `from_logits` is True; same shape, finite.
-      from_logits: whether the predictions are logits.
-      eps: probabilities are clipped to `[eps, 1 - eps]` so that a confident
-        wrong prediction costs `-log(eps)` instead of infinity. Unused with
-        logits, which need no clipping.
-
-    Returns:
-      The mean of `-(y log p + (1 - y) log(1 - p))` as a Python float.
-
-    Raises:
-      ValueError: on mismatched shapes, empty input, labels outside {0, 1},
-        non-finite predictions, or probabilities outside [0, 1].
+    Probabilities are clipped to ``[eps, 1 - eps]``, so a confident wrong prediction costs ``-log(eps)``, not
+    infinity; logits need no clipping.
     """
     arrays = _as_checked_arrays(labels=labels, predictions=probabilities_or_logits)
     positive = _check_labels(arrays["labels"])
@@ -296,22 +201,10 @@ def compute_logloss(
 
 
 def compute_relaimpr(auc_model: float, auc_base: float) -> float:
-    """Relative improvement of an AUC over a base model's, in percent.
+    """Relative improvement of an AUC (or GAUC) over a base model's, in percent, measured from random guessing.
 
-    `RelaImpr = ((AUC_model - 0.5) / (AUC_base - 0.5) - 1) * 100%`
-    (Zhou et al. 2018, Sec. 6.3): the improvement measured from random
-    guessing (AUC 0.5) rather than from zero. Apply it to GAUC values the
-    same way, as the paper does.
-
-    Args:
-      auc_model: the model's AUC (or GAUC).
-      auc_base: the base model's AUC (or GAUC); must differ from 0.5.
-
-    Returns:
-      The relative improvement in percent, e.g. 5.35 for (0.8818, 0.8624).
-
-    Raises:
-      ValueError: if either value is not finite or `auc_base` is 0.5.
+    ``RelaImpr = ((AUC_model - 0.5) / (AUC_base - 0.5) - 1) * 100%`` (Zhou et al. 2018, Sec. 6.3); e.g. 5.35 for
+    (0.8818, 0.8624). Both must be finite and ``auc_base`` must differ from 0.5.
     """
     if not (math.isfinite(auc_model) and math.isfinite(auc_base)):
         raise ValueError(f"RelaImpr needs finite AUCs; got auc_model={auc_model!r}, auc_base={auc_base!r}")
@@ -321,26 +214,11 @@ def compute_relaimpr(auc_model: float, auc_base: float) -> float:
 
 
 def evaluate_predictions(users: np.ndarray, labels: np.ndarray, logits: np.ndarray) -> Dict[str, float]:
-    """Every evaluation metric of a split, from the model's logits.
+    """Every evaluation metric of a split, from the model's logits, as Python floats.
 
-    AUC and GAUC are computed on the logits, not on sigmoid probabilities: in
-    float32 the sigmoid rounds every logit above about 17 to exactly 1.0,
-    which would turn distinct confident predictions into ties.
-
-    Args:
-      users: user id of each sample, any shape.
-      labels: 0/1 labels, same shape.
-      logits: the model's logits, same shape, finite.
-
-    Returns:
-      A dict with "gauc" (user-weighted AUC, single-class users skipped),
-      "auc" (global AUC), "logloss" (from logits, numerically stable),
-      "accuracy" (a sample is predicted positive when its logit is > 0, i.e.
-      probability > 0.5), "samples" (number of samples) and "gauc_users"
-      (number of users counted in GAUC), all as Python floats.
-
-    Raises:
-      ValueError: as the individual metrics.
+    Returns "gauc", "auc", "logloss", "accuracy" (predicted positive when the logit is > 0), "samples" and
+    "gauc_users" (users counted in GAUC). AUC and GAUC use the logits, not probabilities: in float32 the sigmoid
+    rounds every logit above about 17 to 1.0, which would turn distinct confident predictions into ties.
     """
     arrays = _as_checked_arrays(users=users, labels=labels, logits=logits)
     positive = _check_labels(arrays["labels"])

@@ -15,16 +15,11 @@ import numpy as np
 
 
 class ChunkPlan(NamedTuple):
-    """Which samples each call of an epoch sees.
+    """Which samples each call of an epoch sees."""
 
-    ``calls[i]``: int64 ``[R, K_i, B]`` sample indices (only the last call of a bucket may have a smaller
-    ``K``). ``valid[i]``: the real samples in call ``i``, the rest being padding (evaluation only).
-    ``seq_lens[i]``: the history length ``T`` call ``i`` is gathered with; None: ``max_seq_len``.
-    """
-
-    calls: List[np.ndarray]
-    valid: List[int]
-    seq_lens: Optional[List[int]] = None
+    calls: List[np.ndarray]  # int64 [R, K_i, B] sample indices; only a bucket's last calls may have a smaller K
+    valid: List[int]  # the real samples of each call, the rest being padding (evaluation only)
+    seq_lens: Optional[List[int]] = None  # the history length T each call is gathered with; None: max_seq_len
 
 
 def _check_sizes(replicas: int, device_iterations: int, micro_batch_size: int) -> None:
@@ -35,15 +30,11 @@ def _check_sizes(replicas: int, device_iterations: int, micro_batch_size: int) -
 def plan_chunks(
     order: np.ndarray, replicas: int, device_iterations: int, micro_batch_size: int, drop_remainder: bool
 ) -> ChunkPlan:
-    """Cuts an ordering of sample indices into per-call index arrays.
+    """Cuts the epoch's sample indices, in the order they are to be seen, into per-call index arrays.
 
-    Args:
-      order: the epoch's sample indices, in the order they are to be seen.
-      replicas: devices per step.
-      device_iterations: micro-batches per call; the epoch's tail gets one shorter call.
-      micro_batch_size: samples per device per micro-batch.
-      drop_remainder: drop the last incomplete global micro-batch (training), or pad it with copies of the
-        first index, marked invalid (evaluation).
+    A call is ``device_iterations`` micro-batches (the epoch's tail gets one shorter call) of
+    ``micro_batch_size`` samples per replica. ``drop_remainder`` drops the last incomplete global micro-batch
+    (training); otherwise it is padded with copies of the first index, marked invalid (evaluation).
     """
     _check_sizes(replicas, device_iterations, micro_batch_size)
     order = np.asarray(order, dtype=np.int64)
@@ -58,15 +49,12 @@ def plan_chunks(
         order = order[: steps * global_batch]
         valid_total = len(order)
     calls, valid = [], []
-    seen = 0
     for start in range(0, steps, device_iterations):
         k = min(device_iterations, steps - start)
         idx = order[start * global_batch : (start + k) * global_batch]
         # (K, R, B) -> (R, K, B): step k's global batch is contiguous in `order`.
         calls.append(idx.reshape(k, replicas, micro_batch_size).transpose(1, 0, 2))
-        n = k * global_batch
-        valid.append(int(min(n, valid_total - seen)))
-        seen += n
+        valid.append(int(min(k * global_batch, valid_total - start * global_batch)))
     return ChunkPlan(calls, valid)
 
 
@@ -74,8 +62,7 @@ def gather_chunk(
     source: Any, split: str, indices_RxKxB: np.ndarray, max_seq_len: int, samples: Optional[np.ndarray] = None
 ) -> Dict[str, np.ndarray]:
     """Gathers the batch dict for an index array of any shape (leaves get that leading shape)."""
-    flat = indices_RxKxB.reshape(-1)
-    batch = source.gather(split, flat, max_seq_len, samples=samples)
+    batch = source.gather(split, indices_RxKxB.reshape(-1), max_seq_len, samples=samples)
     return {key: value.reshape(indices_RxKxB.shape + value.shape[1:]) for key, value in batch.items()}
 
 
@@ -122,11 +109,7 @@ def prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
 
 
 def normalize_buckets(buckets: Optional[Sequence[int]], max_seq_len: int) -> Tuple[int, ...]:
-    """The bucket lengths to use: increasing, in ``[1, max_seq_len]``, with ``max_seq_len`` last.
-
-    Raises:
-      ValueError: a length outside ``[1, max_seq_len]`` or not increasing.
-    """
+    """The bucket lengths to use: increasing, in ``[1, max_seq_len]`` (else ValueError), with ``max_seq_len`` last."""
     values = [int(b) for b in (buckets or ())]
     for value in values:
         if not 1 <= value <= max_seq_len:
@@ -149,17 +132,9 @@ def parse_length_buckets(text: str) -> Tuple[int, ...]:
 
 def _binary_parts(steps: int, device_iterations: int) -> List[int]:
     """``steps`` as full calls of ``device_iterations`` then decreasing powers of two."""
-    parts = [device_iterations] * (steps // device_iterations)
-    rest = steps % device_iterations
-    power = 1
-    while power * 2 <= rest:
-        power *= 2
-    while rest:
-        if power <= rest:
-            parts.append(power)
-            rest -= power
-        power //= 2
-    return parts
+    rest = int(steps % device_iterations)
+    powers = [1 << bit for bit in reversed(range(rest.bit_length())) if rest >> bit & 1]
+    return [device_iterations] * (steps // device_iterations) + powers
 
 
 def plan_bucketed_chunks(
@@ -172,26 +147,16 @@ def plan_bucketed_chunks(
     drop_remainder: bool = True,
     shuffle_seed: Optional[Sequence[int]] = None,
 ) -> ChunkPlan:
-    """Cuts an ordering of sample indices into per-call index arrays, one bucket length per call.
+    """``plan_chunks`` (one bucket: exactly that) with one bucket length per call, in ``seq_lens``.
 
-    Bucket by bucket from the shortest, a bucket's samples (in the order's order) fill full calls and
-    the rest (less than one call) spills into the next bucket. The largest bucket cuts its rest into
-    calls of power-of-two lengths (a handful of compiled programs whatever the remainder) and drops or
-    pads the final partial global micro-batch as ``plan_chunks`` does. So every sample is seen once,
-    but that remainder; at most ``(buckets - 1) * device_iterations * R * B`` samples per epoch run at a
-    longer length. One bucket is exactly ``plan_chunks``. The plan is a pure function of its arguments
-    (resuming relies on it).
-
-    Args:
-      order: the epoch's sample indices.
-      lengths: int ``[num_samples]`` history length of every sample (cut to ``max_seq_len``); unused for
-        one bucket.
-      buckets: increasing lengths, the last at least every length (``normalize_buckets``).
-      replicas, device_iterations, micro_batch_size, drop_remainder: as ``plan_chunks``.
-      shuffle_seed: seed of the calls' order; None keeps them by bucket, shortest first.
-
-    Returns:
-      A ``ChunkPlan`` with ``seq_lens``.
+    ``lengths``: the history length of every sample (unused for one bucket); ``buckets``: increasing, the
+    last at least every length (``normalize_buckets``). Bucket by bucket from the shortest, a bucket's samples
+    (in the order's order) fill full calls and the rest (less than one call) spills into the next bucket. The
+    largest bucket cuts its rest into calls of power-of-two lengths (a handful of compiled programs whatever
+    the remainder) and drops or pads the final partial global micro-batch as ``plan_chunks`` does. So at most
+    ``(buckets - 1) * device_iterations * R * B`` samples per epoch run at a longer length. ``shuffle_seed``
+    seeds the calls' order; None keeps them by bucket, shortest first. The plan is a pure function of the
+    arguments (resuming relies on it).
     """
     _check_sizes(replicas, device_iterations, micro_batch_size)
     buckets = [int(b) for b in buckets]
@@ -202,10 +167,9 @@ def plan_bucketed_chunks(
         plan = plan_chunks(order, replicas, device_iterations, micro_batch_size, drop_remainder)
         return plan._replace(seq_lens=[buckets[0]] * len(plan.calls))
     order_lengths = np.asarray(lengths)[order]
-    if order_lengths.size and int(order_lengths.max()) > buckets[-1]:
-        raise ValueError(
-            "a history of length %d exceeds the largest bucket %d" % (int(order_lengths.max()), buckets[-1])
-        )
+    longest = int(order_lengths.max()) if order_lengths.size else 0
+    if longest > buckets[-1]:
+        raise ValueError("a history of length %d exceeds the largest bucket %d" % (longest, buckets[-1]))
     bucket_of = np.searchsorted(np.asarray(buckets), order_lengths, side="left")
     global_batch = replicas * micro_batch_size
     per_call = device_iterations * global_batch
@@ -271,14 +235,6 @@ def plan_epoch(source, config, epoch: int, replicas: int) -> ChunkPlan:
     order = np.random.default_rng([config.seed, epoch]).permutation(source.num_samples("train"))
     shape = (replicas, config.device_iterations, config.micro_batch_size)
     if len(normalize_buckets(config.length_buckets, config.max_seq_len)) > 1:
-        return plan_split_chunks(
-            source,
-            "train",
-            order,
-            config.max_seq_len,
-            config.length_buckets,
-            *shape,
-            drop_remainder=True,
-            shuffle_seed=[config.seed, epoch],
-        )
+        args = (source, "train", order, config.max_seq_len, config.length_buckets, *shape)
+        return plan_split_chunks(*args, drop_remainder=True, shuffle_seed=[config.seed, epoch])
     return plan_chunks(order, *shape, drop_remainder=True)

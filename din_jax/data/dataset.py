@@ -41,12 +41,8 @@ class DatasetError(ValueError):
 class Dataset:
     """A dataset: a loaded directory (large arrays memory-mapped; ``path`` set) or arrays in memory (``path`` None).
 
-    Attributes:
-      path: the directory, None in memory.
-      meta: the parsed meta.json.
-      num_users, num_items, num_categories: vocabulary sizes (ids are ``0..n-1``).
-      sequences, offsets: the behaviour sequences, concatenated, and where each starts (then the end).
-      item_category: int32 ``[num_items]``, the category of each item.
+    ``meta`` is the parsed meta.json; ``sequences``, ``offsets`` and ``item_category`` are the arrays of the
+    same names in docs/DATASET_FORMAT.md.
     """
 
     def __init__(
@@ -86,9 +82,8 @@ class Dataset:
     ) -> "Dataset":
         """A dataset held in memory (e.g. ``din_jax.data.synthetic``'s), its arrays made read-only.
 
-        ``meta`` is as meta.json (``users``, ``items``, ``categories``; ``max_seq_len``: the history length the
-        training frequencies are counted with); the arrays are a directory's, a missing standard split empty.
-        ``draw_negatives`` replaces ``resample_negatives``' draw. DatasetError for arrays that break the format.
+        ``meta`` and the arrays are as a directory's (a missing standard split is empty); ``draw_negatives``
+        replaces ``resample_negatives``' draw. DatasetError for arrays that break the format.
         """
         sequences = np.ascontiguousarray(sequences, dtype=np.int32).reshape(-1)
         offsets = np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
@@ -127,16 +122,14 @@ class Dataset:
 
     def history_lengths(self, split: str, max_seq_len: int) -> np.ndarray:
         """int32 ``[N]``: the history length each sample of the split gets in a batch."""
-        positions = self.samples(split)[:, _POSITION]
-        return np.minimum(positions, max_seq_len).astype(np.int32)
+        return np.minimum(self.samples(split)[:, _POSITION], max_seq_len).astype(np.int32)
 
     def gather(
         self, split: str, indices: np.ndarray, max_seq_len: int, samples: Optional[np.ndarray] = None
     ) -> Dict[str, np.ndarray]:
-        """The batch dict (docs/DATASET_FORMAT.md) of rows ``indices`` ``[B]`` of a split.
+        """The batch dict (docs/DATASET_FORMAT.md) of rows ``indices`` ``[B]`` of a split, or of ``samples`` if given.
 
         The history is the last ``max_seq_len`` items of the sample's prefix, left-aligned and zero padded.
-        ``samples`` replaces the split's stored rows (e.g. the output of ``resample_negatives``).
         """
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
@@ -150,12 +143,8 @@ class Dataset:
     def resample_negatives(self, rng: np.random.Generator) -> np.ndarray:
         """A copy of the train rows whose label-0 rows get fresh negatives.
 
-        By default a negative is uniform and never an item of any sequence of the row's user (for
-        protocol-built data: anything the user reviewed, validation and test targets included); a
-        dataset made with ``draw_negatives`` draws its own.
-
-        Raises:
-          DatasetError: the negatives are fixed (meta ``negatives.resampleable`` false, e.g. the authors' data).
+        By default uniform, never an item of the user's sequences; ``draw_negatives`` (``from_arrays``) draws its own.
+        DatasetError if the negatives are fixed (meta ``negatives.resampleable`` false, e.g. the authors' data).
         """
         negatives = self.meta.get("negatives") or {}
         if self._draw_negatives is None and not negatives.get("resampleable", False):
@@ -227,10 +216,7 @@ class Dataset:
 
 
 def make_gather_tables(sequences: np.ndarray, item_category: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """In-memory int32 copies of the events' items and categories, each with a trailing 0.
-
-    Padded history slots index that sentinel, so one fancy-index gather per array fills a batch.
-    """
+    """In-memory int32 copies of the events' items and categories, each with a trailing 0 for padded slots."""
     items = np.zeros(len(sequences) + 1, dtype=np.int32)
     items[:-1] = sequences
     categories = np.zeros(len(sequences) + 1, dtype=np.int32)
@@ -279,9 +265,8 @@ def count_training_frequencies(
 ) -> Dict[str, np.ndarray]:
     """``{"item", "category", "user"}`` -> int64 counts of each id in the training samples' features.
 
-    A sample counts its candidate item (and category), the last ``max_seq_len`` items of its history (what
-    a batch feeds the model) and its user once: the ``n_j`` of mini-batch aware regularisation (DIN
-    paper, section 4.3.1).
+    A sample counts its candidate, the last ``max_seq_len`` items of its history and its user once: the
+    ``n_j`` of mini-batch aware regularisation (DIN paper, section 4.3.1).
     """
     train = np.asarray(train, dtype=np.int64).reshape(-1, len(SAMPLE_COLUMNS))
     num_items = len(item_category)
@@ -405,9 +390,7 @@ def _read_meta(path: str) -> dict:
 def load_dataset(path: str, check_values: bool = True) -> Dataset:
     """Opens a dataset directory, arrays memory-mapped; ``check_values``: scan them for out-of-range ids.
 
-    Raises:
-      DatasetError: naming the directory and file, for another format version, a missing file, a truncated
-        or corrupt ``.npy``, or arrays that do not match meta.json.
+    DatasetError, naming the directory and file, for anything that breaks docs/DATASET_FORMAT.md.
     """
     meta = _read_meta(path)
     offsets = np.array(_load_array(path, OFFSETS_FILE, np.int64, (int(meta["sequences"]) + 1,)))

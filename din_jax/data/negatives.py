@@ -44,9 +44,8 @@ def sample_negatives(
     key_users, key_counts = np.unique(user_item_keys // np.int64(num_items), return_counts=True)
     full = key_users[key_counts >= num_items]
     if len(full) and np.isin(users, full).any():
-        raise ValueError(
-            f"user {int(full[np.isin(full, users)][0])} has interacted with all {num_items} items: no negative can be drawn"
-        )
+        user = int(full[np.isin(full, users)][0])
+        raise ValueError(f"user {user} has interacted with all {num_items} items: no negative can be drawn")
     negatives = rng.integers(0, num_items, size=len(users), dtype=np.int64)
     pending = np.arange(len(users))
     while len(pending):

@@ -1,13 +1,8 @@
 """Learnable synthetic CTR data: ``label = 1`` iff the candidate's category occurs in the valid history.
 
-A rule that needs the candidate and the history together, which is what DIN's attention is for
-(Graphcore's generator masked every history position and drew noise labels). Per row: a history
-length is drawn (at least 1); an *excluded* category is drawn and the history items are uniform over
-the other categories' items; half of the rows (one more or less for odd batches) are positives,
-whose candidate category is that of a uniformly chosen history position, the negatives' being the
-excluded one; the candidate item is uniform within its category. Histories are drawn the same way
-whatever the label and users are uniform, so neither alone carries signal. Padding is 0 (a real id:
-``hist_len`` says what is valid). Shape letters: B rows, T history positions (``max_seq_len``).
+The rule needs the candidate and the history together, which is what DIN's attention is for (Graphcore's
+generator drew noise labels); neither the history nor the user alone carries signal. How rows are drawn:
+docs/DATA.md, "Synthetic data". Shape letters: B rows, T history positions (``max_seq_len``).
 """
 
 import dataclasses
@@ -17,7 +12,6 @@ import numpy as np
 
 from din_jax.data.dataset import FORMAT_NAME, FORMAT_VERSION, SPLITS, Dataset
 
-# Rows generated per call when a whole split is built (bounds the [rows, T] temporaries).
 _GENERATION_CHUNK_ROWS = 65536
 
 # History lengths of 10,000 random rows of the Amazon Electronics training set (the DIN paper's data):
@@ -43,12 +37,9 @@ class LengthDistribution:
     probabilities: Optional[np.ndarray] = None
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """Draws ``size`` lengths as int32."""
         if self.probabilities is None:
-            lengths = rng.integers(self.low, self.high + 1, size=size)
-        else:
-            lengths = self.low + rng.choice(self.probabilities.shape[0], size=size, p=self.probabilities)
-        return lengths.astype(np.int32)
+            return rng.integers(self.low, self.high + 1, size=size).astype(np.int32)
+        return (self.low + rng.choice(self.probabilities.shape[0], size=size, p=self.probabilities)).astype(np.int32)
 
 
 def _parse_length(spec: str, field: str, max_seq_len: int) -> int:
@@ -105,10 +96,7 @@ LENGTH_DISTRIBUTIONS: Dict[str, Tuple[str, Callable[[str, List[str], int], Lengt
 def parse_length_spec(spec: str, max_seq_len: int) -> LengthDistribution:
     """Parses a history length spec: ``uniform:LO:HI``, ``full:N`` or ``electronics`` (Amazon Electronics').
 
-    Raises:
-      ValueError: an unknown name (the message lists the forms), malformed fields, or lengths outside
-        ``[0, max_seq_len]``.
-      TypeError: ``spec`` is not a string.
+    ValueError for an unknown name, malformed fields or lengths outside ``[0, max_seq_len]``.
     """
     if not isinstance(spec, str):
         raise TypeError(f"history length spec must be a string, got {spec!r}")
@@ -122,11 +110,7 @@ def parse_length_spec(spec: str, max_seq_len: int) -> LengthDistribution:
 def sample_lengths(
     rng: np.random.Generator, spec: Union[str, LengthDistribution], size: int, max_seq_len: int
 ) -> np.ndarray:
-    """Draws int32 ``[size]`` history lengths from a spec string or a parsed ``LengthDistribution``.
-
-    Raises:
-      ValueError: as ``parse_length_spec``, or a distribution reaching beyond ``max_seq_len``.
-    """
+    """Draws int32 ``[size]`` history lengths from a spec string or a parsed ``LengthDistribution``."""
     distribution = spec if isinstance(spec, LengthDistribution) else parse_length_spec(spec, max_seq_len)
     if distribution.high > max_seq_len:
         raise ValueError(
@@ -138,7 +122,6 @@ def sample_lengths(
 def _history_lengths(
     length_spec: Optional[Union[str, LengthDistribution]], min_len: int, max_seq_len: int
 ) -> LengthDistribution:
-    """``length_spec`` parsed, by default ``uniform:min_len:max_seq_len``."""
     if length_spec is None:
         if not 1 <= min_len <= max_seq_len:
             raise ValueError(f"need 1 <= min_len <= max_seq_len; got min_len={min_len}")
@@ -147,11 +130,7 @@ def _history_lengths(
 
 
 def make_item_categories(num_items: int, num_categories: int, seed: int) -> np.ndarray:
-    """A fixed random int32 ``[num_items]`` item -> category map (a function of ``seed``), categories balanced.
-
-    Raises:
-      ValueError: unless ``1 <= num_categories <= num_items``.
-    """
+    """A fixed random int32 ``[num_items]`` item -> category map (a function of ``seed``), categories balanced."""
     if num_categories < 1 or num_items < num_categories:
         raise ValueError(
             f"need 1 <= num_categories <= num_items; got num_items={num_items}, num_categories={num_categories}"
@@ -161,14 +140,11 @@ def make_item_categories(num_items: int, num_categories: int, seed: int) -> np.n
 
 
 class _ItemsByCategory(NamedTuple):
-    """Items sorted by category, so items of a category are one slice."""
-
     items: np.ndarray  # int32 [num_items], sorted by category
     offsets: np.ndarray  # int64 [num_categories]: start of each category's slice
     counts: np.ndarray  # int64 [num_categories]
 
     def draw(self, rng: np.random.Generator, category: np.ndarray) -> np.ndarray:
-        """A uniform item of each given category."""
         return self.items[self.offsets[category] + rng.integers(0, self.counts[category])]
 
 
@@ -205,21 +181,11 @@ def make_synthetic_batch(
     length_spec: Optional[Union[str, LengthDistribution]] = None,
     category_seed: int = 0,
 ) -> Dict[str, np.ndarray]:
-    """One batch of learnable synthetic data (see the module docstring), a function of ``rng``'s state.
+    """The batch dict (docs/DATASET_FORMAT.md) of ``batch_size`` synthetic rows, a function of ``rng``'s state.
 
-    Args:
-      rng: the random generator to draw from.
-      batch_size: rows B (0 gives an empty batch).
-      max_seq_len: history positions T.
-      num_users, num_items, num_categories: vocabulary sizes; needs ``2 <= num_categories <= num_items``.
-      min_len: smallest history length of the default distribution ``uniform:min_len:max_seq_len``.
-      item_category: int ``[num_items]`` item -> category map; by default
-        ``make_item_categories(num_items, num_categories, category_seed)``.
-      length_spec: a history length spec (``parse_length_spec``) replacing the default; lengths >= 1.
-      category_seed: seed of the default item -> category map.
-
-    Returns:
-      The batch dict of docs/DATASET_FORMAT.md.
+    Needs ``2 <= num_categories <= num_items``. History lengths follow ``length_spec`` (lengths >= 1), by
+    default ``uniform:min_len:max_seq_len``; ``item_category`` defaults to
+    ``make_item_categories(num_items, num_categories, category_seed)``.
     """
     if batch_size < 0 or max_seq_len < 1 or num_users < 1:
         raise ValueError(
@@ -276,35 +242,8 @@ def compute_rule_labels(batch: Dict[str, np.ndarray]) -> np.ndarray:
     On synthetic data gathered with at least the generation's ``max_seq_len`` this equals the label.
     """
     hist_category_BxT = np.asarray(batch["hist_category"])
-    positions = hist_category_BxT.shape[1]
-    valid_BxT = np.arange(positions)[None, :] < np.asarray(batch["hist_len"])[:, None]
-    matches_BxT = hist_category_BxT == np.asarray(batch["category"])[:, None]
-    return np.any(matches_BxT & valid_BxT, axis=1)
-
-
-def _generate_split(
-    rng: np.random.Generator,
-    num_rows: int,
-    first_sequence: int,
-    config: Dict[str, int],
-    item_category: np.ndarray,
-    lengths: LengthDistribution,
-):
-    """Sample rows, packed histories and history lengths of one split, generated chunk by chunk."""
-    row_chunks = [np.zeros((0, 5), dtype=np.int32)]
-    history_chunks = [np.zeros(0, dtype=np.int32)]
-    length_chunks = [np.zeros(0, dtype=np.int64)]
-    for chunk_start in range(0, num_rows, _GENERATION_CHUNK_ROWS):
-        chunk_rows = min(_GENERATION_CHUNK_ROWS, num_rows - chunk_start)
-        batch = make_synthetic_batch(rng, chunk_rows, item_category=item_category, length_spec=lengths, **config)
-        sequence_ids = first_sequence + chunk_start + np.arange(chunk_rows)
-        columns = [batch["user"], sequence_ids, batch["hist_len"], batch["item"], batch["label"]]
-        row_chunks.append(np.stack(columns, axis=1).astype(np.int32))
-        valid = np.arange(config["max_seq_len"])[None, :] < batch["hist_len"][:, None]
-        # Boolean indexing reads row by row, so each history stays contiguous.
-        history_chunks.append(batch["hist_item"][valid])
-        length_chunks.append(batch["hist_len"].astype(np.int64))
-    return np.concatenate(row_chunks), np.concatenate(history_chunks), np.concatenate(length_chunks)
+    valid_BxT = np.arange(hist_category_BxT.shape[1])[None, :] < np.asarray(batch["hist_len"])[:, None]
+    return np.any((hist_category_BxT == np.asarray(batch["category"])[:, None]) & valid_BxT, axis=1)
 
 
 def make_synthetic_dataset(
@@ -321,43 +260,37 @@ def make_synthetic_dataset(
 ) -> Dataset:
     """Generates every split once, deterministically, as an in-memory ``Dataset``.
 
-    Each row is its own sequence and its history is all of it (``position`` = its length); sequence
-    ids run over train, validation, then test. The item -> category map comes from ``seed`` and each
-    split from its own generator seeded ``(seed, split index)``, so resizing one split leaves the
-    others unchanged. ``resample_negatives`` keeps the label rule: a negative gets a new item of its
-    (absent) category.
-
-    Args:
-      num_train, num_validation, num_test: rows per split (0 allowed).
-      max_seq_len: the longest history.
-      num_users, num_items, num_categories: vocabulary sizes; needs ``2 <= num_categories <= num_items``.
-      seed: a non-negative integer.
-      min_len, length_spec: the history lengths, as ``make_synthetic_batch``.
+    Arguments as ``make_synthetic_batch``. Each row is its own sequence and its history is all of it
+    (``position`` = its length); sequence ids run over train, validation, then test. Each split has its own
+    generator, seeded ``(seed, split index)``, so resizing one split leaves the others unchanged.
+    ``resample_negatives`` keeps the label rule: a negative gets a new item of its (absent) category.
     """
     split_sizes = {"train": num_train, "validation": num_validation, "test": num_test}
     if min(split_sizes.values()) < 0:
         raise ValueError(f"split sizes must be >= 0; got {split_sizes}")
     lengths = _history_lengths(length_spec, min_len, max_seq_len)
-    config = {
-        "max_seq_len": max_seq_len,
-        "num_users": num_users,
-        "num_items": num_items,
-        "num_categories": num_categories,
-    }
+    config = dict(max_seq_len=max_seq_len, num_users=num_users, num_items=num_items, num_categories=num_categories)
     item_category = make_item_categories(num_items, num_categories, seed)
-    splits, histories, history_lengths = {}, [], []
+    splits, histories = {}, [np.zeros(0, dtype=np.int32)]
     first_sequence = 0
     for split_index, name in enumerate(SPLITS):
         rng = np.random.default_rng([seed, split_index])
-        splits[name], history, lengths_of_split = _generate_split(
-            rng, split_sizes[name], first_sequence, config, item_category, lengths
-        )
-        histories.append(history)
-        history_lengths.append(lengths_of_split)
+        row_chunks = [np.zeros((0, 5), dtype=np.int32)]
+        # Generated in chunks, which bounds the [rows, T] temporaries.
+        for start in range(0, split_sizes[name], _GENERATION_CHUNK_ROWS):
+            size = min(_GENERATION_CHUNK_ROWS, split_sizes[name] - start)
+            batch = make_synthetic_batch(rng, size, item_category=item_category, length_spec=lengths, **config)
+            sequence_ids = first_sequence + start + np.arange(size)
+            columns = [batch["user"], sequence_ids, batch["hist_len"], batch["item"], batch["label"]]
+            row_chunks.append(np.stack(columns, axis=1).astype(np.int32))
+            valid = np.arange(max_seq_len)[None, :] < batch["hist_len"][:, None]
+            # Boolean indexing reads row by row, so each history stays contiguous.
+            histories.append(batch["hist_item"][valid])
+        splits[name] = np.concatenate(row_chunks)
         first_sequence += split_sizes[name]
 
-    all_lengths = np.concatenate(history_lengths)
-    offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(all_lengths)]).astype(np.int64)
+    all_lengths = np.concatenate([splits[name][:, 2] for name in SPLITS]).astype(np.int64)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(all_lengths)])
     meta = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,

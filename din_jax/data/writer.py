@@ -41,10 +41,9 @@ def _is_dataset_dir(path: str) -> bool:
 
 
 def check_output_path(path: str, overwrite: bool) -> None:
-    """Raises DatasetError unless ``path`` may receive a new dataset.
+    """Raises DatasetError unless nothing exists at ``path`` or, with ``overwrite``, a dataset or empty directory.
 
-    That is where nothing exists or, with ``overwrite``, an earlier dataset directory or an empty directory
-    (never another directory: a mistyped ``--output`` must not delete unrelated files).
+    Never another directory: a mistyped ``--output`` must not delete unrelated files.
     """
     if not os.path.lexists(path):
         return
@@ -56,17 +55,10 @@ def check_output_path(path: str, overwrite: bool) -> None:
         raise DatasetError(f"{path}: exists and is not a din_jax dataset directory; refusing to replace it")
 
 
-def _escape_key(key) -> str:
-    # One key per line: a line break inside a raw key would shift every later id.
-    text = str(key)
-    if "\n" in text or "\r" in text:
-        text = text.replace("\r", "\\r").replace("\n", "\\n")
-    return text
-
-
 def _write_id_map(path: str, keys: Sequence) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write("".join(_escape_key(key) + "\n" for key in keys))
+        # One key per line: a line break inside a raw key would shift every later id.
+        handle.write("".join(str(key).replace("\r", "\\r").replace("\n", "\\n") + "\n" for key in keys))
         flush_to_disk(handle)
 
 
@@ -82,21 +74,13 @@ def write_dataset(
     overwrite: bool = False,
     before_meta: Optional[Callable[[dict], None]] = None,
 ) -> None:
-    """Validates and writes a dataset directory atomically.
+    """Validates and writes a dataset directory atomically; DatasetError for invalid arrays or an output in the way.
 
-    Args:
-      path: the output directory.
-      sequences, offsets, item_category: int item ids of all sequences, concatenated; where each sequence
-        starts, then the end; the category of each item.
-      splits: split name -> int ``[rows, 5]`` samples; missing standard splits are written empty.
-      meta: descriptive fields (name, source_format, negatives, sources, build, dropped, max_seq_len, ...);
-        counts and format fields are filled in here.
-      id_maps: ``user``, ``item``, ``category`` -> raw keys, index = id (their lengths are the vocabulary sizes).
-      overwrite: replace an existing dataset directory.
-      before_meta: called with the complete meta dict just before meta.json is written; it may change it.
-
-    Raises:
-      DatasetError: on invalid arrays or an output that may not be replaced.
+    The arrays and ``splits`` (missing standard splits are written empty) are as in the directory. ``meta``
+    holds the descriptive fields (name, source_format, negatives, sources, build, dropped, max_seq_len, ...);
+    counts and format fields are filled in here. ``id_maps``: ``user``, ``item``, ``category`` -> raw keys,
+    index = id (their lengths are the vocabulary sizes). ``before_meta`` is called with the complete meta
+    dict just before meta.json is written, and may change it.
     """
     check_output_path(path, overwrite)
     for kind in ID_MAP_FILES:
@@ -117,20 +101,18 @@ def write_dataset(
             shape = f"[rows, {len(SAMPLE_COLUMNS)}]"
             raise DatasetError(f"{path}: split {name!r} must have shape {shape}, got {rows.shape}")
         all_splits[name] = rows
-    full_meta = dict(meta)
-    full_meta.update(
-        {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "users": num_users,
-            "items": num_items,
-            "categories": num_categories,
-            "sequences": int(len(offsets) - 1),
-            "events": int(len(sequences)),
-            "splits": {name: int(len(rows)) for name, rows in all_splits.items()},
-            "sample_columns": list(SAMPLE_COLUMNS),
-        }
-    )
+    full_meta = {
+        **meta,
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "users": num_users,
+        "items": num_items,
+        "categories": num_categories,
+        "sequences": int(len(offsets) - 1),
+        "events": int(len(sequences)),
+        "splits": {name: int(len(rows)) for name, rows in all_splits.items()},
+        "sample_columns": list(SAMPLE_COLUMNS),
+    }
     full_meta.setdefault("max_seq_len", DEFAULT_MAX_SEQ_LEN)
     full_meta.setdefault("created", datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat())
     max_seq_len = full_meta["max_seq_len"]

@@ -31,8 +31,8 @@ from din_jax.data.batching import (
 from din_jax.data.dataset import load_dataset
 from din_jax.data.synthetic import make_synthetic_dataset, parse_length_spec
 from din_jax.layers import ATTENTIONS
-from din_jax.train.setup import create_programs, vocabulary
-from din_jax.train.step import replicate, resolve_devices
+from din_jax.train.setup import build_model_for, create_programs, vocabulary
+from din_jax.train.step import init_variables, make_p_predict_chunk, replicate, resolve_devices
 
 MODES = ("train", "infer")
 RESULT_FILES = {"train": "results_train.csv", "infer": "results_infer.csv"}
@@ -318,18 +318,21 @@ def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterati
 
 
 def _programs(config: BenchmarkConfig, devices: List[Any], train_config, vocab: Dict[str, int]):
-    """``call(chunk) -> output``: the mode's program of ``create_programs``, as training runs it, on a fresh state."""
-    programs = create_programs(train_config, vocab, devices, devices)
+    """``call(chunk) -> output`` on a fresh state: training's programs (``create_programs``), or inference's."""
     if config.mode == "train":
-        holder = {"state": replicate(programs.state, devices)}
+        programs = create_programs(train_config, vocab, devices, devices)
+        p_train, holder = programs.p_train, {"state": replicate(programs.state, devices)}
+        del programs  # the host copy of the state would otherwise live through every window
 
         def call(chunk):
-            holder["state"], metrics = programs.p_train(holder["state"], chunk)
+            holder["state"], metrics = p_train(holder["state"], chunk)
             return metrics["loss"]
 
         return call
-    variables = replicate({"params": programs.state.params, "batch_stats": programs.state.batch_stats}, devices)
-    return lambda chunk: programs.p_predict(variables, chunk)
+    model = build_model_for(train_config, vocab, axis_name=None)
+    variables = replicate(init_variables(model, train_config.seed, train_config.max_seq_len), devices)
+    p_predict = make_p_predict_chunk(model, devices, positions_per_pass=train_config.positions_per_pass)
+    return lambda chunk: p_predict(variables, chunk)
 
 
 def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source=None, log=None) -> Dict[str, Any]:

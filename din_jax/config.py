@@ -8,7 +8,7 @@ defaults. ``config_from_checkpoint`` is the inverse of ``checkpoint_metadata``.
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 
@@ -293,6 +293,27 @@ TRAIN_FLAGS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name no
 ALIASES = ("lr_type",)
 
 
+def _model_fields_of_flags(flag: Dict[str, Any], names: Sequence[str]) -> Dict[str, Any]:
+    """The model fields the flags ``names`` set, in order (``attention_size``: both widths; a width flag of None:
+    nothing)."""
+    fields: Dict[str, Any] = {}
+    for name in names:
+        if name == "attention_size":
+            size = int(flag[name])
+            if size < 2 or size % 2:
+                raise ConfigError("--attention_size must be an even number >= 2 (item + category), got %d" % size)
+            fields["item_dim"] = fields["category_dim"] = size // 2
+        elif name in ("item_dim", "category_dim"):
+            if flag[name] is not None and int(flag[name]) < 1:
+                raise ConfigError("--%s must be >= 1" % name)
+            if flag[name] is not None:
+                fields[name] = int(flag[name])
+        else:
+            field, convert = MODEL_FLAGS[name]
+            fields[field] = convert(name, flag[name])
+    return fields
+
+
 def resolve_model(
     preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None
 ) -> Tuple[str, Dict[str, Any]]:
@@ -307,19 +328,12 @@ def resolve_model(
     chosen = get_preset(preset) if preset else None
     model = chosen["model"] if chosen and "model" not in overrides else flag["model"]
     config: Dict[str, Any] = dict(chosen["model_config"]) if chosen else {}
-    for name, (field, convert) in MODEL_FLAGS.items():
-        if name not in _WIDTH_FLAGS and (name in overrides or field not in config):
-            config[field] = convert(name, flag[name])
+    names = [
+        n for n, (field, _) in MODEL_FLAGS.items() if n not in _WIDTH_FLAGS and (n in overrides or field not in config)
+    ]
     if "attention_size" in overrides or "item_dim" not in config:
-        size = int(flag["attention_size"])
-        if size < 2 or size % 2:
-            raise ConfigError("--attention_size must be an even number >= 2 (item + category), got %d" % size)
-        config["item_dim"] = config["category_dim"] = size // 2
-    for name in ("item_dim", "category_dim"):
-        if flag[name] is not None:
-            if int(flag[name]) < 1:
-                raise ConfigError("--%s must be >= 1" % name)
-            config[name] = int(flag[name])
+        names.append("attention_size")
+    config.update(_model_fields_of_flags(flag, names + ["item_dim", "category_dim"]))
     try:
         known = model_fields(model)
     except ValueError as error:
@@ -337,8 +351,12 @@ def resolve_model(
     return model, {field: value for field, value in config.items() if field in known}
 
 
-def resolve_config(preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+def resolve_config(
+    preset: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None, defaults: Optional[Dict[str, Any]] = None
+) -> TrainConfig:
     """The validated TrainConfig of a preset and the flags given explicitly (flag name -> value).
+
+    ``defaults``: a command's own flag defaults where they differ from TrainConfig's (the preset wins over them).
 
     Raises:
       ConfigError: an unknown flag name or preset, or an invalid value; the message names the flag.
@@ -347,9 +365,11 @@ def resolve_config(preset: Optional[str] = None, overrides: Optional[Dict[str, A
     unknown = sorted(set(overrides) - set(MODEL_FLAG_DEFAULTS) - set(TRAIN_FLAGS) - set(ALIASES))
     if unknown:
         raise ConfigError("unknown setting(s) %s" % ", ".join("--" + name for name in unknown))
-    model, model_config = resolve_model(preset, overrides)
+    defaults = dict(defaults or {})
+    model, model_config = resolve_model(preset, overrides, defaults)
     preset_train = get_preset(preset)["train_config"] if preset else {}
-    values = {name: preset_train[name] for name in TRAIN_FLAGS if name in preset_train}
+    values = {name: defaults[name] for name in TRAIN_FLAGS if name in defaults}
+    values.update({name: preset_train[name] for name in TRAIN_FLAGS if name in preset_train})
     values.update({name: overrides[name] for name in TRAIN_FLAGS if name in overrides})
     if overrides.get("lr_type") is not None:
         if "lr_schedule" in overrides and overrides["lr_schedule"] != overrides["lr_type"]:
@@ -424,14 +444,10 @@ def config_from_checkpoint(meta: Dict[str, Any], overrides: Optional[Dict[str, A
             "and another value draws another test set" % (overrides["max_seq_len"], meta["max_seq_len"])
         )
     model_config = dict(meta["model_config"])
-    model_overrides = {
-        name: value for name, value in overrides.items() if name in MODEL_FLAGS or name == "attention_size"
-    }
-    if model_overrides:
-        _, flagged = resolve_model(None, model_overrides)
-        for name in model_overrides:
-            for field in _WIDTH_FLAGS.get(name) or (MODEL_FLAGS[name][0],):
-                model_config[field] = flagged[field]
+    # Every model flag given explicitly sets its field, whatever the model (a mismatch shows at loading).
+    given = [name for name in MODEL_FLAGS if name in overrides and name not in _WIDTH_FLAGS]
+    given += [name for name in ("attention_size", "item_dim", "category_dim") if name in overrides]
+    model_config.update(_model_fields_of_flags(dict(MODEL_FLAG_DEFAULTS, **overrides), given))
     defaults = TrainConfig()
 
     def pick(name: str, stored: Any) -> Any:

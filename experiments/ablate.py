@@ -67,7 +67,7 @@ def make_config_factory(base: Dict[str, Any]):
         overrides = dict(base, **flag_defs.parse_flag_words(words))
         preset = overrides.pop("preset", FLAGS.preset)
         # The runs keep no checkpoints: the results file is the record.
-        return dataclasses.replace(resolve_config(preset, overrides), model_path=None)
+        return dataclasses.replace(resolve_config(preset, overrides, flag_defs.command_defaults()), model_path=None)
 
     return make_config
 

@@ -321,9 +321,19 @@ def parse_flag_words(words: Sequence[str]) -> Dict[str, Any]:
     return values
 
 
+def command_defaults() -> Dict[str, Any]:
+    """This command's flag defaults that differ from TrainConfig's (e.g. a larger micro-batch)."""
+    config = TrainConfig()
+    return {
+        name: FLAGS[name].default
+        for name in TRAIN_FLAGS
+        if name in FLAGS and not FLAGS[name].present and FLAGS[name].default != getattr(config, name)
+    }
+
+
 def build_train_config() -> TrainConfig:
     """The TrainConfig of the parsed flags (``din_jax.config.resolve_config``)."""
-    return resolve_config(FLAGS.preset, explicit_overrides())
+    return resolve_config(FLAGS.preset, explicit_overrides(), command_defaults())
 
 
 def import_user_modules() -> None:

@@ -363,10 +363,14 @@ class Trainer:
     def _attention(self, variables: Dict[str, Any]) -> Optional[Any]:
         """The attention probe's weights when an observer wants them and the model has them (False: it has not)."""
         wanting = [hook for hook in self.hooks if getattr(hook, "wants_attention", False)]
-        if self._attention_probe is None and wanting:
+        if self._attention_probe is None and wanting and self.is_chief:  # observers write on the chief only
             split = "validation" if self.has_validation else "train"
             self._attention_probe = model_returns_attention(self.eval_model) and AttentionProbe(
-                self.eval_model, self.source, split, self.config.max_seq_len, wanting[0].attention_samples
+                self.eval_model,
+                self.source,
+                split,
+                self.config.max_seq_len,
+                getattr(wanting[0], "attention_samples", 256),
             )
             if not self._attention_probe:
                 logging.info("model %s returns no attention weights: no attention histograms", self.config.model)

@@ -39,7 +39,7 @@ class StopControl:
         self._devices = num_local_devices
         self._process_index = process_index
         self._process_count = process_count
-        self._p_max = None
+        self._p_sum = None
 
     def request_stop(self, reason: str = "a stop request", signum: Optional[int] = None) -> None:
         """Safe from a signal handler or another thread: it only sets a flag."""
@@ -49,19 +49,20 @@ class StopControl:
     def agreed(self) -> bool:
         """Whether to stop at this call boundary; every process decides the same.
 
-        With several processes, each contributes its request (one number per device) to a pmapped max, the
-        collective the train program already uses; a process that had none adopts the highest one's reason.
+        With several processes, each contributes its request to a pmapped sum (the collective the train program
+        already uses); a process that had none adopts the highest one's reason.
         """
         if self._process_count == 1:
             return self.request is not None
-        if self._p_max is None:
-            self._p_max = jax.pmap(lambda code: jax.lax.pmax(code, "processes"), axis_name="processes")
+        if self._p_sum is None:
+            self._p_sum = jax.pmap(lambda codes: jax.lax.psum(codes, "processes"), axis_name="processes")
         mine = self.request
-        # (process + 1) * 256 + signal number: the highest process that asked, with its signal.
+        # (process + 1) * 256 + signal number in the process's own slot; psum gathers every process's (the IPU has
+        # no pmax), and the highest code is the highest process that asked, with its signal.
         code = (self._process_index + 1) * 256 + (mine["signum"] or 0) if mine is not None else 0
-        local = np.zeros((self._devices,), np.int32)
-        local[0] = code
-        agreed = int(np.asarray(self._p_max(local))[0])
+        local = np.zeros((self._devices, self._process_count), np.int32)
+        local[0, self._process_index] = code
+        agreed = int(np.asarray(self._p_sum(local))[0].max())
         if not agreed:
             return False
         if mine is None:

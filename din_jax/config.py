@@ -87,9 +87,12 @@ class TrainConfig:
         for name in ("max_seq_len", "micro_batch_size", "eval_micro_batch_size", "device_iterations", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError("--%s must be >= 1, got %r" % (name, getattr(self, name)))
-        for name in ("replicas", "eval_every", "prefetch", "lr_decay_steps"):
+        for name in ("replicas", "eval_every", "prefetch", "lr_decay_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError("--%s must be >= 0, got %r" % (name, getattr(self, name)))
+        dropout = self.model_config.get("dropout_rate", 0.0)
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+            raise ConfigError("--dropout must be a rate in [0, 1), got %r" % (dropout,))
         if not self.learning_rate > 0:
             raise ConfigError("--learning_rate must be > 0, got %r" % self.learning_rate)
         if self.clip_norm < 0:

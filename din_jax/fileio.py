@@ -1,6 +1,10 @@
-"""Durable writes and JSON of numpy values: what datasets, checkpoints and run records share."""
+"""Durable writes, JSON of numpy values and exclusive locks: what datasets, checkpoints and run records share."""
 
+import fcntl
 import os
+import socket
+import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -46,3 +50,52 @@ def json_default(value: Any) -> Any:
     if isinstance(value, (np.ndarray, tuple, set)):
         return list(value.tolist() if isinstance(value, np.ndarray) else value)
     return str(value)
+
+
+class LockHeld(RuntimeError):
+    """Another live process holds the lock (the message names it)."""
+
+
+class ExclusiveLock:
+    """An advisory lock on ``path`` (``fcntl.flock``): one run at a time per run directory or results file.
+
+    The kernel drops the lock when its process dies, so a lock file left by a killed run never blocks the next
+    one; the file only records who held it last (pid, host, time, command) for the message.
+    """
+
+    def __init__(self, path: str, what: str):
+        self.path, self.what, self._handle, self.created_folder = path, what, None, False
+
+    def acquire(self) -> "ExclusiveLock":
+        folder = os.path.dirname(os.path.abspath(self.path))
+        self.created_folder = not os.path.isdir(folder)  # whether the lock file's folder is new
+        os.makedirs(folder, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise LockHeld("%s is in use by %s (lock file %s)" % (self.what, holder, self.path)) from None
+        handle.seek(0)
+        handle.truncate()
+        command = " ".join(os.path.basename(arg) if i == 0 else arg for i, arg in enumerate(sys.argv[:3]))
+        handle.write(
+            "pid %d on %s since %s (%s)\n"
+            % (os.getpid(), socket.gethostname(), time.strftime("%Y-%m-%d %H:%M:%S"), command or "python")
+        )
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor drops the flock
+            self._handle = None
+
+    def __enter__(self) -> "ExclusiveLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()

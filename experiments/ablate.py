@@ -25,6 +25,7 @@ from absl import flags, logging
 
 from din_jax import ablation
 from din_jax.config import ConfigError, resolve_config
+from din_jax.fileio import LockHeld
 from din_jax.train.loop import TrainingInterrupted, train_and_evaluate
 
 flag_defs.define_model_flags()
@@ -95,19 +96,22 @@ def main(argv):
     logging.info(
         "grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates), len(seeds)
     )
-    outcome = ablation.run_grid(
-        cells,
-        seeds,
-        FLAGS.results,
-        make_config,
-        _train,
-        candidates=candidates,
-        tune_seed=tune_seed,
-        select_metric=select_metric,
-        retry_failed=retry_failed,
-        dry_run=dry_run,
-        stop_exceptions=(TrainingInterrupted,),
-    )
+    try:
+        outcome = ablation.run_grid(
+            cells,
+            seeds,
+            FLAGS.results,
+            make_config,
+            _train,
+            candidates=candidates,
+            tune_seed=tune_seed,
+            select_metric=select_metric,
+            retry_failed=retry_failed,
+            dry_run=dry_run,
+            stop_exceptions=(TrainingInterrupted,),
+        )
+    except LockHeld as error:
+        flag_defs.fail("ablate.py", error)
     if dry_run:
         print(
             "%d run(s) to do, %d done"

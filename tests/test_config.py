@@ -56,3 +56,10 @@ def test_a_checkpoint_config_round_trips_and_model_flags_apply_to_any_model():
     assert (changed.model_config["item_dim"], changed.model_config["category_dim"]) == (3, 3)
     with pytest.raises(ConfigError, match="--preset is for train.py"):
         config_from_checkpoint(meta, {"preset": "din_paper"})
+
+
+def test_dropout_and_seed_out_of_range_are_refused_naming_the_flag():
+    with pytest.raises(ConfigError, match=r"--dropout must be a rate in \[0, 1\), got 2.0"):
+        resolve_config(None, {"use_synthetic_data": True, "dropout": 2.0})
+    with pytest.raises(ConfigError, match="--seed must be >= 0, got -1"):
+        resolve_config(None, {"use_synthetic_data": True, "seed": -1})

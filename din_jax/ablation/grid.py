@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Se
 from absl import logging
 
 from din_jax.config import TrainConfig
-from din_jax.fileio import json_default
+from din_jax.fileio import ExclusiveLock, json_default
 from din_jax.metrics import is_better
 
 __all__ = [
@@ -267,109 +267,115 @@ def run_grid(
     fails that run only); ``train_fn``: config -> summary (``din_jax.train.loop.train_and_evaluate``).
     ``stop_exceptions`` (and KeyboardInterrupt) stop the grid instead of failing one run.
     """
-    defaults = default_config_dict()
-    latest = latest_by_key(load_records(results_path), defaults)
-    outcome = GridOutcome(list(cells), {}, {}, {}, {}, [], [], [], [])
+    # One grid at a time per results file: two would run every configuration twice.
+    lock = None if dry_run else ExclusiveLock(results_path + ".lock", "--results %s" % results_path).acquire()
+    try:
+        defaults = default_config_dict()
+        latest = latest_by_key(load_records(results_path), defaults)
+        outcome = GridOutcome(list(cells), {}, {}, {}, {}, [], [], [], [])
 
-    def finish(key: str, record: Dict[str, Any], into: List[str]) -> str:
-        append_record(results_path, record)
-        latest[key] = outcome.records[key] = record
-        into.append(key)
-        return key
+        def finish(key: str, record: Dict[str, Any], into: List[str]) -> str:
+            append_record(results_path, record)
+            latest[key] = outcome.records[key] = record
+            into.append(key)
+            return key
 
-    def execute(spec: RunSpec) -> str:
-        started = time.time()
-        config_dict, config_error = None, None
-        try:
-            config = make_config(spec.overrides)
-            config_dict = _config_dict(config)
-            key = compute_run_key(config_dict, defaults)
-        except Exception as error:  # noqa: BLE001 - a bad configuration fails this run only
-            key = "config-" + hashlib.sha256(json.dumps(list(spec.overrides)).encode()).hexdigest()[:16]
-            config_error = error
-        base = {
-            "key": key,
-            "cell": spec.cell.label,
-            "phase": spec.phase,
-            "candidate": spec.candidate.label,
-            "seed": spec.seed,
-            "overrides": list(spec.overrides),
-            "flags": config_dict,
-        }
-        status = latest[key]["status"] if key in latest else None
-        if status == STARTED:
-            logging.warning(
-                "%s: an earlier invocation died during this run (no end record); running it again", spec.describe()
-            )
-            outcome.interrupted.append(key)
-        if status == OK or (status == FAILED and not retry_failed):
-            outcome.skipped.append(key)
-            outcome.records[key] = latest[key]
-            if status == FAILED:
+        def execute(spec: RunSpec) -> str:
+            started = time.time()
+            config_dict, config_error = None, None
+            try:
+                config = make_config(spec.overrides)
+                config_dict = _config_dict(config)
+                key = compute_run_key(config_dict, defaults)
+            except Exception as error:  # noqa: BLE001 - a bad configuration fails this run only
+                key = "config-" + hashlib.sha256(json.dumps(list(spec.overrides)).encode()).hexdigest()[:16]
+                config_error = error
+            base = {
+                "key": key,
+                "cell": spec.cell.label,
+                "phase": spec.phase,
+                "candidate": spec.candidate.label,
+                "seed": spec.seed,
+                "overrides": list(spec.overrides),
+                "flags": config_dict,
+            }
+            status = latest[key]["status"] if key in latest else None
+            if status == STARTED:
+                logging.warning(
+                    "%s: an earlier invocation died during this run (no end record); running it again", spec.describe()
+                )
+                outcome.interrupted.append(key)
+            if status == OK or (status == FAILED and not retry_failed):
+                outcome.skipped.append(key)
+                outcome.records[key] = latest[key]
+                if status == FAILED:
+                    outcome.failed.append(key)
+                logging.info("%s: %s earlier, skipped", spec.describe(), status)
+                return key
+            if dry_run:
+                outcome.records[key] = dict(base, status="planned")
+                logging.info("%s: would run (key %s)", spec.describe(), key)
+                return key
+            if config_error is not None:
+                error = "%s: %s" % (type(config_error).__name__, config_error)
+                logging.error("%s: invalid configuration: %s", spec.describe(), error)
+                return finish(
+                    key, dict(base, status=FAILED, error=error, traceback=None, time=_now(), wall_s=0.0), outcome.failed
+                )
+            append_record(results_path, dict(base, status=STARTED, time=_now()))
+            logging.info("%s: running (key %s)", spec.describe(), key)
+            try:
+                summary = train_fn(config)
+            except (KeyboardInterrupt, *stop_exceptions):
+                raise
+            except Exception as error:  # noqa: BLE001 - one failed run must not stop the grid
+                record = dict(
+                    base,
+                    status=FAILED,
+                    error="%s: %s" % (type(error).__name__, error),
+                    traceback=traceback.format_exc(limit=8)[-4000:],
+                    time=_now(),
+                    wall_s=time.time() - started,
+                )
                 outcome.failed.append(key)
-            logging.info("%s: %s earlier, skipped", spec.describe(), status)
-            return key
-        if dry_run:
-            outcome.records[key] = dict(base, status="planned")
-            logging.info("%s: would run (key %s)", spec.describe(), key)
-            return key
-        if config_error is not None:
-            error = "%s: %s" % (type(config_error).__name__, config_error)
-            logging.error("%s: invalid configuration: %s", spec.describe(), error)
-            return finish(
-                key, dict(base, status=FAILED, error=error, traceback=None, time=_now(), wall_s=0.0), outcome.failed
-            )
-        append_record(results_path, dict(base, status=STARTED, time=_now()))
-        logging.info("%s: running (key %s)", spec.describe(), key)
-        try:
-            summary = train_fn(config)
-        except (KeyboardInterrupt, *stop_exceptions):
-            raise
-        except Exception as error:  # noqa: BLE001 - one failed run must not stop the grid
-            record = dict(
-                base,
-                status=FAILED,
-                error="%s: %s" % (type(error).__name__, error),
-                traceback=traceback.format_exc(limit=8)[-4000:],
-                time=_now(),
-                wall_s=time.time() - started,
-            )
-            outcome.failed.append(key)
-            logging.error("%s: failed: %s", spec.describe(), record["error"])
-        else:
-            record = dict(base, status=OK, time=_now(), wall_s=time.time() - started, **_summary_fields(summary))
-            logging.info(
-                "%s: ok, validation %s %s, test gauc %s (%.0f s)",
-                spec.describe(),
-                select_metric,
-                _format_number(record_metric(record, "validation", select_metric)),
-                _format_number(record_metric(record, "test", "gauc")),
-                record["wall_s"],
-            )
-        return finish(key, record, outcome.ran)
+                logging.error("%s: failed: %s", spec.describe(), record["error"])
+            else:
+                record = dict(base, status=OK, time=_now(), wall_s=time.time() - started, **_summary_fields(summary))
+                logging.info(
+                    "%s: ok, validation %s %s, test gauc %s (%.0f s)",
+                    spec.describe(),
+                    select_metric,
+                    _format_number(record_metric(record, "validation", select_metric)),
+                    _format_number(record_metric(record, "test", "gauc")),
+                    record["wall_s"],
+                )
+            return finish(key, record, outcome.ran)
 
-    for cell in cells:
-        chosen = NO_CANDIDATE
-        if candidates:
-            best_value, best_candidate = None, None
-            keys = outcome.tune_keys[cell.label] = []
-            for candidate in candidates:
-                keys.append(execute(RunSpec(cell, PHASE_TUNE, candidate, tune_seed)))
-                record = outcome.records[keys[-1]]
-                value = record_metric(record, "validation", select_metric) if record["status"] == OK else None
-                if is_better(select_metric, value, best_value):
-                    best_value, best_candidate = value, candidate
-            if best_candidate is None:
-                outcome.tuned[cell.label] = None
-                outcome.final_keys[cell.label] = []
-                if not dry_run:
-                    logging.error("%s: no tuning run succeeded; its final runs are not run", cell.label)
-                    continue
-                best_candidate = candidates[0]
-            chosen = best_candidate
-            outcome.tuned[cell.label] = chosen.label
-        outcome.final_keys[cell.label] = [execute(RunSpec(cell, PHASE_FINAL, chosen, seed)) for seed in seeds]
-    return outcome
+        for cell in cells:
+            chosen = NO_CANDIDATE
+            if candidates:
+                best_value, best_candidate = None, None
+                keys = outcome.tune_keys[cell.label] = []
+                for candidate in candidates:
+                    keys.append(execute(RunSpec(cell, PHASE_TUNE, candidate, tune_seed)))
+                    record = outcome.records[keys[-1]]
+                    value = record_metric(record, "validation", select_metric) if record["status"] == OK else None
+                    if is_better(select_metric, value, best_value):
+                        best_value, best_candidate = value, candidate
+                if best_candidate is None:
+                    outcome.tuned[cell.label] = None
+                    outcome.final_keys[cell.label] = []
+                    if not dry_run:
+                        logging.error("%s: no tuning run succeeded; its final runs are not run", cell.label)
+                        continue
+                    best_candidate = candidates[0]
+                chosen = best_candidate
+                outcome.tuned[cell.label] = chosen.label
+            outcome.final_keys[cell.label] = [execute(RunSpec(cell, PHASE_FINAL, chosen, seed)) for seed in seeds]
+        return outcome
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _config_dict(config: Any) -> Dict[str, Any]:

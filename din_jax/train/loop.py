@@ -86,8 +86,18 @@ class Trainer:
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
         self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, self.source.item_category)
 
-        # Checked before anything is compiled, so that a bad checkpoint fails fast.
-        resume_from, self._previous_run = run_dir.prepare(config, self.is_chief)
+        # One run per run directory: the lock comes before anything there is read or removed.
+        self._lock = run_dir.lock(config) if self.is_chief else None
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self) -> None:
+        """Checks the run directory (before anything is compiled, so a bad checkpoint fails fast), then builds."""
+        config = self.config
+        resume_from, self._previous_run = run_dir.prepare(config, self.is_chief, self._lock)
         if resume_from is not None:
             flat, meta = run_dir.load_resumable(resume_from, self.checkpoints.root)
             run_dir.check_resumable(
@@ -111,6 +121,11 @@ class Trainer:
             self.num_train,
             self.global_batch,
         )
+
+    def release(self) -> None:
+        """Releases the run directory (``train`` does it at its end)."""
+        if self._lock is not None:
+            self._lock.release()
 
     # -- hooks ---------------------------------------------------------------
 
@@ -191,6 +206,7 @@ class Trainer:
                 return self.finish()
             finally:
                 self._notify("on_close", {"step": self.step})
+                self.release()
 
     def _begin(self) -> None:
         if self._began:

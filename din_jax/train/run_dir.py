@@ -16,7 +16,7 @@ from absl import logging
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig, checkpoint_metadata
-from din_jax.fileio import json_default
+from din_jax.fileio import ExclusiveLock, LockHeld, json_default
 from din_jax.train.observers import TENSORBOARD_DIR, TRAIN_LOG_FILE
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -51,7 +51,28 @@ def canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, default=json_default))
 
 
-def prepare(config: TrainConfig, is_chief: bool) -> Tuple[Optional[str], List[str]]:
+LOCK_FILE = ".lock"
+
+
+def lock(config: TrainConfig) -> Optional[ExclusiveLock]:
+    """Holds ``<model_path>/.lock`` for this run; a second run into the same directory refuses at once.
+
+    Raises:
+      ConfigError: another live run holds it (the message names its pid, host and command).
+    """
+    if not config.model_path:
+        return None
+    try:
+        return ExclusiveLock(
+            os.path.join(config.model_path, LOCK_FILE), "--model_path %s" % config.model_path
+        ).acquire()
+    except LockHeld as error:
+        raise ConfigError(str(error)) from None
+
+
+def prepare(
+    config: TrainConfig, is_chief: bool, held: Optional[ExclusiveLock] = None
+) -> Tuple[Optional[str], List[str]]:
     """The checkpoint to resume from (or None), and the outputs of an earlier run that a fresh one replaces.
 
     Nothing is deleted here (``clear_previous_run`` does it once training begins), so that a start refused for
@@ -70,7 +91,8 @@ def prepare(config: TrainConfig, is_chief: bool) -> Tuple[Optional[str], List[st
     if config.resume:
         if existing:
             return existing[-1][1], []
-        where = root if os.path.isdir(config.model_path) else "%s (it does not exist)" % config.model_path
+        missing = not os.path.isdir(config.model_path) or (held is not None and held.created_folder)
+        where = "%s (it does not exist)" % config.model_path if missing else root
         logging.warning("--resume: no checkpoint under %s; starting from scratch", where)
         return None, []
     if not is_chief:

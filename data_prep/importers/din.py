@@ -226,6 +226,16 @@ def _check_ranges(path: str, rows: SampleRows, num_users: int, num_items: int) -
         raise DataPrepError(f"{path}: labels other than 0 and 1")
 
 
+def _check_dense(path: str, kind: str, size: int, distinct: int, given: int) -> None:
+    """The authors' ids are dense (0..N-1): refuses a table sized by one stray huge id (it would not fit memory)."""
+    if not given and size > max(16 * distinct, 1 << 20):
+        raise DataPrepError(
+            f"{path}: the largest {kind} id is {size - 1:,} but only {distinct:,} distinct {kind} ids appear: the din "
+            f"format's ids are dense (0..N-1), so this is a stray id; fix the file"
+            + (" or pass --users N to size the table on purpose" if kind == "user" else "")
+        )
+
+
 def import_din(options: BuildOptions, report: BuildReport) -> Imported:
     """dataset.pkl or the CSV export -> dataset with the authors' samples, histories stored once."""
     path = options.input
@@ -237,6 +247,8 @@ def import_din(options: BuildOptions, report: BuildReport) -> Imported:
         else:
             rows, vocab, cate_list, sources = read_din_pickle(path, report)
     num_users, num_items, num_categories = vocab
+    _check_dense(path, "user", num_users, np.unique(rows.user).size, options.users)
+    _check_dense(path, "category", num_categories, np.unique(cate_list).size, 0)
     if options.users:
         if len(rows.user) and rows.user.max() >= options.users:
             raise DataPrepError(

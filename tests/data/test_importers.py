@@ -144,6 +144,17 @@ def test_din_csv_folder(tmp_path):
     assert meta["users"] == 192403 and len(overridden.id_map("user")) == 192403
 
 
+def test_din_csv_with_one_huge_user_id_is_refused_at_once(tmp_path):
+    folder = _write_din_csv(
+        str(tmp_path / "csv"),
+        ['0,"[1, 2]",3,1', '999999999999,"[1, 2]",5,0'],
+        ['0,"[1, 2, 3]","(7, 6)"'],
+        ["0", "1", "1", "2", "2", "0", "1", "2"],
+    )
+    with pytest.raises(DataPrepError, match="largest user id is 999,999,999,999 but only 2 distinct user ids"):
+        build(tmp_path, format="din", input=folder, din_validation="none")
+
+
 # ----------------------------------------------------------------------------
 # DIEN / Graphcore files
 # ----------------------------------------------------------------------------

@@ -59,6 +59,8 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
             row = json.loads(text)
         except ValueError as error:
             raise ValueError("%s: not valid JSON (%s)" % (where, error)) from None
+        except RecursionError:
+            raise ValueError("%s: nested too deeply to be a rank request" % where) from None
         if not isinstance(row, dict):
             raise ValueError('%s: expected a JSON object {"history": [...], "candidates": [...]}' % where)
         unknown = sorted(set(row) - set(RANK_REQUEST_KEYS))

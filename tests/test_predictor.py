@@ -167,6 +167,7 @@ def test_rank_requests_are_checked_with_file_and_line(run, tmp_path):
         '\n{"history": [1], "candidates": [1, 999]}\n': "bad.jsonl:2: 'candidates' id 999 is out of range",
         '{"history": [1], "candidates": [1], "user": 1.5}\n': "bad.jsonl:1: 'user' must be an integer id",
         "": "no requests",
+        '{"history": ' + "[" * 50000 + "]" * 50000 + "}\n": "bad.jsonl:1: nested too deeply",
     }
     bad = tmp_path / "bad.jsonl"
     for text, message in cases.items():

@@ -161,52 +161,33 @@ def _preset(model: str, train_config: Dict[str, Any], **model_config: Any) -> Di
     return {"model": model, "model_config": model_config, "train_config": dict(train_config)}
 
 
+# fmt: off
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The authors' Amazon code (zhougr1993/DeepInterestNetwork, din/): item 64 + category 64, attention 80-40
     # sigmoid with a masked softmax over score / sqrt(D), MLP 80-40 sigmoid, per-item bias.
-    "din_amazon": _preset(
-        "din", _AUTHORS_SGD, **_AUTHORS_SIZES, **_ATTENTION, attention_normalization="softmax", **_AUTHORS_MLP
-    ),
+    "din_amazon": _preset("din", _AUTHORS_SGD, **_AUTHORS_SIZES, **_ATTENTION, attention_normalization="softmax",
+                          **_AUTHORS_MLP),
     # The paper's DIN (sections 4 and 6): unnormalised attention weights, MLP 200-80 with PReLU (--activation dice
     # for DIN + Dice).
-    "din_paper": _preset(
-        "din",
-        _AUTHORS_SGD,
-        **_AUTHORS_SIZES,
-        **_ATTENTION,
-        attention_normalization="none",
-        mlp_hidden=(200, 80),
-        activation="prelu",
-    ),
+    "din_paper": _preset("din", _AUTHORS_SGD, **_AUTHORS_SIZES, **_ATTENTION, attention_normalization="none",
+                         mlp_hidden=(200, 80), activation="prelu"),
     # Graphcore's TF1 IPU port (DIEN code base): item 18 + category 18 (their attention size 36), user 18, MLP
     # 200-80 with Dice that also sees the sum-pooled history, attention 80-40 sigmoid with a masked softmax.
     "din_graphcore": _preset(
-        "din",
-        dict(optimizer="sgd", learning_rate=0.1, lr_schedule="fixed", micro_batch_size=32),
-        item_dim=18,
-        category_dim=18,
-        user_dim=18,
-        use_item_bias=False,
-        **_ATTENTION,
-        attention_normalization="softmax",
-        mlp_hidden=(200, 80),
-        activation="dice",
-        use_history_sum=True,
-    ),
+        "din", dict(optimizer="sgd", learning_rate=0.1, lr_schedule="fixed", micro_batch_size=32), item_dim=18,
+        category_dim=18, user_dim=18, use_item_bias=False, **_ATTENTION, attention_normalization="softmax",
+        mlp_hidden=(200, 80), activation="dice", use_history_sum=True),
     # The competitors as the authors' Amazon code configures them (base_model/, wide_deep/, pnn/, deepFM/):
     # mean-pooled history, MLP 80-40 sigmoid; DeepFM with Adam 0.001. The model parts follow this project's
     # definitions (see each module); the authors' "PNN" is the element-wise product of history and candidate.
     "base_amazon": _preset("base", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
     "wide_deep_amazon": _preset("wide_deep", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
-    "pnn_amazon": _preset("pnn", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", product="elementwise", **_AUTHORS_MLP),
-    "deepfm_amazon": _preset(
-        "deepfm",
-        dict(optimizer="adam", learning_rate=0.001, lr_schedule="fixed", micro_batch_size=32),
-        **_AUTHORS_SIZES,
-        pooling="mean",
-        **_AUTHORS_MLP,
-    ),
+    "pnn_amazon": _preset("pnn", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", product="elementwise",
+                          **_AUTHORS_MLP),
+    "deepfm_amazon": _preset("deepfm", dict(optimizer="adam", learning_rate=0.001, lr_schedule="fixed",
+                                            micro_batch_size=32), **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
 }
+# fmt: on
 
 
 def get_preset(name: str) -> Dict[str, Any]:
@@ -247,44 +228,25 @@ def _typed(kind: Callable[[Any], Any]) -> Callable[[str, Any], Any]:
 
 
 # Flag name -> (model field, converter). The defaults are the flags' (Graphcore's sizes), not the classes'.
+# fmt: off
 MODEL_FLAGS: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
-    "attention": ("attention", _typed(str)),
-    "attention_normalization": ("attention_normalization", _typed(str)),
-    "attention_hidden": ("attention_hidden", _widths),
-    "attention_activation": ("attention_activation", _typed(str)),
-    "split_attention": ("split_attention", _typed(bool)),
-    "activation": ("activation", _typed(str)),
-    "mlp_hidden": ("mlp_hidden", _widths),
-    "item_dim": ("item_dim", _typed(int)),
-    "category_dim": ("category_dim", _typed(int)),
-    "user_dim": ("user_dim", _typed(int)),
-    "item_bias": ("use_item_bias", _typed(bool)),
-    "history_sum": ("use_history_sum", _typed(bool)),
-    "dropout": ("dropout_rate", _typed(float)),
-    "pooling": ("pooling", _typed(str)),
-    "pnn_product": ("product", _typed(str)),
-    "wide_buckets": ("wide_buckets", _typed(int)),
+    "attention": ("attention", _typed(str)), "attention_normalization": ("attention_normalization", _typed(str)),
+    "attention_hidden": ("attention_hidden", _widths), "attention_activation": ("attention_activation", _typed(str)),
+    "split_attention": ("split_attention", _typed(bool)), "activation": ("activation", _typed(str)),
+    "mlp_hidden": ("mlp_hidden", _widths), "item_dim": ("item_dim", _typed(int)),
+    "category_dim": ("category_dim", _typed(int)), "user_dim": ("user_dim", _typed(int)),
+    "item_bias": ("use_item_bias", _typed(bool)), "history_sum": ("use_history_sum", _typed(bool)),
+    "dropout": ("dropout_rate", _typed(float)), "pooling": ("pooling", _typed(str)),
+    "pnn_product": ("product", _typed(str)), "wide_buckets": ("wide_buckets", _typed(int)),
 }
 MODEL_FLAG_DEFAULTS: Dict[str, Any] = {
-    "model": "din",
-    "attention_size": 36,
-    "item_dim": None,
-    "category_dim": None,
-    "user_dim": 0,
-    "item_bias": True,
-    "history_sum": False,
-    "attention": "din",
-    "attention_normalization": "none",
-    "attention_hidden": (80, 40),
-    "attention_activation": "sigmoid",
-    "split_attention": True,
-    "activation": "prelu",
-    "mlp_hidden": (200, 80),
-    "dropout": 0.0,
-    "pooling": "mean",
-    "pnn_product": "inner",
-    "wide_buckets": 2**18,
+    "model": "din", "attention_size": 36, "item_dim": None, "category_dim": None, "user_dim": 0,
+    "item_bias": True, "history_sum": False, "attention": "din", "attention_normalization": "none",
+    "attention_hidden": (80, 40), "attention_activation": "sigmoid", "split_attention": True,
+    "activation": "prelu", "mlp_hidden": (200, 80), "dropout": 0.0, "pooling": "mean", "pnn_product": "inner",
+    "wide_buckets": 2 ** 18,
 }
+# fmt: on
 _WIDTH_FLAGS = {
     "attention_size": ("item_dim", "category_dim"),
     "item_dim": ("item_dim",),

@@ -24,29 +24,11 @@ from din_jax.config import TrainConfig
 from din_jax.fileio import ExclusiveLock, json_default
 from din_jax.metrics import is_better
 
-__all__ = [
-    "STARTED",
-    "OK",
-    "FAILED",
-    "PHASE_TUNE",
-    "PHASE_FINAL",
-    "VOLATILE_FIELDS",
-    "REGULARIZERS",
-    "Cell",
-    "NO_CANDIDATE",
-    "RunSpec",
-    "parse_labelled_overrides",
-    "parse_regularizer",
-    "expand_grid",
-    "default_config_dict",
-    "compute_run_key",
-    "append_record",
-    "load_records",
-    "latest_by_key",
-    "record_metric",
-    "GridOutcome",
-    "run_grid",
-]
+__all__ = (
+    "STARTED OK FAILED PHASE_TUNE PHASE_FINAL VOLATILE_FIELDS REGULARIZERS Cell NO_CANDIDATE RunSpec "
+    "parse_labelled_overrides parse_regularizer expand_grid default_config_dict compute_run_key "
+    "append_record load_records latest_by_key record_metric GridOutcome run_grid"
+).split()
 
 STARTED, OK, FAILED = "started", "ok", "failed"
 PHASE_TUNE, PHASE_FINAL = "tune", "final"

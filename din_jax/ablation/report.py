@@ -15,40 +15,20 @@ from absl import logging
 from din_jax.ablation.grid import FAILED, OK, PHASE_FINAL, GridOutcome, latest_by_key, record_metric
 from din_jax.metrics import compute_relaimpr
 
-__all__ = [
-    "METRICS",
-    "Runs",
-    "CSV_COLUMNS",
-    "mean_std",
-    "summarize",
-    "compare_against",
-    "format_markdown",
-    "format_csv",
-    "format_failures",
-    "write_reports",
-]
+__all__ = (
+    "METRICS Runs CSV_COLUMNS mean_std summarize compare_against format_markdown format_csv "
+    "format_failures write_reports"
+).split()
 
 METRICS = (("test", "gauc"), ("test", "auc"), ("test", "logloss"), ("validation", "gauc"))
 ABLATION_FIELDS = ("model", "attention", "activation", "regularizer")
 Runs = Union[GridOutcome, Sequence[Dict[str, Any]]]  # a grid's outcome, or result records
-CSV_COLUMNS = (
-    "label",
-    "runs_ok",
-    "runs_failed",
-    "tuned",
-    "test_gauc_mean",
-    "test_gauc_std",
-    "test_auc_mean",
-    "test_auc_std",
-    "test_logloss_mean",
-    "test_logloss_std",
-    "validation_gauc_mean",
-    "validation_gauc_std",
-    "relaimpr_gauc_percent",
-    "best_step",
-    "samples_per_s",
-    "wall_s",
-    "seeds",
+CSV_COLUMNS = tuple(
+    (
+        "label runs_ok runs_failed tuned test_gauc_mean test_gauc_std test_auc_mean test_auc_std "
+        "test_logloss_mean test_logloss_std validation_gauc_mean validation_gauc_std relaimpr_gauc_percent "
+        "best_step samples_per_s wall_s seeds"
+    ).split()
 )
 
 

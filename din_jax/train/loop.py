@@ -114,13 +114,8 @@ class Trainer:
         self.state = replicate(host_state, self.train_devices)
         fields = json.dumps(config.model_config, default=str)
         logging.info("model %s %s, %d parameters", config.model, fields, self.num_parameters)
-        logging.info(
-            "%d replica(s) on %s, train %d samples, global micro-batch %d",
-            self.replicas,
-            self.devices[0].platform,
-            self.num_train,
-            self.global_batch,
-        )
+        where = "%d replica(s) on %s" % (self.replicas, self.devices[0].platform)
+        logging.info("%s, train %d samples, global micro-batch %d", where, self.num_train, self.global_batch)
 
     def release(self) -> None:
         """Releases the run directory (``train`` does it at its end)."""
@@ -380,14 +375,10 @@ class Trainer:
         """The attention probe's weights when an observer wants them and the model has them (False: it has not)."""
         wanting = [hook for hook in self.hooks if getattr(hook, "wants_attention", False)]
         if self._attention_probe is None and wanting and self.is_chief:  # observers write on the chief only
-            split = "validation" if self.has_validation else "train"
-            self._attention_probe = model_returns_attention(self.eval_model) and AttentionProbe(
-                self.eval_model,
-                self.source,
-                split,
-                self.config.max_seq_len,
-                getattr(wanting[0], "attention_samples", 256),
-            )
+            where = ("validation" if self.has_validation else "train", self.config.max_seq_len)
+            samples = getattr(wanting[0], "attention_samples", 256)
+            returns = model_returns_attention(self.eval_model)
+            self._attention_probe = returns and AttentionProbe(self.eval_model, self.source, *where, samples)
             if not self._attention_probe:
                 logging.info("model %s returns no attention weights: no attention histograms", self.config.model)
         return self._attention_probe(variables) if self._attention_probe else None

@@ -166,6 +166,9 @@ def read_reviews(path: str, report: BuildReport, use_arrow: bool = True) -> Revi
                     raise ValueError(f"line longer than {MAX_LINE_BYTES} bytes")
                 review = loads(line)
                 user, item, when = review["reviewerID"], review["asin"], review["unixReviewTime"]
+            except RecursionError:
+                report.malformed(path, before + offset + 1, "not a JSON object (nested too deeply)")
+                continue
             except (ValueError, TypeError, KeyError) as error:
                 report.malformed(path, before + offset + 1, _describe(error))
                 continue
@@ -173,6 +176,9 @@ def read_reviews(path: str, report: BuildReport, use_arrow: bool = True) -> Revi
                 report.malformed(
                     path, before + offset + 1, "reviewerID/asin must be non-empty strings and unixReviewTime an integer"
                 )
+                continue
+            if not -(2**63) <= when < 2**63:
+                report.malformed(path, before + offset + 1, "unixReviewTime %d is out of range (int64)" % when)
                 continue
             users.append(user)
             items.append(item)
@@ -354,7 +360,7 @@ def parse_meta_literal_fast(line: str):
         masked = masked.replace("None", "null").replace("True", "true").replace("False", "false")
     try:
         shape = json.loads(masked)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep: ast.literal_eval below says so
         return None
     if not isinstance(shape, dict) or shape.get("asin") != "":
         return None
@@ -380,7 +386,7 @@ def parse_meta_line(line: str) -> Tuple[str, Optional[str]]:
     if text.startswith('{"'):
         try:
             entry = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             entry = None
         if entry is not None:
             return _entry_fields(entry)

@@ -55,9 +55,12 @@ def normalize_keys(values) -> pd.Series:
         return series.astype(object)
     kind = pd.api.types.infer_dtype(series, skipna=False)
     if kind == "integer":
-        return series.astype(np.int64)
+        try:
+            return series.astype(np.int64)
+        except OverflowError:  # keys beyond int64 (uint64 ids): Python ints still sort numerically
+            return series.map(int).astype(object)
     if kind == "floating":
-        if series.notna().all() and (series == np.floor(series)).all():
+        if series.notna().all() and (series == np.floor(series)).all() and (series.abs() < 2**63).all():
             return series.astype(np.int64)
     elif kind == "string":
         # Only canonical integers: "007" or " 7" would not print back as the raw key

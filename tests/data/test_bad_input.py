@@ -22,7 +22,7 @@ from data_prep.amazon import parse_meta_line, read_amazon_files, read_metadata, 
 from data_prep.cli import run_safely
 from data_prep.convert import convert_amazon, read_converted
 from data_prep.importers import interactions
-from data_prep.remap import clean_and_remap, write_remapped
+from data_prep.remap import clean_and_remap, sorted_codes, write_remapped
 from data_prep.report import BuildReport, DataPrepError
 from data_prep.tables import read_table
 from din_jax.data.dataset import DatasetError, load_dataset
@@ -89,6 +89,36 @@ def test_amazon_lines_not_utf8(tmp_path):
         f"{reviews}:2: not UTF-8 (byte 0xff at column 18)",
         f"{metadata}:2: not UTF-8 (byte 0xe9 at column 29)",
     ]
+
+
+def test_amazon_lines_nested_too_deeply_or_with_huge_times_are_counted(tmp_path):
+    reviews = tmp_path / "reviews.json"
+    reviews.write_text(
+        '{"reviewerID": "U1", "asin": "A1", "unixReviewTime": 1}\n'
+        '{"reviewerID": "U2", "asin": "A1", "unixReviewTime": 1000000000000000000000000000000}\n'
+        '{"reviewerID": "U3", "asin": "A1", "unixReviewTime": ' + "[" * 50000 + "]" * 50000 + "}\n"
+    )
+    metadata = tmp_path / "meta.json"
+    metadata.write_text(
+        "{'asin': 'A1', 'categories': [['x']]}\n{'asin': 'A2', 'categories': " + "[" * 50000 + "]" * 50000 + "}\n"
+    )
+    report = BuildReport()
+    assert read_reviews(str(reviews), report).user == ["U1"]
+    read_metadata(str(metadata), report)
+    assert report.malformed_examples[:2] == [
+        f"{reviews}:2: unixReviewTime 1000000000000000000000000000000 is out of range (int64)",
+        f"{reviews}:3: not a JSON object (nested too deeply)",
+    ]
+    # Python's parser says "too many nested parentheses" (3.9+) or overflows its stack (3.8).
+    assert report.malformed_examples[2] in [
+        f"{metadata}:2: not a Python dict literal or JSON object (%s)" % reason
+        for reason in ("too many nested parentheses", "nested too deeply")
+    ]
+
+
+def test_integer_keys_beyond_int64_keep_their_numeric_order():
+    codes, keys = sorted_codes(pd.Series([2**64 - 1, 7, 2**64 - 1, 3], dtype=object))
+    assert codes.tolist() == [2, 1, 2, 0] and [str(key) for key in keys] == ["3", "7", str(2**64 - 1)]
 
 
 def test_din_csv_line_not_utf8(tmp_path):

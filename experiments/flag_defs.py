@@ -50,6 +50,7 @@ from din_jax.layers import NORMALIZATIONS  # noqa: E402
 from din_jax.models.pnn import PRODUCTS  # noqa: E402
 
 FLAGS = flags.FLAGS
+DEFAULTS = MODEL_FLAG_DEFAULTS  # the model flags' defaults live in the library, with their merging rules
 
 # jax logs at INFO that it found no TPU library; absl shows INFO by default.
 logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -64,45 +65,63 @@ def _alias(name: str) -> None:
 def define_model_flags() -> None:
     """Flags that pick and size the model."""
     flags.DEFINE_string("preset", None, "Named configuration applied before the flags: %s." % sorted(PRESETS))
-    flags.DEFINE_string("model", "din", "Model name in the registry (din_jax.models.MODELS).")
+    flags.DEFINE_string("model", DEFAULTS["model"], "Model name in the registry (din_jax.models.MODELS).")
     flags.DEFINE_integer(
         "attention_size",
-        36,
+        DEFAULTS["attention_size"],
         "Width of an item vector (item ⊕ category embeddings), split evenly between the two: "
         "Graphcore's 36 = 18 + 18. --item_dim/--category_dim override the split.",
     )
-    flags.DEFINE_integer("item_dim", None, "Item embedding width (default: attention_size / 2).")
-    flags.DEFINE_integer("category_dim", None, "Category embedding width (default: attention_size / 2).")
-    flags.DEFINE_integer("user_dim", 0, "User embedding width; 0 for none.")
-    flags.DEFINE_bool("item_bias", True, "Add a learnt per-item bias to the logit (the authors' code).")
-    flags.DEFINE_bool("history_sum", False, "Also feed the sum-pooled history to the MLP (DIEN/Graphcore variant).")
-    flags.DEFINE_string("attention", "din", "History pooling by name: din, din_softmax, dot, mean, sum, or registered.")
+    flags.DEFINE_integer("item_dim", DEFAULTS["item_dim"], "Item embedding width (default: attention_size / 2).")
+    flags.DEFINE_integer(
+        "category_dim", DEFAULTS["category_dim"], "Category embedding width (default: attention_size / 2)."
+    )
+    flags.DEFINE_integer("user_dim", DEFAULTS["user_dim"], "User embedding width; 0 for none.")
+    flags.DEFINE_bool(
+        "item_bias", DEFAULTS["item_bias"], "Add a learnt per-item bias to the logit (the authors' code)."
+    )
+    flags.DEFINE_bool(
+        "history_sum", DEFAULTS["history_sum"], "Also feed the sum-pooled history to the MLP (DIEN/Graphcore variant)."
+    )
+    flags.DEFINE_string(
+        "attention", DEFAULTS["attention"], "History pooling by name: din, din_softmax, dot, mean, sum, or registered."
+    )
     flags.DEFINE_enum(
         "attention_normalization",
-        "none",
+        DEFAULTS["attention_normalization"],
         list(NORMALIZATIONS),
         "DIN attention weights: none (the paper) or softmax of score/sqrt(D) (the authors' code).",
     )
-    flags.DEFINE_list("attention_hidden", ["80", "40"], "Hidden widths of the DIN attention MLP.")
-    flags.DEFINE_string("attention_activation", "sigmoid", "Activation of the attention MLP.")
-    flags.DEFINE_bool("split_attention", True, "Evaluate the attention's first layer in the cheaper split form.")
-    flags.DEFINE_string("activation", "prelu", "Activation of the prediction MLP: sigmoid, relu, prelu, dice, ...")
-    flags.DEFINE_list("mlp_hidden", ["200", "80"], "Hidden widths of the prediction MLP.")
-    flags.DEFINE_float("dropout", 0.0, "Dropout rate after each hidden layer of the prediction MLP.")
+    flags.DEFINE_list(
+        "attention_hidden", list(map(str, DEFAULTS["attention_hidden"])), "Hidden widths of the DIN attention MLP."
+    )
+    flags.DEFINE_string("attention_activation", DEFAULTS["attention_activation"], "Activation of the attention MLP.")
+    flags.DEFINE_bool(
+        "split_attention",
+        DEFAULTS["split_attention"],
+        "Evaluate the attention's first layer in the cheaper split form.",
+    )
+    flags.DEFINE_string(
+        "activation", DEFAULTS["activation"], "Activation of the prediction MLP: sigmoid, relu, prelu, dice, ..."
+    )
+    flags.DEFINE_list("mlp_hidden", list(map(str, DEFAULTS["mlp_hidden"])), "Hidden widths of the prediction MLP.")
+    flags.DEFINE_float("dropout", DEFAULTS["dropout"], "Dropout rate after each hidden layer of the prediction MLP.")
     flags.DEFINE_string(
         "pooling",
-        "mean",
+        DEFAULTS["pooling"],
         "History pooling of base, wide_deep, pnn, deepfm (mean or sum; any "
         "name in the attention registry) and the history-bag normalisation of lr (mean or sum).",
     )
     flags.DEFINE_enum(
         "pnn_product",
-        "inner",
+        DEFAULTS["pnn_product"],
         list(PRODUCTS),
         "PNN's product layer: inner products of the field vectors, the element-wise product of "
         "history and candidate (the authors' code), or both.",
     )
-    flags.DEFINE_integer("wide_buckets", 2**18, "Rows of each cross-feature table of wide_deep (hashed beyond).")
+    flags.DEFINE_integer(
+        "wide_buckets", DEFAULTS["wide_buckets"], "Rows of each cross-feature table of wide_deep (hashed beyond)."
+    )
     flags.DEFINE_multi_string(
         "import_module",
         [],

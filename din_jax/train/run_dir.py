@@ -175,16 +175,18 @@ class Checkpoints:
 
     def save(self, name: str, tree: Any, step: int, extra: Optional[Dict[str, Any]] = None) -> str:
         """``<model_path>/<name>``, replaced atomically."""
-        meta = checkpoint_metadata(self.config, self.vocab, step, extra, self.fingerprint)
-        return ckpt.save_checkpoint(os.path.join(self.config.model_path, name), tree, meta, arrays=self.arrays)
+        return self._write(os.path.join(self.config.model_path, name), tree, step, extra)
 
     def save_step(self, tree: Any, step: int, train_meta: Dict[str, Any]) -> str:
         """A training checkpoint ``checkpoints/step_<step>``; keeps the newest ``keep_checkpoints``."""
-        directory = os.path.relpath(ckpt.step_checkpoint_dir(self.root, step), self.config.model_path)
-        path = self.save(directory, tree, step, {"train": train_meta})
+        path = self._write(ckpt.step_checkpoint_dir(self.root, step), tree, step, {"train": train_meta})
         ckpt.prune_step_checkpoints(self.root, self.config.keep_checkpoints)
         self.last, self.last_step = path, step
         return path
+
+    def _write(self, directory: str, tree: Any, step: int, extra: Optional[Dict[str, Any]]) -> str:
+        meta = checkpoint_metadata(self.config, self.vocab, step, extra, self.fingerprint)
+        return ckpt.save_checkpoint(directory, tree, meta, arrays=self.arrays)
 
     def at(self, step: int) -> bool:
         """Whether the newest training checkpoint holds ``step``."""

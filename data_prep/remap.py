@@ -116,6 +116,13 @@ def clean_and_remap(
 _CLEAN_STAGES = ("sorted ids", "duplicates + short users", "renumber", "categories")
 
 
+def remap_converted(reviews, items, report: Optional[BuildReport] = None) -> RemappedLog:
+    """``clean_and_remap`` of ``convert.read_converted``'s review and item tables."""
+    users, item_keys = reviews["user_id"].to_numpy(dtype=object), reviews["item_id"].to_numpy(dtype=object)
+    meta_items, meta_categories = items["item_id"].to_numpy(dtype=object), items["category"].to_numpy(dtype=object)
+    return clean_and_remap(users, item_keys, reviews["time"].to_numpy(), meta_items, meta_categories, report)
+
+
 def _clean_and_remap(users, items, times, meta_items, meta_categories, report, item_categories, step):
     step.advance("sorted ids")
     user_code, user_uniques = sorted_codes(users)
@@ -265,14 +272,7 @@ def main(argv):
         with report.timed("read"), stage("read " + flags_.input, "tables"):
             reviews, items, earlier = convert.read_converted(flags_.input, report)
         with report.timed("clean + remap"):
-            log = clean_and_remap(
-                reviews["user_id"].to_numpy(dtype=object),
-                reviews["item_id"].to_numpy(dtype=object),
-                reviews["time"].to_numpy(),
-                items["item_id"].to_numpy(dtype=object),
-                items["category"].to_numpy(dtype=object),
-                report,
-            )
+            log = remap_converted(reviews, items, report)
         with report.timed("write"), stage("write " + flags_.output_dir, "arrays + id maps"):
             write_remapped(flags_.output_dir, log, report, earlier)
         print(

@@ -22,7 +22,7 @@ from data_prep.amazon import parse_meta_line, read_amazon_files, read_metadata, 
 from data_prep.cli import run_safely
 from data_prep.convert import convert_amazon, read_converted
 from data_prep.importers import interactions
-from data_prep.remap import clean_and_remap, sorted_codes, write_remapped
+from data_prep.remap import remap_converted, sorted_codes, write_remapped
 from data_prep.report import BuildReport, DataPrepError
 from data_prep.tables import read_table
 from din_jax.data.dataset import DatasetError, load_dataset
@@ -583,14 +583,7 @@ def test_remapped_chain_reports_progress(tmp_path, monkeypatch, capsys):
     )
     report = BuildReport()
     reviews, items, sources = read_converted(converted, report)
-    log = clean_and_remap(
-        reviews["user_id"].to_numpy(dtype=object),
-        reviews["item_id"].to_numpy(dtype=object),
-        reviews["time"].to_numpy(),
-        items["item_id"].to_numpy(dtype=object),
-        items["category"].to_numpy(dtype=object),
-        report,
-    )
+    log = remap_converted(reviews, items, report)
     write_remapped(remapped, log, report, sources)
     capsys.readouterr()
     build(tmp_path, name="chain", format="remapped", input=remapped)

@@ -11,7 +11,7 @@ from dataprep_testlib import build, fixture
 
 from data_prep.convert import convert_amazon, read_converted
 from data_prep.importers.interactions import parse_times
-from data_prep.remap import clean_and_remap, write_remapped
+from data_prep.remap import remap_converted, write_remapped
 from data_prep.report import BuildReport, DataPrepError
 from data_prep.tables import parquet_available, read_table, write_table
 
@@ -326,14 +326,7 @@ def test_convert_remap_build_chain_matches_one_command(tmp_path):
     chain_report = BuildReport()
     reviews, items, sources = read_converted(str(tmp_path / "converted"), chain_report)
     assert chain_report.dropped["malformed_lines"] == 3 and len(sources) == 2
-    log = clean_and_remap(
-        reviews["user_id"].to_numpy(dtype=object),
-        reviews["item_id"].to_numpy(dtype=object),
-        reviews["time"].to_numpy(),
-        items["item_id"].to_numpy(dtype=object),
-        items["category"].to_numpy(dtype=object),
-        chain_report,
-    )
+    log = remap_converted(reviews, items, chain_report)
     write_remapped(str(tmp_path / "remapped"), log, chain_report, sources)
     chained, chained_meta = build(tmp_path, name="chained", format="remapped", input=str(tmp_path / "remapped"))
     direct, direct_meta = build(

@@ -23,9 +23,11 @@ from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.batching import (
     gather_chunk,
     normalize_buckets,
+    packed_positions,
     parse_length_buckets,
     plan_bucketed_chunks,
     plan_chunks,
+    plan_packed_chunks,
     prefetch,
 )
 from din_jax.data.dataset import load_dataset
@@ -48,7 +50,8 @@ CSV_COLUMNS = tuple(
     """mode micro_batch_size samples_per_s samples_per_s_min samples_per_s_max spread_pct ms_per_micro_batch
     cpu_us_per_sample windows samples_per_window replicas device_iterations global_batch compile_s programs
     peak_rss_mb device_peak_mb mean_history_length mean_padded_length flops_per_sample gflops_per_s lengths
-    length_buckets embedding_updates optimizer data_type positions_per_pass prefetch model model_config platform
+    length_buckets batching packed_positions deferred embedding_updates optimizer data_type positions_per_pass prefetch
+    model model_config platform
     device_kind devices cpu_model cpu_count python jax jaxlib flax optax numpy load_before load_after date""".split()
 )
 
@@ -80,6 +83,8 @@ class BenchmarkConfig:
     samples: int = 0
     max_seq_len: int = 100
     length_buckets: Tuple[int, ...] = ()
+    batching: str = "packed"
+    packed_positions: int = 0
     windows: int = 5
     positions_per_pass: int = 0
     prefetch: int = 2
@@ -254,6 +259,10 @@ def default_pool_size(config: BenchmarkConfig, global_batch: int, device_iterati
 def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, replicas: int, iterations: int, batch: int):
     """The calls of one window: a pass over the pool in the window's own shuffled order."""
     order = np.random.default_rng([config.seed, window]).permutation(len(lengths))
+    if config.batching == "packed":
+        positions = config.packed_positions or packed_positions(lengths, batch, config.max_seq_len)
+        plan = plan_packed_chunks(order, lengths, replicas, iterations, batch, positions, drop_remainder=True)
+        return plan._replace(seq_lens=[config.max_seq_len] * len(plan.calls))
     buckets = normalize_buckets(config.length_buckets, config.max_seq_len)
     if len(buckets) > 1:
         options = dict(drop_remainder=True, shuffle_seed=[config.seed, window])
@@ -265,8 +274,8 @@ def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, repli
 # The benchmark command's own settings (its flags), turned into a BenchmarkConfig by make_config.
 COMMAND_SETTINGS = tuple(
     """mode micro_batch_sizes device_iterations replicas optimizer learning_rate embedding_updates data_type
-    lengths dataset split samples max_seq_len length_buckets windows positions_per_pass prefetch seed vocabulary
-    fold_query""".split()
+    lengths dataset split samples max_seq_len length_buckets batching packed_positions windows positions_per_pass
+    prefetch seed vocabulary fold_query""".split()
 )
 
 
@@ -310,6 +319,7 @@ def make_config(values: Dict[str, Any], model: str, model_config: Dict[str, Any]
 
 def _train_config(config: BenchmarkConfig, micro_batch_size: int, device_iterations: int):
     shared = "model max_seq_len replicas optimizer learning_rate data_type seed embedding_updates positions_per_pass"
+    shared += " batching packed_positions"
     fields = {name: getattr(config, name) for name in shared.split()}
     fields.update(model_config=dict(config.model_config), length_buckets=tuple(config.length_buckets))
     return TrainConfig(
@@ -360,9 +370,12 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     for plan in plans:
         for indices, seq_len in zip(plan.calls, plan.seq_lens):
             shapes.setdefault((indices.shape[1], seq_len), indices)
+    positions = plans[0].positions  # the same for every window: a function of the pool's lengths
+    if log:
+        log("%s micro-batch %d: compiling %d program(s)" % (config.mode, micro_batch_size, len(shapes)))
     start = time.perf_counter()
     for (_, seq_len), indices in sorted(shapes.items(), key=lambda item: item[0]):
-        jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len)))
+        jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=positions)))
     compile_s = time.perf_counter() - start
     if log:
         compiled = (config.mode, micro_batch_size, len(shapes), compile_s)
@@ -375,16 +388,18 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
 
         def chunks(plan=plan):
             for indices, seq_len in zip(plan.calls, plan.seq_lens):
-                yield gather_chunk(source, split, indices, seq_len)
+                yield gather_chunk(source, split, indices, seq_len, positions=positions)
 
         steps = sum(indices.shape[1] for indices in plan.calls)
-        count = steps * global_batch
+        count = int(sum(plan.valid))
         for indices, seq_len in zip(plan.calls, plan.seq_lens):
-            padded += indices.size * seq_len
-            real += float(np.sum(lengths[indices]))
+            # Positions computed per sample slot: the buffer's share when packed (no fold), else the padded length.
+            per_slot = positions / indices.shape[-1] if positions else seq_len
+            padded += indices.size * per_slot
+            real += float(np.sum(np.where(indices >= 0, lengths[indices], 0)))
             if config.model == "din":
-                form = attention_form(config.model_config, seq_len)
-                flops += indices.size * din_flops_per_sample(config.model_config, seq_len, form, train=train)
+                form = "split" if positions else attention_form(config.model_config, seq_len)
+                flops += indices.size * din_flops_per_sample(config.model_config, per_slot, form, train=train)
         pending = None
         start, cpu_start = time.perf_counter(), time.process_time()
         for chunk in prefetch(chunks(), config.prefetch):
@@ -419,7 +434,8 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     row.update(mean_history_length=round(real / total, 2), mean_padded_length=round(padded / total, 2))
     row.update(flops_per_sample=round(flops), gflops_per_s=round(flops * stats["median"] / 1e9, 2))
     row["lengths"] = "dataset:%s/%s" % (config.dataset, split) if config.dataset else config.lengths
-    row["length_buckets"] = ",".join(str(b) for b in buckets)
+    row["length_buckets"] = "" if positions else ",".join(str(b) for b in buckets)
+    row.update(batching=config.batching, packed_positions=positions, deferred=sum(plan.deferred for plan in plans))
     row.update(embedding_updates=config.embedding_updates if train else "", optimizer=config.optimizer if train else "")
     row.update(data_type=config.data_type, positions_per_pass=config.positions_per_pass, prefetch=config.prefetch)
     row.update(model=config.model, model_config=json.dumps(config.model_config, sort_keys=True, default=_describe))

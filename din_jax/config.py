@@ -22,6 +22,7 @@ DATA_TYPES = ("float32", "float16", "bfloat16")
 DEFAULT_FLOAT16_LOSS_SCALING = 1024.0
 SELECT_METRICS = ("gauc", "auc", "logloss")
 EMBEDDING_UPDATES = ("dense", "sparse")
+BATCHINGS = ("packed", "padded")
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,8 @@ class TrainConfig:
     embedding_updates: str = "dense"
     length_buckets: Tuple[int, ...] = ()
     positions_per_pass: int = 0
+    batching: str = "packed"
+    packed_positions: int = 0  # packed buffer length of a training micro-batch; 0: from the data (batching.py)
 
     def effective_loss_scaling(self) -> float:
         """``loss_scaling``, with 0 resolved: 1024 for float16, whose gradients underflow without it, else 1."""
@@ -120,6 +123,14 @@ class TrainConfig:
         if self.resume and not self.model_path:
             raise ConfigError("--resume needs --model_path (the run directory to continue)")
         _choice("embedding_updates", self.embedding_updates, EMBEDDING_UPDATES)
+        _choice("batching", self.batching, BATCHINGS)
+        if self.packed_positions != 0 and self.packed_positions < self.max_seq_len:
+            raise ConfigError(
+                "--packed_positions must be 0 (from the data) or at least --max_seq_len=%d (one whole history), "
+                "got %r" % (self.max_seq_len, self.packed_positions)
+            )
+        if self.batching == "packed" and len(tuple(self.length_buckets or ())) > 1:
+            raise ConfigError("--length_buckets group padded batches: use them with --batching padded")
         if self.positions_per_pass < 0:
             raise ConfigError(
                 "--positions_per_pass must be >= 0 (0: the whole micro-batch at once), got %r" % self.positions_per_pass
@@ -379,6 +390,7 @@ def checkpoint_metadata(
         "seed": config.seed,
         "eval_micro_batch_size": config.eval_micro_batch_size,
         "length_buckets": list(config.length_buckets),
+        "batching": config.batching,
         "step": int(step),
     }
     if data_fingerprint is not None:
@@ -440,4 +452,6 @@ def config_from_checkpoint(meta: Dict[str, Any], overrides: Optional[Dict[str, A
         seed=int(pick("seed", meta.get("seed"))),
         prefetch=overrides.get("prefetch", defaults.prefetch),
         length_buckets=_int_tuple("length_buckets", buckets),
+        # Either batching gives the same predictions; length buckets need padded batches.
+        batching=overrides.get("batching", "padded" if len(buckets) > 1 else defaults.batching),
     )

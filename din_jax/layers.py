@@ -1,9 +1,10 @@
 """The building blocks of every model: embeddings, activations, the MLP and the history poolers, with registries.
 
-Shape letters: B batch, T history positions, D item-vector width (item_dim + category_dim), U user width,
-H hidden units. Activations are called as ``act(x_XxH, train=..., mask=...)`` (``mask``: the real, not padded,
-rows, for Dice's statistics); poolers as ``pool(query_BxD, keys_BxTxD, mask_BxT, train=...)``, returning
-``(pooled_BxD, weights_BxT)``.
+Shape letters: B batch, T history positions of a padded batch, P history positions of the batch (``B * T``
+padded, the buffer's length packed), D item-vector width (item_dim + category_dim), U user width, H hidden units.
+Activations are called as ``act(x_XxH, train=..., mask=...)`` (``mask``: the real, not padded, rows, for Dice's
+statistics); poolers as ``pool(query_BxD, keys_PxD, history, train=...)`` (``history``: a ``History``),
+returning ``(pooled_BxD, weights_P)``.
 """
 
 import dataclasses
@@ -14,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from din_jax.history import History, history_mask, masked_softmax  # noqa: F401 - the layers' API
 
 
 class Registry:
@@ -87,11 +90,6 @@ def lookup(table_VxE, ids):
     return flat.reshape(ids.shape + table_VxE.shape[1:])
 
 
-def history_mask(hist_len_B, max_len: int):
-    """Boolean ``[B, T]`` mask of the valid (left-aligned) history positions."""
-    return jnp.arange(max_len, dtype=jnp.int32)[None, :] < hist_len_B.astype(jnp.int32)[:, None]
-
-
 class EmbeddingFields(nn.Module):
     """The embedding layer's fields, shared with every model that owns one: vocabulary sizes, widths (the item
     vector is item ⊕ category; ``user_dim`` 0: no user vector, as in the authors' Amazon model), a learnt
@@ -116,24 +114,24 @@ class FeatureEmbedding(EmbeddingFields):
     """Item ⊕ category vectors of the candidate and the history (same tables), user vector, per-item bias."""
 
     @nn.compact
-    def __call__(self, batch: Dict[str, jnp.ndarray]) -> Dict[str, Optional[jnp.ndarray]]:
-        """Embeds a batch dict (docs/DATASET_FORMAT.md): ``candidate`` [B, D], ``history`` [B, T, D],
-        ``user`` [B, U] or None, ``item_bias`` [B] or None."""
+    def __call__(self, batch: Dict[str, jnp.ndarray]) -> Dict[str, Any]:
+        """Embeds a batch dict (docs/DATASET_FORMAT.md): ``candidate`` [B, D], ``history`` [P, D] (flat, see
+        ``History``), ``user`` [B, U] or None, ``item_bias`` [B] or None, and ``positions``, the batch's ``History``."""
         # Glorot-uniform over the whole table, the TensorFlow default the authors' code relied on.
         init = nn.initializers.glorot_uniform()
         item_table = self.param(ITEM_TABLE, init, (self.num_items, self.item_dim), jnp.float32)
         category_table = self.param(CATEGORY_TABLE, init, (self.num_categories, self.category_dim), jnp.float32)
 
-        ones_B = jnp.ones(batch["item"].shape, jnp.float32)
-        valid_BxT = history_mask(batch["hist_len"], batch["hist_item"].shape[1]).astype(jnp.float32)
-        item_B, hist_item_BxT = self._lookup_rows(
-            ITEM_TABLE, item_table, [batch["item"], batch["hist_item"]], [ones_B, valid_BxT]
-        )
-        category_B, hist_category_BxT = self._lookup_rows(
-            CATEGORY_TABLE, category_table, [batch["category"], batch["hist_category"]], [ones_B, valid_BxT]
+        positions = History.of(batch)
+        ones_B = positions.sample_valid_B.astype(jnp.float32)
+        valid_P = positions.valid_P.astype(jnp.float32)
+        hist_item_P, hist_category_P = positions.flat(batch["hist_item"]), positions.flat(batch["hist_category"])
+        item_B, hist_item_P = self._lookup_rows(ITEM_TABLE, item_table, [batch["item"], hist_item_P], [ones_B, valid_P])
+        category_B, hist_category_P = self._lookup_rows(
+            CATEGORY_TABLE, category_table, [batch["category"], hist_category_P], [ones_B, valid_P]
         )
         candidate_BxD = jnp.concatenate([item_B, category_B], axis=-1).astype(self.dtype)
-        history_BxTxD = jnp.concatenate([hist_item_BxT, hist_category_BxT], axis=-1).astype(self.dtype)
+        history_PxD = jnp.concatenate([hist_item_P, hist_category_P], axis=-1).astype(self.dtype)
         user_BxU = None
         if self.user_dim > 0:
             if self.num_users <= 0:
@@ -144,7 +142,13 @@ class FeatureEmbedding(EmbeddingFields):
         if self.use_item_bias:
             bias_table = self.param(ITEM_BIAS_TABLE, nn.initializers.zeros, (self.num_items, 1), jnp.float32)
             item_bias_B = self._lookup_rows(ITEM_BIAS_TABLE, bias_table, [batch["item"]], [ones_B])[0][..., 0]
-        return {"candidate": candidate_BxD, "history": history_BxTxD, "user": user_BxU, "item_bias": item_bias_B}
+        return {
+            "candidate": candidate_BxD,
+            "history": history_PxD,
+            "user": user_BxU,
+            "item_bias": item_bias_B,
+            "positions": positions,
+        }
 
     def _lookup_rows(self, name: str, table_VxE, ids_list, valid_list) -> List[jnp.ndarray]:
         """One ``lookup`` per id array, or, with the sparse-update collections, one gather of all the ids
@@ -293,37 +297,18 @@ class MLP(nn.Module):
     axis_name: Optional[str] = None
 
     @nn.compact
-    def __call__(self, x_BxF, train: bool = False):
+    def __call__(self, x_BxF, train: bool = False, mask=None):
+        """``mask`` ``[B]``: the rows that count in batch statistics (None: all; packed batches' empty slots do not)."""
         h = x_BxF.astype(self.dtype)
         for width in self.hidden:
             h = nn.Dense(width, dtype=self.dtype)(h)
-            h = make_activation(self.activation, self.axis_name)(h, train=train)
+            h = make_activation(self.activation, self.axis_name)(h, train=train, mask=mask)
             if self.dropout_rate > 0:
                 h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
         return nn.Dense(1, dtype=self.dtype)(h)[..., 0].astype(jnp.float32)
 
 
 NORMALIZATIONS = ("none", "softmax")
-
-# Finite: -inf would give NaN (inf - inf) for an empty history, and exp of this underflows to 0 in float16 too.
-_MASK_FILL = -1e9
-
-
-def masked_softmax(scores_BxT, mask_BxT):
-    """Softmax over the valid positions, all zeros for an empty history, zero gradient to masked scores.
-
-    Written by hand (no ``jax.nn.softmax(where=...)``) for the IPU stack.
-    """
-    scores_BxT = scores_BxT.astype(jnp.float32)
-    filled_BxT = jnp.where(mask_BxT, scores_BxT, _MASK_FILL)
-    shifted_BxT = filled_BxT - jax.lax.stop_gradient(jnp.max(filled_BxT, axis=-1, keepdims=True))
-    exp_BxT = jnp.where(mask_BxT, jnp.exp(shifted_BxT), 0.0)
-    denom_Bx1 = jnp.sum(exp_BxT, axis=-1, keepdims=True)
-    return exp_BxT / jnp.where(denom_Bx1 > 0, denom_Bx1, 1.0)
-
-
-def _weighted_sum(weights_BxT, keys_BxTxD):
-    return jnp.einsum("bt,btd->bd", weights_BxT.astype(keys_BxTxD.dtype), keys_BxTxD)
 
 
 class DinAttention(nn.Module):
@@ -333,8 +318,9 @@ class DinAttention(nn.Module):
     (the authors' code: masked softmax of ``score / sqrt(D)``).
 
     The first layer is evaluated in the equal split form ``(W_q + W_d) q + (W_k - W_d) k + W_p (q * k)`` (query
-    part once per sample; ``split_first_layer`` False: the concatenation, same parameters), and with ``fold_query``
-    from ``fold_min_length`` positions on as ``k (W_k - W_d + diag(q) W_p)``: one ``D x H`` product per position.
+    part once per sample; ``split_first_layer`` False: the concatenation, same parameters), and, on padded batches
+    with ``fold_query`` from ``fold_min_length`` positions on, as ``k (W_k - W_d + diag(q) W_p)``: one ``D x H``
+    product per position (a per-sample matrix, which a packed buffer has no rows for).
     """
 
     hidden: Sequence[int] = (80, 40)
@@ -347,16 +333,16 @@ class DinAttention(nn.Module):
     axis_name: Optional[str] = None
 
     @nn.compact
-    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(self, query_BxD, keys_PxD, history: History, train: bool = False) -> Tuple[jnp.ndarray, jnp.ndarray]:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 "unknown attention normalization %r; choose from %s" % (self.normalization, list(NORMALIZATIONS))
             )
         if not self.hidden:
             raise ValueError("DinAttention needs at least one hidden layer")
-        dim = keys_BxTxD.shape[-1]
+        dim = keys_PxD.shape[-1]
         query_BxD = query_BxD.astype(self.dtype)
-        keys_BxTxD = keys_BxTxD.astype(self.dtype)
+        keys_PxD = keys_PxD.astype(self.dtype)
 
         first = self.hidden[0]
         # One kernel for the four blocks, so that the split and unsplit forms share parameters (and checkpoints).
@@ -367,46 +353,45 @@ class DinAttention(nn.Module):
         w_q, w_k, w_d, w_p = (kernel[i * dim : (i + 1) * dim] for i in range(4))
         if self.split_first_layer:
             per_query_BxH = query_BxD @ (w_q + w_d) + bias
-            if self.fold_query and keys_BxTxD.shape[1] >= self.fold_min_length:
+            if self.fold_query and not history.packed and history.row_length >= self.fold_min_length:
                 # Building the per-sample D x H matrix costs D x H per sample: it pays only from a few dozen
                 # positions on (measured on CPU: docs/PERFORMANCE.md).
                 per_sample_BxDxH = (w_k - w_d)[None] + query_BxD[:, :, None] * w_p[None]
-                hidden_BxTxH = jnp.einsum("btd,bdh->bth", keys_BxTxD, per_sample_BxDxH)
+                hidden_PxH = history.flat(jnp.einsum("btd,bdh->bth", history.rows(keys_PxD), per_sample_BxDxH))
             else:
-                hidden_BxTxH = keys_BxTxD @ (w_k - w_d) + (query_BxD[:, None, :] * keys_BxTxD) @ w_p
-            hidden_BxTxH = hidden_BxTxH + per_query_BxH[:, None, :]
+                hidden_PxH = keys_PxD @ (w_k - w_d) + (history.spread(query_BxD) * keys_PxD) @ w_p
+            hidden_PxH = hidden_PxH + history.spread(per_query_BxH)
         else:
-            query_BxTxD = jnp.broadcast_to(query_BxD[:, None, :], keys_BxTxD.shape)
-            features_BxTx4D = jnp.concatenate(
-                [query_BxTxD, keys_BxTxD, query_BxTxD - keys_BxTxD, query_BxTxD * keys_BxTxD], axis=-1
-            )
-            hidden_BxTxH = features_BxTx4D @ kernel + bias
-        hidden_BxTxH = make_activation(self.activation, self.axis_name)(hidden_BxTxH, train=train, mask=mask_BxT)
+            query_PxD = history.spread(query_BxD)
+            features_Px4D = jnp.concatenate([query_PxD, keys_PxD, query_PxD - keys_PxD, query_PxD * keys_PxD], axis=-1)
+            hidden_PxH = features_Px4D @ kernel + bias
+        valid_P = history.valid_P
+        hidden_PxH = make_activation(self.activation, self.axis_name)(hidden_PxH, train=train, mask=valid_P)
         for width in self.hidden[1:]:
-            hidden_BxTxH = nn.Dense(width, dtype=self.dtype)(hidden_BxTxH)
-            hidden_BxTxH = make_activation(self.activation, self.axis_name)(hidden_BxTxH, train=train, mask=mask_BxT)
-        scores_BxT = nn.Dense(1, dtype=self.dtype)(hidden_BxTxH)[..., 0].astype(jnp.float32)
+            hidden_PxH = nn.Dense(width, dtype=self.dtype)(hidden_PxH)
+            hidden_PxH = make_activation(self.activation, self.axis_name)(hidden_PxH, train=train, mask=valid_P)
+        scores_P = nn.Dense(1, dtype=self.dtype)(hidden_PxH)[..., 0].astype(jnp.float32)
 
         if self.normalization == "softmax":
-            weights_BxT = masked_softmax(scores_BxT / jnp.sqrt(jnp.float32(dim)), mask_BxT)
+            weights_P = history.softmax(scores_P / jnp.sqrt(jnp.float32(dim)))
         else:
-            weights_BxT = jnp.where(mask_BxT, scores_BxT, 0.0)
-        return _weighted_sum(weights_BxT, keys_BxTxD), weights_BxT
+            weights_P = jnp.where(valid_P, scores_P, 0.0)
+        return history.weighted_sum(weights_P, keys_PxD), weights_P
 
 
 class DotAttention(nn.Module):
-    """Scaled dot-product attention, ``masked_softmax(q . k_j / sqrt(D))``: no parameters, the cheapest pooler
-    that still depends on the candidate."""
+    """Scaled dot-product attention, ``softmax_j(q . k_j / sqrt(D))``: no parameters, the cheapest pooler that
+    still depends on the candidate."""
 
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False):
+    def __call__(self, query_BxD, keys_PxD, history: History, train: bool = False):
         del train
-        keys_BxTxD = keys_BxTxD.astype(self.dtype)
-        scores_BxT = jnp.einsum("bd,btd->bt", query_BxD.astype(self.dtype), keys_BxTxD).astype(jnp.float32)
-        weights_BxT = masked_softmax(scores_BxT / jnp.sqrt(jnp.float32(keys_BxTxD.shape[-1])), mask_BxT)
-        return _weighted_sum(weights_BxT, keys_BxTxD), weights_BxT
+        keys_PxD = keys_PxD.astype(self.dtype)
+        scores_P = jnp.sum(history.spread(query_BxD.astype(self.dtype)) * keys_PxD, axis=-1).astype(jnp.float32)
+        weights_P = history.softmax(scores_P / jnp.sqrt(jnp.float32(keys_PxD.shape[-1])))
+        return history.weighted_sum(weights_P, keys_PxD), weights_P
 
 
 class MeanPooling(nn.Module):
@@ -415,12 +400,10 @@ class MeanPooling(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False):
+    def __call__(self, query_BxD, keys_PxD, history: History, train: bool = False):
         del query_BxD, train
-        mask_BxT = mask_BxT.astype(jnp.float32)
-        count_Bx1 = jnp.maximum(jnp.sum(mask_BxT, axis=-1, keepdims=True), 1.0)
-        weights_BxT = mask_BxT / count_Bx1
-        return _weighted_sum(weights_BxT, keys_BxTxD.astype(self.dtype)), weights_BxT
+        weights_P = history.valid_P.astype(jnp.float32) / history.spread(jnp.maximum(history.count(), 1.0))
+        return history.weighted_sum(weights_P, keys_PxD.astype(self.dtype)), weights_P
 
 
 class SumPooling(nn.Module):
@@ -429,10 +412,10 @@ class SumPooling(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train: bool = False):
+    def __call__(self, query_BxD, keys_PxD, history: History, train: bool = False):
         del query_BxD, train
-        weights_BxT = mask_BxT.astype(jnp.float32)
-        return _weighted_sum(weights_BxT, keys_BxTxD.astype(self.dtype)), weights_BxT
+        weights_P = history.valid_P.astype(jnp.float32)
+        return history.weighted_sum(weights_P, keys_PxD.astype(self.dtype)), weights_P
 
 
 AttentionFactory = Callable[..., nn.Module]

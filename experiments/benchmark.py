@@ -3,7 +3,6 @@
     python experiments/benchmark.py --mode train --optimizer sgd --micro_batch_sizes 32 \\
         --lengths uniform:1:100 --output_dir runs/benchmark
     python experiments/benchmark.py --mode infer --micro_batch_sizes 4096 --output_dir runs/benchmark
-    python experiments/benchmark.py --flagfile experiments/configs/benchmark_cpu.flags
 
 The model flags default to the configuration of docs/PERFORMANCE.md (item 32 +
 category 32 + user 32, attention 80-40 sigmoid, MLP 200-80 PReLU) at the
@@ -46,11 +45,19 @@ flags.DEFINE_string("dataset", None, "A dataset directory (data_prep/build.py) t
 flags.DEFINE_string("split", None, "Split of --dataset (default: train for --mode train, test for infer).")
 flags.DEFINE_integer("samples", 0, "Synthetic pool size; one timed window is one pass over it (0: automatic).")
 flags.DEFINE_integer("max_seq_len", 100, "Histories are cut to their last max_seq_len items.")
+flags.DEFINE_enum(
+    "batching",
+    "packed",
+    ["packed", "padded"],
+    "packed: each micro-batch's histories end to end in one buffer (train.py's default); padded: "
+    "padded to max_seq_len, or to --length_buckets.",
+)
+flags.DEFINE_integer("packed_positions", 0, "Packed buffer length; 0: from the pool's lengths (as train.py).")
 flags.DEFINE_list(
     "length_buckets",
-    ["4", "8", "16", "24", "32", "40", "50", "60", "70", "80", "90", "100"],
-    "History-length buckets (one compiled program each); empty: every batch padded to "
-    "max_seq_len (one program, the IPU's mode).",
+    [],
+    "With --batching padded: history-length buckets, e.g. 4,8,16,32,64,100 (one compiled program "
+    "each); empty: every batch padded to max_seq_len.",
 )
 flags.DEFINE_integer("windows", 5, "Timed windows; the median is reported.")
 flags.DEFINE_integer(

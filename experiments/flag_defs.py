@@ -34,6 +34,7 @@ if _ROOT not in sys.path:
 
 from din_jax.config import (  # noqa: E402
     ALIASES,
+    BATCHINGS,
     DATA_TYPES,
     EMBEDDING_UPDATES,
     LR_SCHEDULES,
@@ -215,6 +216,19 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
         "Compute each micro-batch in parts of at most this many history positions (rows x "
         "length; cache-sized parts of a large batch, e.g. 4096; training: with "
         "--embedding_updates sparse, models without batch statistics); 0: all at once.",
+    )
+    flags.DEFINE_enum(
+        "batching",
+        "packed",
+        list(BATCHINGS),
+        "packed: each micro-batch's histories end to end in one buffer, no padding (docs/TRAINING.md); "
+        "padded: every history padded to max_seq_len (the reference; gives the same batches and results).",
+    )
+    flags.DEFINE_integer(
+        "packed_positions",
+        0,
+        "Buffer length of a packed training micro-batch; 0: the 99th percentile of the total history "
+        "length of micro_batch_size random samples (a sample that does not fit waits for the next one).",
     )
     _alias("embedding_updates")
     _alias("length_buckets")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from din_jax import layers
-from din_jax.layers import DinAttention, DotAttention, MeanPooling, SumPooling, masked_softmax
+from din_jax.layers import DinAttention, DotAttention, History, MeanPooling, SumPooling, masked_softmax
 
 B, T, D = 4, 6, 8
 LENGTHS = np.array([0, 1, 3, 6], np.int32)
@@ -21,6 +21,12 @@ def _inputs(seed=0):
     keys = rng.normal(size=(B, T, D)).astype(np.float32)
     mask = np.arange(T)[None, :] < LENGTHS[:, None]
     return jnp.asarray(query), jnp.asarray(keys), jnp.asarray(mask)
+
+
+def padded(query, keys_BxTxD, mask_BxT):
+    """A pooler's arguments for padded ``[B, T, D]`` keys with a left-aligned mask."""
+    b, t, d = keys_BxTxD.shape
+    return query, keys_BxTxD.reshape(b * t, d), History.padded(jnp.sum(mask_BxT, axis=-1), t)
 
 
 def _with_garbage(keys, mask, seed=1):
@@ -43,16 +49,16 @@ POOLERS = {
 def test_padding_garbage_does_not_change_output(name, train):
     pool = POOLERS[name]
     query, keys, mask = _inputs()
-    variables = pool.init(jax.random.PRNGKey(0), query, keys, mask)
+    variables = pool.init(jax.random.PRNGKey(0), *padded(query, keys, mask))
     run = functools.partial(pool.apply, variables, train=train, mutable=["batch_stats"] if train else False)
-    clean = run(query, keys, mask)
-    dirty = run(query, _with_garbage(keys, mask), mask)
+    clean = run(*padded(query, keys, mask))
+    dirty = run(*padded(query, _with_garbage(keys, mask), mask))
     if train:
         clean, dirty = clean[0], dirty[0]
     np.testing.assert_allclose(np.asarray(clean[0]), np.asarray(dirty[0]), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(clean[1]), np.asarray(dirty[1]), rtol=1e-5, atol=1e-6)
     # Weights are zero on padding, and an empty history pools to zeros.
-    assert np.all(np.asarray(clean[1])[~np.asarray(mask)] == 0)
+    assert np.all(np.asarray(clean[1]).reshape(B, T)[~np.asarray(mask)] == 0)
     np.testing.assert_array_equal(np.asarray(clean[0])[0], np.zeros(D, np.float32))
 
 
@@ -61,16 +67,16 @@ def test_gradient_wrt_padded_positions_is_exactly_zero(name):
     pool = POOLERS[name]
     query, keys, mask = _inputs()
     keys = _with_garbage(keys, mask)
-    variables = pool.init(jax.random.PRNGKey(0), query, keys, mask)
+    variables = pool.init(jax.random.PRNGKey(0), *padded(query, keys, mask))
 
     def total(keys):
-        (pooled, _), _ = pool.apply(variables, query, keys, mask, train=True, mutable=["batch_stats"])
+        (pooled, _), _ = pool.apply(variables, *padded(query, keys, mask), train=True, mutable=["batch_stats"])
         return jnp.sum(pooled**2)
 
     grad = np.asarray(jax.grad(total)(keys))
-    padded = ~np.asarray(mask)
-    assert np.all(grad[padded] == 0.0)
-    assert np.any(grad[~padded] != 0.0)
+    unused = ~np.asarray(mask)
+    assert np.all(grad[unused] == 0.0)
+    assert np.any(grad[~unused] != 0.0)
 
 
 class _FixedScores(nn.Module):
@@ -84,7 +90,7 @@ class _FixedScores(nn.Module):
             weights = masked_softmax(scores / jnp.sqrt(jnp.float32(keys.shape[-1])), mask)
         else:
             weights = jnp.where(mask, scores, 0.0)
-        return layers._weighted_sum(weights, keys), weights
+        return jnp.einsum("bt,btd->bd", weights, keys), weights
 
 
 def test_masked_softmax_by_hand():
@@ -105,19 +111,19 @@ def test_din_normalizations_on_hand_made_inputs():
     mask = jnp.array([[True, True, False]])
     for normalization in ("none", "softmax"):
         pool = DinAttention(hidden=(1,), activation="identity", normalization=normalization)
-        variables = jax.tree_util.tree_map(np.asarray, pool.init(jax.random.PRNGKey(0), query, keys, mask))
+        variables = jax.tree_util.tree_map(np.asarray, pool.init(jax.random.PRNGKey(0), *padded(query, keys, mask)))
         params = jax.tree_util.tree_map(np.zeros_like, variables["params"])
         # score_j = 2 * (q . k_j) through the product block: kernel rows 3D..4D.
         params["first_kernel"][3 * dim :, 0] = 1.0
         params["Dense_0"]["kernel"][0, 0] = 2.0
-        pooled, weights = pool.apply({"params": params}, query, keys, mask)
+        pooled, weights = pool.apply({"params": params}, *padded(query, keys, mask))
         scores = np.array([2.0, 0.0])
         if normalization == "none":
             expected_w = scores
         else:
             z = np.exp(scores / np.sqrt(dim))
             expected_w = z / z.sum()
-        np.testing.assert_allclose(np.asarray(weights)[0], np.append(expected_w, 0.0), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(weights), np.append(expected_w, 0.0), rtol=1e-6)
         expected = expected_w[0] * np.array([1.0, 0.0]) + expected_w[1] * np.array([0.0, 1.0])
         np.testing.assert_allclose(np.asarray(pooled)[0], expected, rtol=1e-6)
     # Unnormalised weights keep the intensity: they need not sum to one.
@@ -129,14 +135,12 @@ def test_split_first_layer_equals_concatenation(activation):
     query, keys, mask = _inputs(3)
     split = DinAttention(activation=activation, split_first_layer=True)
     concat = DinAttention(activation=activation, split_first_layer=False)
-    variables = split.init(jax.random.PRNGKey(2), query, keys, mask)
+    variables = split.init(jax.random.PRNGKey(2), *padded(query, keys, mask))
 
     def loss(module, params, keys):
         (pooled, weights), _ = module.apply(
             {"params": params, "batch_stats": variables.get("batch_stats", {})},
-            query,
-            keys,
-            mask,
+            *padded(query, keys, mask),
             train=True,
             mutable=["batch_stats"],
         )
@@ -163,10 +167,11 @@ def test_registry_names_and_errors():
 def test_user_registered_attention_is_usable_by_name():
     class MaxPooling(nn.Module):
         @nn.compact
-        def __call__(self, query, keys, mask, train=False):
-            filled = jnp.where(mask[..., None], keys, -1e9)
-            pooled = jnp.where(jnp.any(mask, axis=1)[:, None], jnp.max(filled, axis=1), 0.0)
-            return pooled, mask.astype(jnp.float32)
+        def __call__(self, query, keys, history, train=False):
+            filled = jnp.where(history.valid_P[:, None], keys, -1e9)
+            pooled = jax.ops.segment_max(filled, history.segment_P, history.num_samples)
+            pooled = jnp.where(history.count()[:, None] > 0, pooled, 0.0)
+            return pooled, history.valid_P.astype(jnp.float32)
 
     layers.register_attention("test_max", MaxPooling)
     try:
@@ -174,7 +179,7 @@ def test_user_registered_attention_is_usable_by_name():
             layers.register_attention("test_max", MaxPooling)
         query, keys, mask = _inputs()
         pool = layers.make_attention("test_max", hidden=(3,))
-        pooled, _ = pool.apply({}, query, keys, mask)
+        pooled, _ = pool.apply({}, *padded(query, keys, mask))
         np.testing.assert_allclose(np.asarray(pooled)[2], np.asarray(keys)[2, :3].max(axis=0))
     finally:
         layers.ATTENTIONS._entries.pop("test_max", None)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from din_jax.layers import DinAttention
+from din_jax.layers import DinAttention, History
 
 B, T, D = 5, 7, 6
 
@@ -16,8 +16,8 @@ def _inputs(seed=0):
     rng = np.random.default_rng(seed)
     query = jnp.asarray(rng.normal(size=(B, D)).astype(np.float32))
     keys = jnp.asarray(rng.normal(size=(B, T, D)).astype(np.float32))
-    mask = jnp.asarray(np.arange(T)[None, :] < np.array([0, 1, 3, 7, 5])[:, None])
-    return query, keys, mask
+    history = History.padded(jnp.array([0, 1, 3, 7, 5]), T)
+    return query, keys.reshape(B * T, D), history
 
 
 FORMS = {

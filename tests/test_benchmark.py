@@ -28,8 +28,16 @@ def _read(path):
         return list(csv.DictReader(handle))
 
 
-@pytest.mark.parametrize("mode,updates", [("train", "sparse"), ("infer", "sparse"), ("train", "dense")])
-def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates):
+@pytest.mark.parametrize(
+    "mode,updates,batching",
+    [
+        ("train", "sparse", "padded"),
+        ("infer", "sparse", "padded"),
+        ("train", "dense", "packed"),
+        ("infer", "", "packed"),
+    ],
+)
+def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates, batching):
     config = benchmark.BenchmarkConfig(
         mode=mode,
         micro_batch_sizes=(8, 16),
@@ -40,9 +48,10 @@ def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates):
         lengths="electronics",
         samples=400,
         max_seq_len=20,
-        length_buckets=(4, 8),
+        length_buckets=(4, 8) if batching == "padded" else (),
+        batching=batching,
         windows=2,
-        embedding_updates=updates,
+        embedding_updates=updates or "sparse",
         positions_per_pass=16,
     )
     rows = benchmark.run_benchmark(config)
@@ -56,7 +65,8 @@ def test_a_tiny_run_writes_the_results_file(tmp_path, mode, updates):
         assert float(row["samples_per_s_min"]) <= float(row["samples_per_s"]) <= float(row["samples_per_s_max"])
         assert float(row["peak_rss_mb"]) > 0 and row["platform"] and row["jax"]
         assert 1 <= float(row["mean_history_length"]) <= float(row["mean_padded_length"]) <= 20
-        assert row["length_buckets"] == "4,8,20"
+        assert row["length_buckets"] == ("4,8,20" if batching == "padded" else "")
+        assert row["batching"] == batching and (int(row["packed_positions"]) > 0) == (batching == "packed")
     assert "samples/s" in benchmark.format_table(rows)
 
 
@@ -83,6 +93,8 @@ def test_the_command_writes_train_and_infer_csvs(tmp_path):
         "8,4",
         "--max_seq_len",
         "12",
+        "--batching",
+        "padded",
         "--length_buckets",
         "4,12",
         "--lengths",

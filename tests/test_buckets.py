@@ -119,11 +119,17 @@ def test_evaluation_plans_cover_every_sample_with_padding():
 
 
 def test_config_validates_the_buckets_and_the_update_mode():
-    TrainConfig(use_synthetic_data=True, length_buckets=(8, 16), max_seq_len=20).validate()
+    TrainConfig(use_synthetic_data=True, length_buckets=(8, 16), max_seq_len=20, batching="padded").validate()
     with pytest.raises(ConfigError, match="--length_buckets"):
-        TrainConfig(use_synthetic_data=True, length_buckets=(16, 8), max_seq_len=20).validate()
+        TrainConfig(use_synthetic_data=True, length_buckets=(16, 8), max_seq_len=20, batching="padded").validate()
     with pytest.raises(ConfigError, match="--length_buckets"):
-        TrainConfig(use_synthetic_data=True, length_buckets=(8, 30), max_seq_len=20).validate()
+        TrainConfig(use_synthetic_data=True, length_buckets=(8, 30), max_seq_len=20, batching="padded").validate()
+    with pytest.raises(ConfigError, match="--length_buckets .* --batching padded"):
+        TrainConfig(use_synthetic_data=True, length_buckets=(8, 16), max_seq_len=20).validate()
+    with pytest.raises(ConfigError, match="--packed_positions"):
+        TrainConfig(use_synthetic_data=True, packed_positions=10, max_seq_len=20).validate()
+    with pytest.raises(ConfigError, match="--batching"):
+        TrainConfig(use_synthetic_data=True, batching="ragged").validate()
     with pytest.raises(ConfigError, match="--embedding_updates"):
         TrainConfig(use_synthetic_data=True, embedding_updates="lazy").validate()
     with pytest.raises(ConfigError, match="--l2"):
@@ -201,6 +207,7 @@ def test_trainer_with_buckets_and_sparse_updates_runs_whole_epochs():
         learning_rate=0.5,
         model_config=MODEL_CONFIG,
         length_buckets=(5, 10),
+        batching="padded",
         embedding_updates="sparse",
         prefetch=1,
         checkpoint_every=0,

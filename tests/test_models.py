@@ -199,7 +199,7 @@ CUSTOM_ATTENTION_EXAMPLE = '''
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers import masked_softmax, register_attention
+from din_jax.layers import register_attention
 
 
 class CosineAttention(nn.Module):
@@ -209,11 +209,11 @@ class CosineAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, query_BxD, keys_BxTxD, mask_BxT, train=False):
+    def __call__(self, query_BxD, keys_PxD, history, train=False):
         q_BxD = query_BxD / (jnp.linalg.norm(query_BxD, axis=-1, keepdims=True) + 1e-6)
-        k_BxTxD = keys_BxTxD / (jnp.linalg.norm(keys_BxTxD, axis=-1, keepdims=True) + 1e-6)
-        weights_BxT = masked_softmax(jnp.einsum("bd,btd->bt", q_BxD, k_BxTxD) / self.temperature, mask_BxT)
-        return jnp.einsum("bt,btd->bd", weights_BxT, keys_BxTxD), weights_BxT
+        k_PxD = keys_PxD / (jnp.linalg.norm(keys_PxD, axis=-1, keepdims=True) + 1e-6)
+        weights_P = history.softmax(jnp.sum(history.spread(q_BxD) * k_PxD, axis=-1) / self.temperature)
+        return history.weighted_sum(weights_P, keys_PxD), weights_P
 
 
 register_attention("cosine", CosineAttention, overwrite=True)

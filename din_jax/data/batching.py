@@ -20,6 +20,8 @@ class ChunkPlan(NamedTuple):
     calls: List[np.ndarray]  # int64 [R, K_i, B] sample indices; only a bucket's last calls may have a smaller K
     valid: List[int]  # the real samples of each call, the rest being padding (evaluation only)
     seq_lens: Optional[List[int]] = None  # the history length T each call is gathered with; None: max_seq_len
+    positions: int = 0  # packed: the buffer length P of every micro-batch, -1 marking empty slots; 0: padded
+    deferred: int = 0  # packed: samples seen one or more micro-batches later than the order puts them
 
 
 def _check_sizes(replicas: int, device_iterations: int, micro_batch_size: int) -> None:
@@ -59,11 +61,118 @@ def plan_chunks(
 
 
 def gather_chunk(
-    source: Any, split: str, indices_RxKxB: np.ndarray, max_seq_len: int, samples: Optional[np.ndarray] = None
+    source: Any,
+    split: str,
+    indices_RxKxB: np.ndarray,
+    max_seq_len: int,
+    samples: Optional[np.ndarray] = None,
+    positions: int = 0,
 ) -> Dict[str, np.ndarray]:
-    """Gathers the batch dict for an index array of any shape (leaves get that leading shape)."""
+    """Gathers the batch dict for an index array of any shape (leaves get that leading shape); ``positions`` > 0:
+    packed micro-batches (the last axis) of that buffer length, index -1 marking an empty slot."""
+    if positions:
+        micro_batch = indices_RxKxB.shape[-1]
+        batch = source.gather_packed(split, indices_RxKxB.reshape(-1, micro_batch), max_seq_len, positions, samples)
+        lead = indices_RxKxB.shape[:-1]
+        return {key: value.reshape(lead + value.shape[1:]) for key, value in batch.items()}
     batch = source.gather(split, indices_RxKxB.reshape(-1), max_seq_len, samples=samples)
     return {key: value.reshape(indices_RxKxB.shape + value.shape[1:]) for key, value in batch.items()}
+
+
+def packed_positions(lengths: np.ndarray, micro_batch_size: int, max_seq_len: int, quantile: float = 0.99) -> int:
+    """The default buffer length of a packed micro-batch: the ``quantile`` of the total history length of
+    ``micro_batch_size`` samples drawn at random (fixed seed) from ``lengths``, at least ``max_seq_len`` (any one
+    sample fits), rounded up to a multiple of 8, at most the padded batch's ``B * max_seq_len``. A pure function of its arguments (resuming relies on it)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not len(lengths):
+        return int(max_seq_len)
+    draws = max(2000, min(20000, 4_000_000 // max(micro_batch_size, 1)))
+    rng = np.random.default_rng(0)
+    totals = np.zeros(draws, np.int64)
+    for start in range(0, draws, 1000):  # in blocks: memory stays at 1000 x B
+        size = min(1000, draws - start)
+        totals[start : start + size] = lengths[rng.integers(0, len(lengths), (size, micro_batch_size))].sum(axis=1)
+    value = -(-max(int(np.ceil(np.quantile(totals, quantile))), int(max_seq_len)) // 8) * 8
+    return min(value, max(micro_batch_size * max_seq_len, max_seq_len))
+
+
+def pack_micro_batches(order: np.ndarray, lengths: np.ndarray, micro_batch_size: int, positions: int):
+    """Cuts ``order`` into micro-batches of ``micro_batch_size`` samples whose histories total at most ``positions``.
+
+    Micro-batch ``m`` is the plain cut ``order[m * B : (m + 1) * B]`` unless it overflows. Then samples are taken
+    in order while they fit; one that does not is deferred: it goes first into the next micro-batch, and the next
+    samples of the order take its place (looking at most ``B`` samples ahead, after which the slots stay empty).
+    Every sample appears exactly once; the last micro-batch may have empty slots. Returns int64 ``[M, B]`` (-1: an
+    empty slot) and the number of deferrals.
+    """
+    order = np.asarray(order, dtype=np.int64)
+    length_of = np.asarray(lengths, dtype=np.int64)[order]
+    if len(length_of) and length_of.max() > positions:
+        raise ValueError("a history of %d positions does not fit a packed buffer of %d" % (length_of.max(), positions))
+    cumulative = np.concatenate([[0], np.cumsum(length_of)])
+    rows: List[np.ndarray] = []
+    pending: List[int] = []  # positions in `order` of deferred samples, oldest first
+    i, n, deferred, batch = 0, len(order), 0, micro_batch_size
+    while i < n or pending:
+        if not pending and i + batch <= n and cumulative[i + batch] - cumulative[i] <= positions:
+            rows.append(order[i : i + batch])
+            i += batch
+            continue
+        take: List[int] = []
+        used, waiting = 0, []
+        for j in pending:
+            if len(take) < batch and used + length_of[j] <= positions:
+                take.append(j)
+                used += length_of[j]
+            else:
+                waiting.append(j)
+        skipped = 0
+        while len(take) < batch and i < n and skipped <= batch:
+            if used + length_of[i] <= positions:
+                take.append(i)
+                used += length_of[i]
+            else:
+                waiting.append(i)
+                deferred += 1
+                skipped += 1
+            i += 1
+        pending = waiting
+        row = np.full(batch, -1, np.int64)
+        row[: len(take)] = order[take]
+        rows.append(row)
+    if not rows:
+        return np.zeros((0, batch), np.int64), 0
+    return np.stack(rows), deferred
+
+
+def plan_packed_chunks(
+    order: np.ndarray,
+    lengths: np.ndarray,
+    replicas: int,
+    device_iterations: int,
+    micro_batch_size: int,
+    positions: int,
+    drop_remainder: bool,
+) -> ChunkPlan:
+    """``plan_chunks`` for packed micro-batches: the same samples (``drop_remainder`` drops the same tail of the
+    order), packed by ``pack_micro_batches``; micro-batch ``m`` goes to step ``m // R``, replica ``m % R``, and
+    empty micro-batches fill the last step's replicas. ``valid``: the real samples of each call."""
+    _check_sizes(replicas, device_iterations, micro_batch_size)
+    order = np.asarray(order, dtype=np.int64)
+    global_batch = replicas * micro_batch_size
+    if drop_remainder:
+        order = order[: len(order) // global_batch * global_batch]
+    rows, deferred = pack_micro_batches(order, lengths, micro_batch_size, positions)
+    extra = -len(rows) % replicas
+    rows = np.concatenate([rows, np.full((extra, micro_batch_size), -1, np.int64)])
+    steps = len(rows) // replicas
+    calls, valid = [], []
+    for start in range(0, steps, device_iterations):
+        k = min(device_iterations, steps - start)
+        idx = rows[start * replicas : (start + k) * replicas]
+        calls.append(idx.reshape(k, replicas, micro_batch_size).transpose(1, 0, 2))
+        valid.append(int(np.sum(idx >= 0)))
+    return ChunkPlan(calls, valid, positions=int(positions), deferred=deferred)
 
 
 def prefetch(iterable: Iterable[Any], depth: int = 2) -> Iterator[Any]:
@@ -230,10 +339,25 @@ def plan_split_chunks(
     )
 
 
+def split_positions(source, split: str, micro_batch_size: int, max_seq_len: int) -> int:
+    """``packed_positions`` of a split's history lengths."""
+    return packed_positions(source.history_lengths(split, max_seq_len), micro_batch_size, max_seq_len)
+
+
+def train_positions(source, config) -> int:
+    """The packed buffer length of a training micro-batch: ``--packed_positions`` or from the data; 0 if padded."""
+    if config.batching != "packed":
+        return 0
+    return config.packed_positions or split_positions(source, "train", config.micro_batch_size, config.max_seq_len)
+
+
 def plan_epoch(source, config, epoch: int, replicas: int) -> ChunkPlan:
     """The calls of a training epoch: its shuffled order (a function of seed and epoch), the remainder dropped."""
     order = np.random.default_rng([config.seed, epoch]).permutation(source.num_samples("train"))
     shape = (replicas, config.device_iterations, config.micro_batch_size)
+    if config.batching == "packed":
+        lengths = source.history_lengths("train", config.max_seq_len)
+        return plan_packed_chunks(order, lengths, *shape, train_positions(source, config), drop_remainder=True)
     if len(normalize_buckets(config.length_buckets, config.max_seq_len)) > 1:
         args = (source, "train", order, config.max_seq_len, config.length_buckets, *shape)
         return plan_split_chunks(*args, drop_remainder=True, shuffle_seed=[config.seed, epoch])

@@ -140,6 +140,25 @@ class Dataset:
             self._gather_tables = make_gather_tables(self.sequences, self.item_category)
         return gather_rows(rows, self.sequences, self.offsets, self.item_category, max_seq_len, self._gather_tables)
 
+    def gather_packed(
+        self,
+        split: str,
+        indices_MxB: np.ndarray,
+        max_seq_len: int,
+        positions: int,
+        samples: Optional[np.ndarray] = None,
+    ) -> Dict[str, np.ndarray]:
+        """Packed micro-batches (docs/DATASET_FORMAT.md) of rows ``indices`` ``[M, B]`` (-1: an empty slot): per
+        micro-batch ``[M, B]`` sample fields with ``weight`` (0 for an empty slot), and ``[M, positions]``
+        ``hist_item``, ``hist_category``, ``hist_segment``, the histories as ``gather`` cuts them, end to end."""
+        source = self.samples(split) if samples is None else samples
+        indices_MxB = np.asarray(indices_MxB, dtype=np.int64)
+        real = indices_MxB >= 0
+        rows = np.asarray(source[np.where(real, indices_MxB, 0).reshape(-1)], dtype=np.int32)
+        if self._gather_tables is None:
+            self._gather_tables = make_gather_tables(self.sequences, self.item_category)
+        return pack_rows(rows, real, self.offsets, self.item_category, max_seq_len, positions, self._gather_tables)
+
     def resample_negatives(self, rng: np.random.Generator) -> np.ndarray:
         """A copy of the train rows whose label-0 rows get fresh negatives.
 
@@ -252,6 +271,59 @@ def gather_rows(
         "hist_len": hist_len.astype(np.int32),
         "label": rows[:, _LABEL].astype(np.float32),
     }
+
+
+def pack_rows(
+    rows: np.ndarray,
+    real_MxB: np.ndarray,
+    offsets: np.ndarray,
+    item_category: np.ndarray,
+    max_seq_len: int,
+    positions: int,
+    tables: Tuple[np.ndarray, np.ndarray],
+) -> Dict[str, np.ndarray]:
+    """The packed batch dict (see ``Dataset.gather_packed``) of sample rows ``[M * B, 5]``; ``real_MxB`` False marks
+    empty slots (their rows are ignored). Unused buffer positions hold item 0 and segment ``B``."""
+    event_items, event_categories = tables
+    count, batch = real_MxB.shape
+    real = real_MxB.reshape(-1)
+    position = rows[:, _POSITION].astype(np.int64)
+    hist_len = np.where(real, np.minimum(position, max_seq_len), 0)
+    totals = hist_len.reshape(count, batch).sum(axis=1)
+    if count and totals.max() > positions:
+        raise ValueError(
+            "packed micro-batch of %d history positions exceeds the buffer's %d" % (totals.max(), positions)
+        )
+    # Per position: its sample (flat index), its offset in the sample's history and its slot in the buffer.
+    sample = np.repeat(np.arange(count * batch), hist_len)
+    first = np.cumsum(hist_len) - hist_len  # the sample's first position, counted over all micro-batches
+    within = np.arange(len(sample)) - first[sample]
+    in_buffer = first - np.repeat(np.cumsum(totals) - totals, batch)  # the sample's first slot in its buffer
+    slot = (sample // batch) * positions + in_buffer[sample] + within
+    event = np.asarray(offsets)[rows[:, _SEQUENCE]].astype(np.int64) + (position - hist_len)
+    hist_item = np.zeros(count * positions, np.int32)
+    hist_category = np.zeros(count * positions, np.int32)
+    segment = np.full(count * positions, batch, np.int32)
+    hist_item[slot] = event_items[event[sample] + within]
+    hist_category[slot] = event_categories[event[sample] + within]
+    segment[slot] = sample % batch
+    item = np.where(real, rows[:, _ITEM], 0)
+    fields = {
+        "user": np.where(real, rows[:, _USER], 0),
+        "item": item,
+        "category": item_category[item],
+        "hist_len": hist_len,
+        "label": np.where(real, rows[:, _LABEL], 0),
+        "weight": real.astype(np.float32),
+    }
+    dtypes = {"label": np.float32, "weight": np.float32}
+    out = {key: value.astype(dtypes.get(key, np.int32)).reshape(count, batch) for key, value in fields.items()}
+    out.update(
+        hist_item=hist_item.reshape(count, positions),
+        hist_category=hist_category.reshape(count, positions),
+        hist_segment=segment.reshape(count, positions),
+    )
+    return out
 
 
 def count_training_frequencies(

@@ -7,7 +7,8 @@ and no extra dense layer on the pooled history (a linear map before the MLP adds
 64 + category 64, MLP 80-40 sigmoid), activation and pooler (any of ``ATTENTIONS``: ``din`` gives DIN without
 the interest-candidate product) are fields, shared by every model of the comparison.
 
-Shape letters: B batch, T history positions, D item-vector width, F fields, E field width.
+Shape letters: B batch, P history positions (``din_jax.layers.History``), D item-vector width, F fields, E field
+width.
 """
 
 from typing import Dict, List, NamedTuple, Optional, Sequence, Union
@@ -18,8 +19,8 @@ import jax.numpy as jnp
 from din_jax.layers import (
     AttentionFactory,
     EmbeddingMLPModel,
+    History,
     feature_embedding,
-    history_mask,
     make_attention,
     prediction_mlp,
 )
@@ -29,7 +30,7 @@ class EmbeddedBatch(NamedTuple):
     """What the shared embedding layer and the history pooling give a model."""
 
     candidate_BxD: jnp.ndarray
-    mask_BxT: jnp.ndarray
+    positions: History
     pooled_BxD: jnp.ndarray
     user_BxU: Optional[jnp.ndarray]
     item_bias_B: Optional[jnp.ndarray]
@@ -38,12 +39,11 @@ class EmbeddedBatch(NamedTuple):
 def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool) -> EmbeddedBatch:
     """Embeds a batch and pools its history (submodules ``embedding``, ``history_pooling`` of a ``BaseModel``)."""
     embedded = feature_embedding(model)(batch)
-    history_BxTxD = embedded["history"]
-    mask_BxT = history_mask(batch["hist_len"], history_BxTxD.shape[1])
+    positions = embedded["positions"]
     pool = make_attention(model.pooling, dtype=model.dtype, axis_name=model.axis_name, name="history_pooling")
-    pooled_BxD, _ = pool(embedded["candidate"], history_BxTxD, mask_BxT, train=train)
+    pooled_BxD, _ = pool(embedded["candidate"], embedded["history"], positions, train=train)
     return EmbeddedBatch(
-        embedded["candidate"], mask_BxT, pooled_BxD.astype(model.dtype), embedded["user"], embedded["item_bias"]
+        embedded["candidate"], positions, pooled_BxD.astype(model.dtype), embedded["user"], embedded["item_bias"]
     )
 
 
@@ -76,7 +76,8 @@ def deep_logits(model: nn.Module, inputs: EmbeddedBatch, extra: Sequence[jnp.nda
     if inputs.user_BxU is not None:
         features.append(inputs.user_BxU)
     features.extend(extra)
-    return prediction_mlp(model)(jnp.concatenate([f.astype(model.dtype) for f in features], axis=-1), train=train)
+    mlp_input = jnp.concatenate([f.astype(model.dtype) for f in features], axis=-1)
+    return prediction_mlp(model)(mlp_input, train=train, mask=inputs.positions.sample_mask)
 
 
 def add_item_bias(logits_B: jnp.ndarray, inputs: EmbeddedBatch) -> jnp.ndarray:

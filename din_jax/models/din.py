@@ -19,7 +19,6 @@ from din_jax.layers import (
     AttentionFactory,
     EmbeddingMLPModel,
     feature_embedding,
-    history_mask,
     make_attention,
     prediction_mlp,
 )
@@ -43,12 +42,12 @@ class DIN(EmbeddingMLPModel):
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False, return_attention: bool = False):
-        """Scores a batch dict (docs/DATASET_FORMAT.md): float32 logits ``[B]``, with ``return_attention`` also
-        the attention weights ``[B, T]`` (zero on padding)."""
+        """Scores a batch dict (docs/DATASET_FORMAT.md), padded or packed: float32 logits ``[B]``, with
+        ``return_attention`` also the attention weights (zero on padding), ``[B, T]`` padded, ``[P]`` packed."""
         embedded = feature_embedding(self)(batch)
         candidate_BxD = embedded["candidate"]
-        history_BxTxD = embedded["history"]
-        mask_BxT = history_mask(batch["hist_len"], history_BxTxD.shape[1])
+        history_PxD = embedded["history"]
+        positions = embedded["positions"]
 
         pool = make_attention(
             self.attention,
@@ -60,17 +59,18 @@ class DIN(EmbeddingMLPModel):
             axis_name=self.axis_name,
             name="attention_unit",
         )
-        interest_BxD, weights_BxT = pool(candidate_BxD, history_BxTxD, mask_BxT, train=train)
+        interest_BxD, weights_P = pool(candidate_BxD, history_PxD, positions, train=train)
 
         features = [interest_BxD, candidate_BxD, interest_BxD * candidate_BxD]
         if self.use_history_sum:
-            history_sum_BxD = jnp.einsum("bt,btd->bd", mask_BxT.astype(history_BxTxD.dtype), history_BxTxD)
+            history_sum_BxD = positions.weighted_sum(positions.valid_P, history_PxD)
             features += [history_sum_BxD, candidate_BxD * history_sum_BxD]
         if embedded["user"] is not None:
             features.append(embedded["user"])
-        logits_B = prediction_mlp(self)(jnp.concatenate(features, axis=-1), train=train)
+        mlp = prediction_mlp(self)
+        logits_B = mlp(jnp.concatenate(features, axis=-1), train=train, mask=positions.sample_mask)
         if embedded["item_bias"] is not None:
             logits_B = logits_B + embedded["item_bias"].astype(jnp.float32)
         if return_attention:
-            return logits_B, weights_BxT
+            return logits_B, weights_P if positions.packed else positions.rows(weights_P)
         return logits_B

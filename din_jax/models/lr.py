@@ -8,7 +8,7 @@ per item and category: column 0 the id's weight as the candidate, column 1 in th
 untied weights); the user's has width 1. ``LinearTerms`` is also DeepFM's first order and half of Wide&Deep's
 wide part.
 
-Shape letters: B batch, T history positions.
+Shape letters: B batch, P history positions (``din_jax.layers.History``).
 """
 
 from typing import Dict, Optional
@@ -16,7 +16,7 @@ from typing import Dict, Optional
 import flax.linen as nn
 import jax.numpy as jnp
 
-from din_jax.layers import FeatureEmbedding, history_mask
+from din_jax.layers import FeatureEmbedding, History
 
 # Columns of the width-2 weight tables.
 _AS_CANDIDATE, _IN_HISTORY = 0, 1
@@ -28,14 +28,14 @@ def bag_of(pooling) -> str:
     return "sum" if pooling == "sum" else "mean"
 
 
-def pool_bag(values_BxTxK, mask_BxT, bag: str):
-    """Masked mean (``bag='mean'``) or sum over the history axis, float32 ``[B, K]``; empty histories give 0."""
+def pool_bag(values_PxK, positions: History, bag: str):
+    """Masked mean (``bag='mean'``) or sum over each sample's history, float32 ``[B, K]``; empty histories give 0."""
     if bag not in BAGS:
         raise ValueError("unknown bag normalisation %r; choose from %s" % (bag, list(BAGS)))
-    weights_BxT = mask_BxT.astype(jnp.float32)
+    weights_P = positions.valid_P.astype(jnp.float32)
     if bag == "mean":
-        weights_BxT = weights_BxT / jnp.maximum(jnp.sum(weights_BxT, axis=-1, keepdims=True), 1.0)
-    return jnp.einsum("bt,btk->bk", weights_BxT, values_BxTxK.astype(jnp.float32))
+        weights_P = weights_P / positions.spread(jnp.maximum(positions.count(), 1.0))
+    return positions.weighted_sum(weights_P, values_PxK.astype(jnp.float32))
 
 
 class LinearTerms(nn.Module):
@@ -63,9 +63,7 @@ class LinearTerms(nn.Module):
         )(batch)
         # Columns: item as candidate, item in history, category as candidate, category in history.
         candidate_Bx4 = embedded["candidate"]
-        history_BxTx4 = embedded["history"]
-        mask_BxT = history_mask(batch["hist_len"], history_BxTx4.shape[1])
-        pooled_Bx4 = pool_bag(history_BxTx4, mask_BxT, self.bag)
+        pooled_Bx4 = pool_bag(embedded["history"], embedded["positions"], self.bag)
         logits_B = (
             candidate_Bx4[:, _AS_CANDIDATE]
             + candidate_Bx4[:, 2 + _AS_CANDIDATE]

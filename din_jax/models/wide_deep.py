@@ -11,7 +11,7 @@ Deliberately differs from the authors' code (``wide_deep/model.py``), whose "wid
 the products of three fixed coordinates (0, 64, 127) of the pooled history and the candidate: neither sparse
 nor a cross of features, which is what Wide&Deep means.
 
-Shape letters: B batch, T history positions.
+Shape letters: B batch, P history positions (``din_jax.layers.History``).
 """
 
 from typing import Dict
@@ -24,11 +24,13 @@ from din_jax.models.base import BaseModel, add_item_bias, deep_logits, embed_and
 from din_jax.models.lr import LinearTerms, bag_of, pool_bag
 
 
-def cross_ids(left_B, right_BxT, right_vocab: int, rows: int):
-    """Row of each (left, right) pair in a table of ``rows`` rows, int32 ``[B, T]``: ``left * right_vocab + right``
-    in uint32 (wrapping around) modulo ``rows``, exact when every pair has its own row, else a deterministic hash."""
-    pair_BxT = left_B.astype(jnp.uint32)[:, None] * jnp.uint32(right_vocab) + right_BxT.astype(jnp.uint32)
-    return (pair_BxT % jnp.uint32(rows)).astype(jnp.int32)
+def cross_ids(left_P, right_P, right_vocab: int, rows: int):
+    """Row of each (left, right) pair in a table of ``rows`` rows, int32: ``left * right_vocab + right`` in uint32
+    (wrapping around) modulo ``rows``, exact when every pair has its own row, else a deterministic hash. ``left``
+    may have fewer axes (``[B]`` against ``[B, T]``)."""
+    left_P = left_P.reshape(left_P.shape + (1,) * (right_P.ndim - left_P.ndim))
+    pair_P = left_P.astype(jnp.uint32) * jnp.uint32(right_vocab) + right_P.astype(jnp.uint32)
+    return (pair_P % jnp.uint32(rows)).astype(jnp.int32)
 
 
 class WideDeep(BaseModel):
@@ -60,16 +62,16 @@ class WideDeep(BaseModel):
         item_rows = min(self.num_items * self.num_categories, self.wide_buckets)
         category_cross = self.param("category_cross", nn.initializers.zeros, (category_rows, 1), jnp.float32)
         item_cross = self.param("item_category_cross", nn.initializers.zeros, (item_rows, 1), jnp.float32)
-        hist_category_BxT = batch["hist_category"]
-        crossed_BxTx2 = jnp.concatenate(
+        positions = inputs.positions
+        hist_category_P = positions.flat(batch["hist_category"])
+        category_P, item_P = positions.spread(batch["category"]), positions.spread(batch["item"])
+        crossed_Px2 = jnp.concatenate(
             [
-                lookup(
-                    category_cross, cross_ids(batch["category"], hist_category_BxT, self.num_categories, category_rows)
-                ),
-                lookup(item_cross, cross_ids(batch["item"], hist_category_BxT, self.num_categories, item_rows)),
+                lookup(category_cross, cross_ids(category_P, hist_category_P, self.num_categories, category_rows)),
+                lookup(item_cross, cross_ids(item_P, hist_category_P, self.num_categories, item_rows)),
             ],
             axis=-1,
         )
         # The crosses are a bag over the history positions, normalised like the history bag.
-        wide_B = raw_B + jnp.sum(pool_bag(crossed_BxTx2, inputs.mask_BxT, bag_of(self.pooling)), axis=-1)
+        wide_B = raw_B + jnp.sum(pool_bag(crossed_Px2, positions, bag_of(self.pooling)), axis=-1)
         return add_item_bias(deep_B + wide_B, inputs)

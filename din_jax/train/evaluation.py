@@ -12,7 +12,15 @@ import numpy as np
 from din_jax import metrics as metrics_lib
 from din_jax.checkpoint import CheckpointError
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.data.batching import gather_chunk, normalize_buckets, plan_chunks, plan_split_chunks, prefetch
+from din_jax.data.batching import (
+    gather_chunk,
+    normalize_buckets,
+    plan_chunks,
+    plan_packed_chunks,
+    plan_split_chunks,
+    prefetch,
+    split_positions,
+)
 from din_jax.train.setup import load_source, load_variables_for_inference, vocabulary
 from din_jax.train.step import make_p_predict_chunk, replicate, resolve_devices
 
@@ -29,11 +37,12 @@ def predict_split(
     prefetch_depth: int = 2,
     timing: Optional[Dict[str, Any]] = None,
     length_buckets: Sequence[int] = (),
+    batching: str = "padded",
 ) -> Dict[str, np.ndarray]:
     """``user``, ``label`` and float32 ``logits`` of every sample of a split, in its stored order.
 
     ``variables`` (``{'params', 'batch_stats'}``) are on the host. With ``length_buckets`` the samples are scored
-    grouped by length, one program per bucket. With a ``timing`` dict every program shape is compiled first (adding
+    grouped by length, one program per bucket; ``batching`` ``packed``: in packed micro-batches (same logits). With a ``timing`` dict every program shape is compiled first (adding
     to ``timing['compile_s']``) and each call's wall time, from dispatch to results on the host, is appended to
     ``timing['calls']`` as ``(seconds, micro_batches)``.
     """
@@ -41,7 +50,11 @@ def predict_split(
     replicated = replicate(variables, devices)
     bucketed = len(normalize_buckets(length_buckets, max_seq_len)) > 1
     order, shape = np.arange(count), (len(devices), device_iterations, micro_batch_size)
-    if bucketed:
+    if batching == "packed" and not bucketed:
+        positions = split_positions(source, split, micro_batch_size, max_seq_len)
+        lengths = source.history_lengths(split, max_seq_len)
+        plan = plan_packed_chunks(order, lengths, *shape, positions, drop_remainder=False)
+    elif bucketed:
         plan = plan_split_chunks(source, split, order, max_seq_len, length_buckets, *shape, drop_remainder=False)
     else:
         plan = plan_chunks(order, *shape, drop_remainder=False)
@@ -49,14 +62,14 @@ def predict_split(
 
     def chunks():
         for indices, seq_len in zip(plan.calls, seq_lens):
-            yield gather_chunk(source, split, indices, seq_len)
+            yield gather_chunk(source, split, indices, seq_len, positions=plan.positions)
 
     if timing is not None:
         timing.setdefault("calls", [])
         start = time.perf_counter()
         for k, seq_len in sorted({(indices.shape[1], t) for indices, t in zip(plan.calls, seq_lens)}):
             first = next(indices for indices, t in zip(plan.calls, seq_lens) if indices.shape[1] == k and t == seq_len)
-            jax.device_get(p_predict(replicated, gather_chunk(source, split, first, seq_len)))
+            jax.device_get(p_predict(replicated, gather_chunk(source, split, first, seq_len, positions=plan.positions)))
         timing["compile_s"] = timing.get("compile_s", 0.0) + time.perf_counter() - start
 
     users, labels, logits, positions = [], [], [], []
@@ -65,12 +78,13 @@ def predict_split(
         out = np.asarray(jax.device_get(p_predict(replicated, chunk)))
         if timing is not None:
             timing["calls"].append((time.perf_counter() - start, out.shape[1]))
-        # (R, K, B) -> (K, R, B): back to the order of plan_chunks.
-        logits.append(out.transpose(1, 0, 2).reshape(-1)[:valid])
-        users.append(chunk["user"].transpose(1, 0, 2).reshape(-1)[:valid])
-        labels.append(chunk["label"].transpose(1, 0, 2).reshape(-1)[:valid])
-        positions.append(indices.transpose(1, 0, 2).reshape(-1)[:valid])
-    if bucketed and positions:  # back to the stored order
+        # (R, K, B) -> (K, R, B): back to the order of plan_chunks; packed: the real slots (any order).
+        keep = slice(None, valid) if not plan.positions else indices.transpose(1, 0, 2).reshape(-1) >= 0
+        logits.append(out.transpose(1, 0, 2).reshape(-1)[keep])
+        users.append(chunk["user"].transpose(1, 0, 2).reshape(-1)[keep])
+        labels.append(chunk["label"].transpose(1, 0, 2).reshape(-1)[keep])
+        positions.append(indices.transpose(1, 0, 2).reshape(-1)[keep])
+    if (bucketed or plan.positions) and positions:  # back to the stored order
         inverse = np.argsort(np.concatenate(positions), kind="stable")
         users, labels, logits = ([np.concatenate(parts)[inverse]] for parts in (users, labels, logits))
     return {
@@ -84,7 +98,8 @@ def evaluate_split(p_predict, variables, source, split, devices, config: TrainCo
     """GAUC, AUC, logloss and accuracy of a split (host-side metrics)."""
     sizes = (config.eval_micro_batch_size, config.device_iterations, config.max_seq_len, config.prefetch)
     buckets = getattr(config, "length_buckets", ())
-    out = predict_split(p_predict, variables, source, split, devices, *sizes, length_buckets=buckets)
+    batching = getattr(config, "batching", "padded")
+    out = predict_split(p_predict, variables, source, split, devices, *sizes, length_buckets=buckets, batching=batching)
     return metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
 
 
@@ -157,6 +172,7 @@ def score_checkpoint(
             config.prefetch,
             timing=timing if not timing else {"calls": timing["calls"], "compile_s": 0.0},
             length_buckets=config.length_buckets,
+            batching=config.batching,
         )
     if progress is not None:
         progress.on_close({})

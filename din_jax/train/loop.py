@@ -232,16 +232,15 @@ class Trainer:
         if config.resample_negatives and remaining:
             samples = self.source.resample_negatives(self._negatives_rng)
         done = sum(int(c.shape[1]) for c in plan.calls[:start_call])
-        self._notify(
-            "on_epoch_begin",
-            {"epoch": self.epoch, "steps": sum(int(c.shape[1]) for c in plan.calls), "done": done, "step": self.step},
-        )
+        steps = sum(int(c.shape[1]) for c in plan.calls)
+        record = {"epoch": self.epoch, "steps": steps, "done": done, "step": self.step, "deferred": plan.deferred}
+        self._notify("on_epoch_begin", dict(record, positions=plan.positions))
 
         seq_lens = (plan.seq_lens or [config.max_seq_len] * len(plan.calls))[start_call:]
 
         def chunks():
             for indices, seq_len in zip(remaining, seq_lens):  # seq_len: the call's length bucket
-                yield gather_chunk(self.source, "train", indices, seq_len, samples=samples)
+                yield gather_chunk(self.source, "train", indices, seq_len, samples, plan.positions)
 
         # A call's metrics are fetched only after the next call is dispatched: the host never stalls the device.
         pending: Optional[Dict[str, Any]] = None
@@ -256,7 +255,7 @@ class Trainer:
                 self._drain(pending)
             # The first call of each shape compiles: keep it out of the throughput.
             compiles = shape not in self._compiled_shapes
-            pending = dict(metrics=metrics, step=self.step, samples=k * self.global_batch, call=call, epoch=self.epoch)
+            pending = dict(metrics=metrics, step=self.step, samples=plan.valid[call], call=call, epoch=self.epoch)
             pending["compiles"] = compiles
             self._compiled_shapes.add(shape)
             if self._next_eval is not None and self.step >= self._next_eval:

@@ -351,6 +351,11 @@ class TrainLogHook:
         self._chief = record.get("chief", True)
         self._open(record["resumed"])
 
+    def on_epoch_begin(self, record: Dict[str, Any]) -> None:
+        if record["done"] == 0:  # a resumed epoch was logged when it began
+            keys = ("step", "epoch", "steps", "positions", "deferred")
+            self._write(dict(event="epoch", time=time.time(), **{key: record.get(key) for key in keys}))
+
     def on_train_call(self, record: Dict[str, Any]) -> None:
         keys = ("step", "epoch", "loss", "accuracy", "learning_rate", "samples_per_s", "includes_compilation")
         row = {key: record[key] for key in keys}

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 from flax import traverse_util
 
-from din_jax.layers import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE
+from din_jax.layers import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE, History
 
 MBA_TABLES = (ITEM_TABLE, CATEGORY_TABLE, USER_TABLE)
 _MBA = "mini-batch aware regularisation: "
@@ -87,13 +87,13 @@ def regularization_for(config: Any, source: Any) -> Optional[Regularization]:
 
 def _occurrences(batch: Mapping[str, jnp.ndarray]) -> Dict[str, Tuple[jnp.ndarray, jnp.ndarray]]:
     # Per table: the batch's ids and a 0/1 weight for each (0 on padded history positions).
-    hist_item_BxT = batch["hist_item"]
-    valid_BxT = jnp.arange(hist_item_BxT.shape[1])[None, :] < batch["hist_len"].astype(jnp.int32)[:, None]
-    valid = jnp.concatenate([jnp.ones(batch["item"].shape, jnp.float32), valid_BxT.astype(jnp.float32).reshape(-1)])
+    positions = History.of(batch)
+    sample_B = positions.sample_valid_B.astype(jnp.float32)
+    valid = jnp.concatenate([sample_B, positions.valid_P.astype(jnp.float32)])
     return {
-        ITEM_TABLE: (jnp.concatenate([batch["item"], hist_item_BxT.reshape(-1)]), valid),
-        CATEGORY_TABLE: (jnp.concatenate([batch["category"], batch["hist_category"].reshape(-1)]), valid),
-        USER_TABLE: (batch["user"], jnp.ones(batch["user"].shape, jnp.float32)),
+        ITEM_TABLE: (jnp.concatenate([batch["item"], positions.flat(batch["hist_item"])]), valid),
+        CATEGORY_TABLE: (jnp.concatenate([batch["category"], positions.flat(batch["hist_category"])]), valid),
+        USER_TABLE: (batch["user"], sample_B),
     }
 
 

@@ -38,6 +38,8 @@ RESUME_MUST_MATCH = (
     "embedding_updates",
     "length_buckets",
     "positions_per_pass",
+    "batching",
+    "packed_positions",
 )
 # May change, with a warning that the run no longer reproduces an uninterrupted one (--loss_scaling: lowering
 # it is how a float16 run that overflowed goes on).

@@ -22,7 +22,14 @@ from din_jax.config import ConfigError
 from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import Regularization, find_embedding_tables, table_inverse_frequencies
-from din_jax.train.step import compute_loss, example_batch, init_variables, rows_per_pass, value_and_scaled_grad
+from din_jax.train.step import (
+    batch_accuracy,
+    batch_loss,
+    example_batch,
+    init_variables,
+    rows_per_pass,
+    value_and_scaled_grad,
+)
 
 SPARSE_OPTIMIZERS = ("sgd", "adam", "adagrad")
 
@@ -220,7 +227,8 @@ def make_sparse_train_step(
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
 
-    loss_of = compute_loss if loss_fn is None else loss_fn
+    def loss_of(logits, part):
+        return batch_loss(logits, part, axis_name) if loss_fn is None else loss_fn(logits, part["label"])
 
     def train_step(state, batch):
         opt: SparseEmbeddingOptimizer = state.tx
@@ -248,7 +256,7 @@ def make_sparse_train_step(
 
             def loss_fn(rest, deltas):
                 logits, updates = forward(rest, deltas, part, mutable, rng)
-                return loss_of(logits, part["label"]), (logits, updates)
+                return loss_of(logits, part), (logits, updates)
 
             grad_fn = value_and_scaled_grad(loss_fn, loss_scale, argnums=(0, 1))
             (loss, (logits, updates)), (grads, delta_grads) = grad_fn(rest, deltas)
@@ -257,7 +265,9 @@ def make_sparse_train_step(
             return loss, logits, updates, lookups, grads, delta_grads
 
         rows = batch["label"].shape[0]
-        part_rows = rows_per_pass(rows, batch["hist_item"].shape[-1], positions_per_pass)
+        # A packed buffer cannot be cut by rows: packed batches are one pass (make them smaller instead).
+        packed = "hist_segment" in batch
+        part_rows = rows if packed else rows_per_pass(rows, batch["hist_item"].shape[-1], positions_per_pass)
         if part_rows < rows:
             if jax.tree_util.tree_leaves(state.batch_stats):
                 raise ValueError(
@@ -286,7 +296,7 @@ def make_sparse_train_step(
             updates = {}
         else:
             loss, logits, updates, lookups, grads, delta_grads = gradients(rest, batch, dropout_rng)
-        correct = jnp.mean(((logits > 0).astype(jnp.float32) == batch["label"]).astype(jnp.float32))
+        correct = batch_accuracy(logits, batch, axis_name)
         devices = 1
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)

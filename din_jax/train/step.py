@@ -43,6 +43,33 @@ def compute_loss(logits_B, labels_B):
     return jnp.mean(losses_B)
 
 
+def batch_loss(logits_B, batch, axis_name: Optional[str] = None):
+    """``compute_loss`` of a micro-batch. A packed batch weighs its samples by ``weight`` (0: an empty slot) and
+    divides by the real samples of the global micro-batch over the device count, so that ``pmean`` over devices
+    gives the global batch's mean even when devices hold different numbers of real samples."""
+    if "weight" not in batch:
+        return compute_loss(logits_B, batch["label"])
+    logits_B = logits_B.astype(jnp.float32)
+    labels_B = batch["label"].astype(jnp.float32)
+    losses_B = -(labels_B * jax.nn.log_sigmoid(logits_B) + (1.0 - labels_B) * jax.nn.log_sigmoid(-logits_B))
+    return jnp.sum(batch["weight"] * losses_B) / _real_per_device(batch, axis_name)
+
+
+def batch_accuracy(logits_B, batch, axis_name: Optional[str] = None):
+    """The share of correct 0/1 predictions, over the real samples (see ``batch_loss``)."""
+    correct_B = ((logits_B > 0).astype(jnp.float32) == batch["label"]).astype(jnp.float32)
+    if "weight" not in batch:
+        return jnp.mean(correct_B)
+    return jnp.sum(batch["weight"] * correct_B) / _real_per_device(batch, axis_name)
+
+
+def _real_per_device(batch, axis_name: Optional[str]):
+    count = jnp.sum(batch["weight"].astype(jnp.float32))
+    if axis_name is None:
+        return jnp.maximum(count, 1.0)
+    return jnp.maximum(jax.lax.psum(count, axis_name), 1.0) / jax.lax.psum(1.0, axis_name)
+
+
 def compute_dtype(data_type: str):
     return {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}[data_type]
 
@@ -109,10 +136,10 @@ def make_train_step(
             variables = {"params": params, "batch_stats": state.batch_stats}
             rngs = {"dropout": dropout_rng}
             logits, updates = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs=rngs)
-            return compute_loss(logits, batch["label"]), (logits, updates)
+            return batch_loss(logits, batch, axis_name), (logits, updates)
 
         (loss, (logits, updates)), grads = value_and_scaled_grad(loss_fn, loss_scale)(state.params)
-        correct = jnp.mean(((logits > 0).astype(jnp.float32) == batch["label"]).astype(jnp.float32))
+        correct = batch_accuracy(logits, batch, axis_name)
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
             loss = jax.lax.pmean(loss, axis_name)
@@ -162,7 +189,9 @@ def make_p_predict_chunk(model, devices: List[Any], positions_per_pass: int = 0)
 
     def predict_chunk(variables, chunk):
         k, b = chunk["label"].shape[:2]
-        part = rows_per_pass(b, chunk["hist_item"].shape[-1], positions_per_pass)
+        # A packed buffer cannot be cut by rows (smaller packed micro-batches do the same).
+        packed = "hist_segment" in chunk
+        part = b if packed else rows_per_pass(b, chunk["hist_item"].shape[-1], positions_per_pass)
         if part < b:
             passes = jax.tree_util.tree_map(lambda x: x.reshape((k * b // part, part) + x.shape[2:]), chunk)
             logits = jax.lax.map(lambda batch: model.apply(variables, batch, train=False), passes)

@@ -53,7 +53,8 @@ class History:
             return cls.padded(batch["hist_len"], int(batch["hist_item"].shape[1]))
         segment_P = batch["hist_segment"].astype(jnp.int32)
         num_samples = int(batch["item"].shape[0])
-        return cls(segment_P, segment_P < num_samples, num_samples, 0, batch["weight"] > 0)
+        real_B = batch["weight"] > 0 if "weight" in batch else jnp.ones((num_samples,), bool)
+        return cls(segment_P, segment_P < num_samples, num_samples, 0, real_B)
 
     @classmethod
     def padded(cls, hist_len_B, max_len: int) -> "History":

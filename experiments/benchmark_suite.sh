@@ -33,10 +33,11 @@ W3="--samples 131072 --windows 3"
 
 mkdir_all matmul train_sgd_32 train_adam_1024 infer_4096 train_sgd_32_electronics electronics_epoch \
   train_sgd_32_sizes infer_sizes \
-  ablate_train_all_off ablate_train_no_fold ablate_train_no_split ablate_train_dense ablate_train_no_buckets \
-  ablate_train_k1 ablate_train_no_prefetch ablate_adam_dense ablate_adam_no_passes ablate_adam_no_buckets \
-  ablate_infer_no_passes ablate_infer_no_buckets ablate_infer_no_fold ablate_infer_bfloat16 ablate_infer_float16 \
-  ablate_electronics_no_buckets
+  ablate_train_all_off ablate_train_padded ablate_train_buckets ablate_train_padded_no_fold ablate_train_no_split \
+  ablate_train_dense ablate_train_k1 ablate_train_no_prefetch ablate_adam_dense ablate_adam_padded \
+  ablate_adam_padded_no_passes ablate_adam_buckets ablate_infer_padded ablate_infer_padded_no_passes \
+  ablate_infer_padded_no_fold ablate_infer_buckets ablate_infer_bfloat16 ablate_infer_float16 \
+  ablate_electronics_padded ablate_electronics_buckets ablate_electronics_p90
 
 # The machine's matrix-multiply rates (printed in the log).
 run matmul --mode infer --micro_batch_sizes 4096 --matmul --samples 8192 --windows 1
@@ -54,26 +55,34 @@ run train_sgd_32_sizes --mode train --optimizer sgd --micro_batch_sizes 128,512 
 run infer_sizes --mode infer --micro_batch_sizes 128,1024 --lengths uniform:1:100 --windows 3
 
 # One optimisation off at a time (train, micro-batch 32, SGD, uniform 1..100).
-run ablate_train_all_off $TRAIN32 --nosplit_attention --embedding_updates dense --length_buckets= \
+# Padded batches are the reference (the same batches as packed); length buckets change what is learned
+# (docs/RESULTS.md) and are measured only as what they used to buy.
+BUCKETS="--batching padded --length_buckets 4,8,16,24,32,40,50,60,70,80,90,100"
+run ablate_train_all_off $TRAIN32 --nosplit_attention --embedding_updates dense --batching padded \
   --device_iterations 1 --prefetch 0 --samples 8192 --windows 3
-run ablate_train_no_fold $TRAIN32 --nofold_query $W3
+run ablate_train_padded $TRAIN32 --batching padded $W3
+run ablate_train_buckets $TRAIN32 $BUCKETS $W3
+run ablate_train_padded_no_fold $TRAIN32 --batching padded --nofold_query $W3
 run ablate_train_no_split $TRAIN32 --nosplit_attention $W3
 run ablate_train_dense $TRAIN32 --embedding_updates dense $SMALL
-run ablate_train_no_buckets $TRAIN32 --length_buckets= $W3
 run ablate_train_k1 $TRAIN32 --device_iterations 1 $SMALL
 run ablate_train_no_prefetch $TRAIN32 --prefetch 0 $W3
 # Train, micro-batch 1024, Adam.
 run ablate_adam_dense $ADAM1024 --embedding_updates dense $SMALL
-run ablate_adam_no_passes $ADAM1024 --positions_per_pass 0 $W3
-run ablate_adam_no_buckets $ADAM1024 --length_buckets= $W3
+run ablate_adam_padded $ADAM1024 --batching padded $W3
+run ablate_adam_padded_no_passes $ADAM1024 --batching padded --positions_per_pass 0 $W3
+run ablate_adam_buckets $ADAM1024 $BUCKETS $W3
 # Inference, batch 4096.
-run ablate_infer_no_passes $INFER4096 --positions_per_pass 0 $W3
-run ablate_infer_no_buckets $INFER4096 --length_buckets= $W3
-run ablate_infer_no_fold $INFER4096 --nofold_query $W3
+run ablate_infer_padded $INFER4096 --batching padded $W3
+run ablate_infer_padded_no_passes $INFER4096 --batching padded --positions_per_pass 0 $W3
+run ablate_infer_padded_no_fold $INFER4096 --batching padded --nofold_query $W3
+run ablate_infer_buckets $INFER4096 $BUCKETS $W3
 run ablate_infer_bfloat16 $INFER4096 --data_type bfloat16 $W3
 run ablate_infer_float16 $INFER4096 --data_type float16 $W3
-# Electronics lengths without buckets.
-run ablate_electronics_no_buckets $ELECTRONICS --length_buckets= $W3
+# Electronics lengths: padded, buckets, and packed with the buffer at the 90th percentile (more deferrals).
+run ablate_electronics_padded $ELECTRONICS --batching padded $W3
+run ablate_electronics_buckets $ELECTRONICS $BUCKETS $W3
+run ablate_electronics_p90 $ELECTRONICS --packed_positions 376 $W3
 
 # One row per run.
 "$PYTHON" - "$OUT" <<'EOF'

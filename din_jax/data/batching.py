@@ -97,52 +97,36 @@ def packed_positions(lengths: np.ndarray, micro_batch_size: int, max_seq_len: in
 
 
 def pack_micro_batches(order: np.ndarray, lengths: np.ndarray, micro_batch_size: int, positions: int):
-    """Cuts ``order`` into micro-batches of ``micro_batch_size`` samples whose histories total at most ``positions``.
+    """Cuts ``order`` into micro-batches of at most ``micro_batch_size`` samples whose histories total at most
+    ``positions``, keeping the order.
 
-    Micro-batch ``m`` is the plain cut ``order[m * B : (m + 1) * B]`` unless it overflows. Then samples are taken
-    in order while they fit; one that does not is deferred: it goes first into the next micro-batch, and the next
-    samples of the order take its place (looking at most ``B`` samples ahead, after which the slots stay empty).
-    Every sample appears exactly once; the last micro-batch may have empty slots. Returns int64 ``[M, B]`` (-1: an
-    empty slot) and the number of deferrals.
+    Micro-batch ``m`` is the plain cut of the next ``B`` samples unless their histories overflow the buffer;
+    then it ends before the first sample that does not fit (its last slots stay empty) and the samples cut off
+    are deferred: the next micro-batch starts with them. So samples are seen exactly in the order's order;
+    after an overflow the micro-batch boundaries shift. Returns int64 ``[M, B]`` (-1: an empty slot) and the
+    number of deferred samples (one per sample and overflow).
     """
     order = np.asarray(order, dtype=np.int64)
     length_of = np.asarray(lengths, dtype=np.int64)[order]
     if len(length_of) and length_of.max() > positions:
         raise ValueError("a history of %d positions does not fit a packed buffer of %d" % (length_of.max(), positions))
     cumulative = np.concatenate([[0], np.cumsum(length_of)])
-    rows: List[np.ndarray] = []
-    pending: List[int] = []  # positions in `order` of deferred samples, oldest first
-    i, n, deferred, batch = 0, len(order), 0, micro_batch_size
-    while i < n or pending:
-        if not pending and i + batch <= n and cumulative[i + batch] - cumulative[i] <= positions:
-            rows.append(order[i : i + batch])
-            i += batch
-            continue
-        take: List[int] = []
-        used, waiting = 0, []
-        for j in pending:
-            if len(take) < batch and used + length_of[j] <= positions:
-                take.append(j)
-                used += length_of[j]
-            else:
-                waiting.append(j)
-        skipped = 0
-        while len(take) < batch and i < n and skipped <= batch:
-            if used + length_of[i] <= positions:
-                take.append(i)
-                used += length_of[i]
-            else:
-                waiting.append(i)
-                deferred += 1
-                skipped += 1
-            i += 1
-        pending = waiting
-        row = np.full(batch, -1, np.int64)
-        row[: len(take)] = order[take]
-        rows.append(row)
-    if not rows:
-        return np.zeros((0, batch), np.int64), 0
-    return np.stack(rows), deferred
+    n, batch = len(order), micro_batch_size
+    starts, ends, deferred, i = [], [], 0, 0
+    while i < n:
+        end = min(i + batch, n)
+        if cumulative[end] - cumulative[i] > positions:
+            # The longest prefix that fits: at least one sample, as no history exceeds the buffer.
+            fit = int(np.searchsorted(cumulative, cumulative[i] + positions, side="right")) - 1
+            deferred += end - fit
+            end = fit
+        starts.append(i)
+        ends.append(end)
+        i = end
+    rows = np.full((len(starts), batch), -1, np.int64)
+    for row, (start, end) in enumerate(zip(starts, ends)):
+        rows[row, : end - start] = order[start:end]
+    return rows, deferred
 
 
 def plan_packed_chunks(

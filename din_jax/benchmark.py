@@ -28,6 +28,7 @@ from din_jax.data.batching import (
     plan_bucketed_chunks,
     plan_chunks,
     plan_packed_chunks,
+    plan_packed_prediction,
     prefetch,
 )
 from din_jax.data.dataset import load_dataset
@@ -259,6 +260,9 @@ def default_pool_size(config: BenchmarkConfig, global_batch: int, device_iterati
 def plan_window(config: BenchmarkConfig, lengths: np.ndarray, window: int, replicas: int, iterations: int, batch: int):
     """The calls of one window: a pass over the pool in the window's own shuffled order."""
     order = np.random.default_rng([config.seed, window]).permutation(len(lengths))
+    if config.batching == "packed" and config.mode == "infer":
+        plan = plan_packed_prediction(order, lengths, replicas, iterations, batch, config.max_seq_len)
+        return plan._replace(seq_lens=[config.max_seq_len] * len(plan.calls))
     if config.batching == "packed":
         positions = config.packed_positions or packed_positions(lengths, batch, config.max_seq_len)
         plan = plan_packed_chunks(order, lengths, replicas, iterations, batch, positions, drop_remainder=True)
@@ -388,7 +392,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
 
         def chunks(plan=plan):
             for indices, seq_len in zip(plan.calls, plan.seq_lens):
-                yield gather_chunk(source, split, indices, seq_len, positions=positions)
+                yield gather_chunk(source, split, indices, seq_len, positions=plan.positions)
 
         steps = sum(indices.shape[1] for indices in plan.calls)
         count = int(sum(plan.valid))

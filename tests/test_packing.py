@@ -8,12 +8,15 @@ import pytest
 
 from din_jax.config import TrainConfig
 from din_jax.data.batching import (
+    PREDICT_POSITIONS,
     gather_chunk,
     pack_micro_batches,
     packed_positions,
     plan_chunks,
     plan_epoch,
     plan_packed_chunks,
+    plan_packed_prediction,
+    predict_rows,
 )
 from din_jax.data.synthetic import make_synthetic_dataset
 from din_jax.models import build_model
@@ -245,3 +248,18 @@ def test_devices_with_different_numbers_of_real_samples_average_as_one_global_ba
     np.testing.assert_allclose(np.asarray(metrics_b["loss"]), np.asarray(metrics_a["loss"]), rtol=1e-6)
     _assert_trees_close(unreplicate_to_host(new_b.params), unreplicate_to_host(new_a.params), rtol=1e-5, atol=1e-6)
     _assert_trees_close(unreplicate_to_host(new_b.batch_stats), unreplicate_to_host(new_a.batch_stats))
+
+
+def test_packed_prediction_uses_cache_sized_buffers_that_depend_only_on_the_samples():
+    lengths = np.random.default_rng(0).integers(1, 101, 5000)
+    rows = predict_rows(lengths, 4096)
+    assert rows == int(PREDICT_POSITIONS // lengths.mean()) and predict_rows(lengths, 8) == 8
+    plans = [
+        plan_packed_prediction(order, lengths, 1, 1, 4096, 100)
+        for order in (np.arange(5000), np.random.default_rng(1).permutation(5000))
+    ]
+    assert plans[0].positions == plans[1].positions <= PREDICT_POSITIONS * 1.2
+    for plan in plans:
+        ids = np.concatenate([c.reshape(-1) for c in plan.calls])
+        assert sorted(ids[ids >= 0].tolist()) == list(range(5000))
+        assert all(c.shape[1] == -(-4096 // rows) for c in plan.calls[:-1]) and plan.calls[0].shape[2] == rows

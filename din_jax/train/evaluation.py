@@ -16,10 +16,9 @@ from din_jax.data.batching import (
     gather_chunk,
     normalize_buckets,
     plan_chunks,
-    plan_packed_chunks,
+    plan_packed_prediction,
     plan_split_chunks,
     prefetch,
-    split_positions,
 )
 from din_jax.train.setup import load_source, load_variables_for_inference, vocabulary
 from din_jax.train.step import make_p_predict_chunk, replicate, resolve_devices
@@ -51,9 +50,7 @@ def predict_split(
     bucketed = len(normalize_buckets(length_buckets, max_seq_len)) > 1
     order, shape = np.arange(count), (len(devices), device_iterations, micro_batch_size)
     if batching == "packed" and not bucketed:
-        positions = split_positions(source, split, micro_batch_size, max_seq_len)
-        lengths = source.history_lengths(split, max_seq_len)
-        plan = plan_packed_chunks(order, lengths, *shape, positions, drop_remainder=False)
+        plan = plan_packed_prediction(order, source.history_lengths(split, max_seq_len), *shape, max_seq_len)
     elif bucketed:
         plan = plan_split_chunks(source, split, order, max_seq_len, length_buckets, *shape, drop_remainder=False)
     else:

@@ -6,9 +6,14 @@
 #
 # Each run writes OUTPUT_DIR/<name>/results_<mode>.csv (din_jax/benchmark.py
 # describes the method) and its log; OUTPUT_DIR/summary.csv collects one row
-# per run. Takes about 35 minutes on a 2-core CPU. Set SUITE_ONLY="name1 name2"
+# per run. Takes about 20 minutes on a 2-core CPU. Set SUITE_ONLY="name1 name2"
 # to run a subset.
 set -euo pipefail
+
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
+  sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+  exit 0
+fi
 
 OUT=${1:-docs/results/performance}
 PYTHON=${2:-.venv/bin/python}

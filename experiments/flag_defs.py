@@ -71,7 +71,8 @@ def define_model_flags() -> None:
         "attention_size",
         DEFAULTS["attention_size"],
         "Width of an item vector (item ⊕ category embeddings), split evenly between the two: "
-        "Graphcore's 36 = 18 + 18. --item_dim/--category_dim override the split.",
+        "Graphcore's 36 = 18 + 18. --item_dim/--category_dim override the split. Not the attention "
+        "MLP's size (that is --attention_hidden).",
     )
     flags.DEFINE_integer("item_dim", DEFAULTS["item_dim"], "Item embedding width (default: attention_size / 2).")
     flags.DEFINE_integer(

@@ -158,3 +158,16 @@ def test_environment_and_memory():
     assert benchmark.peak_rss_mb() > 10
     assert benchmark.measure_matmul_gflops(256, 64, 32, repeats=2) > 0
     assert np.isfinite(benchmark.peak_rss_mb())
+
+
+def test_the_suite_script_prints_its_usage_for_help(tmp_path):
+    for flag in ("--help", "-h"):
+        result = subprocess.run(
+            ["bash", os.path.join(ROOT, "experiments", "benchmark_suite.sh"), flag],
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0 and "SUITE_ONLY" in result.stdout
+        assert "experiments/benchmark_suite.sh [OUTPUT_DIR] [PYTHON]" in result.stdout and not result.stderr
+    assert not os.path.exists(os.path.join(ROOT, "--help")) and not os.path.exists(os.path.join(ROOT, "-h"))

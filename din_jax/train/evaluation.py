@@ -41,9 +41,10 @@ def predict_split(
     """``user``, ``label`` and float32 ``logits`` of every sample of a split, in its stored order.
 
     ``variables`` (``{'params', 'batch_stats'}``) are on the host. With ``length_buckets`` the samples are scored
-    grouped by length, one program per bucket; ``batching`` ``packed``: in packed micro-batches (same logits). With a ``timing`` dict every program shape is compiled first (adding
-    to ``timing['compile_s']``) and each call's wall time, from dispatch to results on the host, is appended to
-    ``timing['calls']`` as ``(seconds, micro_batches)``.
+    grouped by length, one program per bucket; ``batching`` ``packed``: in packed micro-batches (the same logits).
+    With a ``timing`` dict every program shape is compiled first (adding to ``timing['compile_s']``) and each call's
+    wall time, from dispatch to results on the host, is appended to ``timing['calls']`` as ``(seconds,
+    micro_batches)``.
     """
     count = source.num_samples(split)
     replicated = replicate(variables, devices)

@@ -82,7 +82,8 @@ def gather_chunk(
 def packed_positions(lengths: np.ndarray, micro_batch_size: int, max_seq_len: int, quantile: float = 0.99) -> int:
     """The default buffer length of a packed micro-batch: the ``quantile`` of the total history length of
     ``micro_batch_size`` samples drawn at random (fixed seed) from ``lengths``, at least ``max_seq_len`` (any one
-    sample fits), rounded up to a multiple of 8, at most the padded batch's ``B * max_seq_len``. A pure function of its arguments (resuming relies on it)."""
+    sample fits), rounded up to a multiple of 8, at most the padded batch's ``B * max_seq_len``. A pure function of
+    its arguments (resuming relies on it)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     if not len(lengths):
         return int(max_seq_len)

@@ -1,10 +1,11 @@
-"""Host-side batching: epoch plans, chunk gathering, prefetch and length buckets.
+"""Host-side batching: epoch plans, packing, chunk gathering, prefetch and length buckets.
 
 One chunk, shaped ``(replicas R, device_iterations K, micro_batch B, ...)``, feeds one call of the pmapped
 program; step ``k``'s global batch is ``R * B`` consecutive samples of the epoch's order, so ``R`` devices
-with micro-batch ``B`` compute the update of one device with ``R * B``. Length buckets group samples of
-similar history length into calls compiled for that length, so short histories are not padded to
-``max_seq_len`` (real ones are short: Amazon Electronics' median is 4) and shapes stay static.
+with micro-batch ``B`` compute the update of one device with ``R * B``. Packed micro-batches (the default) lay
+their samples' histories end to end in a buffer of static length, keeping the order (docs/TRAINING.md). Length
+buckets (padded batches only) group samples of similar history length into calls compiled for that length;
+they change what is learned (docs/RESULTS.md).
 """
 
 import queue

@@ -29,6 +29,7 @@ CONFIG = dict(
     learning_rate=0.02,
     eval_every=5,
     checkpoint_every=0,
+    batching="padded",  # 20 steps per epoch exactly (packed epochs may take a step more)
     model_config={"item_dim": 6, "category_dim": 6, "attention_hidden": (8,), "mlp_hidden": (8,)},
 )
 PNG = b"\x89PNG\r\n\x1a\n"

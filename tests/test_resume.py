@@ -12,13 +12,15 @@ import pytest
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
+from din_jax.data.batching import plan_epoch
 from din_jax.train import loop as training
 from din_jax.train.step import NonFiniteLossError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# 640 samples, global batch 32 on two devices: 20 steps per epoch, 5 calls of
-# 4 steps; Dice (batch statistics), dropout (the dropout key), Adam (optimiser
+# 640 samples, global batch 32 on two devices: 20 steps per epoch in 5 calls of
+# 4 steps, plus one when a packed micro-batch overflows (epoch 1 here:
+# test_the_packed_epochs_have_the_steps_the_checkpoints_assume); Dice (batch statistics), dropout (the dropout key), Adam (optimiser
 # state), fresh negatives every epoch (the sampler's state) and evaluations
 # inside epochs (the history) must all be restored for the result to match.
 CONFIG = dict(
@@ -134,14 +136,28 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one_bit_for_bit(str
     assert not [n for n in os.listdir(os.path.join(path, "checkpoints")) if n.startswith(".")]
 
 
+def _epoch_steps(config, epoch, replicas):
+    source = training.load_source(config)
+    return sum(int(call.shape[1]) for call in plan_epoch(source, config, epoch, replicas).calls)
+
+
+def test_the_packed_epochs_have_the_steps_the_checkpoints_assume():
+    config = TrainConfig(**CONFIG)
+    assert [_epoch_steps(config, epoch, 2) for epoch in (1, 2)] == [21, 20]
+    assert _epoch_steps(TrainConfig(**dict(CONFIG, replicas=1)), 1, 1) == 41
+    padded = TrainConfig(**dict(CONFIG, batching="padded"))
+    assert [_epoch_steps(padded, epoch, 2) for epoch in (1, 2)] == [20, 20]
+
+
 def test_checkpoints_are_kept_k_at_a_time_with_checksums(straight_run):
     path, summary = straight_run
     checkpoints = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))
-    assert [step for step, _ in checkpoints] == [36, 40]  # every 5 steps at call boundaries, the last 2 kept
+    # Every 5 steps at call boundaries (4, 8, ..., 20, 21 | 25, ..., 41), the last 2 kept.
+    assert [step for step, _ in checkpoints] == [37, 41]
     flat, meta = ckpt.load_checkpoint(checkpoints[-1][1])
     assert meta["train"]["epoch"] == 2 and meta["train"]["epoch_complete"]
-    assert meta["step"] == summary["steps"] == 40
-    assert int(flat["state/step"]) == 40
+    assert meta["step"] == summary["steps"] == 41
+    assert int(flat["state/step"]) == 41
     assert any(key.startswith("state/opt_state/") for key in flat)
     assert any(key.startswith("best/params/") for key in flat)
     categories = ckpt.load_array(checkpoints[-1][1], "item_category", meta)
@@ -227,7 +243,7 @@ def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
     path = str(tmp_path / "run")
     settings = dict(CONFIG, replicas=1, epochs=1, checkpoint_every=0)
     first = training.train_and_evaluate(TrainConfig(model_path=path, **settings))
-    assert [s for s, _ in ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))] == [40]
+    assert [s for s, _ in ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))] == [41]
     # Resuming a finished run trains nothing and reports the same.
     again = training.train_and_evaluate(TrainConfig(model_path=path, resume=True, **settings))
     assert _comparable(again) == _comparable(first)
@@ -237,7 +253,7 @@ def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
     os.makedirs(os.path.join(path, "tensorboard"))
     open(os.path.join(path, "tensorboard", "events.out.tfevents.1.host"), "wb").write(b"events")
     open(os.path.join(path, "tensorboard", "notes.txt"), "w").write("the user's")
-    open(os.path.join(path, "train_log.jsonl"), "w").write('{"event": "end", "step": 40}\n')
+    open(os.path.join(path, "train_log.jsonl"), "w").write('{"event": "end", "step": 41}\n')
     previous = (
         "best",
         "last",
@@ -261,7 +277,7 @@ def test_a_finished_run_resumes_to_itself_and_a_fresh_run_replaces_it(tmp_path):
         def on_train_begin(self, record):
             left.update({name: os.path.exists(os.path.join(path, name)) for name in previous})
 
-    os.remove(os.path.join(path, "checkpoints", "step_40", ckpt.STATE_FILE))  # it is not even read
+    os.remove(os.path.join(path, "checkpoints", "step_41", ckpt.STATE_FILE))  # it is not even read
     fresh = training.train_and_evaluate(TrainConfig(model_path=path, **settings), hooks=[Look()])
     assert left and not any(left.values()), left
     assert os.path.isfile(os.path.join(path, "tensorboard", "notes.txt"))

@@ -370,16 +370,17 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     load_before = load_average()
 
     # Warm-up: compile every program shape the windows use.
-    shapes: Dict[Tuple[int, int], np.ndarray] = {}
+    # A program per (device iterations, padded length, packed buffer) shape.
+    shapes: Dict[Tuple[int, int, int], np.ndarray] = {}
     for plan in plans:
         for indices, seq_len in zip(plan.calls, plan.seq_lens):
-            shapes.setdefault((indices.shape[1], seq_len), indices)
+            shapes.setdefault((indices.shape[1], seq_len, plan.positions), indices)
     positions = plans[0].positions  # the same for every window: a function of the pool's lengths
     if log:
         log("%s micro-batch %d: compiling %d program(s)" % (config.mode, micro_batch_size, len(shapes)))
     start = time.perf_counter()
-    for (_, seq_len), indices in sorted(shapes.items(), key=lambda item: item[0]):
-        jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=positions)))
+    for (_, seq_len, buffer), indices in sorted(shapes.items(), key=lambda item: item[0]):
+        jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=buffer)))
     compile_s = time.perf_counter() - start
     if log:
         compiled = (config.mode, micro_batch_size, len(shapes), compile_s)

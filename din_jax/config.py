@@ -61,8 +61,9 @@ class TrainConfig:
     seed: int = 1234
     model_path: Optional[str] = None
     eval_every: int = 0
+    early_stop_patience: int = 0  # evaluations without a better validation metric before training stops; 0: never
     select_metric: str = "gauc"
-    resample_negatives: bool = False
+    resample_negatives: Optional[bool] = None  # None: on when the dataset can redraw its negatives
     donate: bool = True
     prefetch: int = 2
     log_every: int = 1  # host calls between log lines
@@ -90,7 +91,7 @@ class TrainConfig:
         for name in ("max_seq_len", "micro_batch_size", "eval_micro_batch_size", "device_iterations", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError("--%s must be >= 1, got %r" % (name, getattr(self, name)))
-        for name in ("replicas", "eval_every", "prefetch", "lr_decay_steps", "seed"):
+        for name in ("replicas", "eval_every", "early_stop_patience", "prefetch", "lr_decay_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError("--%s must be >= 0, got %r" % (name, getattr(self, name)))
         dropout = self.model_config.get("dropout_rate", 0.0)
@@ -164,8 +165,11 @@ def _choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
 _AUTHORS_SIZES = dict(item_dim=64, category_dim=64, user_dim=0, use_item_bias=True)
 _ATTENTION = dict(attention="din", attention_hidden=(80, 40), attention_activation="sigmoid")
 _AUTHORS_MLP = dict(mlp_hidden=(80, 40), activation="sigmoid")
-# SGD, batch 32, the learning rate 1.0 dropped to 0.1 after 336,000 steps.
-_AUTHORS_SGD = dict(optimizer="sgd", learning_rate=1.0, lr_schedule="paper", lr_decay_steps=336000, micro_batch_size=32)
+# SGD, batch 32, the learning rate 1.0 dropped to 0.1 after 336,000 steps, gradients clipped to global norm 5 (every
+# model of the authors' code: tf.clip_by_global_norm(gradients, 5); without it SGD at 1.0 diverges in a few steps).
+_AUTHORS_SGD = dict(
+    optimizer="sgd", learning_rate=1.0, lr_schedule="paper", lr_decay_steps=336000, micro_batch_size=32, clip_norm=5.0
+)
 
 
 def _preset(model: str, train_config: Dict[str, Any], **model_config: Any) -> Dict[str, Any]:
@@ -196,7 +200,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "pnn_amazon": _preset("pnn", _AUTHORS_SGD, **_AUTHORS_SIZES, pooling="mean", product="elementwise",
                           **_AUTHORS_MLP),
     "deepfm_amazon": _preset("deepfm", dict(optimizer="adam", learning_rate=0.001, lr_schedule="fixed",
-                                            micro_batch_size=32), **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
+                                            micro_batch_size=32, clip_norm=5.0), **_AUTHORS_SIZES, pooling="mean", **_AUTHORS_MLP),
 }
 # fmt: on
 

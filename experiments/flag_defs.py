@@ -193,7 +193,18 @@ def define_run_flags(micro_batch_size: int, epochs: int) -> None:
         "multiple of N (a call runs --device_iterations steps).",
     )
     flags.DEFINE_enum("select_metric", "gauc", list(SELECT_METRICS), "Validation metric that selects the best step.")
-    flags.DEFINE_bool("resample_negatives", False, "Draw new training negatives every epoch.")
+    flags.DEFINE_bool(
+        "resample_negatives",
+        None,
+        "Draw new training negatives every epoch (the originals fix them once). Default: on when the "
+        "dataset's negatives can be redrawn (not the authors' fixed ones); --noresample_negatives: off.",
+    )
+    flags.DEFINE_integer(
+        "early_stop_patience",
+        0,
+        "Stop training after this many evaluations in a row without a better validation metric "
+        "(the summary's 'stopped' says when); 0: train every epoch.",
+    )
     flags.DEFINE_bool("donate", True, "Donate the state to the train program (saves a copy of the parameters).")
     flags.DEFINE_integer("prefetch", 2, "Chunks prepared ahead by a background thread; 0 disables.")
     flags.DEFINE_integer("log_every", 1, "Host calls between log lines.")

@@ -116,6 +116,9 @@ def main(argv):
     print(_row("test", summary["test"]))
     if config.model_path:
         print("summary: %s" % json.dumps({"model_path": config.model_path, "best_step": summary["best_step"]}))
+    stopped = summary.get("stopped") or {}
+    if stopped.get("reason") == "early_stop":
+        print("stopped early: %s" % stopped["message"])
     if FLAGS.plots and config.model_path:
         try:
             from din_jax import plots
@@ -124,6 +127,11 @@ def main(argv):
         else:
             for path in plots.write_run_figures(config.model_path):
                 print("figure: %s" % path)
+    if stopped.get("reason") == "non-finite":
+        # The results above are those of the best step before it; the exit status says the run did not finish.
+        scored = "test was scored with step %d" % summary["best_step"] if summary["test"] else "no step was scored"
+        sys.stderr.write("train.py: error: %s; %s\n" % (stopped["message"], scored))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

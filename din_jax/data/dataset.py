@@ -67,7 +67,7 @@ class Dataset:
         self._draw_negatives = draw_negatives
         self._user_item_keys: Optional[np.ndarray] = None
         self._gather_tables: Optional[Tuple[np.ndarray, np.ndarray]] = None
-        self._frequencies: Optional[Dict[str, np.ndarray]] = None  # in memory: counted on first use
+        self._frequencies: Dict[int, Dict[str, np.ndarray]] = {}  # max_seq_len -> counts, counted on first use
         self._counted_with = int(meta.get("max_seq_len", DEFAULT_MAX_SEQ_LEN))
 
     @classmethod
@@ -159,14 +159,17 @@ class Dataset:
             self._gather_tables = make_gather_tables(self.sequences, self.item_category)
         return pack_rows(rows, real, self.offsets, self.item_category, max_seq_len, positions, self._gather_tables)
 
+    def can_resample_negatives(self) -> bool:
+        """Whether ``resample_negatives`` works: the negatives are not fixed by the source (the authors' data)."""
+        return self._draw_negatives is not None or bool((self.meta.get("negatives") or {}).get("resampleable"))
+
     def resample_negatives(self, rng: np.random.Generator) -> np.ndarray:
         """A copy of the train rows whose label-0 rows get fresh negatives.
 
         By default uniform, never an item of the user's sequences; ``draw_negatives`` (``from_arrays``) draws its own.
         DatasetError if the negatives are fixed (meta ``negatives.resampleable`` false, e.g. the authors' data).
         """
-        negatives = self.meta.get("negatives") or {}
-        if self._draw_negatives is None and not negatives.get("resampleable", False):
+        if not self.can_resample_negatives():
             raise DatasetError(
                 f"{self.path}: {META_FILE}: negatives of this dataset ({self.meta.get('source_format')}"
                 " source) are fixed and cannot be resampled"
@@ -197,33 +200,37 @@ class Dataset:
             )
         return self._user_item_keys
 
-    def _load_frequencies(self, kind: str) -> np.ndarray:
-        if self.path is not None:
+    def _load_frequencies(self, kind: str, max_seq_len: Optional[int]) -> np.ndarray:
+        # The build stored the counts at its max_seq_len; another cut is counted from the stored sequences (well
+        # under a second for a 5-core category), once per length.
+        length = self._counted_with if max_seq_len is None else int(max_seq_len)
+        if self.path is not None and length == self._counted_with:
             vocab = getattr(self, "num_" + _VOCAB_KEYS[kind])
             return _load_array(self.path, FREQ_FILES[kind], np.int64, (vocab,))
-        if self._frequencies is None:  # counted as the writer counts them
-            self._frequencies = count_training_frequencies(
+        if length not in self._frequencies:
+            self._frequencies[length] = count_training_frequencies(
                 self.samples("train"),
                 self.sequences,
                 self.offsets,
                 self.item_category,
                 self.num_users,
                 self.num_categories,
-                self._counted_with,
+                length,
             )
-        return self._frequencies[kind]
+        return self._frequencies[length][kind]
 
-    def item_frequencies(self) -> np.ndarray:
-        """int64 ``[num_items]``: each item's occurrences in the training samples (MBA's n_j)."""
-        return self._load_frequencies("item")
+    def item_frequencies(self, max_seq_len: Optional[int] = None) -> np.ndarray:
+        """int64 ``[num_items]``: each item's occurrences in the training samples, histories cut at ``max_seq_len``
+        (default: the build's), MBA's n_j."""
+        return self._load_frequencies("item", max_seq_len)
 
-    def category_frequencies(self) -> np.ndarray:
-        """int64 ``[num_categories]``: each category's occurrences in the training samples."""
-        return self._load_frequencies("category")
+    def category_frequencies(self, max_seq_len: Optional[int] = None) -> np.ndarray:
+        """int64 ``[num_categories]``: each category's occurrences in the training samples (as ``item_frequencies``)."""
+        return self._load_frequencies("category", max_seq_len)
 
-    def user_frequencies(self) -> np.ndarray:
+    def user_frequencies(self, max_seq_len: Optional[int] = None) -> np.ndarray:
         """int64 ``[num_users]``: training samples per user."""
-        return self._load_frequencies("user")
+        return self._load_frequencies("user", max_seq_len)
 
     def id_map(self, kind: str) -> List[str]:
         """The raw keys of ``user``, ``item`` or ``category`` ids (line i = id i); none in memory."""

@@ -21,7 +21,7 @@ from din_jax.data.batching import (
     prefetch,
 )
 from din_jax.train.setup import load_source, load_variables_for_inference, vocabulary
-from din_jax.train.step import make_p_predict_chunk, replicate, resolve_devices
+from din_jax.train.step import NonFiniteLossError, make_p_predict_chunk, replicate, resolve_devices
 
 
 def predict_split(
@@ -98,6 +98,8 @@ def evaluate_split(p_predict, variables, source, split, devices, config: TrainCo
     buckets = getattr(config, "length_buckets", ())
     batching = getattr(config, "batching", "padded")
     out = predict_split(p_predict, variables, source, split, devices, *sizes, length_buckets=buckets, batching=batching)
+    if not np.all(np.isfinite(out["logits"])):
+        raise NonFiniteLossError("the model's %s predictions are not finite" % split)
     return metrics_lib.evaluate_predictions(out["user"], out["label"], out["logits"])
 
 

@@ -8,6 +8,7 @@ the epoch order is a function of (seed, epoch) and a checkpoint records the posi
 """
 
 import contextlib
+import dataclasses
 import json
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -25,7 +26,15 @@ from din_jax.train.evaluation import AttentionProbe, evaluate_split, model_retur
 from din_jax.train.regularization import regularization_for
 from din_jax.train.setup import create_programs, dataset_fingerprint, load_source, vocabulary
 from din_jax.train.step import NonFiniteLossError, replicate, resolve_devices, unreplicate_to_host
-from din_jax.train.stopping import SignalHandlers, StopControl, TrainingAborted, TrainingInterrupted
+from din_jax.train.stopping import (
+    SignalHandlers,
+    StopControl,
+    TrainingAborted,
+    TrainingInterrupted,
+    early_stop_message,
+    halted_error,
+    loss_scaling_hint,
+)
 
 
 class Trainer:
@@ -36,8 +45,10 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, source: Any = None, hooks: Sequence[Any] = ()):
-        self.config = config.validate()
-        self.source = source if source is not None else load_source(config)
+        self.source = source if source is not None else load_source(config.validate())
+        if config.resample_negatives is None:  # the default: on where the data allows it
+            config = dataclasses.replace(config, resample_negatives=self.source.can_resample_negatives())
+        self.config = config = config.validate()
         self.hooks = list(hooks)
         self.vocab = vocabulary(self.source)
         self.data_fingerprint = dataset_fingerprint(self.source)
@@ -70,6 +81,7 @@ class Trainer:
         self.throughput = {"samples": 0, "seconds": 0.0, "samples_all": 0, "seconds_all": 0.0}
         self.latest_variables: Optional[Dict[str, Any]] = None
         self.resumed_from: List[int] = []
+        self.stopped: Optional[Dict[str, Any]] = None
         self.steps_per_epoch = self.num_train // self.global_batch
         self._compiled_shapes = set()
         self._negatives_rng = np.random.default_rng(config.seed)
@@ -196,8 +208,11 @@ class Trainer:
         with self.handle_signals() if handle_signals else contextlib.nullcontext():
             try:
                 self._begin()
-                while self.epoch < self.config.epochs:
-                    self.train_epoch()
+                try:
+                    while self.epoch < self.config.epochs and not self._out_of_patience():
+                        self.train_epoch()
+                except NonFiniteLossError as error:
+                    self._halt(error)
                 return self.finish()
             finally:
                 self._notify("on_close", {"step": self.step})
@@ -265,6 +280,8 @@ class Trainer:
                 self._last_done = time.perf_counter()
                 while self._next_eval <= self.step:
                     self._next_eval += config.eval_every
+                if self._out_of_patience():
+                    break
             if call + 1 == len(plan.calls):
                 break  # the end of the epoch checkpoints and stops below
             due = self._next_checkpoint is not None and self.step >= self._next_checkpoint
@@ -287,6 +304,25 @@ class Trainer:
         if self.stopper.agreed():
             self._stop()
 
+    def _out_of_patience(self) -> bool:
+        """Whether ``early_stop_patience`` evaluations in a row have not beaten the best (``stopped`` then says so)."""
+        message = self.has_validation and early_stop_message(self.history, self.best["step"], self.config, self.step)
+        if message and self.stopped is None:
+            self.stopped = {"reason": "early_stop", "step": self.step, "message": message}
+            logging.info(message)
+        return bool(message)
+
+    def _halt(self, error: NonFiniteLossError) -> None:
+        """Ends training at the last good step (the state the program kept), validated; ``finish`` then scores test."""
+        if error.good < 0:
+            raise error
+        logging.error("%s; the state of step %d is kept, and test is scored with the best step", error, error.good)
+        self.step, self.stopped = error.good, {"reason": "non-finite", "step": error.good + 1, "message": str(error)}
+        try:
+            self.evaluate() if not self.history or self.history[-1]["step"] != self.step else None
+        except NonFiniteLossError as predictions:
+            logging.warning("%s with the state of step %d: it cannot be selected", predictions, self.step)
+
     def _drain(self, pending: Dict[str, Any]) -> None:
         metrics_host = jax.device_get(pending["metrics"])  # waits for that call
         now = time.perf_counter()
@@ -298,13 +334,10 @@ class Trainer:
         self.throughput["samples_all"] += pending["samples"]
         self.throughput["seconds_all"] += elapsed
         losses = np.asarray(metrics_host["loss"])[0]
-        if not np.all(np.isfinite(losses)):
-            bad = int(np.argmax(~np.isfinite(losses)))
-            step, hint = pending["step"] - len(losses) + bad + 1, self._loss_scaling_hint(", or ")
-            message = "training loss became %s at step %d (epoch %d); lower --learning_rate or set --clip_norm%s; %s"
-            raise NonFiniteLossError(
-                message % (losses[bad], step, pending["epoch"], hint, self.checkpoints.last_good())
-            )
+        halted = np.asarray(metrics_host["halted_at"])[0]
+        if np.any(halted > 0):
+            first = pending["step"] - len(losses)  # the call's steps are first + 1 ... pending["step"]
+            raise halted_error(int(halted[halted > 0][0]), losses, first, pending["epoch"], self.config)
         record = {
             "epoch": pending["epoch"],
             "step": pending["step"],
@@ -321,13 +354,6 @@ class Trainer:
             compiled = " (includes compilation)" if record["includes_compilation"] else ""
             logging.info("epoch %d step %d loss %.5f accuracy %.4f lr %.4g samples/s %.0f%s", *values, compiled)
         self._notify("on_train_call", record)
-
-    def _loss_scaling_hint(self, before: str) -> str:
-        """With scaled float16 gradients an overflow is as likely a cause as a high learning rate."""
-        scale = self.config.effective_loss_scaling()
-        if self.config.data_type != "float16" or scale <= 1:
-            return ""
-        return "%slower --loss_scaling (now %g; float16 overflows above 65504)" % (before, scale)
 
     def host_variables(self) -> Dict[str, Any]:
         """The current ``params`` and ``batch_stats`` as host arrays."""
@@ -396,19 +422,12 @@ class Trainer:
         for leaf in jax.tree_util.tree_leaves((host_state.params, host_state.batch_stats)):
             if not np.all(np.isfinite(np.asarray(leaf))):
                 message = "the parameters became non-finite by step %d (epoch %d)%s; %s"
-                hint = self._loss_scaling_hint("; ")
+                hint = loss_scaling_hint(self.config, "; ")
                 raise NonFiniteLossError(message % (self.step, self.epoch, hint, self.checkpoints.last_good()))
         tree: Dict[str, Any] = {"state": host_state}
         if self.best["variables"] is not None:
             tree["best"] = self.best["variables"]
-        complete = self._epoch_calls_done >= self._epoch_calls_total
-        best = {key: self.best[key] for key in ("value", "step", "validation")}
-        train_meta = dict(epoch=self.epoch, epoch_calls_done=self._epoch_calls_done, epoch_complete=bool(complete))
-        # Inside an epoch: the state before its negatives were drawn (drawn again on resume).
-        train_meta["negatives_rng"] = self._negatives_rng.bit_generator.state if complete else self._epoch_rng_state
-        train_meta.update(history=self.history, best=best, next_eval=self._next_eval, throughput=self.throughput)
-        train_meta.update(replicas=self.replicas, num_train=self.num_train, resumed_from=self.resumed_from)
-        train_meta["config"] = self.config.to_dict()
+        train_meta = run_dir.position_meta(self)
         path = self.checkpoints.save_step(tree, self.step, train_meta)
         if self._next_checkpoint is not None:
             every = self.config.checkpoint_every
@@ -419,29 +438,7 @@ class Trainer:
 
     def _restore(self, path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], host_state: Any) -> Any:
         """The checkpoint's state; the loop's position, history and best step from its metadata."""
-        state, self.best["variables"] = run_dir.restore_state(path, flat, meta, host_state)
-        train_meta = meta["train"]
-        best = train_meta["best"]
-        self.best.update(value=best["value"], step=best["step"], validation=best["validation"])
-        self.history = list(train_meta["history"])
-        stored = train_meta["throughput"]
-        self.throughput = {
-            key: kind(stored.get(key, 0))
-            for key, kind in (("samples", int), ("seconds", float), ("samples_all", int), ("seconds_all", float))
-        }
-        self.step = int(meta["step"])
-        self._negatives_rng.bit_generator.state = train_meta["negatives_rng"]
-        epoch, calls_done = int(train_meta["epoch"]), int(train_meta["epoch_calls_done"])
-        # An unfinished epoch is counted again by train_epoch, which skips the calls done.
-        self.epoch, self._resume_call = (epoch, None) if train_meta["epoch_complete"] else (epoch - 1, calls_done)
-        every = self.config.eval_every, self.config.checkpoint_every
-        self._next_eval = (self.step // every[0] + 1) * every[0] if every[0] > 0 else None
-        self._next_checkpoint = (self.step // every[1] + 1) * every[1] if every[1] > 0 else None
-        self.checkpoints.last, self.checkpoints.last_step = path, self.step
-        self.resumed_from = list(train_meta.get("resumed_from", [])) + [self.step]
-        where = " (complete)" if train_meta["epoch_complete"] else ", call %d" % calls_done
-        logging.info("resuming from %s: step %d, epoch %d%s", path, self.step, epoch, where)
-        return state
+        return run_dir.restore_position(self, path, flat, meta, host_state)
 
     # -- the end -------------------------------------------------------------
 
@@ -457,12 +454,15 @@ class Trainer:
         self._stop_if_requested("before the final test evaluation")
         test_metrics = None
         if self.has_test:
-            if self.best["variables"] is None:  # no epoch was trained
+            if self.best["variables"] is None and self.stopped is None:  # no epoch was trained
                 self.best["variables"] = self.host_variables()
-            test_metrics = self._evaluate_split(self.best["variables"], "test")
-            scores = [test_metrics[name] for name in ("gauc", "auc", "logloss")]
-            message = "test (step %d, selected on validation %s): gauc %.5f auc %.5f logloss %.5f"
-            logging.info(message, self.best["step"], config.select_metric, *scores)
+            if self.best["variables"] is None:
+                logging.warning("no step had finite predictions: test is not scored")
+            else:
+                test_metrics = self._evaluate_split(self.best["variables"], "test")
+                scores = [test_metrics[name] for name in ("gauc", "auc", "logloss")]
+                message = "test (step %d, selected on validation %s): gauc %.5f auc %.5f logloss %.5f"
+                logging.info(message, self.best["step"], config.select_metric, *scores)
         seconds = self.throughput["seconds"]
         with_compilation = seconds <= 0 < self.throughput["seconds_all"]
         if with_compilation:
@@ -473,7 +473,7 @@ class Trainer:
         summary.update(steps=self.step, samples_per_s=rate, samples_per_s_includes_compilation=with_compilation)
         summary.update(replicas=self.replicas, processes=self.process_count, platform=self.devices[0].platform)
         summary.update(num_parameters=self.num_parameters, history=self.history, flags=config.to_dict())
-        summary.update(vocabulary=self.vocab, resumed_from=self.resumed_from)
+        summary.update(vocabulary=self.vocab, resumed_from=self.resumed_from, stopped=self.stopped)
         if config.model_path and self.is_chief:
             run_dir.write_summary(config.model_path, summary)
         if self.stopper.request is not None:

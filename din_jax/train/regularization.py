@@ -15,7 +15,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from flax import traverse_util
 
 from din_jax.layers import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE, History
@@ -72,15 +71,9 @@ def regularization_for(config: Any, source: Any) -> Optional[Regularization]:
     l2 = float(getattr(config, "l2", 0.0))
     frequencies = None
     if mba_lambda > 0:
-        counted_with = source.meta.get("max_seq_len")
-        if counted_with is not None and int(counted_with) != int(config.max_seq_len):
-            # n_j counts history occurrences cut at the build's length: another cut sees other counts.
-            message = (
-                "mini-batch aware regularisation: the dataset counted feature frequencies with max_seq_len %d, "
-                "training uses --max_seq_len %d; rebuild the dataset with --max_seq_len %d for exact n_j"
-            )
-            logging.warning(message, int(counted_with), config.max_seq_len, config.max_seq_len)
-        counts = (source.item_frequencies(), source.category_frequencies(), source.user_frequencies())
+        # n_j at the history length training uses (a dataset counts at its build's; other lengths are counted).
+        length = config.max_seq_len
+        counts = (source.item_frequencies(length), source.category_frequencies(length), source.user_frequencies(length))
         frequencies = {table: np.asarray(n) for table, n in zip((ITEM_TABLE, CATEGORY_TABLE, USER_TABLE), counts)}
     return make_regularization(mba_lambda, l2, frequencies)
 

@@ -295,6 +295,8 @@ def check_resumable(
 def restore_state(path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], host_state: Any):
     """The TrainState and the best variables (or None) of a training checkpoint, shaped like ``host_state``."""
     source = "checkpoint %s" % path
+    # Checkpoints of versions before the step's NaN guard have no halted_at (a checkpoint is never of a halted run).
+    flat = dict({"state/halted_at": np.zeros((), np.int32)}, **flat)
     state = ckpt.restore_tree(host_state, flat, prefix="state", source=source)
     if int(np.asarray(state.step)) != int(meta["step"]):
         raise ckpt.CheckpointError(
@@ -308,3 +310,43 @@ def restore_state(path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], 
             for name in ("params", "batch_stats")
         }
     return state, best
+
+
+def position_meta(trainer: Any) -> Dict[str, Any]:
+    """The ``train`` metadata of a training checkpoint: where a ``Trainer`` is, what it selected, what it measured."""
+    complete = trainer._epoch_calls_done >= trainer._epoch_calls_total
+    best = {key: trainer.best[key] for key in ("value", "step", "validation")}
+    meta = dict(epoch=trainer.epoch, epoch_calls_done=trainer._epoch_calls_done, epoch_complete=bool(complete))
+    # Inside an epoch: the state before its negatives were drawn (drawn again on resume).
+    rng = trainer._negatives_rng.bit_generator.state if complete else trainer._epoch_rng_state
+    meta.update(negatives_rng=rng, history=trainer.history, best=best, next_eval=trainer._next_eval)
+    meta.update(throughput=trainer.throughput, replicas=trainer.replicas, num_train=trainer.num_train)
+    meta.update(resumed_from=trainer.resumed_from, config=trainer.config.to_dict())
+    return meta
+
+
+def restore_position(trainer: Any, path: str, flat: Dict[str, np.ndarray], meta: Dict[str, Any], host_state: Any):
+    """Puts a ``Trainer`` where the checkpoint was (``position_meta``'s inverse); returns the checkpoint's state."""
+    state, trainer.best["variables"] = restore_state(path, flat, meta, host_state)
+    train_meta = meta["train"]
+    best = train_meta["best"]
+    trainer.best.update(value=best["value"], step=best["step"], validation=best["validation"])
+    trainer.history = list(train_meta["history"])
+    stored = train_meta["throughput"]
+    trainer.throughput = {
+        key: kind(stored.get(key, 0))
+        for key, kind in (("samples", int), ("seconds", float), ("samples_all", int), ("seconds_all", float))
+    }
+    trainer.step = step = int(meta["step"])
+    trainer._negatives_rng.bit_generator.state = train_meta["negatives_rng"]
+    epoch, calls_done = int(train_meta["epoch"]), int(train_meta["epoch_calls_done"])
+    # An unfinished epoch is counted again by train_epoch, which skips the calls done.
+    trainer.epoch, trainer._resume_call = (epoch, None) if train_meta["epoch_complete"] else (epoch - 1, calls_done)
+    every = trainer.config.eval_every, trainer.config.checkpoint_every
+    trainer._next_eval = (step // every[0] + 1) * every[0] if every[0] > 0 else None
+    trainer._next_checkpoint = (step // every[1] + 1) * every[1] if every[1] > 0 else None
+    trainer.checkpoints.last, trainer.checkpoints.last_step = path, step
+    trainer.resumed_from = list(train_meta.get("resumed_from", [])) + [step]
+    where = " (complete)" if train_meta["epoch_complete"] else ", call %d" % calls_done
+    logging.info("resuming from %s: step %d, epoch %d%s", path, step, epoch, where)
+    return state

@@ -23,11 +23,14 @@ from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import Regularization, find_embedding_tables, table_inverse_frequencies
 from din_jax.train.step import (
+    all_finite,
     batch_accuracy,
     batch_loss,
     example_batch,
+    guarded_update,
     init_variables,
     rows_per_pass,
+    step_dropout_rng,
     value_and_scaled_grad,
 )
 
@@ -234,7 +237,7 @@ def make_sparse_train_step(
         opt: SparseEmbeddingOptimizer = state.tx
         if not isinstance(opt, SparseEmbeddingOptimizer):
             raise TypeError("the sparse train step needs a state created with make_sparse_optimizer")
-        dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+        dropout_rng = step_dropout_rng(state, axis_name)
         rest, tables = opt.split(state.params)
         mba = _mba_tables(state.params, regularization, opt.table_paths)
 
@@ -328,31 +331,36 @@ def make_sparse_train_step(
             clip = opt.clip_norm
             grads = jax.tree_util.tree_map(lambda g: jnp.where(norm < clip, g, g / norm * clip), grads)
 
-        dense_updates, dense_state = opt.dense_tx.update(grads, state.opt_state["dense"], rest)
-        new_rest = optax.apply_updates(rest, dense_updates)
-        lr = opt.schedule(state.step)
-        count = state.step + 1
-        new_tables = {}
-        table_moments = state.opt_state["tables"]
-        new_moments: Dict[str, Dict[str, Any]] = {name: dict(values) for name, values in table_moments.items()}
-        use_unique = opt.optimizer != "sgd" or opt.clip_norm > 0 or bool(mba)
-        for path in opt.table_paths:
-            key = _path_key(path)
-            moments = {name: values[key] for name, values in table_moments.items()}
-            grad = table_grads[path]
-            update = _apply_table_update(opt.optimizer, tables[path], grad, moments, lr, count, scale, use_unique)
-            new_tables[path], moments = update
-            for name, value in moments.items():
-                new_moments[name][key] = value
-        params = traverse_util.flatten_dict(flax.core.unfreeze(new_rest))
-        params.update(new_tables)
-        new_params = traverse_util.unflatten_dict(params)
-        if isinstance(state.params, flax.core.FrozenDict):
-            new_params = flax.core.freeze(new_params)
         new_stats = updates.get("batch_stats", state.batch_stats)
-        opt_state = {"dense": dense_state, "tables": new_moments}
-        new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=opt_state)
-        return new_state, {"loss": loss, "accuracy": correct}
+
+        def update(state):
+            dense_updates, dense_state = opt.dense_tx.update(grads, state.opt_state["dense"], rest)
+            new_rest = optax.apply_updates(rest, dense_updates)
+            lr = opt.schedule(state.step)
+            count = state.step + 1
+            new_tables = {}
+            table_moments = state.opt_state["tables"]
+            new_moments: Dict[str, Dict[str, Any]] = {name: dict(values) for name, values in table_moments.items()}
+            use_unique = opt.optimizer != "sgd" or opt.clip_norm > 0 or bool(mba)
+            for path in opt.table_paths:
+                key = _path_key(path)
+                moments = {name: values[key] for name, values in table_moments.items()}
+                grad = table_grads[path]
+                result = _apply_table_update(opt.optimizer, tables[path], grad, moments, lr, count, scale, use_unique)
+                new_tables[path], moments = result
+                for name, value in moments.items():
+                    new_moments[name][key] = value
+            params = traverse_util.flatten_dict(flax.core.unfreeze(new_rest))
+            params.update(new_tables)
+            new_params = traverse_util.unflatten_dict(params)
+            if isinstance(state.params, flax.core.FrozenDict):
+                new_params = flax.core.freeze(new_params)
+            opt_state = {"dense": dense_state, "tables": new_moments}
+            return state.replace(step=state.step + 1, params=new_params, batch_stats=new_stats, opt_state=opt_state)
+
+        finite = all_finite(loss, grads, new_stats, {p: g.rows for p, g in table_grads.items()})
+        new_state = guarded_update(state, finite, update)
+        return new_state, {"loss": loss, "accuracy": correct, "halted_at": new_state.halted_at}
 
     return train_step
 

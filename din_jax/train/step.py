@@ -24,14 +24,20 @@ BATCH_KEYS = ("user", "item", "category", "hist_item", "hist_category", "hist_le
 
 
 class TrainState(train_state.TrainState):
-    """Flax TrainState plus Dice/BatchNorm statistics and the dropout key."""
+    """Flax TrainState plus Dice/BatchNorm statistics, the dropout key and ``halted_at``: 0, or the step whose
+    loss or gradients were NaN or Inf (``guarded_update``; the state then stays the last good one)."""
 
     batch_stats: Any = None
     dropout_rng: Any = None
+    halted_at: Any = None
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf."""
+    """The training loss or gradients became NaN or Inf; ``good``: the last step whose state is finite."""
+
+    def __init__(self, message: str, good: int = -1):
+        super().__init__(message)
+        self.good = good
 
 
 def compute_loss(logits_B, labels_B):
@@ -94,7 +100,46 @@ def create_train_state(model, tx: optax.GradientTransformation, seed: int, max_s
     """A fresh (unreplicated) TrainState."""
     variables = init_variables(model, seed, max_seq_len)
     params, stats, rng = variables["params"], variables["batch_stats"], jax.random.PRNGKey(seed + 1)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, batch_stats=stats, dropout_rng=rng)
+    return TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, batch_stats=stats, dropout_rng=rng, halted_at=np.int32(0)
+    )
+
+
+def step_dropout_rng(state: TrainState, axis_name: Optional[str]):
+    """The dropout key of this step and device: each device draws its own masks (the same on every device would
+    repeat one mask over the global batch)."""
+    rng = jax.random.fold_in(state.dropout_rng, state.step)
+    return rng if axis_name is None else jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+
+def all_finite(*trees) -> Any:
+    """A scalar bool: every leaf of ``trees`` is finite (one fused reduction per leaf)."""
+    leaves = [x for tree in trees for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def guarded_update(state: TrainState, finite, update: Callable[[TrainState], TrainState]) -> TrainState:
+    """``update(state)`` when ``finite`` and no earlier step halted; else ``state`` unchanged, ``halted_at`` set.
+
+    Inside the compiled program, so a NaN or Inf step never reaches the parameters (the host learns it from the
+    metrics and stops, naming the step). ``finite`` must agree over devices (computed after the ``pmean``). A
+    ``lax.cond``: the sparse step's in-place row updates stay in place.
+    """
+    ok = jnp.logical_and(finite, state.halted_at == 0)
+    return _mark_halted(jax.lax.cond(ok, update, lambda s: s, state), state, ok)
+
+
+def guarded_dense_update(state: TrainState, finite, new_state: TrainState) -> TrainState:
+    """``guarded_update`` for a whole-state update, checking the new parameters too (an update can overflow); an
+    element-wise select that fuses with the update itself."""
+    ok = jnp.logical_and(jnp.logical_and(finite, all_finite(new_state.params)), state.halted_at == 0)
+    kept = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
+    return _mark_halted(kept, state, ok)
+
+
+def _mark_halted(new_state: TrainState, state: TrainState, ok) -> TrainState:
+    halted_at = jnp.where(ok | (state.halted_at > 0), state.halted_at, (state.step + 1).astype(jnp.int32))
+    return new_state.replace(halted_at=halted_at)
 
 
 def value_and_scaled_grad(loss_fn: Callable, loss_scale: float, argnums: Any = 0) -> Callable:
@@ -130,7 +175,7 @@ def make_train_step(
     """
 
     def train_step(state: TrainState, batch):
-        dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
+        dropout_rng = step_dropout_rng(state, axis_name)
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
@@ -147,8 +192,9 @@ def make_train_step(
         if regularization is not None:
             grads = add_regularization_gradients(grads, state.params, batch, regularization, axis_name)
         new_stats = flax.core.unfreeze(updates).get("batch_stats", state.batch_stats)
-        new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
-        return new_state, {"loss": loss, "accuracy": correct}
+        finite = all_finite(loss, grads, new_stats)
+        new_state = guarded_dense_update(state, finite, state.apply_gradients(grads=grads, batch_stats=new_stats))
+        return new_state, {"loss": loss, "accuracy": correct, "halted_at": new_state.halted_at}
 
     return train_step
 

@@ -7,11 +7,13 @@ wait forever in the next gradient collective.
 
 import signal
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np
 from absl import logging
+
+from din_jax.train.step import NonFiniteLossError
 
 
 class TrainingInterrupted(Exception):
@@ -106,3 +108,30 @@ class SignalHandlers:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+def early_stop_message(history: List[Dict[str, Any]], best_step: int, config: Any, step: int) -> Optional[str]:
+    """Why training stops early, once ``config.early_stop_patience`` evaluations in a row have not beaten step
+    ``best_step``'s validation metric; None before (or with a patience of 0)."""
+    since = sum(1 for record in history if record["step"] > best_step)
+    if config.early_stop_patience <= 0 or since < config.early_stop_patience:
+        return None
+    message = "early stop at step %d: %d evaluations without a better validation %s than step %d's"
+    return message % (step, since, config.select_metric, best_step)
+
+
+def halted_error(step: int, losses: np.ndarray, first: int, epoch: int, config: Any) -> NonFiniteLossError:
+    """The error of a call whose program skipped the update of ``step`` and every later one (``guarded_update``):
+    the state is that of ``step - 1``. ``losses``: the call's, of steps ``first + 1`` on."""
+    loss = losses[step - first - 1]
+    what = "training loss became %s" % loss if not np.isfinite(loss) else "the gradients became non-finite"
+    message = "%s at step %d (epoch %d); lower --learning_rate or set --clip_norm%s"
+    return NonFiniteLossError(message % (what, step, epoch, loss_scaling_hint(config, ", or ")), step - 1)
+
+
+def loss_scaling_hint(config: Any, before: str) -> str:
+    """With scaled float16 gradients an overflow is as likely a cause as a high learning rate."""
+    scale = config.effective_loss_scaling()
+    if config.data_type != "float16" or scale <= 1:
+        return ""
+    return "%slower --loss_scaling (now %g; float16 overflows above 65504)" % (before, scale)

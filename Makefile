@@ -20,7 +20,7 @@ PYTEST_ARGS ?=
 PYTEST_WORKERS ?= auto
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadfile)
 
-.PHONY: setup train test test-ipu-proxy lint format data figures clean
+.PHONY: setup train test test-ipu-proxy lint format data figures docs-figures results clean
 
 setup: $(VENV)/.installed
 
@@ -53,9 +53,30 @@ $(PROXY_VENV)/.installed: requirements-ipu-proxy.txt requirements-ipu-common.txt
 test-ipu-proxy: $(PROXY_VENV)/.installed
 	$(PROXY_VENV)/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
-# docs/figures from real data (trains two small Grocery runs, ~1.5 min on 2 cores).
+# The README's figures from real data into runs/figures (trains two small Grocery runs, ~1.5 min on 2 cores);
+# docs-figures writes them into docs/figures.
 figures: setup
 	PYTHON=$(BIN)/python experiments/make_figures.sh
+
+docs-figures: setup
+	PYTHON=$(BIN)/python OUT=docs/figures experiments/make_figures.sh
+
+# docs/RESULTS.md's grids (hours on 2 cores; finished runs of the same code are reused), then their records and
+# tables copied from runs/results into docs/results. GRIDS picks some.
+GRIDS ?= paper_grocery attention_grocery regularizers_grocery mba_baselines_grocery \
+	paper_beauty attention_beauty regularizers_beauty mba_baselines_beauty
+results: setup build/grocery/meta.json build/beauty/meta.json
+	for grid in $(GRIDS); do $(BIN)/python experiments/ablate.py --flagfile experiments/configs/$$grid.flags || exit 1; done
+	mkdir -p docs/results
+	cp runs/results/*.jsonl $(foreach grid,$(GRIDS),runs/results/$(grid).md runs/results/$(grid).csv runs/results/$(grid).png) docs/results/
+
+build/grocery/meta.json: $(VENV)/.installed
+	$(BIN)/python data_prep/build.py --format interactions --input data/amazon_grocery_5core/train.csv \
+		--meta data/amazon_grocery_5core/item_meta.csv --category_col i_category --output build/grocery --overwrite
+
+build/beauty/meta.json: $(VENV)/.installed
+	$(BIN)/python data_prep/build.py --format sequences --input data/amazon_beauty_5core/Beauty.txt \
+		--meta data/amazon_beauty_5core/Beauty_item2attributes.json --output build/beauty --overwrite
 
 # The linter, and the formatter's check (ruff format: make format rewrites the files).
 lint: setup

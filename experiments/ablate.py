@@ -8,7 +8,9 @@ The grid is the product of ``--variant`` (named sets of flags) and the axes
 configuration of every run (the train.py flags). Each configuration first
 runs every ``--tune`` candidate with ``--tune_seed`` and keeps the best on
 validation, then runs once per ``--seeds`` with it. Every run appends one
-JSON line to ``--results``; re-running skips the finished runs. Writes
+JSON line to ``--results`` (default runs/ablation/results.jsonl), naming the
+code version; re-running skips the runs finished by the same code with the
+same configuration (``--reuse_other_versions`` relaxes that). Writes
 ``--report``.md / .csv / .png (mean ± std over seeds, RelaImpr against
 ``--baseline``). ``--import_module`` loads Python files or modules first, to
 register one's own attention, activation or model (see docs/RESULTS.md).
@@ -43,13 +45,21 @@ flags.DEFINE_multi_string(
     "configuration runs each with --tune_seed and keeps the best on validation.",
 )
 flags.DEFINE_integer("tune_seed", 0, "Seed of the tuning runs.")
-flags.DEFINE_string("results", None, "JSON-lines results file (appended to; shared between grids).")
+flags.DEFINE_string(
+    "results", "runs/ablation/results.jsonl", "JSON-lines results file (appended to; shared between grids)."
+)
 flags.DEFINE_string("report", None, "Output prefix of the tables and chart (default: --results without .jsonl).")
 flags.DEFINE_string("baseline", "base", "Configuration label that RelaImpr is measured against.")
 flags.DEFINE_string("highlight", None, "Configuration label to compare against every other one in the report.")
 flags.DEFINE_string("title", None, "Chart title.")
 flags.DEFINE_bool("retry_failed", True, "Run again the runs that failed in an earlier invocation.")
 flags.DEFINE_bool("dry_run", False, "List the runs (and which are done) without training.")
+flags.DEFINE_bool(
+    "reuse_other_versions",
+    False,
+    "Reuse finished runs recorded by other code versions (or a dirty tree) too, with a warning; by "
+    "default a run is reused only when its commit and whole configuration match.",
+)
 flag_defs.define_aliases()
 FLAGS = flags.FLAGS
 
@@ -76,7 +86,7 @@ def make_config_factory(base: Dict[str, Any]):
 def main(argv):
     try:
         if not FLAGS.results:
-            raise ConfigError("give --results FILE.jsonl")
+            raise ConfigError("--results: give a FILE.jsonl")
         flag_defs.import_user_modules()
         cells = build_cells()
         candidates = [ablation.parse_labelled_overrides(text) for text in FLAGS.tune]
@@ -109,6 +119,7 @@ def main(argv):
             retry_failed=retry_failed,
             dry_run=dry_run,
             stop_exceptions=(TrainingInterrupted,),
+            reuse_other_versions=FLAGS.reuse_other_versions,
         )
     except LockHeld as error:
         flag_defs.fail("ablate.py", error)

@@ -5,16 +5,15 @@
 #   2. trains DIN and BaseModel on it for 3 epochs (the model and optimiser
 #      settings of experiments/configs/grocery_base.flags, at the learning
 #      rate tuned for both in docs/RESULTS.md), into runs/figures/{din,base};
-#   3. draws the training curves of both runs, DIN's attention over one test
-#      user's history against several candidates, and the ablation chart of
-#      the Grocery grids' recorded results (docs/results/grocery.jsonl: those
-#      runs take 1.5 hours, so they are read, not rerun).
+#   3. draws the training curves of both runs and DIN's attention over one
+#      test user's history against several candidates. (The ablation charts
+#      are the grids' own: docs/results/<grid>.png, drawn with their tables.)
 #
-#   experiments/make_figures.sh                 # or: make figures
-#   EPOCHS=6 OUT=figures experiments/make_figures.sh
+#   experiments/make_figures.sh                 # or: make figures (into runs/figures)
+#   OUT=docs/figures experiments/make_figures.sh  # or: make docs-figures
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), DATA
-# (build/grocery), RUNS (runs/figures), OUT (docs/figures), EPOCHS (3),
+# (build/grocery), RUNS (runs/figures), OUT (runs/figures), EPOCHS (3),
 # ATTENTION_SAMPLE (test sample whose history is shown; default: the first
 # with 6 to 16 history items of 3 or more categories). Extra arguments go to
 # both train.py runs.
@@ -26,9 +25,9 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 DATA=${DATA:-build/grocery}
 RUNS=${RUNS:-runs/figures}
-OUT=${OUT:-docs/figures}
+OUT=${OUT:-runs/figures}
 EPOCHS=${EPOCHS:-3}
-SHARED=${SHARED:-../shared/data/amazon_grocery_5core}
+SHARED=${SHARED:-data/amazon_grocery_5core}
 
 if [ ! -f "$DATA/meta.json" ]; then
     "$PYTHON" data_prep/build.py --format interactions --input "$SHARED/train.csv" \
@@ -54,12 +53,11 @@ done
 attention=()
 if [ -n "${ATTENTION_SAMPLE:-}" ]; then attention=(--attention_sample="$ATTENTION_SAMPLE"); fi
 written=$("$PYTHON" experiments/plot.py --runs="$RUNS/din,$RUNS/base" --labels="DIN,BaseModel" \
-    --attention_run="$RUNS/din" ${attention[@]+"${attention[@]}"} \
-    --ablation_results=docs/results/grocery.jsonl --out_dir="$OUT")
+    --attention_run="$RUNS/din" ${attention[@]+"${attention[@]}"} --out_dir="$OUT")
 echo "$written"
 # plot.py skips a figure it cannot draw with a warning (right for train.py
 # --plots); here every figure is the point.
-for name in training_curves attention ablation; do
+for name in training_curves attention; do
     if ! grep -qxF "$OUT/$name.png" <<<"$written"; then
         echo "make_figures.sh: error: $OUT/$name.png was not drawn (see the warnings above)" >&2
         exit 1

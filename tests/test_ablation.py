@@ -64,6 +64,17 @@ class FakeTrainer:
         }
 
 
+CLEAN = {"package": "0.1.0", "commit": "a" * 40, "dirty": False}
+
+
+@pytest.fixture(autouse=True)
+def clean_code(monkeypatch):
+    """The grid's code version, fixed: reuse must not depend on the state of the checkout running the tests."""
+    version = dict(CLEAN)
+    monkeypatch.setattr(ablation.grid, "code_version", lambda: version)
+    return version
+
+
 CANDIDATES = [
     ablation.parse_labelled_overrides("lr=%s: --learning_rate=%s" % (v, v)) for v in ("0.001", "0.002", "0.004")
 ]
@@ -123,8 +134,43 @@ def test_stored_keys_are_recomputed_from_the_flags(tmp_path):
     with open(results, "w") as handle:
         handle.write(json.dumps(record) + "\n")
     again = FakeTrainer()
-    outcome = ablation.run_grid([ablation.Cell("din", ("--model=din",))], [1], results, make_config, again)
+    cells = [ablation.Cell("din", ("--model=din",))]
+    outcome = ablation.run_grid(cells, [1], results, make_config, again, reuse_other_versions=True)
     assert again.calls == [] and len(outcome.skipped) == 1
+
+
+def test_records_name_the_code_and_are_reused_only_by_the_same_code(tmp_path, clean_code, caplog):
+    results = str(tmp_path / "results.jsonl")
+    cells = [ablation.Cell("din", ("--model=din",))]
+    ablation.run_grid(cells, [1], results, make_config, FakeTrainer())
+    (record,) = [r for r in ablation.load_records(results) if r["status"] == "ok"]
+    assert record["code"] == CLEAN and record["config_hash"] == ablation.config_hash(record["flags"])
+    # The same code and configuration: reused.
+    same = FakeTrainer()
+    ablation.run_grid(cells, [1], results, make_config, same)
+    assert same.calls == []
+    # Another commit: run again, unless asked to reuse (with a warning naming both versions).
+    clean_code["commit"] = "b" * 40
+    reused = FakeTrainer()
+    ablation.run_grid(cells, [1], results, make_config, reused, reuse_other_versions=True)
+    assert reused.calls == [] and "reusing a record of code aaaaaaa (this is bbbbbbb)" in caplog.text
+    rerun = FakeTrainer()
+    outcome = ablation.run_grid(cells, [1], results, make_config, rerun)
+    assert rerun.calls == [("din", 0.001, 1)] and outcome.records[outcome.final_keys["din"][0]]["code"]["commit"]
+    # A dirty tree's records are never reused, even by the same dirty tree.
+    clean_code["dirty"] = True
+    for expected in ([("din", 0.001, 1)], [("din", 0.001, 1)]):
+        dirty = FakeTrainer()
+        ablation.run_grid(cells, [1], results, make_config, dirty)
+        assert dirty.calls == expected
+    # A changed field outside the run key (e.g. log_every) changes the configuration hash: run again.
+    clean_code["dirty"] = False
+    ablation.run_grid(cells, [1], results, make_config, FakeTrainer())
+    changed = FakeTrainer()
+    ablation.run_grid(cells, [1], results, lambda words: make_config(words, log_every=7), changed)
+    assert changed.calls == [("din", 0.001, 1)]
+    report = ablation.format_versions(ablation.load_records(results))
+    assert report.startswith("Code versions: ") and "aaaaaaa" in report and "bbbbbbb+dirty" in report
 
 
 def test_tuning_picks_the_best_validation_candidate_then_runs_every_seed(tmp_path):

@@ -2,9 +2,11 @@
 
 A grid is a list of named cells (flag overrides on a base configuration); every cell is tuned alike (the same
 candidates, one tuning seed, the best validation metric) and then trained once per seed. Each run appends a
-``started`` line, then an ``ok`` or ``failed`` one, keyed by the hash of its resolved ``TrainConfig``: re-running
-a grid skips finished runs, grids share identical runs, a changed setting runs again, and a run whose process
-died (a dangling ``started``) is reported and run again. ``experiments/ablate.py`` turns flags into cells.
+``started`` line, then an ``ok`` or ``failed`` one, keyed by the hash of its resolved ``TrainConfig``. Every record
+names the code version (``din_jax.version``) and the hash of the whole configuration; a finished run is reused
+only when both match (``reuse_other_versions`` reuses records of other code, with a warning). So re-running a grid
+skips finished runs, grids share identical runs, changed code or a changed setting runs again, and a run whose
+process died (a dangling ``started``) is reported and run again. ``experiments/ablate.py`` turns flags into cells.
 """
 
 import dataclasses
@@ -23,11 +25,12 @@ from absl import logging
 from din_jax.config import TrainConfig
 from din_jax.fileio import ExclusiveLock, json_default
 from din_jax.metrics import is_better
+from din_jax.version import code_version, describe
 
 __all__ = (
     "STARTED OK FAILED PHASE_TUNE PHASE_FINAL VOLATILE_FIELDS REGULARIZERS Cell NO_CANDIDATE RunSpec "
-    "parse_labelled_overrides parse_regularizer expand_grid default_config_dict compute_run_key "
-    "append_record load_records latest_by_key record_metric GridOutcome run_grid"
+    "parse_labelled_overrides parse_regularizer expand_grid default_config_dict compute_run_key config_hash "
+    "reusable append_record load_records latest_by_key record_metric GridOutcome run_grid"
 ).split()
 
 STARTED, OK, FAILED = "started", "ok", "failed"
@@ -153,6 +156,20 @@ def compute_run_key(config_dict: Dict[str, Any], defaults: Optional[Dict[str, An
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def config_hash(config_dict: Dict[str, Any]) -> str:
+    """A short hash of a whole resolved configuration (every field)."""
+    text = json.dumps(config_dict, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def reusable(record: Dict[str, Any], config_digest: str, version: Dict[str, Any]) -> bool:
+    """Whether a finished record was made by this code (same commit, neither dirty) from this configuration."""
+    recorded = record.get("code") or {}
+    same_code = bool(version.get("commit")) and recorded.get("commit") == version["commit"]
+    clean = recorded.get("dirty") is False and version.get("dirty") is False
+    return same_code and clean and record.get("config_hash") == config_digest
+
+
 def append_record(path: str, record: Dict[str, Any]) -> None:
     """Appends one JSON line in one ``O_APPEND`` write, then fsync: a crash leaves the whole line or none."""
     line = (json.dumps(record, sort_keys=True, default=json_default) + "\n").encode("utf-8")
@@ -241,18 +258,23 @@ def run_grid(
     retry_failed: bool = True,
     dry_run: bool = False,
     stop_exceptions: Tuple[type, ...] = (),
+    reuse_other_versions: bool = False,
 ) -> GridOutcome:
     """Runs (or skips) every run of a grid, cell by cell, recording each in ``results_path``.
 
     With ``candidates``, each cell first runs every candidate with ``tune_seed`` and its final runs (one per seed)
     use the best on validation ``select_metric``. ``make_config``: flag overrides -> ``TrainConfig`` (an error
     fails that run only); ``train_fn``: config -> summary (``din_jax.train.loop.train_and_evaluate``).
-    ``stop_exceptions`` (and KeyboardInterrupt) stop the grid instead of failing one run.
+    ``stop_exceptions`` (and KeyboardInterrupt) stop the grid instead of failing one run. A finished run is skipped
+    when ``reusable`` (or, with ``reuse_other_versions``, whatever code made it).
     """
     # One grid at a time per results file: two would run every configuration twice.
     lock = None if dry_run else ExclusiveLock(results_path + ".lock", "--results %s" % results_path).acquire()
     try:
         defaults = default_config_dict()
+        version = code_version()
+        if version.get("dirty"):
+            logging.warning("the code differs from commit %s: these runs cannot be reused later", describe(version))
         latest = latest_by_key(load_records(results_path), defaults)
         outcome = GridOutcome(list(cells), {}, {}, {}, {}, [], [], [], [])
 
@@ -264,11 +286,12 @@ def run_grid(
 
         def execute(spec: RunSpec) -> str:
             started = time.time()
-            config_dict, config_error = None, None
+            config_dict, config_error, digest = None, None, None
             try:
                 config = make_config(spec.overrides)
                 config_dict = _config_dict(config)
                 key = compute_run_key(config_dict, defaults)
+                digest = config_hash(config_dict)
             except Exception as error:  # noqa: BLE001 - a bad configuration fails this run only
                 key = "config-" + hashlib.sha256(json.dumps(list(spec.overrides)).encode()).hexdigest()[:16]
                 config_error = error
@@ -280,8 +303,20 @@ def run_grid(
                 "seed": spec.seed,
                 "overrides": list(spec.overrides),
                 "flags": config_dict,
+                "config_hash": digest,
+                "code": version,
             }
             status = latest[key]["status"] if key in latest else None
+            if status in (OK, FAILED) and not reusable(latest[key], digest, version):
+                if not reuse_other_versions:
+                    status = None  # made by other code (or another configuration of this key): run again
+                elif status == OK:
+                    logging.warning(
+                        "%s: reusing a record of code %s (this is %s)",
+                        spec.describe(),
+                        describe(latest[key].get("code")),
+                        describe(version),
+                    )
             if status == STARTED:
                 logging.warning(
                     "%s: an earlier invocation died during this run (no end record); running it again", spec.describe()

@@ -7,17 +7,18 @@ import csv
 import io
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from absl import logging
 
 from din_jax.ablation.grid import FAILED, OK, PHASE_FINAL, GridOutcome, latest_by_key, record_metric
 from din_jax.metrics import compute_relaimpr
+from din_jax.version import describe
 
 __all__ = (
     "METRICS Runs CSV_COLUMNS mean_std summarize compare_against format_markdown format_csv "
-    "format_failures write_reports"
+    "format_failures format_versions write_reports"
 ).split()
 
 METRICS = (("test", "gauc"), ("test", "auc"), ("test", "logloss"), ("validation", "gauc"))
@@ -233,6 +234,19 @@ def format_failures(outcome: GridOutcome) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def format_versions(records: Iterable[Dict[str, Any]]) -> str:
+    """The code versions of the ok records: one line, so that a table says which code made it."""
+    counts: Dict[str, int] = {}
+    for record in records:
+        if record.get("status") == OK:
+            name = describe(record.get("code"))
+            counts[name] = counts.get(name, 0) + 1
+    if len(counts) == 1:
+        return "Code version: %s (every run)." % next(iter(counts))
+    parts = ", ".join("%s (%d runs)" % item for item in sorted(counts.items()))
+    return "Code versions: %s: runs of different code are mixed." % (parts or "none")
+
+
 def write_reports(
     outcome: GridOutcome,
     output_prefix: str,
@@ -261,6 +275,7 @@ def write_reports(
                 item["spread"],
                 verdict,
             )
+    markdown += "\n%s\n" % format_versions(outcome.records.values())
     failures = format_failures(outcome)
     if failures:
         markdown += "\nFailed or interrupted runs:\n\n" + failures

@@ -1,0 +1,118 @@
+"""The README's shell commands, run in order as a new user pastes them, shortened (one epoch, a dry-run grid).
+
+Every command of every ``sh`` block is either run (with the shortening flags of ``SHORTEN``) or listed in ``SKIP``
+with the reason; a command the test does not know fails it, so an example cannot be added unchecked. The commands
+run in a scratch directory that links the repository's folders, so ``build/`` and ``runs/`` start empty there.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINKED = ("data", "data_prep", "din_jax", "examples", "experiments")
+
+# What `make train` runs (the Makefile's `data` and `train` recipes), one epoch.
+MAKE_TRAIN = (
+    "python data_prep/build.py --format din --input data/amazon_electronics_din_sample "
+    "--output build/amazon_electronics_sample --overwrite",
+    "python experiments/train.py --flagfile experiments/configs/amazon_sample.flags",
+)
+
+# Flags appended to a command (matched by its start) to make it short; a later flag wins over the flagfile's.
+SHORTEN = (
+    ("python experiments/train.py", ["--epochs=1", "--progress=log"]),
+    ("python experiments/ablate.py --flagfile experiments/configs/attention_custom.flags", ["--seeds=1", "--epochs=1"]),
+    ("python experiments/ablate.py", ["--dry_run"]),
+    ("python experiments/benchmark.py", ["--windows=1", "--samples=2048"]),
+    ("python experiments/infer.py", []),
+    ("python data_prep/build.py", []),
+    ("printf ", []),
+)
+
+SKIP = {
+    "make test": "the suite itself",
+    "make figures": "trains two 3-epoch runs (minutes); tests/test_plots.py draws every figure",
+    "make test-ipu-proxy": "CI's second lane",
+    "make lint": "CI runs it",
+    ". .venv/bin/activate": "the test runs the commands with this Python",
+    "experiments/benchmark_suite.sh": "the whole benchmark suite (an hour); its --help is tested in tests/test_benchmark.py",
+    "python data_prep/build.py --format amazon": "needs the 1.2 GB Electronics download",
+    "python experiments/train.py --flagfile X.flags": "a template for several machines; tests/test_distributed.py runs it",
+    "python3.8 -m venv": "the Graphcore IPU set-up (an IPU machine)",
+    "pip install": "the Graphcore IPU set-up (an IPU machine)",
+    "JAX_PLATFORMS=cpu,ipu": "needs an IPU",
+}
+
+
+def readme_commands():
+    """Every command line of the README's ``sh`` blocks, continuation lines joined, comments dropped."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                commands.append(line)
+    return commands
+
+
+def plan(command):
+    """``('skip', reason)``, ``('make train', None)`` or ``('run', words)``: what the test does with a command."""
+    if command.startswith("make train"):
+        return "make train", None
+    for start, reason in SKIP.items():
+        if command.startswith(start):
+            return "skip", reason
+    words = shlex.split(command, comments=True)
+    text = " ".join(words)
+    for start, extra in SHORTEN:
+        if text.startswith(start):
+            return "run", words + extra
+    return "unknown", None
+
+
+def test_every_readme_command_is_run_or_skipped_with_a_reason():
+    unknown = [command for command in readme_commands() if plan(command)[0] == "unknown"]
+    assert unknown == [], "add these README commands to SHORTEN or SKIP in tests/test_readme.py: %s" % unknown
+
+
+def test_make_train_runs_what_the_test_runs():
+    with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as handle:
+        makefile = handle.read()
+    assert "--flagfile experiments/configs/amazon_sample.flags" in makefile
+    assert "--format din --input data/amazon_electronics_din_sample" in makefile
+
+
+def _run(words, cwd):
+    if words[0] == "printf":  # a shell line with a redirection
+        result = subprocess.run(" ".join(shlex.quote(w) if w != ">" else w for w in words), shell=True, cwd=cwd)
+        assert result.returncode == 0
+        return
+    argv = [sys.executable] + words[1:] if words[0] == "python" else words
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    tail = (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 0, "%s failed:\n%s" % (" ".join(words), tail)
+    assert "non-finite" not in tail and "loss became" not in tail, tail
+
+
+def test_the_readme_commands_run_in_order(tmp_path):
+    for name in LINKED:
+        os.symlink(os.path.join(ROOT, name), str(tmp_path / name))
+    ran = 0
+    for command in readme_commands():
+        action, words = plan(command)
+        if action == "make train":
+            for line in MAKE_TRAIN:
+                _run(shlex.split(line) + (["--epochs=1", "--progress=log"] if "train.py" in line else []), tmp_path)
+        elif action == "run":
+            _run(words, str(tmp_path))
+        else:
+            continue
+        ran += 1
+    assert ran >= 12
+    assert os.path.isfile(str(tmp_path / "runs" / "synthetic" / "summary.json"))

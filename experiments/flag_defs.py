@@ -330,6 +330,59 @@ def define_watch_flags() -> None:
         _alias(name)
 
 
+# --help's groups of the shared flags (a command's own flags come first, under its name).
+HELP_GROUPS = (
+    (
+        "data",
+        "dataset use_synthetic_data synthetic_samples max_seq_len resample_negatives batching packed_positions "
+        "length_buckets",
+    ),
+    (
+        "training",
+        "epochs micro_batch_size optimizer learning_rate lr_schedule lr_decay_steps lr_decay_factor lr_file "
+        "lr_type clip_norm mba_lambda l2 seed eval_every eval_micro_batch_size select_metric early_stop_patience "
+        "embedding_updates",
+    ),
+    (
+        "devices and speed",
+        "device_iterations replicas data_type loss_scaling donate prefetch positions_per_pass "
+        "use_ipu_model coordinator_address num_processes process_id",
+    ),
+    ("checkpoints", "model_path checkpoint_every keep_checkpoints resume"),
+    ("watching", "log_every progress progress_seconds tensorboard attention_histograms train_log plots"),
+)
+
+
+def help_text() -> str:
+    """``--help``: the command's docstring and flags, the shared ones grouped (model, data, training, ...)."""
+    from din_jax.cli import format_help
+
+    main = sys.modules["__main__"]
+    program = os.path.basename(sys.argv[0])
+    sources = {"flag_defs", "__main__", sys.argv[0], getattr(main, "__file__", None)}
+    ours = {
+        flag.name for module, defined in FLAGS.flags_by_module_dict().items() if module in sources for flag in defined
+    }
+    aliases = sorted(name for name in ours if str(FLAGS[name].help).startswith("Alias for"))
+    ours -= set(aliases)
+    grouped = [(title, names.split()) for title, names in HELP_GROUPS]
+    model = [name for name in list(MODEL_FLAG_DEFAULTS) + ["preset", "import_module"] if name in ours]
+    listed = set(model).union(*[names for _, names in grouped])
+    own = sorted(name for name in ours if name not in listed)
+    groups = [("%s's own flags" % program, own), ("model", ["preset"] + [n for n in model if n != "preset"])]
+    spellings = ["--" + name for name in aliases if "-" in name and name != "hidden-size"]
+    spellings += [
+        text
+        for flag, text in (
+            ("hidden_size", "--hidden_size for --attention_size"),
+            ("lr_type", "--lr_type for --lr_schedule"),
+        )
+        if flag in FLAGS
+    ]
+    footer = "Graphcore's spellings work too: %s." % ", ".join(spellings) if spellings else ""
+    return format_help(main.__doc__ or program, groups + grouped, footer)
+
+
 def define_aliases() -> None:
     """The hyphenated spellings of Graphcore's README (``--max-seq-len``, ...), and its other names."""
     for name in _ALIASED:
@@ -474,4 +527,4 @@ def run(main: Callable[[List[str]], Any]) -> None:
             )
         return None
 
-    run_main(main, fail, check)
+    run_main(main, fail, check, help_text)

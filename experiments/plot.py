@@ -1,6 +1,6 @@
-"""Figures of runs: training curves, attention over one user's history, ablation bars.
+r"""Figures of runs: training curves, attention over one user's history, ablation bars.
 
-    experiments/make_figures.sh      # docs/figures: trains on Grocery, then runs this
+    experiments/make_figures.sh      # runs/figures: trains on Grocery, then runs this
     python experiments/plot.py --runs runs/synthetic --out_dir figures
     python experiments/plot.py --runs runs/din,runs/base --labels DIN,BaseModel \
         --ablation_results runs/ablation/results.jsonl --out_dir figures
@@ -16,7 +16,7 @@ Writes into --out_dir (default <first run>/plots):
 
 import os
 
-import flag_defs  # noqa: F401 - puts the library on sys.path
+import flag_defs
 from absl import app, flags
 
 from din_jax.ablation import load_records
@@ -101,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    flag_defs.run(main)

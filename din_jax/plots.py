@@ -344,9 +344,17 @@ def plot_attention_example(
     )
 
 
-def plot_ablation(runs: Runs, path: str, metric: str = "gauc", split: str = "test", title: Optional[str] = None) -> str:
-    """Bars of mean ``split`` ``metric`` ± std over seeds per configuration (``ablation.summarize(runs)``), a panel
-    per dataset, sorted with the best on top and highlighted; fields equal in every row go to the title."""
+def plot_ablation(
+    runs: Runs,
+    path: str,
+    metric: str = "gauc",
+    split: str = "test",
+    title: Optional[str] = None,
+    note: str = "",
+) -> str:
+    """Bars of mean ``split`` ``metric`` ± std over seeds per configuration (``ablation.summarize(runs)``, the rows of
+    the grid's tables), a panel per dataset, sorted with the best on top and highlighted; fields equal in every row
+    go to the title; ``note`` (e.g. the code versions) goes under it."""
     summary: Dict[str, List[Dict[str, Any]]] = collections.OrderedDict()
     for row in summarize(runs, None, metric, split):
         if row["n"]:
@@ -381,7 +389,7 @@ def plot_ablation(runs: Runs, path: str, metric: str = "gauc", split: str = "tes
     if not title:
         title = "Ablation: %s %s by %s" % (split, metric.upper(), " · ".join(varying))
         title += "\n(" + ", ".join(constant) + ")" if constant else ""
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title + ("\n" + note if note else ""), fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 

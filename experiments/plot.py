@@ -17,9 +17,9 @@ Writes into --out_dir (default <first run>/plots):
 import os
 
 import flag_defs
-from absl import app, flags
+from absl import app, flags, logging
 
-from din_jax.ablation import load_records
+from din_jax.ablation import format_versions, load_records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", [], "Run directories of train.py (summary.json, train_log.jsonl, best/).")
@@ -80,12 +80,16 @@ def main(argv):
                 written.append(path)
         if FLAGS.ablation_results:
             records = load_records(FLAGS.ablation_results, strict=True)
+            versions = format_versions(records)
+            if versions.startswith("Code versions:"):
+                logging.warning("%s: %s", FLAGS.ablation_results, versions)
             written.append(
                 plots.plot_ablation(
                     records,
                     os.path.join(out_dir, "ablation.png"),
                     metric=FLAGS.ablation_metric,
                     split=FLAGS.ablation_split,
+                    note=versions,
                 )
             )
     except plots.SampleOutOfRangeError as error:

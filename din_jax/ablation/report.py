@@ -275,7 +275,8 @@ def write_reports(
                 item["spread"],
                 verdict,
             )
-    markdown += "\n%s\n" % format_versions(outcome.records.values())
+    versions = format_versions(outcome.records.values())
+    markdown += "\n%s\n" % versions
     failures = format_failures(outcome)
     if failures:
         markdown += "\nFailed or interrupted runs:\n\n" + failures
@@ -289,5 +290,5 @@ def write_reports(
         logging.warning("matplotlib is not installed: no chart written to %s.png", output_prefix)
     else:
         if any(row["n"] for row in rows):
-            paths["chart"] = plots.plot_ablation(outcome, output_prefix + ".png", title=title or None)
+            paths["chart"] = plots.plot_ablation(outcome, output_prefix + ".png", title=title or None, note=versions)
     return paths

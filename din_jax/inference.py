@@ -93,6 +93,38 @@ class Predictor:
             return logits, jnp.zeros(batch["hist_item"].shape, jnp.float32)
 
         self._apply = jax.jit(apply)
+        self._raw_maps: Dict[str, Tuple[List[str], Dict[str, int]]] = {}
+        self.dataset: Optional[str] = self.metadata.get("dataset")
+
+    # -- raw ids ---------------------------------------------------------------
+
+    def id_map(self, kind: str) -> Tuple[List[str], Dict[str, int]]:
+        """``(raw ids by internal id, internal id by raw id)`` of ``user`` or ``item``, from the id maps of the dataset
+        the model was trained on (``self.dataset``, which a caller may point elsewhere); read once."""
+        if kind not in self._raw_maps:
+            if not self.dataset:
+                raise ValueError("raw ids need the id maps of a dataset directory; this model was trained without one")
+            try:
+                raw = load_dataset(self.dataset, check_values=False).id_map(kind)
+            except DatasetError as error:
+                raise ValueError("raw ids: the id maps of %s cannot be read: %s" % (self.dataset, error)) from None
+            self._raw_maps[kind] = (raw, {key: index for index, key in enumerate(raw)})
+        return self._raw_maps[kind]
+
+    def internal_ids(self, kind: str, raw: Sequence[Any], where: str = "Predictor") -> List[int]:
+        """The internal ids of raw ``user``/``item`` ids (strings, or numbers written as the data wrote them)."""
+        if isinstance(raw, (str, bytes)) or not isinstance(raw, (list, tuple, np.ndarray)):
+            raise ValueError("%s: expected a list of raw %s ids, got %s" % (where, kind, _describe(raw)))
+        _, index = self.id_map(kind)
+        ids = []
+        for value in raw:
+            key = value if isinstance(value, str) else str(value)
+            if isinstance(value, (bool, float, dict, list)) or key not in index:
+                raise ValueError(
+                    "%s: unknown raw %s id %r (not in the id map of %s)" % (where, kind, value, self.dataset)
+                )
+            ids.append(index[key])
+        return ids
 
     @classmethod
     def from_checkpoint(
@@ -284,9 +316,10 @@ class Predictor:
         history: Sequence[int],
         candidate_items: Sequence[int],
         k: Optional[int] = 10,
-        user: Optional[int] = None,
+        user: Optional[Any] = None,
         keep_duplicates: bool = False,
-    ) -> List[Tuple[int, float]]:
+        raw_ids: bool = False,
+    ) -> List[Tuple[Any, float]]:
         """The top ``k`` (None: all) candidates for one user as ``[(item, probability), ...]``, best first.
 
         ``history``: the user's item ids, oldest first. ``user`` is required by models with a user embedding
@@ -294,7 +327,18 @@ class Predictor:
         cannot fill several of the top places (``keep_duplicates`` ranks every occurrence). Sorted on the logits, so
         saturated probabilities keep their order; ties keep the input order. A non-integer, out-of-range or missing
         id, an argument that is not a sequence of ids, or ``k`` < 1 raise a ValueError.
+
+        ``raw_ids``: ``history``, ``candidate_items``, ``user`` and the returned items are the dataset's own ids (e.g.
+        ASINs), mapped through its id maps (``id_map``); an id the training data did not have raises a ValueError.
         """
+        if raw_ids:
+            where = "Predictor.rank"
+            history = self.internal_ids("item", history, where)
+            candidate_items = self.internal_ids("item", candidate_items, where)
+            user = None if user is None else self.internal_ids("user", [user], where)[0]
+            ranked = self.rank(history, candidate_items, k, user, keep_duplicates)
+            raw_items, _ = self.id_map("item")
+            return [(raw_items[item], probability) for item, probability in ranked]
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError("Predictor.rank: k must be an integer >= 1 (or None for all), got %r" % (k,))
         candidates = _as_id_sequence("Predictor.rank", "candidate_items", candidate_items, allow_empty=False)

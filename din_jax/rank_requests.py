@@ -30,7 +30,7 @@ def _id_list(where: str, name: str, value: Any, allow_empty: bool) -> List[int]:
     return list(value)
 
 
-def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List[RankRequest]:
+def read_rank_requests(path: str, predictor: Optional[Predictor] = None, raw_ids: bool = False) -> List[RankRequest]:
     """Reads and checks a rank-candidates file (JSON lines, docs/WATCHING.md).
 
     Each non-blank line is an object ``{"history": [item, ...], "candidates":
@@ -41,10 +41,14 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
 
     Args:
       predictor: when given, ids are checked against its vocabulary.
+      raw_ids: the ids are the dataset's own (strings or numbers, e.g. ASINs), mapped through the predictor's
+        ``id_map`` (it is required then).
 
     Raises:
       ValueError: ``FILE:LINE: what is wrong``, for the first bad line.
     """
+    if raw_ids and predictor is None:
+        raise ValueError("%s: raw ids need the predictor, whose dataset's id maps translate them" % path)
     try:
         with open(path) as handle:
             lines = handle.readlines()
@@ -69,6 +73,11 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
         for key in ("history", "candidates"):
             if key not in row:
                 raise ValueError("%s: missing %r" % (where, key))
+        if raw_ids:
+            for key in ("history", "candidates"):
+                row[key] = predictor.internal_ids("item", row[key], "%s: %r" % (where, key))
+            if row.get("user") is not None:
+                row["user"] = predictor.internal_ids("user", [row["user"]], "%s: 'user'" % where)[0]
         history = _id_list(where, "history", row["history"], allow_empty=True)
         candidates = _id_list(where, "candidates", row["candidates"], allow_empty=False)
         user = row.get("user")
@@ -92,15 +101,18 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None) -> List
     return requests
 
 
-def rank_requests(predictor: Predictor, requests: List[RankRequest], top_k: int) -> List[str]:
-    """One JSON line per request: ``{"line", "id"?, "user", "ranking": [{"item", "score"}, ...]}``."""
+def rank_requests(predictor: Predictor, requests: List[RankRequest], top_k: int, raw_ids: bool = False) -> List[str]:
+    """One JSON line per request: ``{"line", "id"?, "user", "ranking": [{"item", "score"}, ...]}`` (with ``raw_ids``,
+    the user and the items are the dataset's own ids)."""
+    raw_items = predictor.id_map("item")[0] if raw_ids else None
+    raw_users = predictor.id_map("user")[0] if raw_ids else None
     lines = []
     for request in requests:
         ranking = predictor.rank(request.history, request.candidates, k=top_k, user=request.user or 0)
         row: dict = {"line": request.line}
         if request.id is not None:
             row["id"] = request.id
-        row["user"] = request.user
-        row["ranking"] = [{"item": item, "score": score} for item, score in ranking]
+        row["user"] = raw_users[request.user] if raw_users is not None and request.user is not None else request.user
+        row["ranking"] = [{"item": raw_items[item] if raw_items else item, "score": score} for item, score in ranking]
         lines.append(json.dumps(row))
     return lines

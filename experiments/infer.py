@@ -36,6 +36,13 @@ flags.DEFINE_string(
 flags.DEFINE_integer("top_k", 10, "With --rank_candidates: how many candidates to return per line.")
 flags.DEFINE_string("rank_output", None, "With --rank_candidates: write the rankings here instead of stdout.")
 flags.DEFINE_enum(
+    "rank_ids",
+    "internal",
+    ["internal", "raw"],
+    "With --rank_candidates: the ids of the requests and rankings: internal (0 .. n-1) or raw (the dataset's own, "
+    "e.g. ASINs, through its id maps; --dataset names the dataset when the checkpoint's path does not).",
+)
+flags.DEFINE_enum(
     "progress",
     "auto",
     ["auto", "bar", "log", "none"],
@@ -60,8 +67,11 @@ def _rank_candidates(path: str) -> None:
     if FLAGS.top_k < 1:
         raise ConfigError("--top_k must be >= 1, got %d" % FLAGS.top_k)
     predictor = Predictor.from_checkpoint(path)
-    requests = read_rank_requests(FLAGS.rank_candidates, predictor)
-    text = "\n".join(rank_requests(predictor, requests, FLAGS.top_k)) + "\n"
+    if FLAGS.dataset:
+        predictor.dataset = FLAGS.dataset
+    raw = FLAGS.rank_ids == "raw"
+    requests = read_rank_requests(FLAGS.rank_candidates, predictor, raw_ids=raw)
+    text = "\n".join(rank_requests(predictor, requests, FLAGS.top_k, raw_ids=raw)) + "\n"
     if not FLAGS.rank_output:
         sys.stdout.write(text)
         return

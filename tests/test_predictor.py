@@ -309,3 +309,60 @@ def test_infer_scores_a_training_checkpoint_like_the_run_directory(run):
         assert result.returncode == 0, result.stderr[-3000:]
         lines.append([line for line in result.stdout.splitlines() if line.startswith("test gauc")])
     assert lines[0] and lines[0] == lines[1]
+
+
+def _write_with_raw_ids(source, path):
+    """The synthetic dataset as a directory whose raw ids are strings ('u<i>', 'B00<i>', 'c<i>')."""
+    from din_jax.data.writer import write_dataset
+
+    id_maps = {
+        "user": ["u%d" % i for i in range(source.num_users)],
+        "item": ["B00%d" % i for i in range(source.num_items)],
+        "category": ["c%d" % i for i in range(source.num_categories)],
+    }
+    splits = {name: np.asarray(source.samples(name)) for name in source.split_names()}
+    meta = {"name": "synthetic", "source_format": "synthetic", "max_seq_len": 10}
+    write_dataset(
+        path,
+        sequences=source.sequences,
+        offsets=source.offsets,
+        item_category=source.item_category,
+        splits=splits,
+        meta=meta,
+        id_maps=id_maps,
+    )
+
+
+def test_rank_and_rank_requests_take_the_datasets_raw_ids(run, tmp_path):
+    path, config, source = run
+    _write_with_raw_ids(source, str(tmp_path / "data"))
+    predictor = Predictor.from_checkpoint(path)
+    with pytest.raises(ValueError, match="raw ids need the id maps of a dataset directory"):
+        predictor.rank(["B0010"], ["B001"], raw_ids=True)
+    predictor.dataset = str(tmp_path / "data")
+    internal = predictor.rank([10, 20, 30], [1, 2, 3, 4, 5], k=3)
+    raw = predictor.rank(["B0010", "B0020", "B0030"], ["B001", "B002", "B003", "B004", "B005"], k=3, raw_ids=True)
+    assert raw == [("B00%d" % item, score) for item, score in internal]
+    with pytest.raises(ValueError, match=r"unknown raw item id 'B99' \(not in the id map of "):
+        predictor.rank(["B0010"], ["B99"], raw_ids=True)
+    with pytest.raises(ValueError, match="expected a list of raw item ids, got str"):
+        predictor.rank("B0010", ["B001"], raw_ids=True)
+    # infer.py --rank_ids raw: requests and rankings in raw ids; --dataset points at the id maps.
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"user": "u1", "history": ["B0010", "B0020", "B0030"], "candidates": ["B001", "B002"]}\n')
+    command = [sys.executable, os.path.join(ROOT, "experiments", "infer.py"), "--model_path", path]
+    command += ["--rank_candidates", str(requests), "--rank_ids", "raw", "--dataset", str(tmp_path / "data")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["user"] == "u1"
+    expected = predictor.rank(["B0010", "B0020", "B0030"], ["B001", "B002"], raw_ids=True)
+    assert [(r["item"], r["score"]) for r in row["ranking"]] == [(i, pytest.approx(s, rel=1e-6)) for i, s in expected]
+    requests.write_text('{"history": ["B0010"], "candidates": ["nope"]}\n')
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("infer.py: error: %s:1: 'candidates': unknown raw item id 'nope'" % requests)
+    )

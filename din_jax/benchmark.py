@@ -34,6 +34,7 @@ from din_jax.data.batching import (
 from din_jax.data.dataset import load_dataset
 from din_jax.data.synthetic import make_synthetic_dataset, parse_length_spec
 from din_jax.layers import ATTENTIONS
+from din_jax.train.observers import Heartbeat
 from din_jax.train.setup import build_model_for, create_programs, vocabulary
 from din_jax.train.step import init_variables, make_p_predict_chunk, replicate, resolve_devices
 
@@ -379,8 +380,11 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     if log:
         log("%s micro-batch %d: compiling %d program(s)" % (config.mode, micro_batch_size, len(shapes)))
     start = time.perf_counter()
-    for (_, seq_len, buffer), indices in sorted(shapes.items(), key=lambda item: item[0]):
+    beat = Heartbeat().start()  # a line every 10 s while compiling
+    for number, ((_, seq_len, buffer), indices) in enumerate(sorted(shapes.items(), key=lambda item: item[0]), 1):
+        beat.set("%s micro-batch %d: compiling program %d of %d" % (config.mode, micro_batch_size, number, len(shapes)))
         jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=buffer)))
+    beat.stop()
     compile_s = time.perf_counter() - start
     if log:
         compiled = (config.mode, micro_batch_size, len(shapes), compile_s)

@@ -238,3 +238,19 @@ def test_make_hooks_without_optional_packages(tmp_path, monkeypatch, absl_messag
     with pytest.raises(ValueError, match="progress mode"):
         hooks.ProgressHook("fancy")
     assert json.dumps(hooks.PROGRESS_MODES)
+
+
+def test_the_heartbeat_speaks_when_the_loop_is_silent_and_only_then(absl_messages):
+    import time
+
+    beat = hooks.Heartbeat(every=0.3).start()
+    try:
+        beat.set("epoch 1: compiling the train program, then running call 1 of 3 (1600 steps)")
+        time.sleep(1.0)
+        spoken = [m for m in absl_messages if "compiling the train program" in m]
+        assert 2 <= len(spoken) <= 4 and spoken[0].endswith("s so far")
+        beat.set(None)  # nothing going on: nothing said
+        time.sleep(0.7)
+        assert len([m for m in absl_messages if "so far" in m]) == len(spoken)
+    finally:
+        beat.stop()

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from absl import logging
 
 from din_jax import metrics as metrics_lib
 from din_jax.checkpoint import CheckpointError
@@ -109,6 +110,19 @@ def model_returns_attention(model) -> bool:
         return "return_attention" in inspect.signature(type(model).__call__).parameters
     except (TypeError, ValueError):
         return False
+
+
+def probe_attention(trainer: Any, variables: Dict[str, Any]) -> Optional[Any]:
+    """A ``Trainer``'s attention-probe weights when an observer wants them and the model has them (else None)."""
+    wanting = [hook for hook in trainer.hooks if getattr(hook, "wants_attention", False)]
+    if trainer._attention_probe is None and wanting and trainer.is_chief:  # observers write on the chief only
+        where = ("validation" if trainer.has_validation else "train", trainer.config.max_seq_len)
+        samples = getattr(wanting[0], "attention_samples", 256)
+        returns = model_returns_attention(trainer.eval_model)
+        trainer._attention_probe = returns and AttentionProbe(trainer.eval_model, trainer.source, *where, samples)
+        if not trainer._attention_probe:
+            logging.info("model %s returns no attention weights: no attention histograms", trainer.config.model)
+    return trainer._attention_probe(variables) if trainer._attention_probe else None
 
 
 class AttentionProbe:

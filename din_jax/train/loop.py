@@ -22,7 +22,8 @@ from din_jax.config import ConfigError, TrainConfig
 from din_jax.data.batching import ChunkPlan, gather_chunk, plan_epoch, prefetch
 from din_jax.metrics import is_better
 from din_jax.train import run_dir
-from din_jax.train.evaluation import AttentionProbe, evaluate_split, model_returns_attention
+from din_jax.train.evaluation import evaluate_split, probe_attention
+from din_jax.train.observers import Heartbeat
 from din_jax.train.regularization import regularization_for
 from din_jax.train.setup import create_programs, dataset_fingerprint, load_source, vocabulary
 from din_jax.train.step import NonFiniteLossError, replicate, resolve_devices, unreplicate_to_host
@@ -95,6 +96,7 @@ class Trainer:
         self._began = False
         self._finishing = False
         self._attention_probe = None
+        self.heartbeat = Heartbeat()
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
         self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, self.source.item_category)
 
@@ -130,7 +132,8 @@ class Trainer:
         logging.info("%s, train %d samples, global micro-batch %d", where, self.num_train, self.global_batch)
 
     def release(self) -> None:
-        """Releases the run directory (``train`` does it at its end)."""
+        """Releases the run directory and stops the heartbeat (``train`` does both at its end)."""
+        self.heartbeat.stop()
         if self._lock is not None:
             self._lock.release()
 
@@ -201,8 +204,8 @@ class Trainer:
     def train(self, handle_signals: bool = True) -> Dict[str, Any]:
         """Trains the remaining epochs, then ``finish``.
 
-        Raises TrainingInterrupted after a stop request (checkpoint written), TrainingAborted on a second signal,
-        NonFiniteLossError when the loss became NaN or Inf (earlier checkpoints stay).
+        Raises TrainingInterrupted after a stop request (checkpoint written), TrainingAborted on a second signal. A
+        non-finite step or early stopping ends training early (the summary's ``stopped``).
         """
         # Around finish() too: a signal during the test evaluation must stop as cleanly as one in training.
         with self.handle_signals() if handle_signals else contextlib.nullcontext():
@@ -222,6 +225,7 @@ class Trainer:
         if self._began:
             return
         self._began = True
+        self.heartbeat.start()
         outputs, self._previous_run = self._previous_run, []
         run_dir.clear_previous_run(self.config.model_path, outputs)
         record = dict(step=self.step, epoch=self.epoch, epochs=self.config.epochs, chief=self.is_chief)
@@ -263,13 +267,17 @@ class Trainer:
         for call, (indices, chunk) in enumerate(zip(remaining, prefetch(chunks(), config.prefetch)), start_call):
             k = indices.shape[1]
             shape = (k, int(chunk["hist_item"].shape[-1]))
+            # The first call of each shape compiles: keep it out of the throughput.
+            compiles = shape not in self._compiled_shapes
+            doing = "compiling the train program, then running" if compiles else "running"
+            self.heartbeat.set(
+                "epoch %d: %s call %d of %d (%d steps)" % (self.epoch, doing, call + 1, len(plan.calls), k)
+            )
             self.state, metrics = self.p_train(self.state, chunk)
             self.step += k
             self._epoch_calls_done = call + 1
             if pending is not None:
                 self._drain(pending)
-            # The first call of each shape compiles: keep it out of the throughput.
-            compiles = shape not in self._compiled_shapes
             pending = dict(metrics=metrics, step=self.step, samples=plan.valid[call], call=call, epoch=self.epoch)
             pending["compiles"] = compiles
             self._compiled_shapes.add(shape)
@@ -371,6 +379,7 @@ class Trainer:
             return out
 
         samples = self.source.num_samples(split)
+        self.heartbeat.set("step %d: scoring the %s split (%d samples)" % (self.step, split, samples))
         self._notify("on_evaluation_begin", {"split": split, "samples": samples, "step": self.step})
         return evaluate_split(p_predict, variables, self.source, split, self.devices, self.config)
 
@@ -393,20 +402,8 @@ class Trainer:
         else:
             self.best.update(step=self.step, variables=variables)
         self.history.append(record)
-        self._notify("on_evaluation", dict(record, attention=self._attention(variables)))
+        self._notify("on_evaluation", dict(record, attention=probe_attention(self, variables)))
         return record
-
-    def _attention(self, variables: Dict[str, Any]) -> Optional[Any]:
-        """The attention probe's weights when an observer wants them and the model has them (False: it has not)."""
-        wanting = [hook for hook in self.hooks if getattr(hook, "wants_attention", False)]
-        if self._attention_probe is None and wanting and self.is_chief:  # observers write on the chief only
-            where = ("validation" if self.has_validation else "train", self.config.max_seq_len)
-            samples = getattr(wanting[0], "attention_samples", 256)
-            returns = model_returns_attention(self.eval_model)
-            self._attention_probe = returns and AttentionProbe(self.eval_model, self.source, *where, samples)
-            if not self._attention_probe:
-                logging.info("model %s returns no attention weights: no attention histograms", self.config.model)
-        return self._attention_probe(variables) if self._attention_probe else None
 
     # -- checkpoints and resuming --------------------------------------------
 

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional
 
@@ -64,6 +65,37 @@ class _BarSafeStream:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+class Heartbeat:
+    """Says what the loop is doing whenever it has been silent for ``every`` seconds: a compile, a long host call of
+    many device iterations, a large evaluation. A daemon thread; ``set`` names the current activity."""
+
+    def __init__(self, every: float = 10.0):
+        self.every = every
+        self.activity: Optional[str] = None
+        self.since = self._said = time.perf_counter()
+        self._done = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def set(self, activity: Optional[str]) -> None:
+        self.activity, self.since = activity, time.perf_counter()
+
+    def start(self) -> "Heartbeat":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        while not self._done.wait(min(1.0, self.every)):
+            now, activity = time.perf_counter(), self.activity
+            if activity and now - max(self.since, self._said) >= self.every:
+                self._said = now
+                logging.info("%s: %.0f s so far", activity, now - self.since)
 
 
 class ProgressHook:

@@ -261,15 +261,16 @@ def step_checkpoint_dir(root: str, step: int) -> str:
     return os.path.join(root, "%s%d" % (STEP_PREFIX, int(step)))
 
 
-def list_step_checkpoints(root: str) -> List[Tuple[int, str]]:
-    """``(step, directory)`` of the complete ``step_<N>`` checkpoints under ``root``, oldest first ([] if absent)."""
+def list_step_checkpoints(root: str, complete: bool = True) -> List[Tuple[int, str]]:
+    """``(step, directory)`` of the complete ``step_<N>`` checkpoints under ``root``, oldest first ([] if absent);
+    ``complete=False``: the ``step_<N>`` directories without their JSON (written last) instead."""
     if not os.path.isdir(root):
         return []
     found = []
     for name in os.listdir(root):
         match = _STEP_DIR.match(name)
         path = os.path.join(root, name)
-        if match and os.path.isfile(os.path.join(path, META_FILE)):  # written last: complete
+        if match and os.path.isfile(os.path.join(path, META_FILE)) == complete:  # the JSON is written last
             found.append((int(match.group(1)), path))
     return sorted(found)
 

@@ -485,3 +485,32 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_128_plus_the_signal(tmp_path)
     assert finish.returncode == 0, finish.stderr[-3000:]
     assert "resuming from %s: step %d" % (checkpoint, step) in finish.stderr
     assert json.load(open(os.path.join(path, "summary.json")))["resumed_from"] == [step]
+
+
+def test_resume_says_when_the_newest_step_directory_has_no_json(tmp_path, caplog):
+    from din_jax.train import run_dir
+
+    root = tmp_path / "run" / "checkpoints"
+    for step, complete in ((5, True), (9, False)):
+        (root / ("step_%d" % step)).mkdir(parents=True)
+        (root / ("step_%d" % step) / ckpt.STATE_FILE).write_bytes(b"state")
+        if complete:
+            (root / ("step_%d" % step) / ckpt.META_FILE).write_text("{}")
+    config = TrainConfig(model_path=str(tmp_path / "run"), resume=True, **CONFIG)
+    with caplog.at_level("WARNING"):
+        chosen, _ = run_dir.prepare(config, is_chief=True)
+    assert chosen == str(root / "step_5")
+    assert (
+        "step_9 has no %s (incomplete or deleted): skipped; resuming from %s" % (ckpt.META_FILE, chosen) in caplog.text
+    )
+
+
+def test_resume_checks_the_arrays_saved_beside_the_state(tmp_path):
+    path = str(tmp_path / "run")
+    settings = dict(CONFIG, replicas=1, epochs=1, checkpoint_every=20)
+    training.train_and_evaluate(TrainConfig(model_path=path, **settings))
+    (_, first), (_, newest) = ckpt.list_step_checkpoints(os.path.join(path, "checkpoints"))[-2:]
+    os.remove(os.path.join(newest, "item_category.npy"))
+    resume = TrainConfig(model_path=path, resume=True, **dict(settings, epochs=2))
+    with pytest.raises(ckpt.CheckpointError, match=r"is incomplete \(item_category.npy missing\); delete it to resume"):
+        training.Trainer(resume)

@@ -272,3 +272,15 @@ def test_a_non_finite_step_leaves_the_state_of_the_last_good_one(updates):
     assert int(host.step) == 1 and int(host.halted_at) == 2
     _assert_trees_close(host.params, _host(after_one).params, rtol=0, atol=0)
     assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(host.params))
+
+
+def test_an_exploding_finite_loss_is_warned_about_once(caplog):
+    from din_jax.train.stopping import divergence_warning
+
+    with caplog.at_level("WARNING"):
+        warned = divergence_warning(0.69, 10, False)
+        assert warned is False and caplog.text == ""
+        warned = divergence_warning(1e6, 20, warned)
+        assert warned is True and "training loss 1e+06 at step 20, far above chance (0.69)" in caplog.text
+        divergence_warning(2e6, 30, warned)
+        assert caplog.text.count("far above chance") == 1

@@ -32,6 +32,7 @@ from din_jax.train.stopping import (
     StopControl,
     TrainingAborted,
     TrainingInterrupted,
+    divergence_warning,
     early_stop_message,
     halted_error,
     loss_scaling_hint,
@@ -96,7 +97,7 @@ class Trainer:
         self._began = False
         self._finishing = False
         self._attention_probe = None
-        self.heartbeat = Heartbeat()
+        self.heartbeat, self._diverging = Heartbeat(), False
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
         self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, self.source.item_category)
 
@@ -346,6 +347,7 @@ class Trainer:
         if np.any(halted > 0):
             first = pending["step"] - len(losses)  # the call's steps are first + 1 ... pending["step"]
             raise halted_error(int(halted[halted > 0][0]), losses, first, pending["epoch"], self.config)
+        self._diverging = divergence_warning(float(np.mean(losses)), pending["step"], self._diverging)
         record = {
             "epoch": pending["epoch"],
             "step": pending["step"],

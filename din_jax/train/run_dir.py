@@ -91,6 +91,16 @@ def prepare(
         ckpt.remove_temporaries(config.model_path)
     existing = ckpt.list_step_checkpoints(root)
     if config.resume:
+        # A step directory without its JSON (written last) is not a checkpoint; say so if it is newer than the one used.
+        newest = existing[-1][0] if existing else -1
+        broken = [path for step, path in ckpt.list_step_checkpoints(root, complete=False) if step > newest]
+        if broken:
+            logging.warning(
+                "--resume: %s has no %s (incomplete or deleted): skipped; resuming from %s",
+                broken[-1],
+                ckpt.META_FILE,
+                existing[-1][1] if existing else "scratch",
+            )
         if existing:
             return existing[-1][1], []
         missing = not os.path.isdir(config.model_path) or (held is not None and held.created_folder)
@@ -214,6 +224,8 @@ def load_resumable(path: str, root: str) -> Tuple[Dict[str, np.ndarray], Dict[st
     """The verified arrays and metadata of a training checkpoint; a corrupt one names the older to fall back to."""
     try:
         flat, meta = ckpt.load_checkpoint(path)
+        for name in meta.get("arrays") or {}:  # the arrays saved beside the state (item_category.npy) too
+            ckpt.load_array(path, name, meta)
     except ckpt.CheckpointError as error:
         older = [step for step, p in ckpt.list_step_checkpoints(root) if p != path]
         hint = ("; delete it to resume from the previous one (step %d)" % older[-1]) if older else ""

@@ -135,3 +135,20 @@ def loss_scaling_hint(config: Any, before: str) -> str:
     if config.data_type != "float16" or scale <= 1:
         return ""
     return "%slower --loss_scaling (now %g; float16 overflows above 65504)" % (before, scale)
+
+
+# A call's mean training loss this far above chance (log 2 = 0.69 for balanced labels) means the run diverges.
+DIVERGING_LOSS = 10.0
+
+
+def divergence_warning(loss: float, step: int, warned: bool) -> bool:
+    """Warns (once: ``warned``) when a finite training loss explodes; returns whether it has warned."""
+    if warned or not loss > DIVERGING_LOSS:
+        return warned
+    logging.warning(
+        "training loss %.3g at step %d, far above chance (0.69): the run is diverging; lower --learning_rate or "
+        "set --clip_norm",
+        loss,
+        step,
+    )
+    return True

@@ -153,3 +153,12 @@ def merge_into_sequences(rows: SampleRows) -> Tuple[np.ndarray, np.ndarray, Dict
     )
     splits = {name: samples[rows.split == code] for code, name in enumerate(SPLIT_NAMES)}
     return sequences, offsets, splits
+
+
+def require_training_rows(rows: SampleRows, path: str) -> None:
+    """A DataPrepError unless some rows are training rows: a build without them would train on nothing."""
+    if not np.any(rows.split == TRAIN):
+        raise DataPrepError(
+            f"{path}: no training samples (the training file is empty, or every row was dropped or went to "
+            "validation; see the counts above); nothing written"
+        )

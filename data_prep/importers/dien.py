@@ -31,6 +31,7 @@ from data_prep.sample_rows import (
     cut_validation,
     drop_empty_histories,
     merge_into_sequences,
+    require_training_rows,
     select_rows,
 )
 from data_prep.textio import text_lines
@@ -183,6 +184,7 @@ def import_dien(options: BuildOptions, report: BuildReport) -> Imported:
     with report.timed("merge histories"):
         rows = drop_empty_histories(rows, report)
         rows = cut_validation(rows, options.din_validation, options.validation_users, options.seed, report)
+        require_training_rows(rows, options.input)
         sequences, seq_offsets, split_arrays = merge_into_sequences(rows)
     category_names = list(vocab["category"])
     if item_category.max(initial=0) >= len(category_names):

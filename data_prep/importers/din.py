@@ -26,7 +26,15 @@ from data_prep.importers.common import BuildOptions, Imported
 from data_prep.progress import progress, stage
 from data_prep.report import BuildReport, DataPrepError, undecodable
 from data_prep.safe_pickle import load_pickles
-from data_prep.sample_rows import TEST, TRAIN, SampleRows, cut_validation, drop_empty_histories, merge_into_sequences
+from data_prep.sample_rows import (
+    TEST,
+    TRAIN,
+    SampleRows,
+    cut_validation,
+    drop_empty_histories,
+    merge_into_sequences,
+    require_training_rows,
+)
 from data_prep.textio import counting, open_text
 
 _HISTORY = re.compile(r"\s*\[\s*((?:\d+\s*,\s*)*\d+)?\s*\]\s*")
@@ -258,6 +266,7 @@ def import_din(options: BuildOptions, report: BuildReport) -> Imported:
     with report.timed("merge histories"):
         rows = drop_empty_histories(rows, report)
         rows = cut_validation(rows, options.din_validation, options.validation_users, options.seed, report)
+        require_training_rows(rows, path)
         sequences, offsets, splits = merge_into_sequences(rows)
     meta = {
         "protocol": {

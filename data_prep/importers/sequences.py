@@ -10,7 +10,7 @@ is the category itself; a dict is read with the Amazon metadata rules.
 
 import json
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -44,6 +44,8 @@ def import_sequences(options: BuildOptions, report: BuildReport) -> Imported:
     path = require_file(options.input, "--input (the sequence file)")
     users: List[str] = []
     items: List[str] = []
+    line_of_user: Dict[str, int] = {}
+    repeated, first_repeat = 0, ""
     with report.timed("read"):
         for number, line in text_lines(path, report, "read " + os.path.basename(path)):
             fields = line.split()
@@ -52,8 +54,19 @@ def import_sequences(options: BuildOptions, report: BuildReport) -> Imported:
             if len(fields) == 1:
                 report.malformed(path, number, "a user without items")
                 continue
+            if fields[0] in line_of_user:
+                repeated += 1
+                first_repeat = (
+                    first_repeat or f"line {number}, user {fields[0]!r}, first on line {line_of_user[fields[0]]}"
+                )
+            line_of_user.setdefault(fields[0], number)
             users.extend([fields[0]] * (len(fields) - 1))
             items.extend(fields[1:])
+        if repeated:
+            report.note(
+                f"{path}: {repeated} line(s) repeat the user of an earlier line; each user's lines were joined in "
+                f"file order (the first: {first_repeat})"
+            )
         meta_items = meta_categories = None
         sources = [path]
         if options.meta:

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from dataprep_testlib import build, fixture
+from dataprep_testlib import REPO_ROOT, build, fixture
 
 from data_prep.convert import convert_amazon, read_converted
 from data_prep.importers.interactions import parse_times
@@ -403,3 +403,37 @@ def test_timestamp_column_gives_seconds():
         assert kind == "date"
         assert np.isnan(times[1])
         assert (times[0], times[2]) == (60 + offsets[0], 1404172800 + offsets[1])
+
+
+def test_sequences_count_the_lines_that_repeat_a_user(tmp_path):
+    path = tmp_path / "seq.txt"
+    path.write_text("u1 a b c\nu2 a d e\nu1 f g\nu3 b c d\nu2 h\n")
+    dataset, meta = build(tmp_path, format="sequences", input=str(path))
+    notes = [note for note in meta["dropped"]["notes"] if "repeat the user" in note]
+    assert notes == [
+        "%s: 2 line(s) repeat the user of an earlier line; each user's lines were joined in file order "
+        "(the first: line 3, user 'u1', first on line 1)" % path
+    ]
+    assert dataset.id_map("user") == ["u1", "u2", "u3"]
+    lengths = np.diff(dataset.offsets)
+    assert sorted(lengths.tolist()) == [3, 4, 5]
+
+
+def test_a_build_without_training_samples_is_refused_and_writes_nothing(tmp_path):
+    source = tmp_path / "din"
+    source.mkdir()
+    for name in ("cate_list.csv", "test_set_mini.csv"):
+        shutil.copy(os.path.join(REPO_ROOT, "data", "amazon_electronics_din_sample", name), str(source / name))
+    (source / "train_set_mini.csv").write_text("")
+    with pytest.raises(DataPrepError, match=r"din: no training samples \(the training file is empty, or every row was dropped"):
+        build(tmp_path, format="din", input=str(source))
+    assert not os.path.exists(str(tmp_path / "ds"))
+
+
+def test_a_dien_build_with_an_empty_training_file_is_refused(tmp_path):
+    source = tmp_path / "dien"
+    shutil.copytree(fixture("dien"), str(source))
+    (source / "local_train_splitByUser").write_text("")
+    with pytest.raises(DataPrepError, match="no training samples"):
+        build(tmp_path, format="dien", input=str(source))
+    assert not os.path.exists(str(tmp_path / "ds"))

@@ -1,5 +1,6 @@
 """Durable writes, JSON of numpy values and exclusive locks: what datasets, checkpoints and run records share."""
 
+import errno
 import fcntl
 import os
 import socket
@@ -17,10 +18,20 @@ def flush_to_disk(handle) -> None:
 
 
 def save_array(path: str, array: np.ndarray) -> None:
-    """``np.save`` (no pickles) that returns once the file is on disk."""
-    with open(path, "wb") as handle:
-        np.save(handle, np.asarray(array), allow_pickle=False)
-        flush_to_disk(handle)
+    """``np.save`` (no pickles) that returns once the file is on disk. A short write (numpy says only "N requested
+    and M written" when the disk fills) becomes an OSError naming the file and the full disk."""
+    array = np.asarray(array)
+    try:
+        with open(path, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+            flush_to_disk(handle)
+    except OSError as error:
+        full = error.errno in (errno.ENOSPC, errno.EDQUOT) or (error.errno is None and "requested and" in str(error))
+        if full:
+            raise OSError(
+                errno.ENOSPC, "%s: the disk is full (or over quota): could not write %d bytes" % (path, array.nbytes)
+            ) from None
+        raise
 
 
 def fsync_path(path: str) -> None:

@@ -45,3 +45,17 @@ def test_a_second_grid_on_one_results_file_refuses(tmp_path):
         with pytest.raises(LockHeld, match="--results .*grid.jsonl is in use by pid"):
             ablation.run_grid([ablation.Cell("din", ("--model=din",))], [1], results, None, None)
     assert not os.path.exists(results)  # nothing was written
+
+
+def test_a_full_disk_while_saving_an_array_names_the_file_and_the_disk(tmp_path, monkeypatch):
+    import numpy as np
+
+    from din_jax import fileio
+
+    def short_write(handle, array, allow_pickle):
+        raise OSError("778490 requested and 362464 written")
+
+    monkeypatch.setattr(fileio.np, "save", short_write)
+    path = str(tmp_path / "sequences.npy")
+    with pytest.raises(OSError, match=r"sequences.npy: the disk is full \(or over quota\): could not write 40 bytes"):
+        fileio.save_array(path, np.zeros(10, np.int32))

@@ -34,7 +34,7 @@ setup(
         "absl-py>=1.0,<3",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3.0,<4"],
+        "test": ["pytest>=7", "pytest-xdist>=3.0,<4", "hypothesis>=6.100"],
         "watch": ["tqdm>=4.60", "tensorboardX>=2.5", "matplotlib>=3.5"],
         "parquet": ["pyarrow>=8"],
         # Pinned: the formatter's output (checked in CI) changes between releases.

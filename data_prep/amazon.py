@@ -119,6 +119,9 @@ def _arrow_block_parser():
     def parse(lines: List[bytes]):
         if not lines or max(map(len, lines)) > MAX_LINE_BYTES:
             return None
+        # Objects only: pyarrow 26 crashes (SIGSEGV) on a block that is the single line `null`.
+        if not all(line.lstrip()[:1] == b"{" for line in lines):
+            return None
         data = b"\n".join(lines)
         try:
             # json.loads(bytes) decodes like this first; pyarrow skips ignored fields' bytes.

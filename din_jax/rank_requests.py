@@ -50,15 +50,19 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None, raw_ids
     if raw_ids and predictor is None:
         raise ValueError("%s: raw ids need the predictor, whose dataset's id maps translate them" % path)
     try:
-        with open(path) as handle:
-            lines = handle.readlines()
+        with open(path, "rb") as handle:
+            lines = handle.read().split(b"\n")
     except OSError as error:
         raise ValueError("%s: %s" % (path, error.strerror or error)) from None
     requests = []
-    for number, text in enumerate(lines, 1):
+    for number, data in enumerate(lines, 1):
+        where = "%s:%d" % (path, number)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError("%s: not UTF-8 (byte 0x%02x at column %d)" % (where, data[error.start], error.start + 1))
         if not text.strip():
             continue
-        where = "%s:%d" % (path, number)
         try:
             row = json.loads(text)
         except ValueError as error:

@@ -105,10 +105,13 @@ def _read_cate_list(path: str) -> np.ndarray:
             if not line.strip():
                 continue
             try:
-                values.append(int(line))
+                value = int(line)
             except ValueError:
                 shown = line.strip()[:40].decode("utf-8", "backslashreplace")
                 raise DataPrepError(f"{path}:{number}: expected one category id per line, found {shown!r}") from None
+            if not 0 <= value < 2**31:
+                raise DataPrepError(f"{path}:{number}: category id {value} is out of range [0, 2^31)")
+            values.append(value)
     return np.array(values, dtype=np.int64)
 
 

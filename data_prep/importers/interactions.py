@@ -172,7 +172,7 @@ def _require_columns(frame: pd.DataFrame, path: str, columns) -> None:
         raise DataPrepError(
             "{}: no column {} (columns: {}); name them with --user_col / --item_col / "
             "--category_col / --time_col".format(
-                path, ", ".join(repr(c) for c in missing), ", ".join(map(str, frame.columns))
+                path, ", ".join(repr(c) for c in missing), ", ".join(repr(str(c))[:40] for c in frame.columns[:20])
             )
         )
 

@@ -85,6 +85,8 @@ def import_sequences(options: BuildOptions, report: BuildReport) -> Imported:
                 ) from None
             except ValueError as error:
                 raise DataPrepError(f"{meta_path}: not JSON ({error})") from None
+            except RecursionError:
+                raise DataPrepError(f"{meta_path}: nested too deeply to be item attributes") from None
             if not isinstance(attributes, dict):
                 raise DataPrepError(f"{meta_path}: expected a JSON object mapping item -> attributes")
             meta_items = list(attributes)

@@ -425,7 +425,9 @@ def test_a_build_without_training_samples_is_refused_and_writes_nothing(tmp_path
     for name in ("cate_list.csv", "test_set_mini.csv"):
         shutil.copy(os.path.join(REPO_ROOT, "data", "amazon_electronics_din_sample", name), str(source / name))
     (source / "train_set_mini.csv").write_text("")
-    with pytest.raises(DataPrepError, match=r"din: no training samples \(the training file is empty, or every row was dropped"):
+    with pytest.raises(
+        DataPrepError, match=r"din: no training samples \(the training file is empty, or every row was dropped"
+    ):
         build(tmp_path, format="din", input=str(source))
     assert not os.path.exists(str(tmp_path / "ds"))
 

@@ -54,12 +54,35 @@ flags.DEFINE_string("user_col", "user_id", "interactions: user column.")
 flags.DEFINE_string("item_col", "item_id", "interactions: item column (also in the --meta item table).")
 flags.DEFINE_string("category_col", "category", "interactions: category column (input or --meta table; '' = none).")
 flags.DEFINE_string("time_col", "time", "interactions: time column (numbers or dates; '' = file order).")
-flags.DEFINE_string("sep", "", "interactions: field separator (default: detected).")
+flags.DEFINE_string("sep", "", "interactions: field separator (default: detected; tab, comma, ;, | or a space).")
+flags.DEFINE_string(
+    "columns",
+    "",
+    "interactions: the column names of a headerless input table, e.g. user_id,item_id,category,event,time.",
+)
+flags.DEFINE_string(
+    "category_sep",
+    "",
+    "interactions: split category cells holding several values ('Action Comedy' with ' ', 'a|b' with '|'); "
+    "--category_rule picks one.",
+)
 flags.DEFINE_enum(
     "category_rule",
     "last",
     ["last", "first"],
-    "sequences: which attribute of an item is its category (last = deepest category).",
+    "sequences: which attribute of an item is its category (last = deepest category); interactions with "
+    "--category_sep (or list cells of Parquet): which of a cell's values.",
+)
+flags.DEFINE_string(
+    "keep_rows",
+    "",
+    "interactions: COLUMN=V1,V2: keep only the rows whose COLUMN is one of the values (e.g. event=buy).",
+)
+flags.DEFINE_enum(
+    "repeats",
+    "keep",
+    ["keep", "first"],
+    "interactions: keep every interaction, or only a user's first with each item (drops repeat consumption).",
 )
 flags.DEFINE_integer("workers", 2, "amazon: processes reading the two files (1 = one after the other).")
 
@@ -84,6 +107,10 @@ def main(argv):
             sep=FLAGS.sep,
             category_rule=FLAGS.category_rule,
             workers=FLAGS.workers,
+            columns=FLAGS.columns,
+            category_sep=FLAGS.category_sep,
+            keep_rows=FLAGS.keep_rows,
+            repeats=FLAGS.repeats,
         )
         report = BuildReport(strict=FLAGS.strict)
         meta = build_dataset(

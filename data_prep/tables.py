@@ -100,7 +100,8 @@ def _read_npz(path: str) -> pd.DataFrame:
 
 
 def detect_separator(path: str) -> str:
-    """Guesses the field separator of a text table from its first lines (tab, comma, semicolon or pipe)."""
+    """Guesses the field separator of a text table from its first lines: tab, comma, semicolon or pipe, else a space
+    (a ``user item`` file)."""
     try:
         with open(path, encoding="utf-8", errors="replace", newline="") as handle:
             sample = handle.read(65536)
@@ -110,21 +111,27 @@ def detect_separator(path: str) -> str:
         return csv.Sniffer().sniff(sample, delimiters="\t,;|").delimiter
     except csv.Error:
         first = sample.splitlines()[0] if sample else ""
-        counts = {sep: first.count(sep) for sep in "\t,;|"}
-        best = max(counts, key=counts.get)
+        counts = {sep: first.count(sep) for sep in "\t,;| "}
+        best = max("\t,;|", key=counts.get)
         if counts[best] == 0:
+            if counts[" "]:
+                return " "
             raise DataPrepError(
-                f"{path}: cannot detect the column separator (tab, comma, semicolon or pipe); pass --sep"
+                f"{path}: cannot detect the column separator (tab, comma, semicolon, pipe or space); pass --sep"
             ) from None
         return best
 
 
 def read_table(
-    path: str, report: BuildReport, sep: Optional[str] = None, usecols: Optional[List[str]] = None
+    path: str,
+    report: BuildReport,
+    sep: Optional[str] = None,
+    usecols: Optional[List[str]] = None,
+    names: Optional[List[str]] = None,
 ) -> Tuple[pd.DataFrame, Optional[np.ndarray]]:
     """Reads a CSV/TSV (separator detected), Parquet or npz table into a DataFrame.
 
-    Text tables need a header line and are UTF-8. Lines with the wrong number
+    Text tables are UTF-8 and need a header line, unless ``names`` names the columns of a headerless one. Lines with the wrong number
     of fields, and lines that are not UTF-8 (their rows are dropped), are
     reported to ``report`` with their line numbers (``--strict`` makes the
     first one fatal). ``usecols`` restricts the columns read.
@@ -157,7 +164,7 @@ def read_table(
         raise DataPrepError(f"cannot read {path}: {error.strerror or error}") from None
     layout = _LineLayout(data, separator)
     not_utf8 = _undecodable_lines(data, layout)
-    header = layout.first_nonblank()
+    header = 0 if names else layout.first_nonblank()
     if header in not_utf8:
         raise DataPrepError(f"{path}:{header}: the header line is {not_utf8[header]}; the table must be UTF-8 text")
     first_bad = min(not_utf8) if not_utf8 else None
@@ -178,6 +185,8 @@ def read_table(
                 encoding="utf-8",
                 encoding_errors="replace",
                 usecols=(lambda column: column in usecols) if usecols else None,
+                header=None if names else "infer",
+                names=names or None,
             )
         except pd.errors.ParserError as error:
             message = str(error).strip().splitlines()[0]

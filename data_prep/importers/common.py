@@ -29,6 +29,10 @@ class BuildOptions(NamedTuple):
     sep: str = ""
     category_rule: str = "last"
     workers: int = 2
+    columns: str = ""  # interactions: comma-separated column names of a headerless input table
+    category_sep: str = ""  # interactions: splits a category cell holding several values ('Action Comedy')
+    keep_rows: str = ""  # interactions: COLUMN=V1,V2: keep only the rows whose COLUMN is one of the values
+    repeats: str = "keep"  # interactions: keep, or first (only a user's first interaction with an item)
 
 
 class Imported(NamedTuple):

@@ -21,7 +21,7 @@ is an error naming the column and the row: there is no rule to pick one.
 """
 
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -94,20 +94,35 @@ def _plain(value):
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def _last_leaf(value):
-    """The last element of a (nested) list; None for an empty one."""
+def _leaf(value, rule: str = "last"):
+    """The last (or first) element of a (nested) list; None for an empty one."""
     while isinstance(value, (list, tuple, np.ndarray)):
         if len(value) == 0:
             return None
-        value = value[-1]
+        value = value[0 if rule == "first" else -1]
     return value
 
 
 def category_values(
-    values: pd.Series, path: str, where: Callable[[int], Tuple[str, int]], column: str, report: BuildReport
+    values: pd.Series,
+    path: str,
+    where: Callable[[int], Tuple[str, int]],
+    column: str,
+    report: BuildReport,
+    separator: str = "",
+    rule: str = "last",
 ) -> np.ndarray:
-    """A category column as objects; list cells give their last element (the Amazon rule)."""
+    """A category column as objects; list cells give their last element (the Amazon rule). ``separator`` splits text
+    cells holding several values ('Action Comedy'), of which ``rule`` (first or last) is the category."""
     out = values.to_numpy(dtype=object)
+    if separator:
+        split = [[p for p in c.split(separator) if p.strip()] if isinstance(c, str) else None for c in out]
+        several = sum(1 for parts in split if parts is not None and len(parts) > 1)
+        index = 0 if rule == "first" else -1
+        out = np.array(
+            [c if parts is None else (parts[index] if parts else None) for c, parts in zip(out, split)], object
+        )
+        report.note(f"{path}: {several} cells of {column!r} hold several values; the {rule} is the category")
     rows = _nested_rows(values)
     if not len(rows):
         return out
@@ -120,8 +135,8 @@ def category_values(
                 f"{file}:{line}: column {column!r} holds a {type(value).__name__} "
                 f"({repr(_plain(value))[:60]}); a category cell is a value or a list of them"
             )
-        out[row] = _last_leaf(value)
-    report.note(f"{path}: {len(rows)} cells of {column!r} hold lists; their last element is the category")
+        out[row] = _leaf(value, rule)
+    report.note(f"{path}: {len(rows)} cells of {column!r} hold lists; their {rule} element is the category")
     return out
 
 
@@ -207,14 +222,53 @@ def _report_invalid_rows(
     return ~invalid
 
 
+def _column_names(text: str) -> Optional[List[str]]:
+    """``--columns a,b,c`` as names (None when not given); DataPrepError for empty or repeated names."""
+    if not text:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise DataPrepError(f"--columns must be distinct non-empty names separated by commas, got {text!r}")
+    return names
+
+
+def _keep_rows(frame: pd.DataFrame, lines: Optional[np.ndarray], path: str, rule: str, report: BuildReport):
+    """``--keep_rows COLUMN=V1,V2``: the rows whose COLUMN is one of the values (e.g. the event types wanted)."""
+    if not rule:
+        return frame, lines
+    column, sep, values = rule.partition("=")
+    wanted = {value.strip() for value in values.split(",") if value.strip()}
+    if not sep or not column.strip() or not wanted:
+        raise DataPrepError(f"--keep_rows must be COLUMN=VALUE[,VALUE...], got {rule!r}")
+    _require_columns(frame, path, [column.strip()])
+    keep = frame[column.strip()].astype(str).str.strip().isin(wanted).to_numpy()
+    report.count("rows_not_kept", int((~keep).sum()))
+    if not keep.any():
+        raise DataPrepError(f"--keep_rows {rule}: no row of {path} has one of these values")
+    return frame[keep], (lines[keep] if lines is not None else None)
+
+
+def _first_interactions(users: pd.Series, items: pd.Series, times: np.ndarray) -> np.ndarray:
+    """Bool per row: the earliest interaction of its (user, item) pair (ties: the first in the file)."""
+    order = np.argsort(times, kind="stable")
+    pairs = pd.DataFrame({"user": users.to_numpy(dtype=object)[order], "item": items.to_numpy(dtype=object)[order]})
+    first = np.zeros(len(times), dtype=bool)
+    first[order[~pairs.duplicated().to_numpy()]] = True
+    return first
+
+
 def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
     """Interaction table (+ optional item table) -> DIN protocol dataset."""
     path = require_file(options.input, "--input (the interaction table)")
+    if options.repeats not in ("keep", "first"):
+        raise DataPrepError(f"--repeats must be keep or first, got {options.repeats!r}")
+    names = _column_names(options.columns)
     with report.timed("read"):
-        frame, lines = read_table(path, report, sep=options.sep or None)
+        frame, lines = read_table(path, report, sep=options.sep or None, names=names)
         needed = [options.user_col, options.item_col] + ([options.time_col] if options.time_col else [])
         _require_columns(frame, path, needed)
         _refuse_nested(frame, path, lines, needed)
+        frame, lines = _keep_rows(frame, lines, path, options.keep_rows, report)
         if options.category_col and options.category_col in frame.columns and options.meta:
             raise DataPrepError(
                 f"{path} has its own category column {options.category_col!r}, so --meta "
@@ -241,6 +295,11 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
         valid = _report_invalid_rows(frame, lines, path, options, times, kind, report)
         frame = frame[valid]
         times = np.rint(times[valid]).astype(np.int64)
+        if options.repeats == "first":
+            first = _first_interactions(frame[options.user_col], frame[options.item_col], times)
+            report.count("repeat_interactions", int((~first).sum()))
+            valid[np.flatnonzero(valid)[~first]] = False
+            frame, times = frame[first], times[first]
         sources = [path]
         row_categories = None
         meta_items = meta_categories = None
@@ -252,6 +311,8 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
                 lambda row: _where(path, lines, int(kept[row])),
                 options.category_col,
                 report,
+                options.category_sep,
+                options.category_rule,
             )
         elif options.meta:
             meta_path = require_file(options.meta, "--meta (the item table)")
@@ -265,6 +326,8 @@ def import_interactions(options: BuildOptions, report: BuildReport) -> Imported:
                 lambda row: _where(meta_path, meta_lines, row),
                 options.category_col,
                 report,
+                options.category_sep,
+                options.category_rule,
             )
             sources.append(meta_path)
         elif options.category_col:

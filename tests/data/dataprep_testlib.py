@@ -12,7 +12,6 @@ from din_jax.data.writer import write_dataset
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURES = os.path.join(HERE, "fixtures")
 REPO_ROOT = os.path.dirname(os.path.dirname(HERE))
-SHARED_DATA = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data")
 
 
 def fixture(*parts: str) -> str:

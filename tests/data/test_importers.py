@@ -439,3 +439,66 @@ def test_a_dien_build_with_an_empty_training_file_is_refused(tmp_path):
     with pytest.raises(DataPrepError, match="no training samples"):
         build(tmp_path, format="dien", input=str(source))
     assert not os.path.exists(str(tmp_path / "ds"))
+
+
+def test_a_headerless_user_behaviour_log_with_event_types_and_repeats(tmp_path):
+    # Taobao's UserBehavior.csv layout: no header; keep the purchase-like events, drop repeat consumption.
+    options = dict(
+        format="interactions",
+        input=fixture("interactions", "user_behavior.csv"),
+        columns="user_id,item_id,category,event,time",
+        keep_rows="event=buy,cart",
+    )
+    dataset, meta = build(tmp_path, name="kept", **options)
+    assert meta["dropped"]["rows_not_kept"] == 7  # the pv and fav rows
+    assert "repeat_interactions" not in meta["dropped"]
+    # User 1 keeps buy, cart, buy, buy (4 rows); user 2 six rows of which one repeats (2, 4365585): both policies.
+    assert dataset.id_map("user") == ["1", "2"]
+    first, first_meta = build(tmp_path, name="first", repeats="first", **options)
+    assert first_meta["dropped"]["repeat_interactions"] == 2  # (1, 4365585) cart then buy; (2, 4365585) twice
+    assert len(first.sequences) == len(dataset.sequences) - 2
+    assert set(first.id_map("category")) == {"2520377", "2520771", "4181361"}
+    with pytest.raises(DataPrepError, match=r"--keep_rows event=view: no row of .* has one of these values"):
+        build(tmp_path, name="none", **dict(options, keep_rows="event=view"))
+    with pytest.raises(DataPrepError, match="--keep_rows must be COLUMN=VALUE"):
+        build(tmp_path, name="bad", **dict(options, keep_rows="buy"))
+    with pytest.raises(DataPrepError, match="--columns must be distinct non-empty names"):
+        build(tmp_path, name="bad2", **dict(options, columns="user_id,,item_id"))
+
+
+def test_a_space_separated_user_item_file_without_header(tmp_path):
+    dataset, meta = build(
+        tmp_path,
+        format="interactions",
+        input=fixture("interactions", "user_item.txt"),
+        columns="user_id,item_id",
+        time_col="",
+        category_col="",
+    )
+    assert dataset.id_map("user") == ["u1", "u2", "u3"] and dataset.id_map("item") == ["i1", "i2", "i3", "i4", "i5"]
+    # File order is time order: u1's sequence is i1 i2 i3 i4.
+    start, end = dataset.offsets[0], dataset.offsets[1]
+    assert [dataset.id_map("item")[i] for i in dataset.sequences[start:end]] == ["i1", "i2", "i3", "i4"]
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [("first", ["Action", "Animation", "Adventure", "Comedy"]), ("last", ["Thriller", "Comedy", "Fantasy", "Romance"])],
+)
+def test_an_item_table_whose_genre_cells_hold_several_values(tmp_path, rule, expected):
+    dataset, meta = build(
+        tmp_path,
+        format="interactions",
+        input=fixture("interactions", "ratings.csv"),
+        meta=fixture("interactions", "movies.csv"),
+        category_col="genres",
+        category_sep=" ",
+        category_rule=rule,
+    )
+    categories = dataset.id_map("category")
+    items = dataset.id_map("item")
+    chosen = [categories[dataset.item_category[items.index(m)]] for m in ("m1", "m2", "m3", "m4")]
+    assert chosen == expected
+    assert any(
+        "4 cells of 'genres' hold several values; the %s is the category" % rule in n for n in meta["dropped"]["notes"]
+    )

@@ -1,6 +1,6 @@
-"""Counts on the real data: the embedded DIN sample, and Grocery / Beauty from ../shared/data.
+"""Counts on the real data in data/: the DIN sample, and the Grocery and Beauty 5-core categories.
 
-The expected numbers were verified by hand against /work/shared/data/README.md
+The expected numbers were verified by hand against the publishers' counts in each PROVENANCE.md
 (users, items, interactions) and the DIN protocol (train rows = 2 * (events -
 3 * users), validation = test = 2 * users).
 """
@@ -10,17 +10,13 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-from dataprep_testlib import REPO_ROOT, SHARED_DATA, build
+from dataprep_testlib import REPO_ROOT, build
 
 from din_jax.data.dataset import load_dataset
 
 EMBEDDED = os.path.join(REPO_ROOT, "data", "amazon_electronics_din_sample")
-GROCERY = os.path.join(SHARED_DATA, "amazon_grocery_5core")
-BEAUTY = os.path.join(SHARED_DATA, "amazon_beauty_5core")
-needs_shared = pytest.mark.skipif(
-    not os.path.isdir(SHARED_DATA), reason="../shared/data (real Amazon data) is not next to the repository"
-)
+GROCERY = os.path.join(REPO_ROOT, "data", "amazon_grocery_5core")
+BEAUTY = os.path.join(REPO_ROOT, "data", "amazon_beauty_5core")
 
 
 def test_embedded_din_sample(tmp_path):
@@ -67,16 +63,15 @@ def _run_as_written(arguments, output):
     return load_dataset(output)
 
 
-@needs_shared
 def test_grocery_interactions_command(tmp_path):
     dataset = _run_as_written(
         [
             "--format",
             "interactions",
             "--input",
-            "../shared/data/amazon_grocery_5core/train.csv",
+            "data/amazon_grocery_5core/train.csv",
             "--meta",
-            "../shared/data/amazon_grocery_5core/item_meta.csv",
+            "data/amazon_grocery_5core/item_meta.csv",
             "--category_col",
             "i_category",
         ],
@@ -97,16 +92,15 @@ def test_grocery_interactions_command(tmp_path):
     assert dropped["metadata_items_without_reviews"] == 26
 
 
-@needs_shared
 def test_beauty_sequences_command(tmp_path):
     dataset = _run_as_written(
         [
             "--format",
             "sequences",
             "--input",
-            "../shared/data/amazon_beauty_5core/Beauty.txt",
+            "data/amazon_beauty_5core/Beauty.txt",
             "--meta",
-            "../shared/data/amazon_beauty_5core/Beauty_item2attributes.json",
+            "data/amazon_beauty_5core/Beauty_item2attributes.json",
         ],
         str(tmp_path / "beauty"),
     )

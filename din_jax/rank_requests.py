@@ -60,7 +60,8 @@ def read_rank_requests(path: str, predictor: Optional[Predictor] = None, raw_ids
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise ValueError("%s: not UTF-8 (byte 0x%02x at column %d)" % (where, data[error.start], error.start + 1))
+            message = "%s: not UTF-8 (byte 0x%02x at column %d)" % (where, data[error.start], error.start + 1)
+            raise ValueError(message) from None
         if not text.strip():
             continue
         try:

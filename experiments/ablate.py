@@ -96,31 +96,15 @@ def main(argv):
     except (ConfigError, ValueError) as error:
         flag_defs.fail("ablate.py", error)
     report = FLAGS.report or os.path.splitext(FLAGS.results)[0]
-    baseline, highlight, title = FLAGS.baseline, FLAGS.highlight, FLAGS.title
-    select_metric, retry_failed, dry_run, tune_seed = (
-        FLAGS.select_metric,
-        FLAGS.retry_failed,
-        FLAGS.dry_run,
-        FLAGS.tune_seed,
-    )
+    baseline, highlight, title, dry_run = FLAGS.baseline, FLAGS.highlight, FLAGS.title, FLAGS.dry_run
     logging.info(
         "grid: %d configuration(s) x (%d tuning candidate(s) + %d seed(s))", len(cells), len(candidates), len(seeds)
     )
     try:
-        outcome = ablation.run_grid(
-            cells,
-            seeds,
-            FLAGS.results,
-            make_config,
-            _train,
-            candidates=candidates,
-            tune_seed=tune_seed,
-            select_metric=select_metric,
-            retry_failed=retry_failed,
-            dry_run=dry_run,
-            stop_exceptions=(TrainingInterrupted,),
-            reuse_other_versions=FLAGS.reuse_other_versions,
-        )
+        options = dict(candidates=candidates, tune_seed=FLAGS.tune_seed, select_metric=FLAGS.select_metric)
+        options.update(retry_failed=FLAGS.retry_failed, dry_run=dry_run, stop_exceptions=(TrainingInterrupted,))
+        options.update(reuse_other_versions=FLAGS.reuse_other_versions)
+        outcome = ablation.run_grid(cells, seeds, FLAGS.results, make_config, _train, **options)
     except LockHeld as error:
         flag_defs.fail("ablate.py", error)
     if dry_run:

@@ -29,7 +29,7 @@ class TrainState(train_state.TrainState):
 
     batch_stats: Any = None
     dropout_rng: Any = None
-    halted_at: Any = None
+    halted_at: Any = np.int32(0)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -302,3 +302,22 @@ def test_float16_gradients_prints_every_parameter(sample_dataset):
     rows = {line.split()[0]: line for line in lines[2:]}
     assert "attention_unit/first_kernel" in rows and "embedding/item" in rows
     assert all(row.count("%") == 4 for row in rows.values())
+
+
+def test_no_committed_command_writes_into_tracked_files():
+    """Results, reports, runs and figures go to runs/ (git-ignored); only `make results` / `make docs-figures`
+    write into docs/, explicitly."""
+    import glob
+    import re
+
+    configs = glob.glob(os.path.join(ROOT, "experiments", "configs", "*.flags"))
+    assert configs
+    for path in configs:
+        for line in open(path, encoding="utf-8"):
+            found = re.match(r"--(results|report|model_path|output_dir)=(\S+)", line.strip())
+            if found:
+                assert found.group(2).startswith("runs/"), "%s writes %s" % (os.path.basename(path), line.strip())
+    script = open(os.path.join(ROOT, "experiments", "make_figures.sh"), encoding="utf-8").read()
+    assert "OUT=${OUT:-runs/figures}" in script
+    makefile = open(os.path.join(ROOT, "Makefile"), encoding="utf-8").read()
+    assert "OUT=docs/figures" in makefile.split("docs-figures:")[1].split("\n\n")[0]

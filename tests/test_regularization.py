@@ -213,3 +213,35 @@ def test_wrong_frequency_length_is_reported():
     params["embedding"]["user"] = np.zeros((NUM_USERS, 2), np.float32)
     with pytest.raises(ValueError, match="no training frequencies for the 'user' table"):
         add_regularization_gradients(params, params, _batch(), no_users)
+
+
+def test_mba_counts_n_j_at_the_history_length_training_uses(tmp_path):
+    from din_jax.data.dataset import count_training_frequencies, load_dataset
+    from din_jax.data.writer import write_dataset
+
+    source = make_synthetic_dataset(400, 40, 40, max_seq_len=20, num_users=30, num_items=50, num_categories=5, seed=1)
+    splits = {name: np.asarray(source.samples(name)) for name in source.split_names()}
+    id_maps = {k: [str(i) for i in range(n)] for k, n in (("user", 30), ("item", 50), ("category", 5))}
+    meta = {"name": "synthetic", "source_format": "synthetic", "max_seq_len": 20}
+    path = str(tmp_path / "data")
+    write_dataset(
+        path,
+        sequences=source.sequences,
+        offsets=source.offsets,
+        item_category=source.item_category,
+        splits=splits,
+        meta=meta,
+        id_maps=id_maps,
+    )
+    stored = load_dataset(path)
+    at_20, at_3 = stored.item_frequencies(), stored.item_frequencies(3)
+    expected_3 = count_training_frequencies(
+        splits["train"], source.sequences, source.offsets, source.item_category, 30, 5, 3
+    )["item"]
+    np.testing.assert_array_equal(at_3, expected_3)
+    assert at_20.sum() > at_3.sum()  # a shorter cut counts fewer history occurrences
+    np.testing.assert_array_equal(stored.item_frequencies(20), at_20)  # the build's length: the stored counts
+    regularization = regularization_for(TrainConfig(dataset=path, max_seq_len=3, mba_lambda=0.01), stored)
+    np.testing.assert_allclose(
+        regularization.inverse_frequencies["item"], np.where(at_3 > 0, 1.0 / np.maximum(at_3, 1), 0)
+    )

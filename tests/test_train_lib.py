@@ -284,3 +284,69 @@ def test_an_exploding_finite_loss_is_warned_about_once(caplog):
         assert warned is True and "training loss 1e+06 at step 20, far above chance (0.69)" in caplog.text
         divergence_warning(2e6, 30, warned)
         assert caplog.text.count("far above chance") == 1
+
+
+def test_dropout_draws_its_own_mask_on_each_device():
+    devices = jax.local_devices()[:2]
+    state = _state(_model(), [devices[0]])
+    host = _host(state)
+    keys = jax.pmap(lambda s: train_lib.step_dropout_rng(s, "batch"), axis_name="batch", devices=devices)(
+        train_lib.replicate(host, devices)
+    )
+    keys = np.asarray(jax.device_get(keys))
+    assert not np.array_equal(keys[0], keys[1])
+    # On one device (no axis) the key is the step's.
+    one = np.asarray(train_lib.step_dropout_rng(host, None))
+    np.testing.assert_array_equal(one, np.asarray(jax.random.fold_in(host.dropout_rng, host.step)))
+
+
+def test_negatives_are_resampled_by_default_where_the_data_allows_it():
+    from din_jax.data.dataset import Dataset
+    from din_jax.data.synthetic import make_synthetic_dataset
+
+    config = TrainConfig(
+        use_synthetic_data=True,
+        synthetic_samples=(320, 64, 64),
+        max_seq_len=8,
+        epochs=1,
+        micro_batch_size=32,
+        device_iterations=5,
+        replicas=1,
+        model_config={"item_dim": 4, "category_dim": 4, "mlp_hidden": (4,)},
+    )
+    source = make_synthetic_dataset(320, 64, 64, max_seq_len=8, seed=config.seed)
+    assert training.Trainer(config, source=source).config.resample_negatives is True
+    explicit = dataclasses.replace(config, resample_negatives=False)
+    assert training.Trainer(explicit, source=source).config.resample_negatives is False
+    fixed = Dataset.from_arrays(
+        dict(source.meta, negatives={"resampleable": False}),
+        source.sequences,
+        source.offsets,
+        source.item_category,
+        {name: source.samples(name) for name in source.split_names()},
+    )
+    trainer = training.Trainer(config, source=fixed)
+    assert trainer.config.resample_negatives is False
+    assert trainer.train(handle_signals=False)["flags"]["resample_negatives"] is False
+
+
+def test_early_stopping_stops_after_the_patience_and_says_so():
+    config = TrainConfig(
+        use_synthetic_data=True,
+        synthetic_samples=(640, 64, 64),
+        max_seq_len=8,
+        epochs=8,
+        micro_batch_size=32,
+        device_iterations=5,
+        replicas=1,
+        eval_every=5,
+        early_stop_patience=2,
+        optimizer="sgd",
+        learning_rate=1e-30,
+        model_config={"item_dim": 4, "category_dim": 4, "mlp_hidden": (4,)},
+    )
+    # A learning rate of 1e-30 changes nothing: the first evaluation stays the best.
+    summary = training.train_and_evaluate(config, handle_signals=False)
+    assert summary["stopped"]["reason"] == "early_stop" and summary["best_step"] == 5
+    assert summary["steps"] == 15 and [h["step"] for h in summary["history"]] == [5, 10, 15]
+    assert "2 evaluations without a better validation gauc than step 5's" in summary["stopped"]["message"]

@@ -123,18 +123,11 @@ def guarded_update(state: TrainState, finite, update: Callable[[TrainState], Tra
 
     Inside the compiled program, so a NaN or Inf step never reaches the parameters (the host learns it from the
     metrics and stops, naming the step). ``finite`` must agree over devices (computed after the ``pmean``). A
-    ``lax.cond``: the sparse step's in-place row updates stay in place.
+    ``lax.cond`` with the update inside: nothing is computed twice or selected element by element (a select over the
+    whole state cost dense Adam 14 % of its throughput), and the sparse step's row updates stay in place.
     """
     ok = jnp.logical_and(finite, state.halted_at == 0)
     return _mark_halted(jax.lax.cond(ok, update, lambda s: s, state), state, ok)
-
-
-def guarded_dense_update(state: TrainState, finite, new_state: TrainState) -> TrainState:
-    """``guarded_update`` for a whole-state update, checking the new parameters too (an update can overflow); an
-    element-wise select that fuses with the update itself."""
-    ok = jnp.logical_and(jnp.logical_and(finite, all_finite(new_state.params)), state.halted_at == 0)
-    kept = jax.tree_util.tree_map(lambda new, old: jnp.where(ok, new, old), new_state, state)
-    return _mark_halted(kept, state, ok)
 
 
 def _mark_halted(new_state: TrainState, state: TrainState, ok) -> TrainState:
@@ -193,7 +186,7 @@ def make_train_step(
             grads = add_regularization_gradients(grads, state.params, batch, regularization, axis_name)
         new_stats = flax.core.unfreeze(updates).get("batch_stats", state.batch_stats)
         finite = all_finite(loss, grads, new_stats)
-        new_state = guarded_dense_update(state, finite, state.apply_gradients(grads=grads, batch_stats=new_stats))
+        new_state = guarded_update(state, finite, lambda s: s.apply_gradients(grads=grads, batch_stats=new_stats))
         return new_state, {"loss": loss, "accuracy": correct, "halted_at": new_state.halted_at}
 
     return train_step

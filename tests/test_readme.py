@@ -12,13 +12,14 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINKED = ("data", "data_prep", "din_jax", "examples", "experiments")
+LINKED = ("data", "data_prep", "din_jax", "docs", "examples", "experiments")
 
-# What `make train` runs (the Makefile's `data` and `train` recipes), one epoch.
+# What `make train` runs (the Makefile's build/beauty and train recipes), training one epoch.
 MAKE_TRAIN = (
-    "python data_prep/build.py --format din --input data/amazon_electronics_din_sample "
-    "--output build/amazon_electronics_sample --overwrite",
-    "python experiments/train.py --flagfile experiments/configs/amazon_sample.flags",
+    "python data_prep/build.py --format sequences --input data/amazon_beauty_5core/Beauty.txt "
+    "--meta data/amazon_beauty_5core/Beauty_item2attributes.json --output build/beauty --overwrite",
+    "python experiments/train.py --flagfile experiments/configs/beauty_din.flags",
+    "python experiments/expected.py --table docs/results/paper_beauty.csv --rows din+mba,base",
 )
 
 # Flags appended to a command (matched by its start) to make it short; a later flag wins over the flagfile's.
@@ -91,8 +92,10 @@ def test_every_readme_command_is_run_or_skipped_with_a_reason():
 def test_make_train_runs_what_the_test_runs():
     with open(os.path.join(ROOT, "Makefile"), encoding="utf-8") as handle:
         makefile = handle.read()
-    assert "--flagfile experiments/configs/amazon_sample.flags" in makefile
-    assert "--format din --input data/amazon_electronics_din_sample" in makefile
+    recipe = makefile.split("\ntrain:")[1].split("\n\n")[0]
+    assert "--flagfile experiments/configs/beauty_din.flags" in recipe
+    assert "experiments/expected.py --table docs/results/paper_beauty.csv --rows din+mba,base" in recipe
+    assert "--format sequences --input data/amazon_beauty_5core/Beauty.txt" in makefile
 
 
 def _run(words, cwd):

@@ -11,7 +11,12 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Minutes of real-data training: run by the current-stack lane. The IPU-proxy lane checks the IPU stack's API, which
+# the other tests cover on these same code paths.
+pytestmark = pytest.mark.skipif(sys.version_info < (3, 9), reason="real-data training runs in the current-stack lane")
 LINKED = ("data", "data_prep", "din_jax", "docs", "examples", "experiments")
 
 # What `make train` runs (the Makefile's build/beauty and train recipes), training one epoch.

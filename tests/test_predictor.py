@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import write_dataset_directory
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import TrainConfig
@@ -311,31 +312,9 @@ def test_infer_scores_a_training_checkpoint_like_the_run_directory(run):
     assert lines[0] and lines[0] == lines[1]
 
 
-def _write_with_raw_ids(source, path):
-    """The synthetic dataset as a directory whose raw ids are strings ('u<i>', 'B00<i>', 'c<i>')."""
-    from din_jax.data.writer import write_dataset
-
-    id_maps = {
-        "user": ["u%d" % i for i in range(source.num_users)],
-        "item": ["B00%d" % i for i in range(source.num_items)],
-        "category": ["c%d" % i for i in range(source.num_categories)],
-    }
-    splits = {name: np.asarray(source.samples(name)) for name in source.split_names()}
-    meta = {"name": "synthetic", "source_format": "synthetic", "max_seq_len": 10}
-    write_dataset(
-        path,
-        sequences=source.sequences,
-        offsets=source.offsets,
-        item_category=source.item_category,
-        splits=splits,
-        meta=meta,
-        id_maps=id_maps,
-    )
-
-
 def test_rank_and_rank_requests_take_the_datasets_raw_ids(run, tmp_path):
     path, config, source = run
-    _write_with_raw_ids(source, str(tmp_path / "data"))
+    write_dataset_directory(source, str(tmp_path / "data"), 10, prefixes=("u", "B00", "c"))
     predictor = Predictor.from_checkpoint(path)
     with pytest.raises(ValueError, match="raw ids need the id maps of a dataset directory"):
         predictor.rank(["B0010"], ["B001"], raw_ids=True)

@@ -216,23 +216,14 @@ def test_wrong_frequency_length_is_reported():
 
 
 def test_mba_counts_n_j_at_the_history_length_training_uses(tmp_path):
+    from conftest import write_dataset_directory
+
     from din_jax.data.dataset import count_training_frequencies, load_dataset
-    from din_jax.data.writer import write_dataset
 
     source = make_synthetic_dataset(400, 40, 40, max_seq_len=20, num_users=30, num_items=50, num_categories=5, seed=1)
-    splits = {name: np.asarray(source.samples(name)) for name in source.split_names()}
-    id_maps = {k: [str(i) for i in range(n)] for k, n in (("user", 30), ("item", 50), ("category", 5))}
-    meta = {"name": "synthetic", "source_format": "synthetic", "max_seq_len": 20}
     path = str(tmp_path / "data")
-    write_dataset(
-        path,
-        sequences=source.sequences,
-        offsets=source.offsets,
-        item_category=source.item_category,
-        splits=splits,
-        meta=meta,
-        id_maps=id_maps,
-    )
+    write_dataset_directory(source, path, 20)
+    splits = {name: np.asarray(source.samples(name)) for name in source.split_names()}
     stored = load_dataset(path)
     at_20, at_3 = stored.item_frequencies(), stored.item_frequencies(3)
     expected_3 = count_training_frequencies(

@@ -19,6 +19,10 @@ from din_jax.fileio import json_default
 
 try:
     from tqdm import tqdm as _tqdm
+
+    # No monitor thread: our bars refresh on every update, and a daemon thread alive at interpreter shutdown can abort
+    # Python 3.8.
+    _tqdm.monitor_interval = 0
 except ImportError:  # the IPU lane has no tqdm
     _tqdm = None
 
@@ -69,7 +73,8 @@ class _BarSafeStream:
 
 class Heartbeat:
     """Says what the loop is doing whenever it has been silent for ``every`` seconds: a compile, a long host call of
-    many device iterations, a large evaluation. A daemon thread; ``set`` names the current activity."""
+    many device iterations, a large evaluation. A daemon thread; ``set`` names the current activity (None: idle,
+    silent), ``stop`` ends it."""
 
     def __init__(self, every: float = 10.0):
         self.every = every
@@ -92,6 +97,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._done.wait(min(1.0, self.every)):
+            # A daemon thread writing to stderr while the interpreter shuts down aborts it (Python 3.8: "could not
+            # acquire lock for <stderr> at interpreter shutdown"): once the main thread is gone, say nothing more.
+            if sys.is_finalizing() or not threading.main_thread().is_alive():
+                return
             now, activity = time.perf_counter(), self.activity
             if activity and now - max(self.since, self._said) >= self.every:
                 self._said = now

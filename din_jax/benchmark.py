@@ -381,10 +381,18 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         log("%s micro-batch %d: compiling %d program(s)" % (config.mode, micro_batch_size, len(shapes)))
     start = time.perf_counter()
     beat = Heartbeat().start()  # a line every 10 s while compiling
-    for number, ((_, seq_len, buffer), indices) in enumerate(sorted(shapes.items(), key=lambda item: item[0]), 1):
-        beat.set("%s micro-batch %d: compiling program %d of %d" % (config.mode, micro_batch_size, number, len(shapes)))
-        jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=buffer)))
-    beat.stop()
+    try:
+        for number, ((_, seq_len, buffer), indices) in enumerate(sorted(shapes.items(), key=lambda item: item[0]), 1):
+            what = "%s micro-batch %d: compiling program %d of %d" % (
+                config.mode,
+                micro_batch_size,
+                number,
+                len(shapes),
+            )
+            beat.set(what)
+            jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=buffer)))
+    finally:
+        beat.stop()
     compile_s = time.perf_counter() - start
     if log:
         compiled = (config.mode, micro_batch_size, len(shapes), compile_s)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from absl import logging
 
-from din_jax.models import model_fields
+from din_jax.models import model_fields, reads_packed_history
 
 OPTIMIZERS = ("sgd", "adam", "adagrad")
 LR_SCHEDULES = ("fixed", "paper", "file")
@@ -130,6 +130,11 @@ class TrainConfig:
                 "--packed_positions must be 0 (from the data) or at least --max_seq_len=%d (one whole history), "
                 "got %r" % (self.max_seq_len, self.packed_positions)
             )
+        if self.batching == "packed" and not _reads_packed(self.model):
+            raise ConfigError(
+                "--batching packed: model %s reads each history as a row (a GRU or self-attention over its "
+                "positions); use --batching padded" % self.model
+            )
         if self.batching == "packed" and len(tuple(self.length_buckets or ())) > 1:
             raise ConfigError("--length_buckets group padded batches: use them with --batching padded")
         if self.positions_per_pass < 0:
@@ -153,6 +158,14 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _reads_packed(model: Any) -> bool:
+    """``reads_packed_history``; an unknown model is reported where it is built, not here."""
+    try:
+        return reads_packed_history(model)
+    except ValueError:
+        return True
 
 
 def _choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
@@ -253,13 +266,17 @@ MODEL_FLAGS: Dict[str, Tuple[str, Callable[[str, Any], Any]]] = {
     "item_bias": ("use_item_bias", _typed(bool)), "history_sum": ("use_history_sum", _typed(bool)),
     "dropout": ("dropout_rate", _typed(float)), "pooling": ("pooling", _typed(str)),
     "pnn_product": ("product", _typed(str)), "wide_buckets": ("wide_buckets", _typed(int)),
+    "attention_heads": ("attention_heads", _typed(int)), "evolution": ("evolution", _typed(str)),
+    "aux_loss_weight": ("aux_loss_weight", _typed(float)), "transformer_blocks": ("transformer_blocks", _typed(int)),
+    "bst_output": ("bst_output", _typed(str)), "causal_attention": ("causal_attention", _typed(bool)),
 }
 MODEL_FLAG_DEFAULTS: Dict[str, Any] = {
     "model": "din", "attention_size": 36, "item_dim": None, "category_dim": None, "user_dim": 0,
     "item_bias": True, "history_sum": False, "attention": "din", "attention_normalization": "none",
     "attention_hidden": (80, 40), "attention_activation": "sigmoid", "split_attention": True,
     "activation": "prelu", "mlp_hidden": (200, 80), "dropout": 0.0, "pooling": "mean", "pnn_product": "inner",
-    "wide_buckets": 2 ** 18,
+    "wide_buckets": 2 ** 18, "attention_heads": 2, "evolution": "augru", "aux_loss_weight": 1.0,
+    "transformer_blocks": 1, "bst_output": "target", "causal_attention": False,
 }
 # fmt: on
 _WIDTH_FLAGS = {
@@ -357,6 +374,8 @@ def resolve_config(
                 "--lr_type %s contradicts --lr_schedule %s" % (overrides["lr_type"], overrides["lr_schedule"])
             )
         values["lr_schedule"] = overrides["lr_type"]
+    if not _reads_packed(model) and "batching" not in overrides and "batching" not in preset_train:
+        values["batching"] = "padded"  # the default, packed, is for models that pool positions
     if "length_buckets" in values:
         values["length_buckets"] = _int_tuple("length_buckets", values["length_buckets"])
     if "synthetic_samples" in values:
@@ -457,5 +476,8 @@ def config_from_checkpoint(meta: Dict[str, Any], overrides: Optional[Dict[str, A
         prefetch=overrides.get("prefetch", defaults.prefetch),
         length_buckets=_int_tuple("length_buckets", buckets),
         # Either batching gives the same predictions; length buckets need padded batches.
-        batching=overrides.get("batching", "padded" if len(buckets) > 1 else defaults.batching),
+        batching=overrides.get(
+            "batching",
+            "padded" if len(buckets) > 1 or not _reads_packed(overrides.get("model", meta["model"])) else "packed",
+        ),
     )

@@ -82,6 +82,11 @@ ITEM_BIAS_TABLE = "item_bias"
 # validity weight (0 at padded history positions). Absent or immutable, they change nothing.
 EMBEDDING_DELTA = "embedding_delta"
 EMBEDDING_LOOKUPS = "embedding_lookups"
+# Batch keys of a negative item (and its category) per history position, for DIEN's auxiliary loss
+# (din_jax/data/negatives.py ``add_history_negatives``): training batches of models that ask for them only.
+HISTORY_NEGATIVES = ("hist_neg_item", "hist_neg_category")
+# The collection where a model puts extra loss terms (DIEN's auxiliary loss); the train step adds them to the loss.
+LOSSES = "losses"
 
 
 def lookup(table_VxE, ids):
@@ -116,7 +121,8 @@ class FeatureEmbedding(EmbeddingFields):
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray]) -> Dict[str, Any]:
         """Embeds a batch dict (docs/DATASET_FORMAT.md): ``candidate`` [B, D], ``history`` [P, D] (flat, see
-        ``History``), ``user`` [B, U] or None, ``item_bias`` [B] or None, and ``positions``, the batch's ``History``."""
+        ``History``), ``user`` [B, U] or None, ``item_bias`` [B] or None, ``positions``, the batch's ``History``, and
+        ``history_negatives`` [P, D], the vectors of the batch's ``HISTORY_NEGATIVES`` if it has them, else None."""
         # Glorot-uniform over the whole table, the TensorFlow default the authors' code relied on.
         init = nn.initializers.glorot_uniform()
         item_table = self.param(ITEM_TABLE, init, (self.num_items, self.item_dim), jnp.float32)
@@ -125,13 +131,20 @@ class FeatureEmbedding(EmbeddingFields):
         positions = History.of(batch)
         ones_B = positions.sample_valid_B.astype(jnp.float32)
         valid_P = positions.valid_P.astype(jnp.float32)
-        hist_item_P, hist_category_P = positions.flat(batch["hist_item"]), positions.flat(batch["hist_category"])
-        item_B, hist_item_P = self._lookup_rows(ITEM_TABLE, item_table, [batch["item"], hist_item_P], [ones_B, valid_P])
-        category_B, hist_category_P = self._lookup_rows(
-            CATEGORY_TABLE, category_table, [batch["category"], hist_category_P], [ones_B, valid_P]
-        )
-        candidate_BxD = jnp.concatenate([item_B, category_B], axis=-1).astype(self.dtype)
-        history_PxD = jnp.concatenate([hist_item_P, hist_category_P], axis=-1).astype(self.dtype)
+        item_ids = [batch["item"], positions.flat(batch["hist_item"])]
+        category_ids = [batch["category"], positions.flat(batch["hist_category"])]
+        valid = [ones_B, valid_P]
+        # DIEN's sampled negative next items (``HISTORY_NEGATIVES``), from the same tables in the same lookup.
+        negatives = HISTORY_NEGATIVES[0] in batch
+        if negatives:
+            item_ids.append(positions.flat(batch[HISTORY_NEGATIVES[0]]))
+            category_ids.append(positions.flat(batch[HISTORY_NEGATIVES[1]]))
+            valid.append(valid_P)
+        items = self._lookup_rows(ITEM_TABLE, item_table, item_ids, valid)
+        categories = self._lookup_rows(CATEGORY_TABLE, category_table, category_ids, valid)
+        candidate_BxD = jnp.concatenate([items[0], categories[0]], axis=-1).astype(self.dtype)
+        history_PxD = jnp.concatenate([items[1], categories[1]], axis=-1).astype(self.dtype)
+        negatives_PxD = jnp.concatenate([items[2], categories[2]], axis=-1).astype(self.dtype) if negatives else None
         user_BxU = None
         if self.user_dim > 0:
             if self.num_users <= 0:
@@ -148,6 +161,7 @@ class FeatureEmbedding(EmbeddingFields):
             "user": user_BxU,
             "item_bias": item_bias_B,
             "positions": positions,
+            "history_negatives": negatives_PxD,
         }
 
     def _lookup_rows(self, name: str, table_VxE, ids_list, valid_list) -> List[jnp.ndarray]:
@@ -394,6 +408,41 @@ class DotAttention(nn.Module):
         return history.weighted_sum(weights_P, keys_PxD), weights_P
 
 
+class MultiHeadTargetAttention(nn.Module):
+    """Multi-head target attention: the candidate is the query over the history, scaled dot-product per head
+    (Vaswani et al., 2017), the usual industrial replacement of DIN's activation unit.
+
+    Follows FuxiCTR's ``MultiHeadTargetAttention``: ``q = W_q x``, ``k_j = W_k e_j``, ``v_j = W_v e_j`` (no biases),
+    ``heads`` heads of width ``D / heads``, ``softmax_j(q_h . k_hj / sqrt(D / heads))`` over the valid positions,
+    heads concatenated and mapped back by ``W_o``. Returns the heads' mean weights (for the attention probe).
+    """
+
+    heads: int = 2
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_BxD, keys_PxD, history: History, train: bool = False):
+        del train
+        dim = keys_PxD.shape[-1]
+        if self.heads < 1 or dim % self.heads:
+            raise ValueError(
+                "--attention_heads %d must divide the item vector's width %d (item_dim + category_dim)"
+                % (self.heads, dim)
+            )
+        width = dim // self.heads
+        dense = functools.partial(nn.Dense, dim, use_bias=False, dtype=self.dtype)
+        query_BxD = dense(name="query")(query_BxD.astype(self.dtype))
+        keys_PxD = keys_PxD.astype(self.dtype)
+        key_PxHxW = dense(name="key")(keys_PxD).reshape(-1, self.heads, width)
+        value_PxHxW = dense(name="value")(keys_PxD).reshape(-1, self.heads, width)
+        query_PxHxW = history.spread(query_BxD).reshape(-1, self.heads, width)
+        scores_PxH = jnp.sum(query_PxHxW * key_PxHxW, axis=-1).astype(jnp.float32) / np.sqrt(width)
+        weights_PxH = jax.vmap(history.softmax, in_axes=1, out_axes=1)(scores_PxH)
+        weighted_PxD = (weights_PxH.astype(self.dtype)[:, :, None] * value_PxHxW).reshape(-1, dim)
+        pooled_BxD = history.weighted_sum(history.valid_P.astype(jnp.float32), weighted_PxD)
+        return dense(name="output")(pooled_BxD), jnp.mean(weights_PxH, axis=1)
+
+
 class MeanPooling(nn.Module):
     """Masked mean of the history (BaseModel's pooling); empty histories give zeros."""
 
@@ -424,6 +473,7 @@ ATTENTIONS = Registry("attention")
 ATTENTIONS.register("din", DinAttention)
 ATTENTIONS.register("din_softmax", functools.partial(DinAttention, normalization="softmax"))
 ATTENTIONS.register("dot", DotAttention)
+ATTENTIONS.register("mha", MultiHeadTargetAttention)
 ATTENTIONS.register("mean", MeanPooling)
 ATTENTIONS.register("sum", SumPooling)
 
@@ -431,8 +481,8 @@ ATTENTIONS.register("sum", SumPooling)
 def register_attention(name: str, factory: AttentionFactory, overwrite: bool = False) -> AttentionFactory:
     """Adds a pooler (a module class or partial, called like the others) for ``--attention NAME``.
 
-    Fields named ``hidden``, ``activation``, ``normalization``, ``dtype`` or ``axis_name`` receive the model's
-    attention settings; other fields keep their defaults.
+    Fields named ``hidden``, ``activation``, ``normalization``, ``heads``, ``dtype`` or ``axis_name`` receive the
+    model's attention settings; other fields keep their defaults.
     """
     return ATTENTIONS.register(name, factory, overwrite)
 

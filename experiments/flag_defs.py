@@ -48,6 +48,8 @@ from din_jax.config import (  # noqa: E402
     resolve_config,
 )
 from din_jax.layers import NORMALIZATIONS  # noqa: E402
+from din_jax.models.bst import BST_OUTPUTS  # noqa: E402
+from din_jax.models.gru import EVOLUTIONS  # noqa: E402
 from din_jax.models.pnn import PRODUCTS  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -86,7 +88,9 @@ def define_model_flags() -> None:
         "history_sum", DEFAULTS["history_sum"], "Also feed the sum-pooled history to the MLP (DIEN/Graphcore variant)."
     )
     flags.DEFINE_string(
-        "attention", DEFAULTS["attention"], "History pooling by name: din, din_softmax, dot, mean, sum, or registered."
+        "attention",
+        DEFAULTS["attention"],
+        "History pooling by name: din, din_softmax, dot, mha (multi-head target attention), mean, sum, or registered.",
     )
     flags.DEFINE_enum(
         "attention_normalization",
@@ -123,6 +127,38 @@ def define_model_flags() -> None:
     )
     flags.DEFINE_integer(
         "wide_buckets", DEFAULTS["wide_buckets"], "Rows of each cross-feature table of wide_deep (hashed beyond)."
+    )
+    flags.DEFINE_integer(
+        "attention_heads",
+        DEFAULTS["attention_heads"],
+        "Heads of multi-head attention: --attention mha (the candidate over the history) and bst's self-attention; "
+        "must divide the item vector's width.",
+    )
+    flags.DEFINE_enum(
+        "evolution",
+        DEFAULTS["evolution"],
+        list(EVOLUTIONS),
+        "dien's interest evolution: augru (attention scales the update gate, the paper's), aigru (scales the "
+        "input) or agru (replaces the update gate).",
+    )
+    flags.DEFINE_float(
+        "aux_loss_weight",
+        DEFAULTS["aux_loss_weight"],
+        "Weight of dien's auxiliary loss (each GRU state tells the next behaviour from a sampled negative; the "
+        "paper: 1; 0: off).",
+    )
+    flags.DEFINE_integer("transformer_blocks", DEFAULTS["transformer_blocks"], "Transformer blocks of bst.")
+    flags.DEFINE_enum(
+        "bst_output",
+        DEFAULTS["bst_output"],
+        list(BST_OUTPUTS),
+        "What of bst's transformer output enters the MLP: the candidate's position (target) or the mean of the "
+        "valid positions (mean).",
+    )
+    flags.DEFINE_bool(
+        "causal_attention",
+        DEFAULTS["causal_attention"],
+        "bst: each position attends only to itself and earlier behaviours (the candidate, last, sees all).",
     )
     flags.DEFINE_multi_string(
         "import_module",

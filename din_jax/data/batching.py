@@ -14,6 +14,8 @@ from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Se
 
 import numpy as np
 
+from din_jax.data.negatives import add_history_negatives
+
 
 class ChunkPlan(NamedTuple):
     """Which samples each call of an epoch sees."""
@@ -68,9 +70,17 @@ def gather_chunk(
     max_seq_len: int,
     samples: Optional[np.ndarray] = None,
     positions: int = 0,
+    negatives_rng: Optional[np.random.Generator] = None,
 ) -> Dict[str, np.ndarray]:
     """Gathers the batch dict for an index array of any shape (leaves get that leading shape); ``positions`` > 0:
-    packed micro-batches (the last axis) of that buffer length, index -1 marking an empty slot."""
+    packed micro-batches (the last axis) of that buffer length, index -1 marking an empty slot; ``negatives_rng``:
+    padded only, with DIEN's negatives drawn from it (``add_history_negatives``)."""
+    if negatives_rng is not None:
+        if positions:
+            raise ValueError("history negatives need padded batches")
+        batch = gather_chunk(source, split, indices_RxKxB, max_seq_len, samples)
+        add_history_negatives(source, batch, negatives_rng)
+        return batch
     if positions:
         micro_batch = indices_RxKxB.shape[-1]
         batch = source.gather_packed(split, indices_RxKxB.reshape(-1, micro_batch), max_seq_len, positions, samples)
@@ -357,6 +367,12 @@ def train_positions(source, config) -> int:
         return config.packed_positions
     lengths = source.history_lengths("train", config.max_seq_len)
     return packed_positions(lengths, config.micro_batch_size, config.max_seq_len)
+
+
+def history_negatives_rng(config, epoch: int, call: int) -> np.random.Generator:
+    """The generator of DIEN's negatives for one training call: a function of seed, epoch and call, so that a resumed
+    run draws the same ones."""
+    return np.random.default_rng([config.seed, epoch, call, 0xD1E9])
 
 
 def plan_epoch(source, config, epoch: int, replicas: int) -> ChunkPlan:

@@ -53,3 +53,17 @@ def sample_negatives(
         pending = pending[rejected]
         negatives[pending] = rng.integers(0, num_items, size=len(pending), dtype=np.int64)
     return negatives.astype(np.int32)
+
+
+def add_history_negatives(source, batch, rng: np.random.Generator) -> None:
+    """Adds DIEN's negative next items to a padded batch dict (leaves of any leading shape, histories ``[..., T]``):
+    ``hist_neg_item`` a uniform item for every valid history position, never one of the user's (their sequences in
+    any split), as ``sample_negatives`` draws training negatives, and ``hist_neg_category`` its category; 0 at padded
+    positions. ``source``: a ``Dataset``."""
+    hist_item = np.asarray(batch["hist_item"])
+    valid = np.arange(hist_item.shape[-1]) < np.asarray(batch["hist_len"])[..., None]
+    users = np.broadcast_to(np.asarray(batch["user"])[..., None], hist_item.shape)[valid]
+    negatives = np.zeros(hist_item.shape, np.int32)
+    negatives[valid] = sample_negatives(rng, users, source.num_items, source.user_item_keys())
+    batch["hist_neg_item"] = negatives
+    batch["hist_neg_category"] = np.where(valid, np.asarray(source.item_category)[negatives], 0).astype(np.int32)

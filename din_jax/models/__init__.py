@@ -7,7 +7,9 @@ import flax.linen as nn
 
 from din_jax.layers import Registry
 from din_jax.models.base import BaseModel
+from din_jax.models.bst import BST
 from din_jax.models.deepfm import DeepFM
+from din_jax.models.dien import DIEN
 from din_jax.models.din import DIN
 from din_jax.models.lr import LogisticRegression
 from din_jax.models.pnn import PNN
@@ -21,6 +23,9 @@ MODELS.register("base", BaseModel)
 MODELS.register("wide_deep", WideDeep)
 MODELS.register("pnn", PNN)
 MODELS.register("deepfm", DeepFM)
+# The DIN family's next models: interest evolution (AAAI 2019) and self-attention over the history (DLP-KDD 2019).
+MODELS.register("dien", DIEN)
+MODELS.register("bst", BST)
 
 
 def register_model(name: str, factory, overwrite: bool = False):
@@ -37,6 +42,21 @@ def model_fields(name_or_factory) -> Dict[str, Any]:
             continue
         fields[field.name] = field.default if field.default is not dataclasses.MISSING else None
     return fields
+
+
+def reads_packed_history(name_or_factory) -> bool:
+    """Whether a model scores packed batches; a model that reads each history as a row (a GRU, self-attention)
+    sets the class attribute ``packed_history = False`` and trains on padded ones."""
+    return bool(getattr(MODELS.get(name_or_factory), "packed_history", True))
+
+
+def wants_history_negatives(name_or_factory, config: Optional[Dict[str, Any]] = None) -> bool:
+    """Whether a model's training batches need a sampled negative per history position (DIEN's auxiliary loss):
+    a model with the class attribute ``history_negatives = True`` and an ``aux_loss_weight`` > 0."""
+    if not getattr(MODELS.get(name_or_factory), "history_negatives", False):
+        return False
+    fields = dict(model_fields(name_or_factory), **(config or {}))
+    return bool(fields.get("aux_loss_weight", 0) > 0)
 
 
 def build_model(
@@ -64,6 +84,8 @@ def build_model(
 
 
 __all__ = [
+    "BST",
+    "DIEN",
     "DIN",
     "MODELS",
     "PNN",
@@ -73,5 +95,7 @@ __all__ = [
     "WideDeep",
     "build_model",
     "model_fields",
+    "reads_packed_history",
     "register_model",
+    "wants_history_negatives",
 ]

@@ -29,7 +29,8 @@ class DIN(EmbeddingMLPModel):
 
     Attributes (besides the embedding and MLP fields of ``EmbeddingMLPModel``):
       attention: pooler name in ``ATTENTIONS`` or a module factory; ``attention_hidden``, ``_activation`` and
-        ``_normalization`` go to poolers with those fields (``din``), ``split_attention`` to ``split_first_layer``.
+        ``_normalization`` go to poolers with those fields (``din``), ``split_attention`` to ``split_first_layer``,
+        ``attention_heads`` to ``heads`` (``mha``).
       use_history_sum: the MLP also sees the sum-pooled history and its product with the candidate.
     """
 
@@ -38,6 +39,7 @@ class DIN(EmbeddingMLPModel):
     attention_activation: Union[str, ActivationFactory] = "sigmoid"
     attention_normalization: str = "none"
     split_attention: bool = True
+    attention_heads: int = 2
     use_history_sum: bool = False
 
     @nn.compact
@@ -55,6 +57,7 @@ class DIN(EmbeddingMLPModel):
             activation=self.attention_activation,
             normalization=self.attention_normalization,
             split_first_layer=self.split_attention,
+            heads=self.attention_heads,
             dtype=self.dtype,
             axis_name=self.axis_name,
             name="attention_unit",

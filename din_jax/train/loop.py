@@ -19,8 +19,9 @@ from absl import logging
 
 from din_jax import checkpoint as ckpt
 from din_jax.config import ConfigError, TrainConfig
-from din_jax.data.batching import ChunkPlan, gather_chunk, plan_epoch, prefetch
+from din_jax.data.batching import ChunkPlan, gather_chunk, history_negatives_rng, plan_epoch, prefetch
 from din_jax.metrics import is_better
+from din_jax.models import wants_history_negatives
 from din_jax.train import run_dir
 from din_jax.train.evaluation import evaluate_split, probe_attention
 from din_jax.train.observers import Heartbeat
@@ -53,6 +54,8 @@ class Trainer:
         self.config = config = config.validate()
         self.hooks = list(hooks)
         self.vocab = vocabulary(self.source)
+        # DIEN's auxiliary loss: every training batch carries a sampled negative per history position.
+        self.history_negatives = wants_history_negatives(config.model, config.model_config)
         self.data_fingerprint = dataset_fingerprint(self.source)
         self.devices = resolve_devices(config.replicas)
         self.process_index = jax.process_index()
@@ -259,8 +262,10 @@ class Trainer:
         seq_lens = (plan.seq_lens or [config.max_seq_len] * len(plan.calls))[start_call:]
 
         def chunks():
-            for indices, seq_len in zip(remaining, seq_lens):  # seq_len: the call's length bucket
-                yield gather_chunk(self.source, "train", indices, seq_len, samples, plan.positions)
+            calls = zip(remaining, seq_lens)  # seq_len: the call's length bucket
+            for call, (indices, seq_len) in enumerate(calls, start_call):
+                rng = history_negatives_rng(config, self.epoch, call) if self.history_negatives else None
+                yield gather_chunk(self.source, "train", indices, seq_len, samples, plan.positions, rng)
 
         # A call's metrics are fetched only after the next call is dispatched: the host never stalls the device.
         pending: Optional[Dict[str, Any]] = None
@@ -306,6 +311,7 @@ class Trainer:
                 self._last_done = time.perf_counter()
         if pending is not None:
             self._drain(pending)
+        self.heartbeat.set(None)
         if not self.history or self.history[-1]["step"] != self.step:
             self.evaluate()
         if not self.checkpoints.at(self.step):
@@ -383,7 +389,9 @@ class Trainer:
         samples = self.source.num_samples(split)
         self.heartbeat.set("step %d: scoring the %s split (%d samples)" % (self.step, split, samples))
         self._notify("on_evaluation_begin", {"split": split, "samples": samples, "step": self.step})
-        return evaluate_split(p_predict, variables, self.source, split, self.devices, self.config)
+        result = evaluate_split(p_predict, variables, self.source, split, self.devices, self.config)
+        self.heartbeat.set(None)
+        return result
 
     def evaluate(self) -> Dict[str, Any]:
         """Scores the validation split and keeps the best step (and its checkpoint)."""

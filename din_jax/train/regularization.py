@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from din_jax.layers import CATEGORY_TABLE, ITEM_TABLE, USER_TABLE, History
+from din_jax.layers import CATEGORY_TABLE, HISTORY_NEGATIVES, ITEM_TABLE, USER_TABLE, History
 
 MBA_TABLES = (ITEM_TABLE, CATEGORY_TABLE, USER_TABLE)
 _MBA = "mini-batch aware regularisation: "
@@ -79,13 +79,20 @@ def regularization_for(config: Any, source: Any) -> Optional[Regularization]:
 
 
 def _occurrences(batch: Mapping[str, jnp.ndarray]) -> Dict[str, Tuple[jnp.ndarray, jnp.ndarray]]:
-    # Per table: the batch's ids and a 0/1 weight for each (0 on padded history positions).
+    # Per table: the batch's ids and a 0/1 weight for each (0 on padded history positions). DIEN's sampled
+    # negatives are looked up too, so they count as present, as the sparse step's recorded lookups do.
     positions = History.of(batch)
     sample_B = positions.sample_valid_B.astype(jnp.float32)
-    valid = jnp.concatenate([sample_B, positions.valid_P.astype(jnp.float32)])
+    valid_P = positions.valid_P.astype(jnp.float32)
+    items, categories, valid = [batch["hist_item"]], [batch["hist_category"]], [valid_P]
+    if HISTORY_NEGATIVES[0] in batch:
+        items.append(batch[HISTORY_NEGATIVES[0]])
+        categories.append(batch[HISTORY_NEGATIVES[1]])
+        valid.append(valid_P)
+    weights = jnp.concatenate([sample_B] + valid)
     return {
-        ITEM_TABLE: (jnp.concatenate([batch["item"], positions.flat(batch["hist_item"])]), valid),
-        CATEGORY_TABLE: (jnp.concatenate([batch["category"], positions.flat(batch["hist_category"])]), valid),
+        ITEM_TABLE: (jnp.concatenate([batch["item"]] + [positions.flat(x) for x in items]), weights),
+        CATEGORY_TABLE: (jnp.concatenate([batch["category"]] + [positions.flat(x) for x in categories]), weights),
         USER_TABLE: (batch["user"], sample_B),
     }
 

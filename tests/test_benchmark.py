@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from din_jax import benchmark
+from din_jax import benchmark, machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = {
@@ -153,11 +153,11 @@ def test_flop_count_of_the_split_attention():
 
 
 def test_environment_and_memory():
-    info = benchmark.environment_info()
+    info = machine.environment_info()
     assert info["platform"] == "cpu" and info["cpu_count"] >= 1
-    assert benchmark.peak_rss_mb() > 10
+    assert machine.peak_rss_mb() > 10
     assert benchmark.measure_matmul_gflops(256, 64, 32, repeats=2) > 0
-    assert np.isfinite(benchmark.peak_rss_mb())
+    assert np.isfinite(machine.peak_rss_mb())
 
 
 def test_the_suite_script_prints_its_usage_for_help(tmp_path):

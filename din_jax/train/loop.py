@@ -54,8 +54,7 @@ class Trainer:
         self.config = config = config.validate()
         self.hooks = list(hooks)
         self.vocab = vocabulary(self.source)
-        # DIEN's auxiliary loss: every training batch carries a sampled negative per history position.
-        self.history_negatives = wants_history_negatives(config.model, config.model_config)
+        self.history_negatives = wants_history_negatives(config.model, config.model_config)  # DIEN's auxiliary loss
         self.data_fingerprint = dataset_fingerprint(self.source)
         self.devices = resolve_devices(config.replicas)
         self.process_index = jax.process_index()
@@ -79,28 +78,24 @@ class Trainer:
             message = "the training split has %d samples, fewer than one global micro-batch (%d replicas x %d)"
             raise ConfigError(message % (self.num_train, self.replicas, config.micro_batch_size))
 
-        self.step = 0
-        self.epoch = 0
+        self.step = self.epoch = 0
         self.history: List[Dict[str, Any]] = []
         self.best: Dict[str, Any] = {"value": None, "step": 0, "validation": None, "variables": None}
         self.throughput = {"samples": 0, "seconds": 0.0, "samples_all": 0, "seconds_all": 0.0}
         self.latest_variables: Optional[Dict[str, Any]] = None
-        self.resumed_from: List[int] = []
         self.stopped: Optional[Dict[str, Any]] = None
+        self.resumed_from: List[int] = []
         self.steps_per_epoch = self.num_train // self.global_batch
         self._compiled_shapes = set()
         self._negatives_rng = np.random.default_rng(config.seed)
         self._epoch_rng_state: Optional[Dict[str, Any]] = None
-        self._epoch_calls_done = 0
-        self._epoch_calls_total = 0
+        self._epoch_calls_done = self._epoch_calls_total = 0
         self._resume_call: Optional[int] = None
         self._next_eval = config.eval_every if config.eval_every > 0 else None
         self._next_checkpoint = config.checkpoint_every if config.checkpoint_every > 0 else None
         self.stopper = StopControl(len(self.devices), self.process_index, self.process_count)
-        self._began = False
-        self._finishing = False
-        self._attention_probe = None
-        self.heartbeat, self._diverging = Heartbeat(), False
+        self._began = self._finishing = False
+        self._attention_probe, self.heartbeat, self._diverging = None, Heartbeat(), False
         self._quiet_calls = any(getattr(hook, "replaces_call_log", False) for hook in self.hooks)
         self.checkpoints = run_dir.Checkpoints(config, self.vocab, self.data_fingerprint, self.source.item_category)
 
@@ -261,9 +256,8 @@ class Trainer:
 
         seq_lens = (plan.seq_lens or [config.max_seq_len] * len(plan.calls))[start_call:]
 
-        def chunks():
-            calls = zip(remaining, seq_lens)  # seq_len: the call's length bucket
-            for call, (indices, seq_len) in enumerate(calls, start_call):
+        def chunks():  # seq_len: the call's length bucket
+            for call, (indices, seq_len) in enumerate(zip(remaining, seq_lens), start_call):
                 rng = history_negatives_rng(config, self.epoch, call) if self.history_negatives else None
                 yield gather_chunk(self.source, "train", indices, seq_len, samples, plan.positions, rng)
 

@@ -314,7 +314,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     call = _programs(config, devices, train_config, vocabulary(source))
     negatives = config.mode == "train" and wants_history_negatives(config.model, config.model_config)
 
-    def gather(indices, seq_len, buffer, key=(-1,)):  # DIEN's negatives are drawn on the host, as training does
+    def gather(indices, seq_len, buffer, key=()):  # DIEN's negatives are drawn on the host, as training does
         rng = np.random.default_rng([config.seed] + list(key)) if negatives else None
         return gather_chunk(source, split, indices, seq_len, positions=buffer, negatives_rng=rng)
 
@@ -349,6 +349,8 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     train = config.mode == "train"
     rates, window_seconds, window_steps, window_samples, window_cpu = [], [], [], [], []
     padded, real, flops = 0.0, 0.0, 0.0
+    # FLOPs are counted for DIN's activation unit only (din_flops_per_sample).
+    counted = config.model == "din" and config.model_config.get("attention", "din") in ("din", "din_softmax")
     for window, plan in enumerate(plans):
 
         def chunks(plan=plan, window=window):
@@ -362,7 +364,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
             per_slot = positions / indices.shape[-1] if positions else seq_len
             padded += indices.size * per_slot
             real += float(np.sum(np.where(indices >= 0, lengths[indices], 0)))
-            if config.model == "din":
+            if counted:
                 form = "split" if positions else attention_form(config.model_config, seq_len)
                 flops += indices.size * din_flops_per_sample(config.model_config, per_slot, form, train=train)
         pending = None
@@ -385,7 +387,7 @@ def benchmark_micro_batch(config: BenchmarkConfig, micro_batch_size: int, source
     stats = summarize(rates)
     median = int(np.argsort(rates)[len(rates) // 2])
     total = sum(window_samples)
-    flops = flops / total if config.model == "din" else float("nan")
+    flops = flops / total if counted else 0.0  # 0: not counted
     buckets = normalize_buckets(config.length_buckets, config.max_seq_len)
     row = dict(mode=config.mode, micro_batch_size=micro_batch_size, samples_per_s=round(stats["median"], 1))
     row.update(samples_per_s_min=round(stats["min"], 1), samples_per_s_max=round(stats["max"], 1))

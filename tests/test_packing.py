@@ -48,6 +48,7 @@ MODELS = {
     "dot": ("din", dict(DIN, attention="dot")),
     "mean": ("din", dict(DIN, attention="mean")),
     "sum": ("din", dict(DIN, attention="sum")),
+    "mha": ("din", dict(DIN, attention="mha", attention_heads=2)),
     "base": ("base", dict(SMALL, activation="dice")),
     "lr": ("lr", {}),
     "wide_deep": ("wide_deep", dict(SMALL, pooling="sum")),

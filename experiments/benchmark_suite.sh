@@ -47,6 +47,18 @@ mkdir_all matmul train_sgd_32 train_adam_1024 infer_4096 train_sgd_32_electronic
 # The machine's matrix-multiply rates (printed in the log).
 run matmul --mode infer --micro_batch_sizes 4096 --matmul --samples 8192 --windows 1
 
+# The DIN family's models side by side (docs/PERFORMANCE.md "DIEN, BST and multi-head attention"): each batching as
+# train.py picks it (packed for din and din+mha, padded for dien and bst).
+for spec in "din:--model din" "mha:--model din --attention mha" "dien:--model dien" "bst:--model bst"; do
+  name=${spec%%:*}; flags=${spec#*:}
+  mkdir_all "model_${name}_train_sgd_32" "model_${name}_train_adam_1024" "model_${name}_infer_4096" \
+    "model_${name}_electronics"
+  run "model_${name}_train_sgd_32" $TRAIN32 $SMALL $flags
+  run "model_${name}_train_adam_1024" $ADAM1024 $SMALL $flags
+  run "model_${name}_infer_4096" $INFER4096 $SMALL $flags
+  run "model_${name}_electronics" $ELECTRONICS $SMALL $flags
+done
+
 # The targets.
 run train_sgd_32 $TRAIN32
 run train_adam_1024 $ADAM1024

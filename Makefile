@@ -66,8 +66,8 @@ docs-figures: setup
 
 # docs/RESULTS.md's grids (hours on 2 cores; finished runs of the same code are reused), then their records and
 # tables copied from runs/results into docs/results. GRIDS picks some.
-GRIDS ?= paper_grocery attention_grocery regularizers_grocery mba_baselines_grocery \
-	paper_beauty attention_beauty regularizers_beauty mba_baselines_beauty
+GRIDS ?= paper_grocery attention_grocery regularizers_grocery mba_baselines_grocery sequence_grocery mha_grocery \
+	paper_beauty attention_beauty regularizers_beauty mba_baselines_beauty sequence_beauty mha_beauty
 results: setup build/grocery/meta.json build/beauty/meta.json
 	for grid in $(GRIDS); do $(BIN)/python experiments/ablate.py --flagfile experiments/configs/$$grid.flags || exit 1; done
 	mkdir -p docs/results

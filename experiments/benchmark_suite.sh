@@ -26,7 +26,7 @@ run() {
   echo "=== $name: $* ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a))"
   "$PYTHON" experiments/benchmark.py --output_dir "$OUT/$name" "$@" 2>&1 | tee "$OUT/$name/log.txt" | grep -v "^  window"
 }
-mkdir_all() { for name in "$@"; do mkdir -p "$OUT/$name"; done; }
+mkdir_all() { local dir; for dir in "$@"; do mkdir -p "$OUT/$dir"; done; }
 
 TRAIN32="--mode train --optimizer sgd --micro_batch_sizes 32 --lengths uniform:1:100"
 ADAM1024="--mode train --optimizer adam --micro_batch_sizes 1024 --lengths uniform:1:100"
@@ -50,13 +50,13 @@ run matmul --mode infer --micro_batch_sizes 4096 --matmul --samples 8192 --windo
 # The DIN family's models side by side (docs/PERFORMANCE.md "DIEN, BST and multi-head attention"): each batching as
 # train.py picks it (packed for din and din+mha, padded for dien and bst).
 for spec in "din:--model din" "mha:--model din --attention mha" "dien:--model dien" "bst:--model bst"; do
-  name=${spec%%:*}; flags=${spec#*:}
-  mkdir_all "model_${name}_train_sgd_32" "model_${name}_train_adam_1024" "model_${name}_infer_4096" \
-    "model_${name}_electronics"
-  run "model_${name}_train_sgd_32" $TRAIN32 $SMALL $flags
-  run "model_${name}_train_adam_1024" $ADAM1024 $SMALL $flags
-  run "model_${name}_infer_4096" $INFER4096 $SMALL $flags
-  run "model_${name}_electronics" $ELECTRONICS $SMALL $flags
+  model=${spec%%:*}; flags=${spec#*:}
+  mkdir_all "model_${model}_train_sgd_32" "model_${model}_train_adam_1024" "model_${model}_infer_4096" \
+    "model_${model}_electronics"
+  run "model_${model}_train_sgd_32" $TRAIN32 $SMALL $flags
+  run "model_${model}_train_adam_1024" $ADAM1024 $SMALL $flags
+  run "model_${model}_infer_4096" $INFER4096 $SMALL $flags
+  run "model_${model}_electronics" $ELECTRONICS $SMALL $flags
 done
 
 # The targets.

@@ -47,6 +47,16 @@ def embed_and_pool(model: nn.Module, batch: Dict[str, jnp.ndarray], train: bool)
     )
 
 
+def embed_rows(model: nn.Module, batch: Dict[str, jnp.ndarray], why: str):
+    """The shared embedding (submodule ``embedding``) of a padded batch, and its history as rows: ``(embedded,
+    history [B, T, D], valid [B, T])``. A packed batch is refused: ``why`` says what the model does with each row."""
+    embedded = feature_embedding(model)(batch)
+    positions = embedded["positions"]
+    if positions.packed:
+        raise ValueError("%s: it needs padded batches (--batching padded)" % why)
+    return embedded, positions.rows(embedded["history"]), positions.rows(positions.valid_P)
+
+
 def field_vectors(model: nn.Module, inputs: EmbeddedBatch) -> jnp.ndarray:
     """The field vectors of PNN's product layer and DeepFM's FM part, ``[B, F, E]``.
 

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from din_jax.history import masked_softmax
-from din_jax.layers import EmbeddingMLPModel, feature_embedding, prediction_mlp
+from din_jax.layers import EmbeddingMLPModel, prediction_mlp
+from din_jax.models.base import embed_rows
 
 BST_OUTPUTS = ("target", "mean")
 
@@ -112,13 +113,8 @@ class BST(EmbeddingMLPModel):
             raise ValueError("--bst_output must be one of %s, got %r" % (list(BST_OUTPUTS), self.bst_output))
         if self.transformer_blocks < 1:
             raise ValueError("--transformer_blocks must be >= 1, got %r" % self.transformer_blocks)
-        embedded = feature_embedding(self)(batch)
-        positions = embedded["positions"]
-        if positions.packed:
-            raise ValueError("bst attends within each history: it needs padded batches (--batching padded)")
+        embedded, history_BxTxD, valid_BxT = embed_rows(self, batch, "bst attends within each history")
         candidate_BxD = embedded["candidate"]
-        history_BxTxD = positions.rows(embedded["history"])
-        valid_BxT = positions.rows(positions.valid_P)
         batch_size, length, width = history_BxTxD.shape
 
         # The candidate as position T; distances to it: hist_len - t for the history, 0 for the candidate.

@@ -28,9 +28,9 @@ from din_jax.layers import (
     ActivationFactory,
     DinAttention,
     EmbeddingMLPModel,
-    feature_embedding,
     prediction_mlp,
 )
+from din_jax.models.base import embed_rows
 from din_jax.models.gru import EVOLUTIONS, GRU
 
 
@@ -76,13 +76,8 @@ class DIEN(EmbeddingMLPModel):
         into the ``losses`` collection."""
         if self.evolution not in EVOLUTIONS:
             raise ValueError("--evolution must be one of %s, got %r" % (list(EVOLUTIONS), self.evolution))
-        embedded = feature_embedding(self)(batch)
-        positions = embedded["positions"]
-        if positions.packed:
-            raise ValueError("dien reads each history in order: it needs padded batches (--batching padded)")
-        candidate_BxD = embedded["candidate"]
-        history_BxTxD = positions.rows(embedded["history"])
-        valid_BxT = positions.rows(positions.valid_P)
+        embedded, history_BxTxD, valid_BxT = embed_rows(self, batch, "dien reads each history in order")
+        positions, candidate_BxD = embedded["positions"], embedded["candidate"]
         width = history_BxTxD.shape[-1]
 
         states_BxTxD, _ = GRU(width, "gru", self.dtype, name="interest_extractor")(history_BxTxD, valid_BxT)

@@ -18,7 +18,8 @@ PYTEST_ARGS ?=
 # on one worker, so its module fixtures are built once. PYTEST_WORKERS=0 runs
 # everything in this process.
 PYTEST_WORKERS ?= auto
-PYTEST_PARALLEL = -n $(PYTEST_WORKERS) $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadfile)
+# A worker that dies ends the run at once, naming the test it was running (no restart, which could hang the run).
+PYTEST_PARALLEL = -n $(PYTEST_WORKERS) $(if $(filter 0,$(PYTEST_WORKERS)),,--dist loadfile --max-worker-restart 0)
 
 .PHONY: setup train test test-ipu-proxy lint format data figures docs-figures results clean
 

@@ -52,11 +52,9 @@ def reads_packed_history(name_or_factory) -> bool:
 
 def wants_history_negatives(name_or_factory, config: Optional[Dict[str, Any]] = None) -> bool:
     """Whether a model's training batches need a sampled negative per history position (DIEN's auxiliary loss):
-    a model with the class attribute ``history_negatives = True`` and an ``aux_loss_weight`` > 0."""
-    if not getattr(MODELS.get(name_or_factory), "history_negatives", False):
-        return False
-    fields = dict(model_fields(name_or_factory), **(config or {}))
-    return bool(fields.get("aux_loss_weight", 0) > 0)
+    the model's static ``history_negatives(fields)`` for its fields with ``config`` applied (default: no)."""
+    decide = getattr(MODELS.get(name_or_factory), "history_negatives", None)
+    return bool(decide is not None and decide(dict(model_fields(name_or_factory), **(config or {}))))
 
 
 def build_model(

@@ -15,7 +15,7 @@ reads each one in order). The negatives come with the training batches (``HISTOR
 (evaluation, inference) the auxiliary loss is not computed.
 """
 
-from typing import Dict, Sequence, Union
+from typing import Any, Dict, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -67,7 +67,11 @@ class DIEN(EmbeddingMLPModel):
 
     # Read by the trainer: the histories must be padded rows; training batches carry sampled negatives.
     packed_history = False
-    history_negatives = True
+
+    @staticmethod
+    def history_negatives(fields: Dict[str, Any]) -> bool:
+        """Whether training batches need negatives: only with the auxiliary loss on."""
+        return fields.get("aux_loss_weight", 0) > 0
 
     @nn.compact
     def __call__(self, batch: Dict[str, jnp.ndarray], train: bool = False, return_attention: bool = False):
